@@ -1,0 +1,17 @@
+//! Identifiers, piece layout and digests of the Dragonfly v2 protocol.
+//!
+//! Everything here must be bit-identical to the official Dragonfly client, or our peers and
+//! official peers stop sharing tasks and pieces. The unit tests pin each rule with the
+//! upstream test vectors from `shared/reference/ids-and-vectors.md`.
+
+pub mod digest;
+pub mod error;
+pub mod id;
+pub mod piece;
+pub mod ring;
+
+pub use digest::{piece_digest, Digest, DigestAlgorithm, DigestHasher};
+pub use error::CoreError;
+pub use id::{host_id, peer_id, TaskIdRule, TaskIdSpec, DEFAULT_FILTERED_QUERY_PARAMS};
+pub use piece::{PieceLayout, PieceSpan, MAX_PIECE_LENGTH, MIN_PIECE_LENGTH};
+pub use ring::SchedulerRing;
