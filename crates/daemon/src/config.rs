@@ -1,0 +1,547 @@
+//! dfdaemon configuration: a YAML file with Dragonfly's camelCase keys (where a key means the
+//! same thing as in Dragonfly's `dfdaemon.yaml`), every default a named constant, flags on top.
+//!
+//! Unknown keys are ignored so an official `dfdaemon.yaml` can be reused as is.
+
+use crate::error::DaemonError;
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Upload gRPC (`DfdaemonUpload`) port, as Dragonfly.
+pub const DEFAULT_UPLOAD_PORT: u16 = 4000;
+/// Vortex TCP piece server port, as Dragonfly's `storage.server.tcpPort`.
+pub const DEFAULT_PIECE_PORT: u16 = 4005;
+/// Prometheus `/metrics` port, as Dragonfly.
+pub const DEFAULT_METRICS_PORT: u16 = 4002;
+/// `/healthy` port, as Dragonfly.
+pub const DEFAULT_HEALTH_PORT: u16 = 4003;
+/// Unix socket of `DfdaemonDownload`, where dfget looks by default.
+pub const DEFAULT_SOCKET_PATH: &str = "/var/run/dragonfly/dfdaemon.sock";
+/// Cache directory, as Dragonfly.
+pub const DEFAULT_STORAGE_DIR: &str = "/var/lib/dragonfly";
+/// Dragonfly wipes the cache on restart by default; we keep it (pieces are digest-checked).
+pub const DEFAULT_STORAGE_KEEP: bool = true;
+/// Dragonfly's default for every bandwidth limit: effectively unlimited.
+pub const DEFAULT_BANDWIDTH_LIMIT: ByteSize = ByteSize::gb(50);
+/// Pieces fetched from parents at once, per download.
+pub const DEFAULT_CONCURRENT_PIECE_COUNT: u32 = 8;
+/// Ranged origin requests in flight at once, per download. Enough parallel TCP streams to beat
+/// a single-stream client on a fast link without hammering the origin.
+pub const DEFAULT_BACK_TO_SOURCE_CONCURRENCY: u32 = 6;
+/// Time limit on fetching one piece from a parent, as Dragonfly's `download.pieceTimeout`.
+pub const DEFAULT_PIECE_TIMEOUT: Duration = Duration::from_secs(360);
+/// How long a parent round may go without any parent offering a missing piece before we ask
+/// the scheduler for other parents. Dragonfly's `collectedPieceTimeout` is 360 s; a stuck
+/// parent should not stall a download that long, so ours is shorter.
+pub const DEFAULT_COLLECTED_PIECE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Host re-announcement period, as Dragonfly.
+pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(300);
+/// Wait for one scheduling decision. Dragonfly's 3 h bounds the whole interaction; a
+/// scheduler that stays silent this long is treated as down and we go to the origin.
+pub const DEFAULT_SCHEDULE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Scheduling decisions before the rest of a task comes from the origin, as Dragonfly.
+pub const DEFAULT_MAX_SCHEDULE_COUNT: u32 = 5;
+/// GC period, as Dragonfly.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Finished tasks not accessed for this long are evicted, as Dragonfly.
+pub const DEFAULT_TASK_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Own cache quota; 0 = no quota.
+pub const DEFAULT_DISK_THRESHOLD: ByteSize = ByteSize::b(0);
+/// Quota eviction starts above this share of the quota, as Dragonfly.
+pub const DEFAULT_DISK_HIGH_THRESHOLD_PERCENT: u8 = 80;
+/// Quota eviction stops below this share of the quota, as Dragonfly.
+pub const DEFAULT_DISK_LOW_THRESHOLD_PERCENT: u8 = 60;
+
+/// The whole configuration. Every section is optional in the file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DaemonConfig {
+    pub host: HostConfig,
+    pub upload: UploadConfig,
+    pub download: DownloadConfig,
+    pub scheduler: SchedulerConfig,
+    pub seed_peer: SeedPeerConfig,
+    pub storage: StorageSection,
+    pub gc: GcConfig,
+    pub metrics: ServerSection<MetricsPort>,
+    pub health: ServerSection<HealthPort>,
+    /// Damselfly: run the scheduler library in-process and use it as the only scheduler.
+    pub embedded_scheduler: bool,
+    /// Damselfly: exit after this long without download or upload activity.
+    #[serde(with = "humantime_serde")]
+    pub idle_exit: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HostConfig {
+    /// Advertised IP, and the bind IP of every server unless a section sets its own.
+    pub ip: Option<IpAddr>,
+    pub hostname: Option<String>,
+    pub idc: Option<String>,
+    pub location: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct UploadConfig {
+    pub server: ListenConfig<UploadPort>,
+    pub bandwidth_limit: ByteSize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            server: ListenConfig::default(),
+            bandwidth_limit: DEFAULT_BANDWIDTH_LIMIT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DownloadConfig {
+    pub server: DownloadServerConfig,
+    pub bandwidth_limit: ByteSize,
+    pub back_to_source_bandwidth_limit: ByteSize,
+    pub concurrent_piece_count: u32,
+    /// Damselfly: ranged origin requests in flight per download.
+    pub back_to_source_concurrency: u32,
+    #[serde(with = "humantime_serde")]
+    pub piece_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub collected_piece_timeout: Duration,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        Self {
+            server: DownloadServerConfig::default(),
+            bandwidth_limit: DEFAULT_BANDWIDTH_LIMIT,
+            back_to_source_bandwidth_limit: DEFAULT_BANDWIDTH_LIMIT,
+            concurrent_piece_count: DEFAULT_CONCURRENT_PIECE_COUNT,
+            back_to_source_concurrency: DEFAULT_BACK_TO_SOURCE_CONCURRENCY,
+            piece_timeout: DEFAULT_PIECE_TIMEOUT,
+            collected_piece_timeout: DEFAULT_COLLECTED_PIECE_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DownloadServerConfig {
+    pub socket_path: PathBuf,
+}
+
+impl Default for DownloadServerConfig {
+    fn default() -> Self {
+        Self {
+            socket_path: PathBuf::from(DEFAULT_SOCKET_PATH),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SchedulerConfig {
+    /// `IP:port` of every scheduler; per-task calls are sharded over them by a hash ring.
+    pub addrs: Vec<SocketAddr>,
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub schedule_timeout: Duration,
+    pub max_schedule_count: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            addrs: Vec::new(),
+            announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
+            schedule_timeout: DEFAULT_SCHEDULE_TIMEOUT,
+            max_schedule_count: DEFAULT_MAX_SCHEDULE_COUNT,
+        }
+    }
+}
+
+/// Dragonfly's seed peer host types; the serde default is `super`, as Dragonfly's.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SeedPeerType {
+    Normal,
+    #[default]
+    Super,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SeedPeerConfig {
+    pub enable: bool,
+    #[serde(rename = "type")]
+    pub kind: SeedPeerType,
+}
+
+impl SeedPeerConfig {
+    /// `common.v2.Host.type`: 0 normal, 1 super seed.
+    pub fn host_type(&self) -> u32 {
+        match (self.enable, self.kind) {
+            (true, SeedPeerType::Super) => 1,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct StorageSection {
+    pub dir: PathBuf,
+    pub keep: bool,
+    pub server: PieceServerConfig,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(DEFAULT_STORAGE_DIR),
+            keep: DEFAULT_STORAGE_KEEP,
+            server: PieceServerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PieceServerConfig {
+    pub ip: Option<IpAddr>,
+    pub tcp_port: u16,
+}
+
+impl Default for PieceServerConfig {
+    fn default() -> Self {
+        Self {
+            ip: None,
+            tcp_port: DEFAULT_PIECE_PORT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GcConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub policy: GcPolicy,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            interval: DEFAULT_GC_INTERVAL,
+            policy: GcPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GcPolicy {
+    #[serde(rename = "taskTTL", alias = "taskTtl", with = "humantime_serde")]
+    pub task_ttl: Duration,
+    pub disk_threshold: ByteSize,
+    pub disk_high_threshold_percent: u8,
+    pub disk_low_threshold_percent: u8,
+}
+
+impl Default for GcPolicy {
+    fn default() -> Self {
+        Self {
+            task_ttl: DEFAULT_TASK_TTL,
+            disk_threshold: DEFAULT_DISK_THRESHOLD,
+            disk_high_threshold_percent: DEFAULT_DISK_HIGH_THRESHOLD_PERCENT,
+            disk_low_threshold_percent: DEFAULT_DISK_LOW_THRESHOLD_PERCENT,
+        }
+    }
+}
+
+/// The default port of a listening section, as a type so one struct serves every section.
+pub trait DefaultPort {
+    const PORT: u16;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadPort;
+impl DefaultPort for UploadPort {
+    const PORT: u16 = DEFAULT_UPLOAD_PORT;
+}
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsPort;
+impl DefaultPort for MetricsPort {
+    const PORT: u16 = DEFAULT_METRICS_PORT;
+}
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPort;
+impl DefaultPort for HealthPort {
+    const PORT: u16 = DEFAULT_HEALTH_PORT;
+}
+
+/// `{ip, port}`; `ip` unset = the host IP; port 0 = any free port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase", bound = "P: DefaultPort")]
+pub struct ListenConfig<P> {
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    #[serde(skip)]
+    _port: std::marker::PhantomData<P>,
+}
+
+impl<P: DefaultPort> Default for ListenConfig<P> {
+    fn default() -> Self {
+        Self {
+            ip: None,
+            port: P::PORT,
+            _port: std::marker::PhantomData,
+        }
+    }
+}
+
+/// `{server: {ip, port}}` as Dragonfly's metrics and health sections.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase", bound = "P: DefaultPort")]
+pub struct ServerSection<P> {
+    pub server: ListenConfig<P>,
+}
+
+impl<P: DefaultPort> Default for ServerSection<P> {
+    fn default() -> Self {
+        Self {
+            server: ListenConfig::default(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Parses a YAML document; an empty document is the default configuration.
+    pub fn from_yaml(text: &str) -> Result<Self, DaemonError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| DaemonError::Config(e.to_string()))
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, DaemonError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| DaemonError::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_yaml(&text).map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Rejects values that would make the daemon misbehave later rather than fail now.
+    pub fn validate(&self) -> Result<(), DaemonError> {
+        if self.download.concurrent_piece_count == 0 {
+            return Err(DaemonError::Config(
+                "download.concurrentPieceCount must be at least 1".into(),
+            ));
+        }
+        if self.download.back_to_source_concurrency == 0 {
+            return Err(DaemonError::Config(
+                "download.backToSourceConcurrency must be at least 1".into(),
+            ));
+        }
+        let policy = &self.gc.policy;
+        if policy.disk_low_threshold_percent > policy.disk_high_threshold_percent
+            || policy.disk_high_threshold_percent > 100
+        {
+            return Err(DaemonError::Config(
+                "gc.policy: need diskLowThresholdPercent <= diskHighThresholdPercent <= 100".into(),
+            ));
+        }
+        if self.scheduler.announce_interval.is_zero() || self.gc.interval.is_zero() {
+            return Err(DaemonError::Config(
+                "scheduler.announceInterval and gc.interval must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The IP we advertise: configured, else the address the kernel would route from, else
+    /// loopback (a daemon without a network still serves its own dfget).
+    pub fn host_ip(&self) -> IpAddr {
+        self.host.ip.unwrap_or_else(detect_local_ip)
+    }
+
+    pub fn hostname(&self) -> String {
+        self.host.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    /// Where each server binds: its own IP if set, else the host IP.
+    pub fn upload_addr(&self, host_ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(
+            self.upload.server.ip.unwrap_or(host_ip),
+            self.upload.server.port,
+        )
+    }
+
+    pub fn piece_addr(&self, host_ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(
+            self.storage.server.ip.unwrap_or(host_ip),
+            self.storage.server.tcp_port,
+        )
+    }
+
+    pub fn metrics_addr(&self, host_ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(
+            self.metrics.server.ip.unwrap_or(host_ip),
+            self.metrics.server.port,
+        )
+    }
+
+    pub fn health_addr(&self, host_ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(
+            self.health.server.ip.unwrap_or(host_ip),
+            self.health.server.port,
+        )
+    }
+}
+
+/// The source address of a route to a public address. A UDP `connect` sends no packet; it
+/// only asks the kernel for the route.
+fn detect_local_ip() -> IpAddr {
+    let probe = || -> std::io::Result<IpAddr> {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.connect((Ipv4Addr::new(192, 0, 2, 1), 9))?;
+        Ok(socket.local_addr()?.ip())
+    };
+    match probe() {
+        Ok(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}
+
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(name) = std::str::from_utf8(&buf[..end]) {
+            if !name.is_empty() {
+                return name.to_string();
+            }
+        }
+    }
+    "localhost".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = DaemonConfig::from_yaml("").unwrap();
+        assert_eq!(c, DaemonConfig::default());
+        assert_eq!(c.upload.server.port, 4000);
+        assert_eq!(c.storage.server.tcp_port, 4005);
+        assert_eq!(c.metrics.server.port, 4002);
+        assert_eq!(c.health.server.port, 4003);
+        assert_eq!(c.download.concurrent_piece_count, 8);
+        assert_eq!(c.scheduler.announce_interval, Duration::from_secs(300));
+        assert_eq!(c.scheduler.max_schedule_count, 5);
+        assert_eq!(
+            c.download.server.socket_path,
+            PathBuf::from(DEFAULT_SOCKET_PATH)
+        );
+        assert!(c.storage.keep);
+        assert_eq!(c.gc.policy.task_ttl, DEFAULT_TASK_TTL);
+        assert_eq!(c.seed_peer.host_type(), 0);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn dragonfly_style_yaml_parses() {
+        let yaml = r#"
+host:
+  ip: 127.0.0.2
+  hostname: node-a
+  idc: idc-1
+  location: cn|hz
+upload:
+  server:
+    port: 0
+  bandwidthLimit: 100MB
+download:
+  server:
+    socketPath: /tmp/d.sock
+  bandwidthLimit: 1GB
+  backToSourceBandwidthLimit: 2GB
+  concurrentPieceCount: 16
+  pieceTimeout: 30s
+scheduler:
+  addrs: ["127.0.0.1:8002", "127.0.0.3:8002"]
+  announceInterval: 1m
+  scheduleTimeout: 10s
+  maxScheduleCount: 3
+seedPeer:
+  enable: true
+storage:
+  dir: /tmp/cache
+  keep: false
+  server:
+    tcpPort: 4105
+gc:
+  interval: 1m
+  policy:
+    taskTTL: 1h
+    diskThreshold: 10GiB
+    diskHighThresholdPercent: 90
+    diskLowThresholdPercent: 70
+metrics:
+  server:
+    port: 9002
+health:
+  server:
+    ip: 127.0.0.9
+manager:
+  addr: ignored:65003
+"#;
+        let c = DaemonConfig::from_yaml(yaml).unwrap();
+        assert_eq!(c.host.ip, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(c.host.location.as_deref(), Some("cn|hz"));
+        assert_eq!(c.upload.server.port, 0);
+        assert_eq!(c.upload.bandwidth_limit, ByteSize::mb(100));
+        assert_eq!(c.download.concurrent_piece_count, 16);
+        assert_eq!(c.download.piece_timeout, Duration::from_secs(30));
+        assert_eq!(c.scheduler.addrs.len(), 2);
+        assert_eq!(c.scheduler.max_schedule_count, 3);
+        assert_eq!(
+            c.seed_peer.host_type(),
+            1,
+            "seedPeer.type defaults to super"
+        );
+        assert!(!c.storage.keep);
+        assert_eq!(c.storage.server.tcp_port, 4105);
+        assert_eq!(c.gc.policy.task_ttl, Duration::from_secs(3600));
+        assert_eq!(c.gc.policy.disk_threshold, ByteSize::gib(10));
+        assert_eq!(c.metrics.server.port, 9002);
+        assert_eq!(c.health.server.port, 4003);
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(c.health_addr(ip), "127.0.0.9:4003".parse().unwrap());
+        assert_eq!(c.piece_addr(ip), "127.0.0.2:4105".parse().unwrap());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(DaemonConfig::from_yaml("download: {concurrentPieceCount: -1}").is_err());
+        let c = DaemonConfig::from_yaml("download: {concurrentPieceCount: 0}").unwrap();
+        assert!(c.validate().is_err());
+        let c = DaemonConfig::from_yaml(
+            "gc: {policy: {diskHighThresholdPercent: 50, diskLowThresholdPercent: 60}}",
+        )
+        .unwrap();
+        assert!(c.validate().is_err());
+    }
+}

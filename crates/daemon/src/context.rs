@@ -1,0 +1,99 @@
+//! Everything a request handler needs, in one place, shared behind one `Arc`.
+
+use crate::config::DaemonConfig;
+use crate::host::HostInfo;
+use crate::scheduler_client::Schedulers;
+use damselfly_storage::Storage;
+use damselfly_transfer::{Backend, RateLimiter};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Host-wide bandwidth limiters.
+#[derive(Clone)]
+pub struct Limits {
+    /// Every byte downloaded (from parents and the origin).
+    pub download: RateLimiter,
+    /// Origin bytes only, on top of `download`.
+    pub back_to_source: RateLimiter,
+    /// Bytes served to other peers (applied by the Vortex server).
+    pub upload: RateLimiter,
+}
+
+/// Limiter from a configured bytes/s value; 0 means unlimited.
+pub fn limiter(bytes_per_sec: u64) -> RateLimiter {
+    if bytes_per_sec == 0 {
+        RateLimiter::unlimited()
+    } else {
+        RateLimiter::new(bytes_per_sec)
+    }
+}
+
+pub struct DaemonContext {
+    pub config: DaemonConfig,
+    pub host: HostInfo,
+    pub storage: Storage,
+    pub backend: Backend,
+    pub schedulers: Schedulers,
+    pub limits: Limits,
+    pub activity: Arc<Activity>,
+    /// Cancelled when the daemon shuts down.
+    pub shutdown: CancellationToken,
+}
+
+pub type Context = Arc<DaemonContext>;
+
+/// Download/upload activity, for `--idle-exit`.
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    busy: AtomicUsize,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Marks work in progress until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        ActivityGuard(self.clone())
+    }
+
+    /// How long nothing has happened; `None` while something is in progress.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let idle = self
+            .now_ms()
+            .saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        Some(Duration::from_millis(idle))
+    }
+}
+
+pub struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,475 @@
+//! Starting and stopping a daemon: bind every server, announce, run the background loops,
+//! and on shutdown stop accepting, let in-flight work finish (bounded), leave the schedulers
+//! and remove the socket.
+
+use crate::config::DaemonConfig;
+use crate::context::{limiter, Activity, Context, DaemonContext, Limits};
+use crate::engine::Engine;
+use crate::error::DaemonError;
+use crate::host::HostInfo;
+use crate::scheduler_client::Schedulers;
+use crate::services::download::DownloadService;
+use crate::services::upload::UploadService;
+use crate::{http, metrics};
+use damselfly_storage::{Storage, StorageConfig};
+use damselfly_transfer::{Backend, BackendConfig};
+use dragonfly_api::dfdaemon::v2::dfdaemon_download_server::DfdaemonDownloadServer;
+use dragonfly_api::dfdaemon::v2::dfdaemon_upload_server::DfdaemonUploadServer;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+/// In-flight downloads get this long to finish at shutdown before they are cancelled.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Bound on leaving the schedulers and on the servers' own drain at shutdown.
+const SHUTDOWN_STEP_LIMIT: Duration = Duration::from_secs(5);
+/// Longest pause between idle checks.
+const IDLE_CHECK_MAX: Duration = Duration::from_secs(5);
+
+/// Where the daemon actually listens (ports resolved when the config said 0).
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    pub upload: SocketAddr,
+    pub piece: SocketAddr,
+    pub metrics: SocketAddr,
+    pub health: SocketAddr,
+    pub socket: PathBuf,
+    /// The in-process scheduler, with `embedded_scheduler`.
+    pub embedded_scheduler: Option<SocketAddr>,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    addrs: BoundAddrs,
+    engine: Arc<Engine>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    scheduler: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+/// Runs a daemon until `shutdown` resolves (or `--idle-exit` fires), then stops it cleanly.
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let daemon = Daemon::start(config).await?;
+    let token = daemon.shutdown_token();
+    tokio::select! {
+        _ = shutdown => token.cancel(),
+        _ = token.cancelled() => {}
+    }
+    daemon.stop().await;
+    Ok(())
+}
+
+struct Listeners {
+    upload: TcpListener,
+    piece: TcpListener,
+    metrics: TcpListener,
+    health: TcpListener,
+    socket: UnixListener,
+}
+
+impl Daemon {
+    /// Binds, opens storage, announces, and starts everything; returns once serving.
+    pub async fn start(mut config: DaemonConfig) -> Result<Daemon, DaemonError> {
+        config.validate()?;
+        metrics::init();
+        damselfly_transfer::register_metrics();
+        let shutdown = CancellationToken::new();
+        let scheduler = match config.embedded_scheduler {
+            true => {
+                let (addr, token, handle) = start_embedded_scheduler().await?;
+                config.scheduler.addrs = vec![addr];
+                Some((addr, token, handle))
+            }
+            false => None,
+        };
+        let host_ip = config.host_ip();
+        let listeners = bind_all(&config, host_ip).await?;
+        let addrs = BoundAddrs {
+            upload: local_addr(&listeners.upload)?,
+            piece: local_addr(&listeners.piece)?,
+            metrics: local_addr(&listeners.metrics)?,
+            health: local_addr(&listeners.health)?,
+            socket: config.download.server.socket_path.clone(),
+            embedded_scheduler: scheduler.as_ref().map(|(addr, _, _)| *addr),
+        };
+        let ctx = match build_context(config, host_ip, &addrs, shutdown.clone()).await {
+            Ok(ctx) => ctx,
+            Err(error) => {
+                remove_socket(&addrs.socket);
+                if let Some((_, token, _)) = &scheduler {
+                    token.cancel();
+                }
+                return Err(error);
+            }
+        };
+        info!(host_id = %ctx.host.id, upload = %addrs.upload, piece = %addrs.piece, socket = %addrs.socket.display(), "dfdaemon starting");
+        let engine = Engine::new(ctx.clone());
+        let mut tasks = spawn_servers(&engine, listeners, &shutdown);
+        if !ctx.schedulers.is_empty() {
+            let interval = ctx.config.scheduler.announce_interval;
+            let accepted = ctx
+                .schedulers
+                .announce_host_all_with_retries(&ctx.host.to_proto(), interval)
+                .await;
+            if accepted == 0 {
+                warn!("no scheduler accepted this host; downloads will go to the origin until one does");
+            }
+        } else {
+            warn!("no scheduler configured; every download goes to the origin");
+        }
+        tasks.push(tokio::spawn(announce_loop(ctx.clone())));
+        tasks.push(tokio::spawn(gc_loop(engine.clone())));
+        if let Some(idle) = ctx.config.idle_exit {
+            tasks.push(tokio::spawn(idle_watch(ctx.clone(), idle)));
+        }
+        info!(host_id = %ctx.host.id, "dfdaemon ready");
+        Ok(Daemon {
+            addrs,
+            engine,
+            shutdown,
+            tasks,
+            scheduler: scheduler.map(|(_, token, handle)| (token, handle)),
+        })
+    }
+
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.addrs
+    }
+
+    pub fn host_id(&self) -> &str {
+        &self.engine.context().host.id
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Cancelling it stops the daemon (used by `--idle-exit` too).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Graceful stop: stop accepting, finish or cancel in-flight work, leave the schedulers,
+    /// remove the socket.
+    pub async fn stop(self) {
+        info!("dfdaemon shutting down");
+        self.shutdown.cancel();
+        self.engine.shutdown(SHUTDOWN_GRACE).await;
+        let ctx = self.engine.context();
+        let leave = ctx.schedulers.delete_host_all(&ctx.host.id);
+        if tokio::time::timeout(SHUTDOWN_STEP_LIMIT, leave)
+            .await
+            .is_err()
+        {
+            warn!("leaving the schedulers timed out");
+        }
+        for task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_STEP_LIMIT, task)
+                .await
+                .is_err()
+            {
+                warn!("a server did not stop in time");
+            }
+        }
+        if let Some((token, handle)) = self.scheduler {
+            token.cancel();
+            let _ = tokio::time::timeout(SHUTDOWN_STEP_LIMIT, handle).await;
+        }
+        remove_socket(&self.addrs.socket);
+        info!("dfdaemon stopped");
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, DaemonError> {
+    listener
+        .local_addr()
+        .map_err(|e| DaemonError::io("reading a bound address", e))
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+async fn bind_all(
+    config: &DaemonConfig,
+    host_ip: std::net::IpAddr,
+) -> Result<Listeners, DaemonError> {
+    Ok(Listeners {
+        upload: bind("upload gRPC server", config.upload_addr(host_ip)).await?,
+        piece: bind("piece server", config.piece_addr(host_ip)).await?,
+        metrics: bind("metrics server", config.metrics_addr(host_ip)).await?,
+        health: bind("health server", config.health_addr(host_ip)).await?,
+        socket: bind_socket(&config.download.server.socket_path).await?,
+    })
+}
+
+/// Creates the socket's directory and replaces a stale socket file; refuses to steal the
+/// socket of a daemon that still answers on it.
+async fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    let bind_error = |source| DaemonError::Bind {
+        what: "download socket",
+        addr: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(dir).await.map_err(bind_error)?;
+    }
+    if let Ok(meta) = tokio::fs::symlink_metadata(path).await {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(bind_error(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            )));
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(bind_error(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another daemon is listening on this socket",
+            )));
+        }
+        tokio::fs::remove_file(path).await.map_err(bind_error)?;
+    }
+    UnixListener::bind(path).map_err(bind_error)
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(error) = std::fs::remove_file(path) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            warn!(%error, socket = %path.display(), "cannot remove the socket file");
+        }
+    }
+}
+
+async fn build_context(
+    config: DaemonConfig,
+    host_ip: std::net::IpAddr,
+    addrs: &BoundAddrs,
+    shutdown: CancellationToken,
+) -> Result<Context, DaemonError> {
+    let policy = &config.gc.policy;
+    let storage_config = StorageConfig {
+        dir: config.storage.dir.clone(),
+        keep: config.storage.keep,
+        quota_bytes: policy.disk_threshold.as_u64(),
+        high_watermark_percent: policy.disk_high_threshold_percent,
+        low_watermark_percent: policy.disk_low_threshold_percent,
+        task_ttl: policy.task_ttl,
+    };
+    let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
+        .await
+        .map_err(|e| DaemonError::Config(format!("opening storage: {e}")))??;
+    let backend = Backend::new(BackendConfig::default())?;
+    let hostname = config.hostname();
+    let seed = config.seed_peer.enable;
+    let host = HostInfo {
+        id: damselfly_core::host_id(&host_ip.to_string(), &hostname, seed),
+        ip: host_ip,
+        hostname,
+        seed,
+        host_type: config.seed_peer.host_type(),
+        upload_port: addrs.upload.port(),
+        piece_port: addrs.piece.port(),
+        idc: config.host.idc.clone(),
+        location: config.host.location.clone(),
+        max_tx_bandwidth: config.upload.bandwidth_limit.as_u64(),
+        max_rx_bandwidth: config.download.bandwidth_limit.as_u64(),
+        storage_dir: config.storage.dir.clone(),
+    };
+    let limits = Limits {
+        download: limiter(config.download.bandwidth_limit.as_u64()),
+        back_to_source: limiter(config.download.back_to_source_bandwidth_limit.as_u64()),
+        upload: limiter(config.upload.bandwidth_limit.as_u64()),
+    };
+    Ok(Arc::new(DaemonContext {
+        schedulers: Schedulers::new(&config.scheduler.addrs),
+        config,
+        host,
+        storage,
+        backend,
+        limits,
+        activity: Arc::new(Activity::default()),
+        shutdown,
+    }))
+}
+
+fn spawn_servers(
+    engine: &Arc<Engine>,
+    listeners: Listeners,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let ctx = engine.context().clone();
+    let mut tasks = Vec::new();
+
+    let upload = DfdaemonUploadServer::new(UploadService::new(engine.clone()))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(
+        async move {
+            let (reporter, health) = tonic_health::server::health_reporter();
+            reporter
+                .set_serving::<DfdaemonUploadServer<UploadService>>()
+                .await;
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(health)
+                .add_service(upload)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listeners.upload),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(error) = result {
+                warn!(%error, "upload gRPC server failed");
+            }
+        }
+        .instrument(tracing::info_span!("upload_server")),
+    ));
+
+    let download = DfdaemonDownloadServer::new(DownloadService::new(engine.clone()))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(
+        async move {
+            let (reporter, health) = tonic_health::server::health_reporter();
+            reporter
+                .set_serving::<DfdaemonDownloadServer<DownloadService>>()
+                .await;
+            let result = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(download)
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(listeners.socket),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(error) = result {
+                warn!(%error, "download gRPC server failed");
+            }
+        }
+        .instrument(tracing::info_span!("download_server")),
+    ));
+
+    tasks.push(tokio::spawn(damselfly_transfer::serve_vortex(
+        listeners.piece,
+        ctx.storage.clone(),
+        ctx.limits.upload.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(http::serve(
+        listeners.metrics,
+        http::Endpoint::Metrics,
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(http::serve(
+        listeners.health,
+        http::Endpoint::Health,
+        shutdown.clone(),
+    )));
+    tasks
+}
+
+async fn start_embedded_scheduler(
+) -> Result<(SocketAddr, CancellationToken, JoinHandle<()>), DaemonError> {
+    let listener = bind(
+        "embedded scheduler",
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+    )
+    .await?;
+    let addr = local_addr(&listener)?;
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let handle = tokio::spawn(async move {
+        let config = damselfly_scheduler::SchedulerConfig::default();
+        if let Err(error) =
+            damselfly_scheduler::serve(config, listener, stop.cancelled_owned()).await
+        {
+            warn!(%error, "embedded scheduler stopped with an error");
+        }
+    });
+    info!(%addr, "embedded scheduler serving");
+    Ok((addr, token, handle))
+}
+
+/// AnnounceHost to every scheduler each `announceInterval`.
+async fn announce_loop(ctx: Context) {
+    if ctx.schedulers.is_empty() {
+        return;
+    }
+    let interval = ctx.config.scheduler.announce_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        ctx.schedulers
+            .announce_host_all(&ctx.host.to_proto(), interval)
+            .instrument(tracing::debug_span!("announce_host"))
+            .await;
+    }
+}
+
+/// Evicts by TTL and quota every `gc.interval`, sparing tasks being downloaded, and tells
+/// the schedulers.
+async fn gc_loop(engine: Arc<Engine>) {
+    let ctx = engine.context().clone();
+    let interval = ctx.config.gc.interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        let in_use = engine.in_flight_tasks();
+        match ctx.storage.gc(&in_use).await {
+            Ok(evicted) => {
+                for task_id in evicted {
+                    info!(%task_id, "evicted task");
+                    ctx.schedulers.delete_task(&ctx.host.id, &task_id).await;
+                }
+            }
+            Err(error) => warn!(%error, "cache GC failed"),
+        }
+    }
+}
+
+/// Cancels the daemon after `idle` without downloads or uploads.
+async fn idle_watch(ctx: Context, idle: Duration) {
+    let check = (idle / 4).clamp(Duration::from_millis(100), IDLE_CHECK_MAX);
+    let mut uploaded = metrics::upload_bytes_total();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(check) => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        let now = metrics::upload_bytes_total();
+        if now != uploaded {
+            uploaded = now;
+            ctx.activity.touch();
+        }
+        if ctx.activity.idle_for().is_some_and(|quiet| quiet >= idle) {
+            info!(idle = %humantime::format_duration(idle), "idle; exiting");
+            ctx.shutdown.cancel();
+            return;
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! One download of one task on this host, shared by every caller asking for it meanwhile.
+//! States: Preparing → Running(shape) → Finished | Failed(status).
+
+use super::request::TaskRequest;
+use super::{origin, p2p};
+use crate::context::{limiter, Context};
+use crate::error::DaemonError;
+use crate::metrics;
+use damselfly_core::{PieceLayout, PieceSpan};
+use damselfly_transfer::RateLimiter;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::{info, warn};
+
+/// The task's size and origin headers, known once the origin was asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskShape {
+    pub content_length: u64,
+    pub piece_length: u64,
+    pub response_header: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum JobState {
+    Preparing,
+    Running(TaskShape),
+    Finished(TaskShape),
+    Failed(Status),
+}
+
+impl JobState {
+    pub fn is_done(&self) -> bool {
+        matches!(self, JobState::Finished(_) | JobState::Failed(_))
+    }
+}
+
+#[derive(Clone)]
+pub struct JobHandle {
+    pub peer_id: String,
+    pub state: Arc<watch::Sender<JobState>>,
+}
+
+impl JobHandle {
+    pub fn new(peer_id: String) -> Self {
+        Self {
+            peer_id,
+            state: Arc::new(watch::channel(JobState::Preparing).0),
+        }
+    }
+
+    pub fn same(&self, other: &JobHandle) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+}
+
+/// What the download steps share.
+pub struct JobCtx<'a> {
+    pub ctx: &'a Context,
+    pub request: &'a TaskRequest,
+    pub peer_id: &'a str,
+    /// This download's own limit (from the caller), on top of the host-wide ones.
+    pub task_limiter: RateLimiter,
+}
+
+impl JobCtx<'_> {
+    pub fn task_id(&self) -> &str {
+        &self.request.task_id
+    }
+
+    /// Limiters for bytes from parents.
+    pub fn peer_limiters(&self) -> Vec<RateLimiter> {
+        vec![self.ctx.limits.download.clone(), self.task_limiter.clone()]
+    }
+
+    /// Limiters for bytes from the origin.
+    pub fn origin_limiters(&self) -> Vec<RateLimiter> {
+        vec![
+            self.ctx.limits.download.clone(),
+            self.ctx.limits.back_to_source.clone(),
+            self.task_limiter.clone(),
+        ]
+    }
+}
+
+/// Runs the job to its end and publishes the outcome; never panics the caller.
+pub async fn run(
+    ctx: &Context,
+    request: &TaskRequest,
+    handle: &JobHandle,
+    cancel: &CancellationToken,
+) {
+    let job = JobCtx {
+        ctx,
+        request,
+        peer_id: &handle.peer_id,
+        task_limiter: limiter(request.rate_limit.unwrap_or(0)),
+    };
+    let started = Instant::now();
+    metrics::task_started();
+    let work = download(&job, &handle.state);
+    let outcome = tokio::select! {
+        result = async {
+            match request.timeout {
+                Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                    Err(DaemonError::Timeout { url: request.url.clone(), after: limit })
+                }),
+                None => work.await,
+            }
+        } => result,
+        _ = cancel.cancelled() => Err(DaemonError::ShuttingDown),
+    };
+    match outcome {
+        Ok(shape) => {
+            let elapsed = started.elapsed();
+            metrics::task_finished(elapsed.as_secs_f64());
+            info!(
+                bytes = shape.content_length,
+                seconds = elapsed.as_secs_f64(),
+                "task finished"
+            );
+            handle.state.send_replace(JobState::Finished(shape));
+        }
+        Err(error) => {
+            metrics::task_failed();
+            warn!(%error, "task failed");
+            if let Err(e) = ctx.storage.fail_task(&request.task_id) {
+                // A task that never got prepared has nothing to mark.
+                tracing::debug!(error = %e, "cannot mark task failed");
+            }
+            handle.state.send_replace(JobState::Failed(error.into()));
+        }
+    }
+}
+
+/// Stat, prepare, fetch the missing pieces (P2P or origin), finish.
+async fn download(
+    job: &JobCtx<'_>,
+    state: &watch::Sender<JobState>,
+) -> Result<TaskShape, DaemonError> {
+    let ctx = job.ctx;
+    let request = job.request;
+    let stat = ctx.backend.stat(&request.url, &request.headers).await?;
+    let shape = match stat.content_length.filter(|_| stat.supports_range) {
+        Some(content_length) => {
+            let layout = PieceLayout::new(content_length, request.piece_length);
+            let task = ctx
+                .storage
+                .prepare_task(
+                    job.task_id(),
+                    content_length,
+                    layout.piece_length,
+                    stat.headers.clone(),
+                )
+                .await?;
+            let shape = TaskShape {
+                content_length,
+                piece_length: task.piece_length,
+                response_header: stat.headers.clone(),
+            };
+            state.send_replace(JobState::Running(shape.clone()));
+            let layout = task.layout();
+            let missing = missing_pieces(job, &layout)?;
+            if !missing.is_empty() {
+                fetch_missing(job, layout, missing).await?;
+            }
+            shape
+        }
+        None => whole_body(job, state, &stat.headers).await?,
+    };
+    ctx.storage.finish_task(job.task_id())?;
+    Ok(shape)
+}
+
+/// Small content goes straight to the origin (a single piece gains nothing from a swarm),
+/// the rest through the scheduler.
+async fn fetch_missing(
+    job: &JobCtx<'_>,
+    layout: PieceLayout,
+    mut missing: BTreeMap<u32, PieceSpan>,
+) -> Result<(), DaemonError> {
+    if layout.is_small() && !job.request.disable_back_to_source {
+        return origin::fetch(job, &mut missing, None).await;
+    }
+    p2p::download(job, layout, missing).await
+}
+
+fn missing_pieces(
+    job: &JobCtx<'_>,
+    layout: &PieceLayout,
+) -> Result<BTreeMap<u32, PieceSpan>, DaemonError> {
+    let have: std::collections::HashSet<u32> = job
+        .ctx
+        .storage
+        .pieces(job.task_id())?
+        .into_iter()
+        .map(|p| p.number)
+        .collect();
+    Ok(layout
+        .spans()
+        .filter(|s| !have.contains(&s.number))
+        .map(|s| (s.number, s))
+        .collect())
+}
+
+/// Origins without a length or range support: one streamed GET, cut into pieces on the way.
+/// There is no layout to share before the body ends, so this never goes P2P.
+async fn whole_body(
+    job: &JobCtx<'_>,
+    state: &watch::Sender<JobState>,
+    headers: &[(String, String)],
+) -> Result<TaskShape, DaemonError> {
+    let request = job.request;
+    if request.disable_back_to_source {
+        return Err(DaemonError::BackToSourceDisabled {
+            url: request.url.clone(),
+            reason:
+                "the origin gives no content length or no range support, so peers cannot share it"
+                    .into(),
+        });
+    }
+    let piece_length = request
+        .piece_length
+        .unwrap_or(damselfly_core::MIN_PIECE_LENGTH);
+    // Length 0 = "unknown yet": pieces are cut as the body streams.
+    job.ctx
+        .storage
+        .prepare_task(job.task_id(), 0, piece_length, headers.to_vec())
+        .await?;
+    let (content_length, pieces) = job
+        .ctx
+        .backend
+        .fetch_all(
+            &request.url,
+            &request.headers,
+            &job.ctx.storage,
+            job.task_id(),
+            piece_length,
+            &job.origin_limiters(),
+        )
+        .await?;
+    job.ctx
+        .storage
+        .set_content_length(job.task_id(), content_length)?;
+    for piece in &pieces {
+        metrics::add_traffic(metrics::Traffic::BackToSource, piece.length);
+        metrics::piece_done(metrics::Traffic::BackToSource, true);
+    }
+    let shape = TaskShape {
+        content_length,
+        piece_length,
+        response_header: headers.to_vec(),
+    };
+    state.send_replace(JobState::Running(shape.clone()));
+    Ok(shape)
+}

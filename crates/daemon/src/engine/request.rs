@@ -1,0 +1,229 @@
+//! A `common.v2.Download` checked and reduced to what the engine needs.
+
+use crate::error::DaemonError;
+use damselfly_core::{id::default_filtered_query_params, Digest, TaskIdSpec};
+use dragonfly_api::common::v2::{Download, Range};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// gRPC metadata carrying a per-download rate limit in bytes/s (the Download message has no
+/// such field; see DESIGN.md "Per-task rate limit").
+pub const RATE_LIMIT_METADATA: &str = "x-damselfly-rate-limit";
+
+/// What one caller asked for.
+#[derive(Debug, Clone)]
+pub struct DownloadRequest {
+    pub download: Download,
+    /// Bytes/s for this download only, on top of the host-wide limit.
+    pub rate_limit: Option<u64>,
+}
+
+impl DownloadRequest {
+    pub fn new(download: Download) -> Self {
+        Self {
+            download,
+            rate_limit: None,
+        }
+    }
+
+    /// Reads the per-task limit from request metadata; a malformed value is the caller's error.
+    pub fn from_grpc(
+        metadata: &tonic::metadata::MetadataMap,
+        download: Download,
+    ) -> Result<Self, DaemonError> {
+        let rate_limit = match metadata.get(RATE_LIMIT_METADATA) {
+            None => None,
+            Some(value) => {
+                let text = value.to_str().map_err(|_| {
+                    DaemonError::InvalidArgument(format!("{RATE_LIMIT_METADATA} is not text"))
+                })?;
+                let bytes: u64 = text.trim().parse().map_err(|_| {
+                    DaemonError::InvalidArgument(format!(
+                        "{RATE_LIMIT_METADATA} must be bytes per second, got {text:?}"
+                    ))
+                })?;
+                (bytes > 0).then_some(bytes)
+            }
+        };
+        Ok(Self {
+            download,
+            rate_limit,
+        })
+    }
+}
+
+/// A validated download.
+#[derive(Debug, Clone)]
+pub struct TaskRequest {
+    pub task_id: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// A piece length the caller fixed (part of the task ID).
+    pub piece_length: Option<u64>,
+    pub digest: Option<Digest>,
+    pub output: Option<PathBuf>,
+    pub overwrite: bool,
+    pub force_hard_link: bool,
+    pub timeout: Option<Duration>,
+    pub range: Option<Range>,
+    pub disable_back_to_source: bool,
+    pub need_back_to_source: bool,
+    pub concurrent_piece_count: Option<u32>,
+    pub rate_limit: Option<u64>,
+    /// The original message, forwarded to the scheduler in RegisterPeerRequest.
+    pub download: Download,
+}
+
+impl TaskRequest {
+    pub fn parse(request: DownloadRequest) -> Result<Self, DaemonError> {
+        let download = request.download;
+        let url = check_url(&download.url)?;
+        let filtered = if download.filtered_query_params.is_empty() {
+            default_filtered_query_params()
+        } else {
+            download.filtered_query_params.clone()
+        };
+        let piece_length = download.piece_length.filter(|&l| l > 0);
+        let revision = download
+            .hugging_face
+            .as_ref()
+            .map(|h| h.revision.as_str())
+            .or_else(|| download.model_scope.as_ref().map(|m| m.revision.as_str()))
+            .or_else(|| download.open_csg.as_ref().map(|o| o.revision.as_str()))
+            .filter(|r| !r.is_empty());
+        let task_id = TaskIdSpec {
+            url: &download.url,
+            tag: download.tag.as_deref().filter(|t| !t.is_empty()),
+            application: download.application.as_deref().filter(|a| !a.is_empty()),
+            revision,
+            piece_length,
+            filtered_query_params: &filtered,
+            content_for_calculating_task_id: download.content_for_calculating_task_id.as_deref(),
+            enable_task_id_based_blob_digest: download.enable_task_id_based_blob_digest,
+        }
+        .task_id()
+        .map_err(|e| DaemonError::InvalidArgument(format!("invalid URL {}: {e}", download.url)))?;
+        let digest = match download.digest.as_deref().filter(|d| !d.is_empty()) {
+            None => None,
+            Some(text) => Some(Digest::from_str(text).map_err(|_| {
+                DaemonError::InvalidArgument(format!(
+                    "invalid digest {text:?}: expected sha256:<64 hex>, sha512:<128 hex> or crc32:<digits>"
+                ))
+            })?),
+        };
+        let output = match download.output_path.as_deref().filter(|p| !p.is_empty()) {
+            None => None,
+            Some(path) => {
+                let path = PathBuf::from(path);
+                if !path.is_absolute() {
+                    return Err(DaemonError::InvalidArgument(format!(
+                        "output path {} must be absolute",
+                        path.display()
+                    )));
+                }
+                Some(path)
+            }
+        };
+        let timeout = download
+            .timeout
+            .and_then(|t| Duration::try_from(t).ok())
+            .filter(|t| !t.is_zero());
+        let mut headers: Vec<(String, String)> = download
+            .request_header
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        headers.sort();
+        Ok(Self {
+            task_id,
+            url,
+            headers,
+            piece_length,
+            digest,
+            output,
+            overwrite: download.overwrite,
+            force_hard_link: download.force_hard_link,
+            timeout,
+            range: download.range,
+            disable_back_to_source: download.disable_back_to_source,
+            need_back_to_source: download.need_back_to_source,
+            concurrent_piece_count: download.concurrent_piece_count.filter(|&c| c > 0),
+            rate_limit: request.rate_limit,
+            download,
+        })
+    }
+}
+
+/// Only HTTP(S) origins have a backend here; anything else is refused up front.
+fn check_url(raw: &str) -> Result<String, DaemonError> {
+    let parsed = url::Url::parse(raw)
+        .map_err(|e| DaemonError::InvalidArgument(format!("invalid URL {raw:?}: {e}")))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(raw.to_string()),
+        other => Err(DaemonError::InvalidArgument(format!(
+            "unsupported URL scheme {other:?} in {raw}: only http and https are supported"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn download(url: &str) -> Download {
+        Download {
+            url: url.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parses_and_validates() {
+        let mut d = download("http://127.0.0.1:1/file.bin");
+        d.digest = Some(format!("sha256:{}", "A".repeat(64)));
+        d.output_path = Some("/tmp/out".into());
+        d.timeout = prost_wkt_types::Duration::try_from(Duration::from_secs(5)).ok();
+        let r = TaskRequest::parse(DownloadRequest::new(d)).unwrap();
+        assert_eq!(r.task_id.len(), 64);
+        assert_eq!(r.digest.unwrap().encoded, "a".repeat(64));
+        assert_eq!(r.timeout, Some(Duration::from_secs(5)));
+
+        for bad in [
+            download("not a url"),
+            download("ftp://host/x"),
+            Download {
+                digest: Some("md5:abc".into()),
+                ..download("http://h/x")
+            },
+            Download {
+                output_path: Some("relative/out".into()),
+                ..download("http://h/x")
+            },
+        ] {
+            let err = TaskRequest::parse(DownloadRequest::new(bad)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        }
+    }
+
+    #[test]
+    fn default_filter_applies_to_signed_urls() {
+        let a = TaskRequest::parse(DownloadRequest::new(download(
+            "http://h/x?X-Amz-Signature=1",
+        )));
+        let b = TaskRequest::parse(DownloadRequest::new(download(
+            "http://h/x?X-Amz-Signature=2",
+        )));
+        assert_eq!(a.unwrap().task_id, b.unwrap().task_id);
+    }
+
+    #[test]
+    fn rate_limit_metadata() {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert(RATE_LIMIT_METADATA, "1048576".parse().unwrap());
+        let r = DownloadRequest::from_grpc(&md, download("http://h/x")).unwrap();
+        assert_eq!(r.rate_limit, Some(1_048_576));
+        md.insert(RATE_LIMIT_METADATA, "fast".parse().unwrap());
+        assert!(DownloadRequest::from_grpc(&md, download("http://h/x")).is_err());
+    }
+}

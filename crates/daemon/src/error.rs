@@ -1,0 +1,233 @@
+//! The daemon's one error type and its mapping to the gRPC codes users see
+//! (DESIGN.md "Errors users see": dfget turns the code into its exit code).
+
+use damselfly_storage::StorageError;
+use damselfly_transfer::TransferError;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("configuration: {0}")]
+    Config(String),
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+
+    #[error("digest mismatch for {url}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("download of {url} did not finish within {}", humantime::format_duration(*.after))]
+    Timeout { url: String, after: Duration },
+
+    #[error("cannot download {url}: {reason}, and back-to-source is disabled")]
+    BackToSourceDisabled { url: String, reason: String },
+
+    #[error("origin for {url} did not report a content length")]
+    NoContentLength { url: String },
+
+    #[error("scheduler {addr}: {status}")]
+    Scheduler { addr: SocketAddr, status: Status },
+
+    #[error("no scheduler reachable: {0}")]
+    NoScheduler(String),
+
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+
+    #[error("embedded scheduler: {0}")]
+    EmbeddedScheduler(String),
+
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+
+    /// A status that already carries the right code (e.g. shared by deduplicated downloads).
+    #[error("{}", .0.message())]
+    Status(Status),
+}
+
+impl DaemonError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        DaemonError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The gRPC status a caller gets for this error.
+    pub fn to_status(&self) -> Status {
+        let message = self.to_string();
+        Status::new(self.code(), message)
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            DaemonError::Config(_) | DaemonError::InvalidArgument(_) => Code::InvalidArgument,
+            DaemonError::Storage(e) => storage_code(e),
+            DaemonError::Transfer(e) => transfer_code(e),
+            DaemonError::DigestMismatch { .. } => Code::DataLoss,
+            DaemonError::Timeout { .. } => Code::DeadlineExceeded,
+            DaemonError::BackToSourceDisabled { .. } => Code::Unavailable,
+            DaemonError::NoContentLength { .. } => Code::FailedPrecondition,
+            DaemonError::Scheduler { status, .. } => status.code(),
+            DaemonError::NoScheduler(_) | DaemonError::ShuttingDown => Code::Unavailable,
+            DaemonError::Io { source, .. } => io_code(source),
+            DaemonError::Bind { .. } | DaemonError::EmbeddedScheduler(_) => Code::Internal,
+            DaemonError::Status(status) => status.code(),
+        }
+    }
+}
+
+impl From<DaemonError> for Status {
+    fn from(error: DaemonError) -> Self {
+        match error {
+            DaemonError::Status(status) => status,
+            other => other.to_status(),
+        }
+    }
+}
+
+fn io_code(error: &std::io::Error) -> Code {
+    let no_space = matches!(error.raw_os_error(), Some(c) if c == libc::ENOSPC || c == libc::EDQUOT)
+        || error.kind() == std::io::ErrorKind::StorageFull;
+    match error.kind() {
+        _ if no_space => Code::ResourceExhausted,
+        std::io::ErrorKind::AlreadyExists => Code::AlreadyExists,
+        std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+        _ => Code::Internal,
+    }
+}
+
+/// Storage failures: disk full and existing output are the user's to fix; a bad piece is data
+/// loss; the rest is ours.
+pub fn storage_code(error: &StorageError) -> Code {
+    match error {
+        StorageError::NoSpace(_) => Code::ResourceExhausted,
+        StorageError::OutputExists(_) => Code::AlreadyExists,
+        StorageError::InvalidTaskId(_) => Code::InvalidArgument,
+        StorageError::TaskNotFound(_) | StorageError::PieceNotFound { .. } => Code::NotFound,
+        StorageError::DigestMismatch { .. } => Code::DataLoss,
+        // The piece source (a parent or the origin) broke off: the network, not the disk.
+        StorageError::SourceRead(_) | StorageError::ShortRead { .. } => Code::Unavailable,
+        StorageError::Io(e) => io_code(e),
+        _ => Code::Internal,
+    }
+}
+
+/// Origin and peer transfer failures, as the table in DESIGN.md.
+pub fn transfer_code(error: &TransferError) -> Code {
+    match error {
+        TransferError::OriginStatus { status: 404, .. } => Code::NotFound,
+        TransferError::OriginStatus { .. } => Code::FailedPrecondition,
+        TransferError::OriginUnreachable { .. } | TransferError::Timeout(_) => Code::Unavailable,
+        TransferError::PeerUnreachable { .. } | TransferError::PeerError { .. } => {
+            Code::Unavailable
+        }
+        TransferError::Storage(e) => storage_code(e),
+        TransferError::InvalidUrl { .. } => Code::InvalidArgument,
+        TransferError::TaskNotFound(_) | TransferError::PieceNotFound { .. } => Code::NotFound,
+        TransferError::TaskFailed(_) | TransferError::Protocol(_) | TransferError::Client(_) => {
+            Code::Internal
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(e: DaemonError) -> Code {
+        Status::from(e).code()
+    }
+
+    #[test]
+    fn storage_errors_map_to_user_codes() {
+        assert_eq!(
+            code_of(StorageError::NoSpace("disk".into()).into()),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            code_of(StorageError::OutputExists("/tmp/x".into()).into()),
+            Code::AlreadyExists
+        );
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(
+            code_of(StorageError::from(enospc).into()),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            code_of(DaemonError::io(
+                "write",
+                std::io::Error::from_raw_os_error(libc::ENOSPC)
+            )),
+            Code::ResourceExhausted
+        );
+    }
+
+    #[test]
+    fn origin_errors_map_to_user_codes() {
+        let not_found = TransferError::OriginStatus {
+            status: 404,
+            url: "http://o/x".into(),
+        };
+        let status = Status::from(DaemonError::from(not_found));
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains("http://o/x") && status.message().contains("404"));
+        let forbidden = TransferError::OriginStatus {
+            status: 403,
+            url: "http://o/x".into(),
+        };
+        assert_eq!(code_of(forbidden.into()), Code::FailedPrecondition);
+        let down = TransferError::OriginUnreachable {
+            url: "http://o/x".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(code_of(down.into()), Code::Unavailable);
+        let full = TransferError::Storage(StorageError::NoSpace("disk".into()));
+        assert_eq!(code_of(full.into()), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn engine_errors_map_to_user_codes() {
+        let e = DaemonError::DigestMismatch {
+            url: "http://o/x".into(),
+            expected: "sha256:aa".into(),
+            actual: "sha256:bb".into(),
+        };
+        let status = Status::from(e);
+        assert_eq!(status.code(), Code::DataLoss);
+        assert!(status.message().contains("sha256:aa") && status.message().contains("sha256:bb"));
+        let t = DaemonError::Timeout {
+            url: "http://o/x".into(),
+            after: Duration::from_secs(3),
+        };
+        assert_eq!(code_of(t), Code::DeadlineExceeded);
+        assert_eq!(
+            code_of(DaemonError::InvalidArgument("bad".into())),
+            Code::InvalidArgument
+        );
+        let shared = Status::not_found("origin answered 404");
+        assert_eq!(code_of(DaemonError::Status(shared)), Code::NotFound);
+    }
+}

@@ -1,0 +1,25 @@
+//! dfdaemon: the Damselfly peer daemon, wire-compatible with Dragonfly v2's dfdaemon.
+//!
+//! [`run`] (or [`Daemon::start`]) brings up, on the configured IP: the `DfdaemonUpload` gRPC
+//! service for peers and schedulers, the Vortex TCP piece server, the `DfdaemonDownload` gRPC
+//! service on a unix socket for dfget, and the metrics and health HTTP servers. Every
+//! download, whoever asks for it, goes through the one [`Engine`].
+
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod daemon;
+pub mod dispatch;
+pub mod engine;
+pub mod error;
+pub mod host;
+pub mod http;
+pub mod metrics;
+pub mod scheduler_client;
+pub mod services;
+
+pub use cli::DaemonArgs;
+pub use config::DaemonConfig;
+pub use daemon::{run, BoundAddrs, Daemon};
+pub use engine::{DownloadRequest, Engine, RATE_LIMIT_METADATA};
+pub use error::DaemonError;

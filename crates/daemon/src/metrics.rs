@@ -1,0 +1,126 @@
+//! Download metrics in Prometheus' default registry (names from DESIGN.md). Upload metrics
+//! are registered by damselfly-transfer, which moves those bytes.
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+/// Where downloaded bytes came from, as Dragonfly's traffic types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    BackToSource,
+    RemotePeer { seed: bool },
+    LocalPeer,
+}
+
+impl Traffic {
+    fn labels(self) -> [&'static str; 2] {
+        match self {
+            Traffic::BackToSource => ["back_to_source", ""],
+            Traffic::RemotePeer { seed: true } => ["remote_peer", "seed"],
+            Traffic::RemotePeer { seed: false } => ["remote_peer", "normal"],
+            Traffic::LocalPeer => ["local_peer", ""],
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Traffic::BackToSource => "origin",
+            Traffic::RemotePeer { .. } => "parent",
+            Traffic::LocalPeer => "local",
+        }
+    }
+}
+
+struct Metrics {
+    traffic: IntCounterVec,
+    tasks: IntCounterVec,
+    pieces: IntCounterVec,
+    duration: Histogram,
+}
+
+/// Registers in the default registry; if a name is taken (another copy of this library in the
+/// process), the metric still works, just unexported.
+fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    let _ = prometheus::default_registry().register(Box::new(collector.clone()));
+    collector
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    // Static names and labels: this can only fail if the definitions below are edited wrongly.
+    register(IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition"))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    traffic: counter_vec(
+        "damselfly_download_traffic_bytes_total",
+        "Downloaded bytes by traffic type and parent type",
+        &["type", "parent_type"],
+    ),
+    tasks: counter_vec(
+        "damselfly_download_task_total",
+        "Download tasks by result",
+        &["result"],
+    ),
+    pieces: counter_vec(
+        "damselfly_download_piece_total",
+        "Downloaded pieces by result and source",
+        &["result", "source"],
+    ),
+    duration: register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "damselfly_download_task_duration_seconds",
+                "Duration of finished downloads",
+            )
+            .buckets(exponential_buckets(0.01, 2.0, 20).expect("static buckets")),
+        )
+        .expect("static metric definition"),
+    ),
+});
+
+pub fn add_traffic(traffic: Traffic, bytes: u64) {
+    METRICS
+        .traffic
+        .with_label_values(&traffic.labels())
+        .inc_by(bytes);
+}
+
+pub fn piece_done(traffic: Traffic, ok: bool) {
+    let result = if ok { "finished" } else { "failed" };
+    METRICS
+        .pieces
+        .with_label_values(&[result, traffic.source()])
+        .inc();
+}
+
+pub fn task_started() {
+    METRICS.tasks.with_label_values(&["started"]).inc();
+}
+
+pub fn task_finished(seconds: f64) {
+    METRICS.tasks.with_label_values(&["finished"]).inc();
+    METRICS.duration.observe(seconds);
+}
+
+pub fn task_failed() {
+    METRICS.tasks.with_label_values(&["failed"]).inc();
+}
+
+/// Makes the metric families exist before the first download, so `/metrics` lists them.
+pub fn init() {
+    LazyLock::force(&METRICS);
+}
+
+/// The Prometheus text exposition of a registry.
+pub fn render(registry: &Registry) -> String {
+    TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap_or_default()
+}
+
+/// Total uploaded bytes as counted by damselfly-transfer's Vortex server.
+pub fn upload_bytes_total() -> u64 {
+    damselfly_transfer::metrics::UPLOAD_TRAFFIC_BYTES.get()
+}

@@ -1,0 +1,385 @@
+//! Talking to schedulers: the consistent-hash ring picks a task's scheduler (same ring as the
+//! official client, so our daemons and official ones agree), and a scheduler that is down
+//! (connect error or `Unavailable`) hands over to the next one in failover order.
+
+use crate::error::DaemonError;
+use damselfly_core::SchedulerRing;
+use dragonfly_api::common::v2::{Host, Peer, Task};
+use dragonfly_api::scheduler::v2::announce_peer_request::Request as PeerRequest;
+use dragonfly_api::scheduler::v2::announce_peer_response::Response as PeerResponse;
+use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient;
+use dragonfly_api::scheduler::v2::{
+    AnnounceHostRequest, AnnouncePeerRequest, AnnouncePeerResponse, DeleteHostRequest,
+    DeleteTaskRequest, RegisterPeerRequest, StatTaskRequest,
+};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status, Streaming};
+use tracing::{debug, info, warn};
+
+/// Connection setup limit: a scheduler that does not accept within this is treated as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Limit on unary calls and on the AnnouncePeer call until response headers (the official
+/// client uses 10 s for the same purpose).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests queued towards the scheduler per download; piece reports are small and the
+/// scheduler reads them as fast as they come.
+const PEER_REQUEST_QUEUE: usize = 1024;
+/// Attempts of the first AnnounceHost to each scheduler, and the pause between them.
+const STARTUP_ANNOUNCE_ATTEMPTS: u32 = 3;
+const STARTUP_ANNOUNCE_BACKOFF: Duration = Duration::from_millis(500);
+
+/// One lazily connected channel per scheduler address.
+pub struct Schedulers {
+    ring: SchedulerRing,
+    channels: Mutex<HashMap<SocketAddr, Channel>>,
+}
+
+impl Schedulers {
+    pub fn new(addrs: &[SocketAddr]) -> Self {
+        Self {
+            ring: SchedulerRing::new(addrs),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.addrs().is_empty()
+    }
+
+    pub fn addrs(&self) -> &[SocketAddr] {
+        self.ring.addrs()
+    }
+
+    fn client(&self, addr: SocketAddr) -> Result<SchedulerClient<Channel>, DaemonError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| DaemonError::NoScheduler("channel cache poisoned".into()))?;
+        if let Some(channel) = channels.get(&addr) {
+            return Ok(new_client(channel.clone()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| DaemonError::NoScheduler(format!("{addr}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr, channel.clone());
+        Ok(new_client(channel))
+    }
+
+    /// AnnounceHost to one scheduler.
+    pub async fn announce_host_to(
+        &self,
+        addr: SocketAddr,
+        host: Host,
+        interval: Duration,
+    ) -> Result<(), DaemonError> {
+        let mut client = self.client(addr)?;
+        let mut request = tonic::Request::new(AnnounceHostRequest {
+            host: Some(host),
+            interval: prost_wkt_types::Duration::try_from(interval).ok(),
+        });
+        request.set_timeout(REQUEST_TIMEOUT);
+        client
+            .announce_host(request)
+            .await
+            .map(|_| ())
+            .map_err(|status| DaemonError::Scheduler { addr, status })
+    }
+
+    /// AnnounceHost to every scheduler, a few attempts each; returns how many accepted.
+    /// Used at startup: a daemon with no scheduler still runs (downloads go to the origin).
+    pub async fn announce_host_all_with_retries(&self, host: &Host, interval: Duration) -> usize {
+        let attempts = self.addrs().iter().map(|&addr| async move {
+            for attempt in 1..=STARTUP_ANNOUNCE_ATTEMPTS {
+                match self.announce_host_to(addr, host.clone(), interval).await {
+                    Ok(()) => {
+                        info!(scheduler = %addr, host_id = %host.id, "announced host");
+                        return true;
+                    }
+                    Err(e) if attempt == STARTUP_ANNOUNCE_ATTEMPTS => {
+                        warn!(scheduler = %addr, error = %e, "cannot announce host; downloads that need this scheduler will go to the origin");
+                    }
+                    Err(e) => {
+                        debug!(scheduler = %addr, attempt, error = %e, "announce host failed, retrying");
+                        tokio::time::sleep(STARTUP_ANNOUNCE_BACKOFF * attempt).await;
+                    }
+                }
+            }
+            false
+        });
+        futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    /// Periodic re-announcement: one attempt per scheduler; failures are logged.
+    pub async fn announce_host_all(&self, host: &Host, interval: Duration) {
+        let calls = self.addrs().iter().map(|&addr| async move {
+            if let Err(e) = self.announce_host_to(addr, host.clone(), interval).await {
+                warn!(scheduler = %addr, error = %e, "announce host failed");
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    /// DeleteHost on every scheduler (shutdown); errors are only logged, as upstream.
+    pub async fn delete_host_all(&self, host_id: &str) {
+        let calls = self.addrs().iter().map(|&addr| async move {
+            let result = async {
+                let mut client = self.client(addr)?;
+                let mut request = tonic::Request::new(DeleteHostRequest {
+                    host_id: host_id.to_string(),
+                });
+                request.set_timeout(REQUEST_TIMEOUT);
+                client
+                    .delete_host(request)
+                    .await
+                    .map_err(|status| DaemonError::Scheduler { addr, status })
+            }
+            .await;
+            match result {
+                Ok(_) => debug!(scheduler = %addr, "deleted host"),
+                Err(e) => debug!(scheduler = %addr, error = %e, "delete host failed"),
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    /// DeleteTask on the task's scheduler (GC eviction); errors are only logged.
+    pub async fn delete_task(&self, host_id: &str, task_id: &str) {
+        let result = self
+            .call_with_failover(task_id, |mut client| {
+                let mut request = tonic::Request::new(DeleteTaskRequest {
+                    host_id: host_id.to_string(),
+                    task_id: task_id.to_string(),
+                });
+                request.set_timeout(REQUEST_TIMEOUT);
+                async move { client.delete_task(request).await.map(|_| ()) }
+            })
+            .await;
+        if let Err(e) = result {
+            debug!(task_id, error = %e, "scheduler DeleteTask failed");
+        }
+    }
+
+    /// StatTask on the task's scheduler.
+    pub async fn stat_task(&self, host_id: &str, task_id: &str) -> Result<Task, DaemonError> {
+        self.call_with_failover(task_id, |mut client| {
+            let mut request = tonic::Request::new(StatTaskRequest {
+                host_id: host_id.to_string(),
+                task_id: task_id.to_string(),
+            });
+            request.set_timeout(REQUEST_TIMEOUT);
+            async move { client.stat_task(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    async fn call_with_failover<T, F, Fut>(&self, task_id: &str, call: F) -> Result<T, DaemonError>
+    where
+        F: Fn(SchedulerClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut last = DaemonError::NoScheduler("no scheduler configured".into());
+        for addr in self.ring.failover_order(task_id) {
+            match call(self.client(addr)?).await {
+                Ok(value) => return Ok(value),
+                Err(status) if is_down(&status) => {
+                    debug!(scheduler = %addr, %status, "scheduler down, trying the next one");
+                    last = DaemonError::Scheduler { addr, status };
+                }
+                Err(status) => return Err(DaemonError::Scheduler { addr, status }),
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens AnnouncePeer on the task's scheduler (failing over), sending RegisterPeer first.
+    /// A scheduler that does not know our host (it restarted) gets the host re-announced once.
+    pub async fn open_peer_session(
+        &self,
+        ids: PeerIds,
+        register: RegisterPeerRequest,
+        host: &Host,
+        announce_interval: Duration,
+    ) -> Result<PeerSession, DaemonError> {
+        let mut last = DaemonError::NoScheduler("no scheduler configured".into());
+        for addr in self.ring.failover_order(&ids.task_id) {
+            for attempt in 0..2 {
+                match self.try_open(addr, &ids, register.clone()).await {
+                    Ok(session) => return Ok(session),
+                    Err(status) if status.code() == Code::NotFound && attempt == 0 => {
+                        debug!(scheduler = %addr, "scheduler does not know this host; re-announcing");
+                        if let Err(e) = self
+                            .announce_host_to(addr, host.clone(), announce_interval)
+                            .await
+                        {
+                            last = e;
+                            break;
+                        }
+                    }
+                    Err(status) => {
+                        let down = is_down(&status);
+                        last = DaemonError::Scheduler { addr, status };
+                        if !down {
+                            return Err(last);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn try_open(
+        &self,
+        addr: SocketAddr,
+        ids: &PeerIds,
+        register: RegisterPeerRequest,
+    ) -> Result<PeerSession, Status> {
+        let mut client = self
+            .client(addr)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(PEER_REQUEST_QUEUE);
+        let first = ids.request(PeerRequest::RegisterPeerRequest(register));
+        tx.send(first)
+            .await
+            .map_err(|_| Status::internal("request queue closed"))?;
+        let call = client.announce_peer(ReceiverStream::new(rx));
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, call)
+            .await
+            .map_err(|_| Status::unavailable("AnnouncePeer: no response headers in time"))??;
+        Ok(PeerSession {
+            ids: ids.clone(),
+            scheduler: addr,
+            tx: Some(tx),
+            responses: response.into_inner(),
+            send_failed: false,
+        })
+    }
+}
+
+/// Decisions carry whole peer lists; the default 4 MiB message limit is not ours to impose.
+fn new_client(channel: Channel) -> SchedulerClient<Channel> {
+    SchedulerClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// Connect errors surface as `Unavailable` (or `Unknown` with a transport error inside).
+fn is_down(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+    ) || (status.code() == Code::Unknown && status.message().contains("transport"))
+}
+
+/// The three IDs every AnnouncePeer request carries.
+#[derive(Debug, Clone)]
+pub struct PeerIds {
+    pub host_id: String,
+    pub task_id: String,
+    pub peer_id: String,
+}
+
+impl PeerIds {
+    fn request(&self, request: PeerRequest) -> AnnouncePeerRequest {
+        AnnouncePeerRequest {
+            host_id: self.host_id.clone(),
+            task_id: self.task_id.clone(),
+            peer_id: self.peer_id.clone(),
+            request: Some(request),
+        }
+    }
+}
+
+/// A scheduling decision.
+#[derive(Debug)]
+pub enum Decision {
+    Empty,
+    Normal(Vec<Peer>),
+    BackToSource(Option<String>),
+    MetadataOnly,
+}
+
+/// One AnnouncePeer stream: requests go out through a queue, decisions come back.
+pub struct PeerSession {
+    ids: PeerIds,
+    scheduler: SocketAddr,
+    tx: Option<mpsc::Sender<AnnouncePeerRequest>>,
+    responses: Streaming<AnnouncePeerResponse>,
+    send_failed: bool,
+}
+
+impl PeerSession {
+    pub fn scheduler(&self) -> SocketAddr {
+        self.scheduler
+    }
+
+    /// Sends a report. A scheduler that went away must not fail the download, so errors are
+    /// logged once and further reports dropped.
+    pub async fn send(&mut self, request: PeerRequest) {
+        if self.send_failed {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        if tx.send(self.ids.request(request)).await.is_err() {
+            self.send_failed = true;
+            debug!(scheduler = %self.scheduler, task_id = %self.ids.task_id, "scheduler stream closed; reports dropped");
+        }
+    }
+
+    /// Waits for the next decision, ignoring nothing: any other outcome is an error that sends
+    /// the download to the origin.
+    pub async fn next_decision(&mut self, timeout: Duration) -> Result<Decision, DaemonError> {
+        let scheduler = self.scheduler;
+        let message = tokio::time::timeout(timeout, self.responses.message())
+            .await
+            .map_err(|_| DaemonError::Scheduler {
+                addr: scheduler,
+                status: Status::deadline_exceeded("no scheduling decision in time"),
+            })?
+            .map_err(|status| DaemonError::Scheduler {
+                addr: scheduler,
+                status,
+            })?;
+        let Some(AnnouncePeerResponse {
+            response: Some(response),
+        }) = message
+        else {
+            return Err(DaemonError::Scheduler {
+                addr: scheduler,
+                status: Status::unavailable("scheduler closed the stream without a decision"),
+            });
+        };
+        Ok(match response {
+            PeerResponse::EmptyTaskResponse(_) => Decision::Empty,
+            PeerResponse::NormalTaskResponse(r) => Decision::Normal(r.candidate_parents),
+            PeerResponse::NeedBackToSourceResponse(r) => Decision::BackToSource(r.description),
+            PeerResponse::MetadataOnlyResponse(_) => Decision::MetadataOnly,
+        })
+    }
+
+    /// Sends the terminal request, half-closes, and waits (bounded) for the scheduler to end
+    /// the stream, as the protocol asks.
+    pub async fn finish(mut self, terminal: PeerRequest, wait: Duration) {
+        self.send(terminal).await;
+        self.tx = None;
+        let drain = async { while let Ok(Some(_)) = self.responses.message().await {} };
+        if tokio::time::timeout(wait, drain).await.is_err() {
+            debug!(scheduler = %self.scheduler, task_id = %self.ids.task_id, "scheduler did not close the stream in time");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! In-process swarm: a scheduler, two daemons on 127.0.0.2 / 127.0.0.3 and a counting HTTP
+//! origin. The second daemon must get its bytes from the first.
+
+mod common;
+
+use bytes::Bytes;
+use common::{daemon_config, socket_client, start_origin};
+use damselfly_daemon::Daemon;
+use dragonfly_api::common::v2::Download;
+use dragonfly_api::dfdaemon::v2::download_task_response::Response as TaskResponse;
+use dragonfly_api::dfdaemon::v2::DownloadTaskRequest;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+const SIZE: usize = 40 * 1024 * 1024 + 12345;
+
+/// Downloads through the daemon's socket; returns the parent IDs of the pieces.
+async fn download(socket: PathBuf, url: &str, output: &Path) -> Vec<Option<String>> {
+    let mut client = socket_client(socket).await;
+    let request = DownloadTaskRequest {
+        download: Some(Download {
+            url: url.to_string(),
+            output_path: Some(output.to_string_lossy().into_owned()),
+            timeout: prost_wkt_types::Duration::try_from(Duration::from_secs(60)).ok(),
+            ..Default::default()
+        }),
+    };
+    let mut stream = client.download_task(request).await.unwrap().into_inner();
+    let mut parents = Vec::new();
+    let mut started = false;
+    while let Some(message) = stream.message().await.unwrap() {
+        match message.response {
+            Some(TaskResponse::DownloadTaskStartedResponse(s)) => {
+                assert_eq!(s.content_length, SIZE as u64);
+                started = true;
+            }
+            Some(TaskResponse::DownloadPieceFinishedResponse(p)) => {
+                parents.push(p.piece.unwrap().parent_id);
+            }
+            None => {}
+        }
+    }
+    assert!(started);
+    parents
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn second_daemon_downloads_from_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Bytes = (0..SIZE)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let want = hex::encode(Sha256::digest(&data));
+    let (origin, origin_bytes) = start_origin(data).await;
+    let url = format!("http://{origin}/file.bin");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheduler = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_scheduler = stop.clone();
+    tokio::spawn(async move {
+        let config = damselfly_scheduler::SchedulerConfig::default();
+        let _ =
+            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
+    });
+
+    // A second scheduler that is down: the ring fails over to the live one.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_scheduler = dead.local_addr().unwrap();
+    drop(dead);
+    let with_dead = |ip: &str, name: &str| {
+        let mut config = daemon_config(ip, name, dir.path(), scheduler);
+        config.scheduler.addrs = vec![dead_scheduler, scheduler];
+        config
+    };
+    let a = Daemon::start(with_dead("127.0.0.2", "daemon-a"))
+        .await
+        .unwrap();
+    let b = Daemon::start(with_dead("127.0.0.3", "daemon-b"))
+        .await
+        .unwrap();
+
+    // Two concurrent requests on A share one job: one copy from the origin.
+    let out_a = dir.path().join("a.bin");
+    let out_a_twin = dir.path().join("a-twin.bin");
+    tokio::join!(
+        download(a.addrs().socket.clone(), &url, &out_a),
+        download(a.addrs().socket.clone(), &url, &out_a_twin)
+    );
+    assert_eq!(sha256_file(&out_a), want);
+    assert_eq!(sha256_file(&out_a_twin), want);
+    let after_first = origin_bytes.load(Ordering::Relaxed);
+    assert_eq!(after_first, SIZE as u64, "first daemon fetched one copy");
+
+    let out_b = dir.path().join("b.bin");
+    let parents = download(b.addrs().socket.clone(), &url, &out_b).await;
+    assert_eq!(sha256_file(&out_b), want);
+    assert!(!parents.is_empty());
+    assert!(
+        parents.iter().all(|p| p
+            .as_deref()
+            .is_some_and(|id| id.starts_with("127.0.0.2-daemon-a-"))),
+        "every piece came from daemon A: {parents:?}"
+    );
+    let total = origin_bytes.load(Ordering::Relaxed);
+    assert_eq!(total, SIZE as u64, "the origin served about one copy");
+
+    // A second request on A is a local hit: no origin bytes at all.
+    let out_a2 = dir.path().join("a2.bin");
+    download(a.addrs().socket.clone(), &url, &out_a2).await;
+    assert_eq!(sha256_file(&out_a2), want);
+    assert_eq!(origin_bytes.load(Ordering::Relaxed), total);
+
+    // Metrics and health answer.
+    let metrics = http_get(a.addrs().metrics, "/metrics").await;
+    assert!(
+        metrics.contains("damselfly_download_traffic_bytes_total"),
+        "{metrics}"
+    );
+    assert!(http_get(b.addrs().health, "/healthy").await.contains("OK"));
+
+    let socket_a = a.addrs().socket.clone();
+    a.stop().await;
+    b.stop().await;
+    assert!(!socket_a.exists(), "socket removed at shutdown");
+    stop.cancel();
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+/// A parent that lost the task: the child drops it, reschedules, and ends at the origin with
+/// the right bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parent_without_the_task_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Bytes = (0..SIZE)
+        .map(|i| (i * 13 % 241) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let want = hex::encode(Sha256::digest(&data));
+    let (origin, origin_bytes) = start_origin(data).await;
+    let url = format!("http://{origin}/file.bin");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheduler = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_scheduler = stop.clone();
+    tokio::spawn(async move {
+        let config = damselfly_scheduler::SchedulerConfig::default();
+        let _ =
+            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
+    });
+    let a = Daemon::start(daemon_config(
+        "127.0.0.5",
+        "daemon-f",
+        dir.path(),
+        scheduler,
+    ))
+    .await
+    .unwrap();
+    let b = Daemon::start(daemon_config(
+        "127.0.0.6",
+        "daemon-g",
+        dir.path(),
+        scheduler,
+    ))
+    .await
+    .unwrap();
+    download(a.addrs().socket.clone(), &url, &dir.path().join("a.bin")).await;
+
+    // A forgets the task without telling the scheduler, which still lists A as a parent.
+    let mut client = socket_client(a.addrs().socket.clone()).await;
+    let task_id = client
+        .list_local_tasks(dragonfly_api::dfdaemon::v2::ListLocalTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks[0]
+        .task_id
+        .clone();
+    client
+        .delete_local_task(dragonfly_api::dfdaemon::v2::DeleteLocalTaskRequest {
+            task_id,
+            remote_ip: None,
+        })
+        .await
+        .unwrap();
+
+    let out_b = dir.path().join("b.bin");
+    download(b.addrs().socket.clone(), &url, &out_b).await;
+    assert_eq!(sha256_file(&out_b), want);
+    assert_eq!(origin_bytes.load(Ordering::Relaxed), 2 * SIZE as u64);
+    a.stop().await;
+    b.stop().await;
+    stop.cancel();
+}

@@ -1,0 +1,126 @@
+//! dfscheduler: the Damselfly scheduler (Dragonfly v2 `scheduler.v2.Scheduler`). All logic
+//! lives in `damselfly_scheduler`; this binary reads flags and config, binds, and waits for a
+//! signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use damselfly_scheduler::config::parse_metrics_addr;
+use damselfly_scheduler::SchedulerConfig;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+/// Flags win over the config file; unset flags leave the file (or the defaults) alone.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dfscheduler",
+    version,
+    about = "Damselfly P2P scheduler (Dragonfly v2 compatible)"
+)]
+struct Args {
+    /// gRPC listen address [default: 0.0.0.0:8002, or server.listen / listenIP:port from --config]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// YAML config file with Dragonfly scheduler keys
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Metrics + /healthy address, `:PORT`, or `none` [default: <listen ip>:8000]
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Log filter (RUST_LOG wins when set)
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+impl Args {
+    fn load_config(&self) -> anyhow::Result<SchedulerConfig> {
+        let mut config = match &self.config {
+            Some(path) => SchedulerConfig::from_file(path)?,
+            None => SchedulerConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.server.listen = Some(listen);
+        }
+        if let Some(metrics) = &self.metrics {
+            let listen_ip = config.listen_addr().ip();
+            match parse_metrics_addr(metrics, listen_ip)? {
+                Some(addr) => {
+                    config.metrics.enable = true;
+                    config.metrics.addr = Some(addr.to_string());
+                }
+                None => config.metrics.enable = false,
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&args.log_level))
+        .context("invalid --log-level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = args.load_config().context("loading the configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: SchedulerConfig) -> anyhow::Result<()> {
+    let listen = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the scheduler to {listen}"))?;
+    let metrics_addr = config.metrics_addr()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let metrics_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics server to {addr}"))?;
+            tracing::info!(%addr, "metrics at /metrics, health at /healthy");
+            Some(tokio::spawn(damselfly_scheduler::serve_metrics(
+                metrics_listener,
+                wait_stop(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+        let _ = stop_tx.send(true);
+    });
+
+    tracing::info!(%listen, "dfscheduler starting");
+    let served = damselfly_scheduler::serve(config, listener, wait_stop(stop_rx)).await;
+    if let Some(metrics) = metrics {
+        match metrics.await {
+            Ok(result) => result.context("metrics server failed")?,
+            Err(e) => tracing::warn!(error = %e, "metrics server task ended abnormally"),
+        }
+    }
+    served.context("scheduler failed")?;
+    tracing::info!("dfscheduler stopped");
+    Ok(())
+}
+
+async fn wait_stop(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

@@ -1,0 +1,171 @@
+//! End-to-end: a real swarm of dfdaemons behind one dfscheduler, fed by an HTTP origin.
+//!
+//! (a) five daemons (one seed) fetch one 100 MiB file at once: identical bytes everywhere, the
+//!     origin serves the file about once, the normal peers feed each other; then a repeat on a
+//!     daemon that has the file is a local hit.
+//! (b) one daemon is SIGKILLed in the middle of a swarm download: the others still finish.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn swarm_of_five_shares_one_origin_fetch() {
+    let origin = Origin::start();
+    let file = origin.add_random("swarm/100mib.bin", 100 * MIB);
+    let size = file.len() as f64;
+
+    let mut c = Cluster::new("swarm");
+    c.start_scheduler();
+    let seed = c.start_daemon(DaemonOpts {
+        seed: true,
+        ..Default::default()
+    });
+    let peers: Vec<DaemonInfo> = (0..4)
+        .map(|_| c.start_daemon(DaemonOpts::default()))
+        .collect();
+    let all: Vec<DaemonInfo> = std::iter::once(seed.clone())
+        .chain(peers.iter().cloned())
+        .collect();
+
+    let outs: Vec<PathBuf> = all
+        .iter()
+        .map(|d| c.path(&format!("out-{}.bin", d.name)))
+        .collect();
+    let running: Vec<RunningDfget> = all
+        .iter()
+        .zip(&outs)
+        .map(|(d, out)| c.spawn_dfget(&d.socket, &file.url, out, &[]))
+        .collect();
+    let results: Vec<DfgetResult> = running.into_iter().map(RunningDfget::wait).collect();
+    for ((d, out), result) in all.iter().zip(&outs).zip(&results) {
+        eprintln!("{}: dfget took {:?}", d.name, result.elapsed);
+        assert_download_ok(result, out, &file);
+    }
+
+    // The traffic checks are collected so one run reports every broken expectation.
+    let mut problems: Vec<String> = Vec::new();
+    let served = origin.served() as f64;
+    if served > 1.05 * size {
+        problems.push(format!(
+            "origin served {served} bytes for a {size}-byte file to a swarm of five (> 1.05x)"
+        ));
+    }
+
+    let mut normal_from_peers = 0.0;
+    let mut normal_total = 0.0;
+    for d in &peers {
+        let t = d.traffic();
+        eprintln!("{}: {:?}", d.name, t);
+        normal_from_peers += t.remote_normal;
+        normal_total += t.network();
+    }
+    eprintln!("{}: {:?}", seed.name, seed.traffic());
+    if normal_total < 4.0 * size * 0.99 {
+        problems.push(format!(
+            "the four normal daemons report {normal_total} downloaded bytes in \
+             {DOWNLOAD_TRAFFIC}, expected about {}",
+            4.0 * size
+        ));
+    }
+    if normal_from_peers < 0.5 * normal_total {
+        problems.push(format!(
+            "only {normal_from_peers} of {normal_total} bytes the normal daemons downloaded came \
+             from normal (non-seed) peers; expected at least half"
+        ));
+    }
+
+    // A second download on a daemon that has the task: no origin traffic, same bytes.
+    let before = origin.served();
+    let local_before = peers[0].traffic().local;
+    let again = c.path("again.bin");
+    let result = c.dfget(&peers[0].socket, &file.url, &again, &[]);
+    assert_download_ok(&result, &again, &file);
+    if origin.served() != before {
+        problems.push(format!(
+            "a repeated download fetched {} bytes from the origin",
+            origin.served() - before
+        ));
+    }
+    let local_after = peers[0].traffic().local;
+    if local_after - local_before < size {
+        problems.push(format!(
+            "a local hit should count {size} local_peer bytes, counted {}",
+            local_after - local_before
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "swarm expectations not met:\n  {}",
+        problems.join("\n  ")
+    );
+    c.assert_no_panics();
+}
+
+#[test]
+fn swarm_survives_a_killed_peer() {
+    let origin = Origin::start();
+    let file = origin.add_random("kill/64mib.bin", 64 * MIB);
+    // Slow the origin down so that the swarm is still moving bytes when the victim dies.
+    origin.set_rate(2 * MIB as u64);
+
+    let mut c = Cluster::new("kill");
+    c.start_scheduler();
+    let seed = c.start_daemon(DaemonOpts {
+        seed: true,
+        ..Default::default()
+    });
+    let peers: Vec<DaemonInfo> = (0..3)
+        .map(|_| c.start_daemon(DaemonOpts::default()))
+        .collect();
+    let victim = peers[0].clone();
+    let survivors: Vec<DaemonInfo> = std::iter::once(seed.clone())
+        .chain(peers[1..].iter().cloned())
+        .collect();
+
+    let victim_run = c.spawn_dfget(&victim.socket, &file.url, &c.path("victim.bin"), &[]);
+    let outs: Vec<PathBuf> = survivors
+        .iter()
+        .map(|d| c.path(&format!("out-{}.bin", d.name)))
+        .collect();
+    let running: Vec<RunningDfget> = survivors
+        .iter()
+        .zip(&outs)
+        .map(|(d, out)| c.spawn_dfget(&d.socket, &file.url, out, &[]))
+        .collect();
+
+    // Kill the victim once it has downloaded something but not everything.
+    let moved = wait_until(Duration::from_secs(120), || {
+        victim
+            .try_traffic()
+            .map(|t| t.network() >= 2.0 * MIB as f64)
+            .unwrap_or(false)
+    });
+    let at_kill = victim.try_traffic().unwrap_or_default();
+    eprintln!("victim traffic at kill time: {at_kill:?} (moved: {moved})");
+    c.kill(victim.pid);
+    assert!(!c.is_running(victim.pid));
+    let victim_result = victim_run.wait();
+    eprintln!(
+        "victim dfget: code {:?}, stderr: {}",
+        victim_result.code(),
+        victim_result.stderr
+    );
+    assert!(
+        at_kill.network() < file.len() as f64,
+        "the victim had finished before the kill; the test did not exercise a mid-flight kill"
+    );
+
+    let results: Vec<DfgetResult> = running.into_iter().map(RunningDfget::wait).collect();
+    for ((d, out), result) in survivors.iter().zip(&outs).zip(&results) {
+        eprintln!("{}: dfget took {:?}", d.name, result.elapsed);
+        assert_download_ok(result, out, &file);
+    }
+    for d in &survivors {
+        assert!(d.is_healthy(), "{} is not healthy after the kill", d.name);
+    }
+    c.assert_no_panics();
+}

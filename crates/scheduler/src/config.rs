@@ -1,0 +1,376 @@
+//! Scheduler configuration: a YAML file using Dragonfly's scheduler keys (camelCase) where they
+//! mean the same thing. Every default is a named constant so the documentation and the code
+//! cannot drift apart. Unknown keys (manager, redis, …) are ignored so a Dragonfly
+//! `scheduler.yaml` can be reused as is.
+//!
+//! ```yaml
+//! server:
+//!   listenIP: 0.0.0.0        # or `listen: 0.0.0.0:8002`, which wins
+//!   port: 8002
+//! scheduler:
+//!   algorithm: default
+//!   backToSourceCount: 200
+//!   retryBackToSourceLimit: 4
+//!   retryLimit: 5
+//!   retryInterval: 500ms
+//!   candidateParentLimit: 3
+//!   filterParentLimit: 15
+//!   seedPeerWaitTimeout: 10s
+//!   gc:
+//!     peerGCInterval: 10s
+//!     peerTTL: 24h
+//!     taskGCInterval: 30m
+//!     hostGCInterval: 5m
+//!     hostTTL: 1h
+//! seedPeer:
+//!   enable: true
+//!   taskDownloadTimeout: 10h
+//! metrics:
+//!   enable: true
+//!   addr: ":8000"            # listen IP implied; `none` disables
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SchedulerError;
+
+/// Default gRPC listen IP (Dragonfly `server.listenIP`).
+pub const DEFAULT_LISTEN_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// Default gRPC port (Dragonfly `server.port`).
+pub const DEFAULT_PORT: u16 = 8002;
+/// Default metrics port; the metrics server binds the listen IP with this port.
+pub const DEFAULT_METRICS_PORT: u16 = 8000;
+/// Only one evaluator exists; the key is kept for Dragonfly config compatibility.
+pub const DEFAULT_ALGORITHM: &str = "default";
+/// Back-to-source peers allowed per task (Dragonfly `scheduler.backToSourceCount`).
+pub const DEFAULT_BACK_TO_SOURCE_COUNT: u32 = 200;
+/// Failed scheduling rounds after which a peer is sent to the origin.
+pub const DEFAULT_RETRY_BACK_TO_SOURCE_LIMIT: u32 = 4;
+/// Failed scheduling rounds after which scheduling fails with `FailedPrecondition`.
+pub const DEFAULT_RETRY_LIMIT: u32 = 5;
+/// Pause between scheduling rounds (jittered), so a waiting peer does not spin.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Parents sent in one `NormalTaskResponse` (Dragonfly `candidateParentLimit`).
+pub const DEFAULT_CANDIDATE_PARENT_LIMIT: usize = 3;
+/// Eligible parents sampled before scoring (Dragonfly `filterParentLimit`).
+pub const DEFAULT_FILTER_PARENT_LIMIT: usize = 15;
+/// How long peers wait for a triggered seed peer before going to the origin themselves.
+pub const DEFAULT_SEED_PEER_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peer GC sweep interval (Dragonfly `gc.peerGCInterval`).
+pub const DEFAULT_PEER_GC_INTERVAL: Duration = Duration::from_secs(10);
+/// Peers not updated for this long are removed (Dragonfly `gc.peerTTL`).
+pub const DEFAULT_PEER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Task GC sweep interval (Dragonfly `gc.taskGCInterval`): tasks without peers are removed.
+pub const DEFAULT_TASK_GC_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// Host GC sweep interval (Dragonfly `gc.hostGCInterval`).
+pub const DEFAULT_HOST_GC_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// Hosts that have not announced for this long are removed with their peers (`gc.hostTTL`).
+pub const DEFAULT_HOST_TTL: Duration = Duration::from_secs(60 * 60);
+/// Seed peers are triggered by default when a seed host is announced.
+pub const DEFAULT_SEED_PEER_ENABLE: bool = true;
+/// Upper bound on one triggered seed download (Dragonfly `seedPeer.taskDownloadTimeout`).
+pub const DEFAULT_SEED_TASK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(10 * 60 * 60);
+/// Metrics are served by `dfscheduler` unless disabled.
+pub const DEFAULT_METRICS_ENABLE: bool = true;
+
+/// The whole scheduler configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SchedulerConfig {
+    pub server: ServerConfig,
+    pub scheduler: SchedulingConfig,
+    pub seed_peer: SeedPeerConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `server:` section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// Full listen address; when set it wins over `listenIP` + `port`.
+    pub listen: Option<SocketAddr>,
+    #[serde(rename = "listenIP")]
+    pub listen_ip: IpAddr,
+    pub port: u16,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            listen_ip: DEFAULT_LISTEN_IP,
+            port: DEFAULT_PORT,
+        }
+    }
+}
+
+/// `scheduler:` section (candidate/filter parent limits live in Dragonfly's dynconfig; here
+/// they are plain keys of this section).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SchedulingConfig {
+    pub algorithm: String,
+    pub back_to_source_count: u32,
+    pub retry_back_to_source_limit: u32,
+    pub retry_limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+    pub candidate_parent_limit: usize,
+    pub filter_parent_limit: usize,
+    #[serde(with = "humantime_serde")]
+    pub seed_peer_wait_timeout: Duration,
+    pub gc: GcConfig,
+}
+
+impl Default for SchedulingConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: DEFAULT_ALGORITHM.to_string(),
+            back_to_source_count: DEFAULT_BACK_TO_SOURCE_COUNT,
+            retry_back_to_source_limit: DEFAULT_RETRY_BACK_TO_SOURCE_LIMIT,
+            retry_limit: DEFAULT_RETRY_LIMIT,
+            retry_interval: DEFAULT_RETRY_INTERVAL,
+            candidate_parent_limit: DEFAULT_CANDIDATE_PARENT_LIMIT,
+            filter_parent_limit: DEFAULT_FILTER_PARENT_LIMIT,
+            seed_peer_wait_timeout: DEFAULT_SEED_PEER_WAIT_TIMEOUT,
+            gc: GcConfig::default(),
+        }
+    }
+}
+
+/// `scheduler.gc:` section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GcConfig {
+    #[serde(rename = "peerGCInterval", with = "humantime_serde")]
+    pub peer_gc_interval: Duration,
+    #[serde(rename = "peerTTL", with = "humantime_serde")]
+    pub peer_ttl: Duration,
+    #[serde(rename = "taskGCInterval", with = "humantime_serde")]
+    pub task_gc_interval: Duration,
+    #[serde(rename = "hostGCInterval", with = "humantime_serde")]
+    pub host_gc_interval: Duration,
+    #[serde(rename = "hostTTL", with = "humantime_serde")]
+    pub host_ttl: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            peer_gc_interval: DEFAULT_PEER_GC_INTERVAL,
+            peer_ttl: DEFAULT_PEER_TTL,
+            task_gc_interval: DEFAULT_TASK_GC_INTERVAL,
+            host_gc_interval: DEFAULT_HOST_GC_INTERVAL,
+            host_ttl: DEFAULT_HOST_TTL,
+        }
+    }
+}
+
+/// `seedPeer:` section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SeedPeerConfig {
+    pub enable: bool,
+    #[serde(with = "humantime_serde")]
+    pub task_download_timeout: Duration,
+}
+
+impl Default for SeedPeerConfig {
+    fn default() -> Self {
+        Self {
+            enable: DEFAULT_SEED_PEER_ENABLE,
+            task_download_timeout: DEFAULT_SEED_TASK_DOWNLOAD_TIMEOUT,
+        }
+    }
+}
+
+/// `metrics:` section. `addr` accepts Dragonfly's `":8000"` form (listen IP implied).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    pub enable: bool,
+    pub addr: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enable: DEFAULT_METRICS_ENABLE,
+            addr: None,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// Reads and validates a YAML file; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, SchedulerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SchedulerError::ConfigRead {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML text. An empty document gives the defaults.
+    pub fn from_yaml(text: &str) -> Result<Self, SchedulerError> {
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml::from_str(text)?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The gRPC listen address: `server.listen`, else `server.listenIP:server.port`.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .unwrap_or(SocketAddr::new(self.server.listen_ip, self.server.port))
+    }
+
+    /// The metrics address, or `None` when metrics are disabled.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, SchedulerError> {
+        if !self.metrics.enable {
+            return Ok(None);
+        }
+        let listen_ip = self.listen_addr().ip();
+        match self.metrics.addr.as_deref() {
+            None => Ok(Some(SocketAddr::new(listen_ip, DEFAULT_METRICS_PORT))),
+            Some(text) => parse_metrics_addr(text, listen_ip),
+        }
+    }
+
+    /// Rejects values that would make scheduling misbehave instead of failing loudly later.
+    pub fn validate(&self) -> Result<(), SchedulerError> {
+        let s = &self.scheduler;
+        if s.algorithm != DEFAULT_ALGORITHM {
+            return Err(invalid(format!(
+                "scheduler.algorithm {:?} is not supported (only {DEFAULT_ALGORITHM:?})",
+                s.algorithm
+            )));
+        }
+        if s.candidate_parent_limit == 0 || s.filter_parent_limit == 0 {
+            return Err(invalid(
+                "candidateParentLimit and filterParentLimit must be > 0".into(),
+            ));
+        }
+        if s.filter_parent_limit < s.candidate_parent_limit {
+            return Err(invalid(
+                "filterParentLimit must be >= candidateParentLimit".into(),
+            ));
+        }
+        let gc = &s.gc;
+        let intervals = [
+            gc.peer_gc_interval,
+            gc.task_gc_interval,
+            gc.host_gc_interval,
+        ];
+        if intervals.iter().any(Duration::is_zero) {
+            return Err(invalid("GC intervals must be > 0".into()));
+        }
+        self.metrics_addr()?;
+        Ok(())
+    }
+}
+
+fn invalid(message: String) -> SchedulerError {
+    SchedulerError::InvalidConfig(message)
+}
+
+/// Parses `none`, `:PORT` (listen IP implied) or a full `IP:PORT`.
+pub fn parse_metrics_addr(
+    text: &str,
+    listen_ip: IpAddr,
+) -> Result<Option<SocketAddr>, SchedulerError> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") || text.is_empty() {
+        return Ok(None);
+    }
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid(format!("metrics address {text:?}: bad port")))?;
+        return Ok(Some(SocketAddr::new(listen_ip, port)));
+    }
+    text.parse::<SocketAddr>().map(Some).map_err(|_| {
+        invalid(format!(
+            "metrics address {text:?} is not IP:PORT, :PORT or none"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_yaml_gives_defaults() {
+        let config = SchedulerConfig::from_yaml("").unwrap();
+        assert_eq!(config, SchedulerConfig::default());
+        assert_eq!(config.listen_addr(), "0.0.0.0:8002".parse().unwrap());
+        assert_eq!(
+            config.metrics_addr().unwrap(),
+            Some("0.0.0.0:8000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn dragonfly_keys_are_read() {
+        let yaml = r#"
+server:
+  listenIP: 127.0.0.1
+  port: 9002
+scheduler:
+  retryInterval: 100ms
+  retryBackToSourceLimit: 2
+  candidateParentLimit: 4
+  seedPeerWaitTimeout: 3s
+  gc:
+    peerTTL: 1m
+    hostTTL: 2m
+    hostGCInterval: 1s
+metrics:
+  addr: ":9000"
+manager:
+  addr: ignored
+"#;
+        let config = SchedulerConfig::from_yaml(yaml).unwrap();
+        assert_eq!(config.listen_addr(), "127.0.0.1:9002".parse().unwrap());
+        assert_eq!(config.scheduler.retry_interval, Duration::from_millis(100));
+        assert_eq!(config.scheduler.retry_back_to_source_limit, 2);
+        assert_eq!(config.scheduler.candidate_parent_limit, 4);
+        assert_eq!(
+            config.scheduler.seed_peer_wait_timeout,
+            Duration::from_secs(3)
+        );
+        assert_eq!(config.scheduler.gc.peer_ttl, Duration::from_secs(60));
+        assert_eq!(config.scheduler.gc.host_gc_interval, Duration::from_secs(1));
+        assert_eq!(
+            config.metrics_addr().unwrap(),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(SchedulerConfig::from_yaml("scheduler:\n  candidateParentLimit: 0\n").is_err());
+        assert!(SchedulerConfig::from_yaml("scheduler:\n  algorithm: ml\n").is_err());
+        assert!(SchedulerConfig::from_yaml("metrics:\n  addr: nonsense\n").is_err());
+        assert!(SchedulerConfig::from_yaml("scheduler: [1, 2]\n").is_err());
+    }
+
+    #[test]
+    fn metrics_none_disables() {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(parse_metrics_addr("none", ip).unwrap(), None);
+        assert_eq!(
+            parse_metrics_addr("1.2.3.4:5", ip).unwrap(),
+            Some("1.2.3.4:5".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! The one error type of the scheduler library.
+
+use std::net::SocketAddr;
+
+/// Everything that can stop the scheduler from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The configuration file could not be read.
+    #[error("cannot read scheduler config {path}: {source}")]
+    ConfigRead {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid YAML for [`crate::SchedulerConfig`].
+    #[error("cannot parse scheduler config: {0}")]
+    ConfigParse(#[from] serde_yaml::Error),
+    /// A configuration value is out of range.
+    #[error("invalid scheduler config: {0}")]
+    InvalidConfig(String),
+    /// The gRPC server failed.
+    #[error("scheduler gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Binding or serving a socket failed.
+    #[error("scheduler I/O error on {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Prometheus metric could not be registered or encoded.
+    #[error("scheduler metrics error: {0}")]
+    Metrics(#[from] prometheus::Error),
+}

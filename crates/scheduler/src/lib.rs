@@ -1,0 +1,26 @@
+//! `damselfly-scheduler`: a `scheduler.v2.Scheduler` (Dragonfly v2, `dragonfly-api` 2.3.8)
+//! that official dfdaemons can use.
+//!
+//! - hosts, tasks and peers ([`model`]) live in memory ([`state`]), with typed state machines
+//!   ([`fsm`]);
+//! - parents are picked by a load-aware, pure scoring function ([`scoring`]);
+//! - new tasks are fetched once: by a triggered seed peer (`seed` module) when a seed host is
+//!   known, else by the first peer, which then serves the others;
+//! - [`serve`] runs the gRPC service (plus `grpc.health.v1`) on a listener and is embeddable;
+//!   [`serve_metrics`] serves `/metrics` and `/healthy`.
+
+pub mod config;
+mod error;
+pub mod fsm;
+pub mod metrics;
+pub mod model;
+pub mod scoring;
+mod seed;
+mod server;
+pub mod service;
+pub mod state;
+
+pub use config::SchedulerConfig;
+pub use error::SchedulerError;
+pub use metrics::serve_metrics;
+pub use server::serve;

@@ -1,0 +1,249 @@
+//! Prometheus metrics in the default registry (DESIGN.md), plus the `/metrics` + `/healthy`
+//! HTTP server.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder};
+use tokio::net::TcpListener;
+
+use crate::state::Counts;
+use crate::SchedulerError;
+
+/// The scheduler's collectors.
+struct Collectors {
+    announce_host_total: IntCounter,
+    announce_peer_total: IntCounter,
+    register_peer_total: IntCounter,
+    register_peer_failure_total: IntCounter,
+    schedule_total: IntCounterVec,
+    download_peer_total: IntCounterVec,
+    traffic_bytes_total: IntCounterVec,
+    seed_trigger_total: IntCounterVec,
+    hosts: IntGauge,
+    peers: IntGauge,
+    tasks: IntGauge,
+}
+
+/// Schedule decision labels.
+pub const DECISION_NORMAL: &str = "normal";
+pub const DECISION_BACK_TO_SOURCE: &str = "back_to_source";
+pub const DECISION_EMPTY: &str = "empty";
+pub const DECISION_FAILED: &str = "failed";
+
+static COLLECTORS: OnceLock<Option<Collectors>> = OnceLock::new();
+
+/// Handle to the process-wide scheduler metrics, registered in the default registry on first
+/// use. Several schedulers in one process (tests, embedded mode) share them. If the
+/// collectors could not be built every call is a no-op: metrics never take the scheduler down.
+#[derive(Clone, Copy)]
+pub struct Metrics(Option<&'static Collectors>);
+
+pub fn metrics() -> Metrics {
+    Metrics(
+        COLLECTORS
+            .get_or_init(|| match Collectors::new() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduler metrics disabled");
+                    None
+                }
+            })
+            .as_ref(),
+    )
+}
+
+/// Registers in the default registry; a duplicate (another component registered the same
+/// name first) is logged and the collector still counts, just unexported.
+fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    if let Err(e) = prometheus::register(Box::new(collector.clone())) {
+        tracing::warn!(error = %e, "scheduler metric not registered");
+    }
+    collector
+}
+
+fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    Ok(register(IntCounter::with_opts(Opts::new(name, help))?))
+}
+
+fn counter_vec(name: &str, help: &str, label: &str) -> Result<IntCounterVec, prometheus::Error> {
+    Ok(register(IntCounterVec::new(
+        Opts::new(name, help),
+        &[label],
+    )?))
+}
+
+fn gauge(name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    Ok(register(IntGauge::with_opts(Opts::new(name, help))?))
+}
+
+impl Collectors {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            announce_host_total: counter(
+                "damselfly_scheduler_announce_host_total",
+                "AnnounceHost calls",
+            )?,
+            announce_peer_total: counter(
+                "damselfly_scheduler_announce_peer_total",
+                "AnnouncePeer streams opened",
+            )?,
+            register_peer_total: counter(
+                "damselfly_scheduler_register_peer_total",
+                "RegisterPeerRequest messages",
+            )?,
+            register_peer_failure_total: counter(
+                "damselfly_scheduler_register_peer_failure_total",
+                "RegisterPeerRequest messages refused",
+            )?,
+            schedule_total: counter_vec(
+                "damselfly_scheduler_schedule_total",
+                "Scheduling decisions sent, by decision",
+                "decision",
+            )?,
+            download_peer_total: counter_vec(
+                "damselfly_scheduler_download_peer_total",
+                "Peer downloads ended, by result",
+                "result",
+            )?,
+            traffic_bytes_total: counter_vec(
+                "damselfly_scheduler_traffic_bytes_total",
+                "Bytes reported in finished pieces, by traffic type",
+                "type",
+            )?,
+            seed_trigger_total: counter_vec(
+                "damselfly_scheduler_seed_trigger_total",
+                "Seed peer DownloadTask triggers, by result",
+                "result",
+            )?,
+            hosts: gauge("damselfly_scheduler_hosts", "Hosts known")?,
+            peers: gauge("damselfly_scheduler_peers", "Peers known")?,
+            tasks: gauge("damselfly_scheduler_tasks", "Tasks known")?,
+        })
+    }
+}
+
+impl Metrics {
+    pub fn announce_host(self) {
+        if let Some(c) = self.0 {
+            c.announce_host_total.inc();
+        }
+    }
+
+    pub fn announce_peer(self) {
+        if let Some(c) = self.0 {
+            c.announce_peer_total.inc();
+        }
+    }
+
+    pub fn register_peer(self, ok: bool) {
+        if let Some(c) = self.0 {
+            c.register_peer_total.inc();
+            if !ok {
+                c.register_peer_failure_total.inc();
+            }
+        }
+    }
+
+    pub fn decision(self, decision: &str) {
+        if let Some(c) = self.0 {
+            c.schedule_total.with_label_values(&[decision]).inc();
+        }
+    }
+
+    pub fn download_peer(self, result: &str) {
+        if let Some(c) = self.0 {
+            c.download_peer_total.with_label_values(&[result]).inc();
+        }
+    }
+
+    pub fn traffic(self, traffic_type: &str, bytes: u64) {
+        if let Some(c) = self.0 {
+            c.traffic_bytes_total
+                .with_label_values(&[traffic_type])
+                .inc_by(bytes);
+        }
+    }
+
+    pub fn seed_trigger(self, result: &str) {
+        if let Some(c) = self.0 {
+            c.seed_trigger_total.with_label_values(&[result]).inc();
+        }
+    }
+
+    pub fn set_counts(self, counts: Counts) {
+        if let Some(c) = self.0 {
+            c.hosts.set(i64::try_from(counts.hosts).unwrap_or(i64::MAX));
+            c.peers.set(i64::try_from(counts.peers).unwrap_or(i64::MAX));
+            c.tasks.set(i64::try_from(counts.tasks).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// The Prometheus text exposition of the default registry.
+pub fn render() -> Result<String, SchedulerError> {
+    let mut buffer = Vec::new();
+    TextEncoder::new().encode(&prometheus::gather(), &mut buffer)?;
+    Ok(String::from_utf8_lossy(&buffer).into_owned())
+}
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /healthy` (200) until `shutdown` fires.
+/// Connections already open finish on their own; scrapes are short.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
+    // Make sure the scheduler's own series exist even before the first RPC.
+    let _ = metrics();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics accept failed");
+                        continue;
+                    }
+                };
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(handle))
+                    .into_owned();
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "metrics connection ended");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    Ok(())
+}
+
+async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => match render() {
+            Ok(text) => (StatusCode::OK, text),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        (&Method::GET, "/healthy") => (StatusCode::OK, "OK".to_string()),
+        _ => (StatusCode::NOT_FOUND, "not found".to_string()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if status == StatusCode::OK {
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+    }
+    Ok(response)
+}

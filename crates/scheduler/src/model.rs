@@ -1,0 +1,298 @@
+//! The scheduler's data model: hosts, tasks, peers, seed trigger bookkeeping, and the values
+//! that scheduling rounds hand back to the service.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use dragonfly_api::common::v2 as pb;
+use tonic::Status;
+
+use crate::config::SchedulingConfig;
+use crate::fsm::{PeerState, SizeScope, TaskState};
+
+/// Pieces a child fetches in parallel when the register request does not say (client default).
+pub const DEFAULT_CONCURRENT_PIECE_COUNT: u32 = 8;
+/// A seed that failed a task is not triggered again for it during this long (Dragonfly's
+/// `SeedPeerFailedTimeout`), so a broken seed does not stall every new peer.
+pub const SEED_PEER_FAILED_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Scheduling knobs copied from the config.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub back_to_source_count: usize,
+    pub retry_back_to_source_limit: u32,
+    pub retry_limit: u32,
+    pub candidate_parent_limit: usize,
+    pub filter_parent_limit: usize,
+    pub seed_peer_enable: bool,
+    pub seed_peer_wait_timeout: Duration,
+}
+
+impl Policy {
+    pub fn new(config: &SchedulingConfig, seed_peer_enable: bool) -> Self {
+        Self {
+            back_to_source_count: config.back_to_source_count as usize,
+            retry_back_to_source_limit: config.retry_back_to_source_limit,
+            retry_limit: config.retry_limit,
+            candidate_parent_limit: config.candidate_parent_limit,
+            filter_parent_limit: config.filter_parent_limit,
+            seed_peer_enable,
+            seed_peer_wait_timeout: config.seed_peer_wait_timeout,
+        }
+    }
+}
+
+/// Host type as announced: 0 is a normal peer, anything else a seed (super/strong/weak).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostType {
+    Normal,
+    Seed(u32),
+}
+
+impl HostType {
+    pub fn from_pb(value: u32) -> Self {
+        if value == 0 {
+            Self::Normal
+        } else {
+            Self::Seed(value)
+        }
+    }
+
+    pub fn is_seed(self) -> bool {
+        matches!(self, Self::Seed(_))
+    }
+}
+
+/// One announced machine.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub id: String,
+    pub host_type: HostType,
+    /// The host exactly as announced; handed out in candidate parents and ListHosts.
+    pub announced: pb::Host,
+    pub last_announce: Instant,
+    /// Bandwidth reserved by active edges whose parent runs on this host, bits per second.
+    pub assigned_tx_bandwidth: u64,
+    pub active_children: u32,
+    pub peers: BTreeSet<String>,
+}
+
+impl Host {
+    pub(crate) fn max_tx_bandwidth(&self) -> u64 {
+        self.announced
+            .network
+            .as_ref()
+            .map_or(0, |n| n.max_tx_bandwidth)
+    }
+
+    pub(crate) fn idc(&self) -> Option<String> {
+        self.announced.network.as_ref().and_then(|n| n.idc.clone())
+    }
+
+    pub(crate) fn location(&self) -> Option<String> {
+        self.announced
+            .network
+            .as_ref()
+            .and_then(|n| n.location.clone())
+    }
+}
+
+/// Where the seed peer of a task stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedTrigger {
+    /// Never triggered (or the last trigger finished).
+    Idle,
+    /// `DownloadTask` was sent to the seed host; its peer has not registered yet.
+    InFlight { host_id: String, since: Instant },
+    /// The seed peer registered and fetches from the origin.
+    Registered { host_id: String },
+    /// The trigger or the seed download failed.
+    Failed { at: Instant },
+}
+
+/// One piece of content (a URL plus options), shared by all its peers.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    pub state: TaskState,
+    pub task_type: i32,
+    pub url: String,
+    pub digest: Option<String>,
+    pub tag: Option<String>,
+    pub application: Option<String>,
+    pub filtered_query_params: Vec<String>,
+    pub request_header: HashMap<String, String>,
+    pub content_length: Option<u64>,
+    pub piece_length: Option<u64>,
+    pub piece_count: Option<u32>,
+    pub peers: BTreeSet<String>,
+    pub back_to_source_peers: HashSet<String>,
+    pub seed: SeedTrigger,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// One download of a task by a host.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub id: String,
+    pub task_id: String,
+    pub host_id: String,
+    pub state: PeerState,
+    pub priority: i32,
+    pub range: Option<pb::Range>,
+    pub need_back_to_source: bool,
+    pub disable_back_to_source: bool,
+    pub concurrent_piece_count: u32,
+    pub finished_pieces: BTreeSet<u32>,
+    pub piece_costs: VecDeque<Duration>,
+    /// Peers this one must not be given as parents (itself, rescheduled-away parents).
+    pub blocklist: HashSet<String>,
+    /// Parent id → bandwidth reserved on the parent's host for this edge.
+    pub parents: BTreeMap<String, u64>,
+    pub children: BTreeSet<String>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub touched: Instant,
+}
+
+/// A seed download the service must start outside the lock.
+#[derive(Debug, Clone)]
+pub struct SeedJob {
+    pub task_id: String,
+    pub host_id: String,
+    pub endpoint: String,
+    pub download: pb::Download,
+}
+
+/// Result of a successful registration.
+#[derive(Debug)]
+pub struct Registered {
+    pub scope: SizeScope,
+    pub seed_job: Option<SeedJob>,
+}
+
+/// One scheduling round's outcome.
+#[derive(Debug)]
+pub enum Step {
+    Decided(Decision),
+    /// A triggered seed is on its way: wait without counting the round.
+    Wait,
+    /// Nothing found: count the round and try again.
+    Retry,
+}
+
+/// What the peer is told.
+#[derive(Debug)]
+pub enum Decision {
+    Normal(Vec<pb::Peer>),
+    BackToSource(String),
+    Fail(Status),
+}
+
+/// The four requests that end a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminal {
+    Finished,
+    Failed,
+    BackToSourceFinished,
+    BackToSourceFailed,
+}
+
+/// Counts for the gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub hosts: usize,
+    pub tasks: usize,
+    pub peers: usize,
+}
+
+impl Task {
+    pub(crate) fn new(id: &str, now: SystemTime) -> Self {
+        Self {
+            id: id.to_string(),
+            state: TaskState::Pending,
+            task_type: pb::TaskType::Standard as i32,
+            url: String::new(),
+            digest: None,
+            tag: None,
+            application: None,
+            filtered_query_params: Vec::new(),
+            request_header: HashMap::new(),
+            content_length: None,
+            piece_length: None,
+            piece_count: None,
+            peers: BTreeSet::new(),
+            back_to_source_peers: HashSet::new(),
+            seed: SeedTrigger::Idle,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Takes the metadata a registering peer knows; a later peer may know more (the content
+    /// length once the first peer stat'ed the origin).
+    pub(crate) fn update_from(&mut self, download: &pb::Download, now: SystemTime) {
+        self.task_type = download.r#type;
+        self.url = download.url.clone();
+        self.digest = download.digest.clone().or(self.digest.take());
+        self.tag = download.tag.clone();
+        self.application = download.application.clone();
+        self.filtered_query_params = download.filtered_query_params.clone();
+        self.request_header = download.request_header.clone();
+        if download.actual_content_length.is_some() {
+            self.content_length = download.actual_content_length;
+        }
+        if download.actual_piece_length.is_some() {
+            self.piece_length = download.actual_piece_length;
+        }
+        if let Some(count) = download.actual_piece_count {
+            self.piece_count = Some(u32::try_from(count).unwrap_or(u32::MAX));
+        }
+        self.updated_at = now;
+    }
+}
+
+impl Peer {
+    pub(crate) fn new(
+        id: &str,
+        task_id: &str,
+        host_id: &str,
+        download: &pb::Download,
+        wall: SystemTime,
+        now: Instant,
+    ) -> Self {
+        Self {
+            id: id.to_string(),
+            task_id: task_id.to_string(),
+            host_id: host_id.to_string(),
+            state: PeerState::Pending,
+            priority: download.priority,
+            range: download.range,
+            need_back_to_source: false,
+            disable_back_to_source: download.disable_back_to_source,
+            concurrent_piece_count: download
+                .concurrent_piece_count
+                .filter(|c| *c > 0)
+                .unwrap_or(DEFAULT_CONCURRENT_PIECE_COUNT),
+            finished_pieces: BTreeSet::new(),
+            piece_costs: VecDeque::new(),
+            blocklist: HashSet::from([id.to_string()]),
+            parents: BTreeMap::new(),
+            children: BTreeSet::new(),
+            created_at: wall,
+            updated_at: wall,
+            touched: now,
+        }
+    }
+
+    pub(crate) fn touch(&mut self) {
+        self.updated_at = SystemTime::now();
+        self.touched = Instant::now();
+    }
+}
+
+/// The cost window as a slice for the pure bad-parent rule (it is small; a copy is fine).
+pub(crate) fn cost_samples(peer: &Peer) -> Vec<Duration> {
+    peer.piece_costs.iter().copied().collect()
+}

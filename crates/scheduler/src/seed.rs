@@ -1,0 +1,84 @@
+//! Triggering a seed peer: `DfdaemonUpload.DownloadTask` on the seed host, with
+//! `need_back_to_source = true`, run in the background so the registering peer is not held up
+//! by the seed's download.
+
+use std::time::{Duration, Instant};
+
+use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
+use dragonfly_api::dfdaemon::v2::DownloadTaskRequest;
+use futures::StreamExt;
+use tonic::transport::Endpoint;
+use tracing::Instrument;
+
+use crate::metrics::metrics;
+use crate::service::Shared;
+use crate::state::SeedJob;
+
+/// How long connecting to a seed host may take before the trigger counts as failed.
+pub const SEED_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the seed download in a background task; the outcome lands in the task's
+/// [`crate::state::SeedTrigger`].
+pub fn spawn_trigger(shared: std::sync::Arc<Shared>, job: SeedJob, timeout: Duration) {
+    let span = tracing::info_span!("seed_trigger", task_id = %job.task_id, host_id = %job.host_id);
+    tokio::spawn(
+        async move {
+            let result = tokio::time::timeout(timeout, run(&job)).await;
+            let outcome = match result {
+                Ok(Ok(pieces)) => {
+                    tracing::info!(pieces, "seed peer finished the task");
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!("seed download exceeded {timeout:?}")),
+            };
+            match outcome {
+                Ok(()) => {
+                    metrics().seed_trigger("finished");
+                    shared.with_state(|s| s.seed_trigger_done(&job.task_id, &job.host_id));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "seed peer trigger failed");
+                    metrics().seed_trigger("failed");
+                    let now = Instant::now();
+                    shared.with_state(|s| s.seed_trigger_failed(&job.task_id, &job.host_id, now));
+                }
+            }
+        }
+        .instrument(span),
+    );
+}
+
+/// Calls DownloadTask and drains the response stream; returns the pieces reported.
+async fn run(job: &SeedJob) -> Result<u64, String> {
+    let endpoint = Endpoint::from_shared(job.endpoint.clone())
+        .map_err(|e| format!("bad seed endpoint {}: {e}", job.endpoint))?
+        .connect_timeout(SEED_CONNECT_TIMEOUT);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to seed {}: {e}", job.endpoint))?;
+    let mut client = DfdaemonUploadClient::new(channel);
+    let request = DownloadTaskRequest {
+        download: Some(job.download.clone()),
+    };
+    tracing::info!(endpoint = %job.endpoint, "triggering seed peer");
+    let mut stream = client
+        .download_task(request)
+        .await
+        .map_err(|s| format!("seed DownloadTask refused: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut pieces = 0u64;
+    while let Some(message) = stream.next().await {
+        let message = message
+            .map_err(|s| format!("seed DownloadTask failed: {}: {}", s.code(), s.message()))?;
+        if let Some(
+            dragonfly_api::dfdaemon::v2::download_task_response::Response::DownloadPieceFinishedResponse(_),
+        ) = message.response
+        {
+            pieces += 1;
+        }
+        tracing::debug!(peer_id = %message.peer_id, "seed progress");
+    }
+    Ok(pieces)
+}

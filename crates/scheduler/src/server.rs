@@ -1,0 +1,81 @@
+//! Running the scheduler: gRPC service + health on a listener, and the GC loop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dragonfly_api::scheduler::v2::scheduler_server::SchedulerServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::service::{stopped, SchedulerService, Shared};
+use crate::{SchedulerConfig, SchedulerError};
+
+/// Serves `scheduler.v2.Scheduler` and `grpc.health.v1.Health` (service `""` SERVING) on
+/// `listener` until `shutdown` resolves. Open AnnouncePeer streams are ended at shutdown so the
+/// graceful stop does not wait on them. Embeddable: dfdaemon runs this in-process.
+pub async fn serve(
+    config: SchedulerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
+    config.validate()?;
+    let local = listener.local_addr().ok();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared::new(config, stop_rx));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    health_reporter
+        .set_serving::<SchedulerServer<SchedulerService>>()
+        .await;
+
+    let gc = tokio::spawn(gc_loop(shared.clone()));
+    let scheduler = SchedulerServer::new(SchedulerService::new(shared.clone()));
+    tracing::info!(addr = ?local, "scheduler serving");
+
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("scheduler shutting down");
+        // Ends sessions and the GC loop; the gRPC server then drains.
+        let _ = stop_tx.send(true);
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(scheduler)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await;
+    gc.abort();
+    result.map_err(SchedulerError::from)
+}
+
+/// Host, peer and task expiry, each on its own interval.
+async fn gc_loop(shared: Arc<Shared>) {
+    let gc = shared.config.scheduler.gc.clone();
+    let mut stop = shared.stop_signal();
+    let mut hosts = tokio::time::interval(gc.host_gc_interval);
+    let mut peers = tokio::time::interval(gc.peer_gc_interval);
+    let mut tasks = tokio::time::interval(gc.task_gc_interval);
+    for timer in [&mut hosts, &mut peers, &mut tasks] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = hosts.tick() => sweep(&shared, "host", |s, now| s.gc_hosts(now, gc.host_ttl)),
+            _ = peers.tick() => sweep(&shared, "peer", |s, now| s.gc_peers(now, gc.peer_ttl)),
+            _ = tasks.tick() => sweep(&shared, "task", |s, now| s.gc_tasks(now)),
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+fn sweep(shared: &Shared, what: &str, f: impl FnOnce(&mut crate::state::State, Instant) -> usize) {
+    let now = Instant::now();
+    let removed = shared.with_state(|s| f(s, now));
+    if removed > 0 {
+        tracing::info!(removed, "{what} GC removed expired entries");
+    }
+}

@@ -1,0 +1,751 @@
+//! The `scheduler.v2.Scheduler` gRPC service and the per-stream AnnouncePeer session.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use dragonfly_api::common::v2 as pb;
+use dragonfly_api::scheduler::v2::announce_peer_request::Request as PeerRequest;
+use dragonfly_api::scheduler::v2::announce_peer_response::Response as PeerResponse;
+use dragonfly_api::scheduler::v2::scheduler_server::Scheduler;
+use dragonfly_api::scheduler::v2::*;
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{instrument, Instrument};
+
+use crate::config::SchedulerConfig;
+use crate::fsm::{PeerEvent, SizeScope};
+use crate::metrics::{self, metrics};
+use crate::seed;
+use crate::state::{Decision, Policy, State, Step, Terminal};
+
+/// Responses buffered per AnnouncePeer stream; the session sends at most one decision at a time.
+pub const PEER_STREAM_BUFFER: usize = 16;
+/// Jitter applied to `retryInterval` (±20 %), so waiting peers do not retry in lockstep.
+pub const RETRY_JITTER: f64 = 0.2;
+
+/// State shared by the service, the sessions, the seed triggers and the GC loop.
+pub struct Shared {
+    pub config: SchedulerConfig,
+    state: Mutex<State>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn new(config: SchedulerConfig, stop: watch::Receiver<bool>) -> Self {
+        let policy = Policy::new(&config.scheduler, config.seed_peer.enable);
+        Self {
+            config,
+            state: Mutex::new(State::new(policy)),
+            stop,
+        }
+    }
+
+    /// Runs `f` under the state lock and refreshes the gauges. `f` is synchronous, so the lock
+    /// can never be held across an await. A poisoned lock is taken over: every mutation keeps
+    /// the maps consistent on its own.
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = f(&mut guard);
+        metrics().set_counts(guard.counts());
+        result
+    }
+
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Resolves once the scheduler is shutting down.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means shutdown.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// `retryInterval` with ±[`RETRY_JITTER`].
+fn jittered(interval: Duration) -> Duration {
+    let factor = rand::rng().random_range((1.0 - RETRY_JITTER)..(1.0 + RETRY_JITTER));
+    interval.mul_f64(factor)
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct SchedulerService {
+    shared: Arc<Shared>,
+}
+
+impl SchedulerService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+fn unimplemented(method: &str) -> Status {
+    Status::unimplemented(format!(
+        "{method} is not supported by the Damselfly scheduler"
+    ))
+}
+
+fn require(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is empty")));
+    }
+    Ok(())
+}
+
+/// The three ids every AnnouncePeer message carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PeerIds {
+    host_id: String,
+    task_id: String,
+    peer_id: String,
+}
+
+impl PeerIds {
+    fn from_request(request: &AnnouncePeerRequest) -> Result<Self, Status> {
+        require("AnnouncePeerRequest.host_id", &request.host_id)?;
+        require("AnnouncePeerRequest.task_id", &request.task_id)?;
+        require("AnnouncePeerRequest.peer_id", &request.peer_id)?;
+        Ok(Self {
+            host_id: request.host_id.clone(),
+            task_id: request.task_id.clone(),
+            peer_id: request.peer_id.clone(),
+        })
+    }
+
+    /// Later messages on a stream must talk about the peer the stream registered.
+    fn check(&self, request: &AnnouncePeerRequest) -> Result<(), Status> {
+        if request.peer_id != self.peer_id
+            || request.task_id != self.task_id
+            || request.host_id != self.host_id
+        {
+            return Err(Status::invalid_argument(format!(
+                "AnnouncePeer stream registered peer {} of task {} on host {}, but a message names peer {:?} of task {:?} on host {:?}",
+                self.peer_id, self.task_id, self.host_id, request.peer_id, request.task_id, request.host_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn request_name(request: &PeerRequest) -> &'static str {
+    match request {
+        PeerRequest::RegisterPeerRequest(_) => "RegisterPeerRequest",
+        PeerRequest::DownloadPeerStartedRequest(_) => "DownloadPeerStartedRequest",
+        PeerRequest::DownloadPeerBackToSourceStartedRequest(_) => {
+            "DownloadPeerBackToSourceStartedRequest"
+        }
+        PeerRequest::ReschedulePeerRequest(_) => "ReschedulePeerRequest",
+        PeerRequest::DownloadPeerFinishedRequest(_) => "DownloadPeerFinishedRequest",
+        PeerRequest::DownloadPeerBackToSourceFinishedRequest(_) => {
+            "DownloadPeerBackToSourceFinishedRequest"
+        }
+        PeerRequest::DownloadPeerFailedRequest(_) => "DownloadPeerFailedRequest",
+        PeerRequest::DownloadPeerBackToSourceFailedRequest(_) => {
+            "DownloadPeerBackToSourceFailedRequest"
+        }
+        PeerRequest::DownloadPieceFinishedRequest(_) => "DownloadPieceFinishedRequest",
+        PeerRequest::DownloadPieceBackToSourceFinishedRequest(_) => {
+            "DownloadPieceBackToSourceFinishedRequest"
+        }
+        PeerRequest::DownloadPieceFailedRequest(_) => "DownloadPieceFailedRequest",
+        PeerRequest::DownloadPieceBackToSourceFailedRequest(_) => {
+            "DownloadPieceBackToSourceFailedRequest"
+        }
+    }
+}
+
+fn traffic_label(traffic_type: Option<i32>) -> &'static str {
+    match traffic_type.and_then(|t| pb::TrafficType::try_from(t).ok()) {
+        Some(pb::TrafficType::BackToSource) => "back_to_source",
+        Some(pb::TrafficType::LocalPeer) => "local_peer",
+        Some(pb::TrafficType::RemotePeer) | None => "remote_peer",
+    }
+}
+
+/// Whether the session goes on after a message.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// One AnnouncePeer stream: register, decisions, reports, and the close after a terminal
+/// request.
+struct PeerSession {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Result<AnnouncePeerResponse, Status>>,
+    stop: watch::Receiver<bool>,
+    ids: Option<PeerIds>,
+}
+
+impl PeerSession {
+    async fn run(mut self, mut inbound: Streaming<AnnouncePeerRequest>) {
+        let mut closed_cleanly = false;
+        loop {
+            let next = tokio::select! {
+                message = inbound.next() => message,
+                () = stopped(&mut self.stop) => break,
+            };
+            let request = match next {
+                None => break,
+                Some(Err(status)) => {
+                    tracing::debug!(code = ?status.code(), message = status.message(), "AnnouncePeer inbound stream broke");
+                    break;
+                }
+                Some(Ok(request)) => request,
+            };
+            match self.handle(request).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) => {
+                    closed_cleanly = true;
+                    break;
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "AnnouncePeer ends with an error");
+                    // The peer may already be gone; nothing else to do then.
+                    let _ = self.tx.send(Err(status)).await;
+                    break;
+                }
+            }
+        }
+        if !closed_cleanly {
+            if let Some(ids) = &self.ids {
+                tracing::info!("AnnouncePeer stream ended before a terminal request; peer is no longer a parent");
+                self.shared.with_state(|s| s.abandon(&ids.peer_id));
+            }
+        }
+        // Dropping `tx` ends the response stream with an OK status: that is the close the
+        // official client waits for.
+    }
+
+    async fn handle(&mut self, mut request: AnnouncePeerRequest) -> Result<Flow, Status> {
+        let Some(inner) = request.request.take() else {
+            return Err(Status::invalid_argument(
+                "AnnouncePeerRequest carries no request",
+            ));
+        };
+        match self.ids.clone() {
+            None => match inner {
+                PeerRequest::RegisterPeerRequest(register) => {
+                    let ids = PeerIds::from_request(&request)?;
+                    let span = tracing::Span::current();
+                    span.record("host_id", ids.host_id.as_str());
+                    span.record("task_id", ids.task_id.as_str());
+                    span.record("peer_id", ids.peer_id.as_str());
+                    self.register(ids, register).await?;
+                    Ok(Flow::Continue)
+                }
+                other => Err(Status::invalid_argument(format!(
+                    "the first AnnouncePeer message must be RegisterPeerRequest, got {}",
+                    request_name(&other)
+                ))),
+            },
+            Some(ids) => {
+                ids.check(&request)?;
+                self.dispatch(&ids, inner).await
+            }
+        }
+    }
+
+    async fn register(
+        &mut self,
+        ids: PeerIds,
+        register: RegisterPeerRequest,
+    ) -> Result<(), Status> {
+        let Some(download) = register.download else {
+            metrics().register_peer(false);
+            return Err(Status::invalid_argument(
+                "RegisterPeerRequest.download is missing",
+            ));
+        };
+        let now = Instant::now();
+        let outcome = self
+            .shared
+            .with_state(|s| s.register(&ids.host_id, &ids.task_id, &ids.peer_id, download, now));
+        metrics().register_peer(outcome.is_ok());
+        let registered = outcome?;
+        self.ids = Some(ids.clone());
+        tracing::info!(scope = ?registered.scope, "peer registered");
+        if let Some(job) = registered.seed_job {
+            metrics().seed_trigger("started");
+            let timeout = self.shared.config.seed_peer.task_download_timeout;
+            seed::spawn_trigger(self.shared.clone(), job, timeout);
+        }
+        if registered.scope == SizeScope::Empty {
+            metrics().decision(metrics::DECISION_EMPTY);
+            return self
+                .send(PeerResponse::EmptyTaskResponse(EmptyTaskResponse {}))
+                .await;
+        }
+        self.schedule(&ids).await
+    }
+
+    /// Scheduling rounds until a decision: waits for a triggered seed without counting, counts
+    /// empty rounds toward retryBackToSourceLimit / retryLimit.
+    async fn schedule(&mut self, ids: &PeerIds) -> Result<(), Status> {
+        let mut rounds = 0u32;
+        let interval = self.shared.config.scheduler.retry_interval;
+        loop {
+            let now = Instant::now();
+            let step = self
+                .shared
+                .with_state(|s| s.schedule_once(&ids.peer_id, rounds, now));
+            match step {
+                Step::Decided(decision) => return self.send_decision(decision).await,
+                Step::Wait => tracing::debug!("waiting for the triggered seed peer"),
+                Step::Retry => {
+                    rounds += 1;
+                    tracing::debug!(rounds, "no candidate parent yet");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(jittered(interval)) => {}
+                () = stopped(&mut self.stop) => {
+                    return Err(Status::unavailable("the scheduler is shutting down"));
+                }
+            }
+        }
+    }
+
+    async fn send_decision(&mut self, decision: Decision) -> Result<(), Status> {
+        match decision {
+            Decision::Normal(parents) => {
+                metrics().decision(metrics::DECISION_NORMAL);
+                let ids: Vec<&str> = parents.iter().map(|p| p.id.as_str()).collect();
+                tracing::info!(parents = ?ids, "candidate parents scheduled");
+                self.send(PeerResponse::NormalTaskResponse(NormalTaskResponse {
+                    candidate_parents: parents,
+                }))
+                .await
+            }
+            Decision::BackToSource(description) => {
+                metrics().decision(metrics::DECISION_BACK_TO_SOURCE);
+                tracing::info!(reason = %description, "peer sent back to source");
+                self.send(PeerResponse::NeedBackToSourceResponse(
+                    NeedBackToSourceResponse {
+                        description: Some(description),
+                    },
+                ))
+                .await
+            }
+            Decision::Fail(status) => {
+                metrics().decision(metrics::DECISION_FAILED);
+                Err(status)
+            }
+        }
+    }
+
+    async fn send(&self, response: PeerResponse) -> Result<(), Status> {
+        self.tx
+            .send(Ok(AnnouncePeerResponse {
+                response: Some(response),
+            }))
+            .await
+            .map_err(|_| Status::cancelled("the peer closed the AnnouncePeer stream"))
+    }
+
+    async fn dispatch(&mut self, ids: &PeerIds, request: PeerRequest) -> Result<Flow, Status> {
+        let peer_id = ids.peer_id.as_str();
+        match request {
+            PeerRequest::RegisterPeerRequest(_) => Err(Status::invalid_argument(
+                "RegisterPeerRequest sent twice on one AnnouncePeer stream",
+            )),
+            PeerRequest::DownloadPeerStartedRequest(_) => self.event(peer_id, PeerEvent::Download),
+            PeerRequest::DownloadPeerBackToSourceStartedRequest(_) => {
+                self.event(peer_id, PeerEvent::DownloadBackToSource)
+            }
+            PeerRequest::ReschedulePeerRequest(reschedule) => {
+                let give_up: Vec<String> = reschedule
+                    .candidate_parents
+                    .iter()
+                    .map(|p| p.id.clone())
+                    .collect();
+                tracing::info!(blocklisted = ?give_up, reason = ?reschedule.description, "reschedule");
+                self.shared
+                    .with_state(|s| s.prepare_reschedule(peer_id, &give_up))?;
+                self.schedule(ids).await?;
+                Ok(Flow::Continue)
+            }
+            PeerRequest::DownloadPeerFinishedRequest(_) => {
+                self.terminal(peer_id, Terminal::Finished, "finished")
+            }
+            PeerRequest::DownloadPeerBackToSourceFinishedRequest(_) => self.terminal(
+                peer_id,
+                Terminal::BackToSourceFinished,
+                "back_to_source_finished",
+            ),
+            PeerRequest::DownloadPeerFailedRequest(failed) => {
+                tracing::info!(reason = ?failed.description, "peer download failed");
+                self.terminal(peer_id, Terminal::Failed, "failed")
+            }
+            PeerRequest::DownloadPeerBackToSourceFailedRequest(failed) => {
+                tracing::info!(reason = ?failed.description, "peer back-to-source failed");
+                self.terminal(
+                    peer_id,
+                    Terminal::BackToSourceFailed,
+                    "back_to_source_failed",
+                )
+            }
+            PeerRequest::DownloadPieceFinishedRequest(finished) => {
+                self.piece(peer_id, finished.piece, "remote_peer")
+            }
+            PeerRequest::DownloadPieceBackToSourceFinishedRequest(finished) => {
+                self.piece(peer_id, finished.piece, "back_to_source")
+            }
+            PeerRequest::DownloadPieceFailedRequest(failed) => {
+                tracing::debug!(piece = ?failed.piece_number, parent_id = %failed.parent_id, temporary = failed.temporary, "piece failed");
+                self.shared
+                    .with_state(|s| s.piece_failed(peer_id, &failed.parent_id, failed.temporary))?;
+                Ok(Flow::Continue)
+            }
+            PeerRequest::DownloadPieceBackToSourceFailedRequest(failed) => {
+                tracing::debug!(piece = ?failed.piece_number, "piece from origin failed");
+                self.shared.with_state(|s| s.touch_peer(peer_id))?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn event(&self, peer_id: &str, event: PeerEvent) -> Result<Flow, Status> {
+        self.shared.with_state(|s| s.peer_event(peer_id, event))?;
+        Ok(Flow::Continue)
+    }
+
+    fn terminal(&self, peer_id: &str, terminal: Terminal, label: &str) -> Result<Flow, Status> {
+        let now = Instant::now();
+        self.shared
+            .with_state(|s| s.finish(peer_id, terminal, now))?;
+        metrics().download_peer(label);
+        tracing::info!(result = label, "peer download ended; closing the stream");
+        Ok(Flow::Close)
+    }
+
+    fn piece(
+        &self,
+        peer_id: &str,
+        piece: Option<pb::Piece>,
+        default_label: &str,
+    ) -> Result<Flow, Status> {
+        let Some(piece) = piece else {
+            return Err(Status::invalid_argument("piece report without a piece"));
+        };
+        self.shared
+            .with_state(|s| s.piece_finished(peer_id, &piece))?;
+        let label = if default_label == "back_to_source" {
+            default_label
+        } else {
+            traffic_label(piece.traffic_type)
+        };
+        metrics().traffic(label, piece.length);
+        tracing::debug!(number = piece.number, parent_id = ?piece.parent_id, length = piece.length, "piece finished");
+        Ok(Flow::Continue)
+    }
+}
+
+type Unsupported<T> = futures::stream::Empty<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    type AnnouncePeerStream = ReceiverStream<Result<AnnouncePeerResponse, Status>>;
+
+    /// Returns the response stream at once (the client's timeout covers the call until
+    /// headers) and runs the session in its own task.
+    #[instrument(skip_all)]
+    async fn announce_peer(
+        &self,
+        request: Request<Streaming<AnnouncePeerRequest>>,
+    ) -> Result<Response<Self::AnnouncePeerStream>, Status> {
+        metrics().announce_peer();
+        let (tx, rx) = mpsc::channel(PEER_STREAM_BUFFER);
+        let session = PeerSession {
+            shared: self.shared.clone(),
+            tx,
+            stop: self.shared.stop_signal(),
+            ids: None,
+        };
+        let span = tracing::info_span!(
+            "announce_peer_session",
+            host_id = tracing::field::Empty,
+            task_id = tracing::field::Empty,
+            peer_id = tracing::field::Empty
+        );
+        tokio::spawn(session.run(request.into_inner()).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[instrument(skip_all, fields(host_id = %request.get_ref().host_id, task_id = %request.get_ref().task_id, peer_id = %request.get_ref().peer_id))]
+    async fn stat_peer(
+        &self,
+        request: Request<StatPeerRequest>,
+    ) -> Result<Response<pb::Peer>, Status> {
+        let request = request.into_inner();
+        require("peer_id", &request.peer_id)?;
+        self.shared
+            .with_state(|s| s.stat_peer(&request.peer_id))
+            .map(Response::new)
+    }
+
+    #[instrument(skip_all, fields(host_id = %request.get_ref().host_id, task_id = %request.get_ref().task_id, peer_id = %request.get_ref().peer_id))]
+    async fn delete_peer(
+        &self,
+        request: Request<DeletePeerRequest>,
+    ) -> Result<Response<()>, Status> {
+        let request = request.into_inner();
+        require("peer_id", &request.peer_id)?;
+        self.shared
+            .with_state(|s| s.delete_peer(&request.peer_id))?;
+        tracing::info!("peer deleted");
+        Ok(Response::new(()))
+    }
+
+    #[instrument(skip_all, fields(host_id = %request.get_ref().host_id, task_id = %request.get_ref().task_id))]
+    async fn stat_task(
+        &self,
+        request: Request<StatTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let request = request.into_inner();
+        require("task_id", &request.task_id)?;
+        self.shared
+            .with_state(|s| s.stat_task(&request.task_id))
+            .map(Response::new)
+    }
+
+    #[instrument(skip_all, fields(host_id = %request.get_ref().host_id, task_id = %request.get_ref().task_id))]
+    async fn delete_task(
+        &self,
+        request: Request<DeleteTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        let request = request.into_inner();
+        require("host_id", &request.host_id)?;
+        require("task_id", &request.task_id)?;
+        self.shared
+            .with_state(|s| s.delete_task(&request.host_id, &request.task_id))?;
+        tracing::info!("task deleted from host");
+        Ok(Response::new(()))
+    }
+
+    #[instrument(skip_all, fields(host_id = tracing::field::Empty))]
+    async fn announce_host(
+        &self,
+        request: Request<AnnounceHostRequest>,
+    ) -> Result<Response<()>, Status> {
+        metrics().announce_host();
+        let Some(host) = request.into_inner().host else {
+            return Err(Status::invalid_argument(
+                "AnnounceHostRequest.host is missing",
+            ));
+        };
+        tracing::Span::current().record("host_id", host.id.as_str());
+        let now = Instant::now();
+        let (id, ip, port, host_type) = (host.id.clone(), host.ip.clone(), host.port, host.r#type);
+        self.shared.with_state(|s| s.announce_host(host, now))?;
+        tracing::debug!(%id, %ip, port, host_type, "host announced");
+        Ok(Response::new(()))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_hosts(
+        &self,
+        request: Request<ListHostsRequest>,
+    ) -> Result<Response<ListHostsResponse>, Status> {
+        let host_type = request.into_inner().r#type;
+        let hosts = self.shared.with_state(|s| s.list_hosts(host_type));
+        Ok(Response::new(ListHostsResponse { hosts }))
+    }
+
+    #[instrument(skip_all, fields(host_id = %request.get_ref().host_id))]
+    async fn delete_host(
+        &self,
+        request: Request<DeleteHostRequest>,
+    ) -> Result<Response<()>, Status> {
+        let request = request.into_inner();
+        require("host_id", &request.host_id)?;
+        self.shared
+            .with_state(|s| s.delete_host(&request.host_id))?;
+        tracing::info!("host deleted");
+        Ok(Response::new(()))
+    }
+
+    type AnnounceCachePeerStream = Unsupported<AnnounceCachePeerResponse>;
+
+    async fn announce_cache_peer(
+        &self,
+        _request: Request<Streaming<AnnounceCachePeerRequest>>,
+    ) -> Result<Response<Self::AnnounceCachePeerStream>, Status> {
+        Err(unimplemented("AnnounceCachePeer"))
+    }
+
+    async fn stat_cache_peer(
+        &self,
+        _request: Request<StatCachePeerRequest>,
+    ) -> Result<Response<pb::CachePeer>, Status> {
+        Err(unimplemented("StatCachePeer"))
+    }
+
+    async fn delete_cache_peer(
+        &self,
+        _request: Request<DeleteCachePeerRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("DeleteCachePeer"))
+    }
+
+    async fn stat_cache_task(
+        &self,
+        _request: Request<StatCacheTaskRequest>,
+    ) -> Result<Response<pb::CacheTask>, Status> {
+        Err(unimplemented("StatCacheTask"))
+    }
+
+    async fn delete_cache_task(
+        &self,
+        _request: Request<DeleteCacheTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("DeleteCacheTask"))
+    }
+
+    type AnnouncePersistentPeerStream = Unsupported<AnnouncePersistentPeerResponse>;
+
+    async fn announce_persistent_peer(
+        &self,
+        _request: Request<Streaming<AnnouncePersistentPeerRequest>>,
+    ) -> Result<Response<Self::AnnouncePersistentPeerStream>, Status> {
+        Err(unimplemented("AnnouncePersistentPeer"))
+    }
+
+    async fn stat_persistent_peer(
+        &self,
+        _request: Request<StatPersistentPeerRequest>,
+    ) -> Result<Response<pb::PersistentPeer>, Status> {
+        Err(unimplemented("StatPersistentPeer"))
+    }
+
+    async fn delete_persistent_peer(
+        &self,
+        _request: Request<DeletePersistentPeerRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("DeletePersistentPeer"))
+    }
+
+    async fn upload_persistent_task_started(
+        &self,
+        _request: Request<UploadPersistentTaskStartedRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("UploadPersistentTaskStarted"))
+    }
+
+    async fn upload_persistent_task_finished(
+        &self,
+        _request: Request<UploadPersistentTaskFinishedRequest>,
+    ) -> Result<Response<pb::PersistentTask>, Status> {
+        Err(unimplemented("UploadPersistentTaskFinished"))
+    }
+
+    async fn upload_persistent_task_failed(
+        &self,
+        _request: Request<UploadPersistentTaskFailedRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("UploadPersistentTaskFailed"))
+    }
+
+    async fn stat_persistent_task(
+        &self,
+        _request: Request<StatPersistentTaskRequest>,
+    ) -> Result<Response<pb::PersistentTask>, Status> {
+        Err(unimplemented("StatPersistentTask"))
+    }
+
+    async fn delete_persistent_task(
+        &self,
+        _request: Request<DeletePersistentTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("DeletePersistentTask"))
+    }
+
+    type AnnouncePersistentCachePeerStream = Unsupported<AnnouncePersistentCachePeerResponse>;
+
+    async fn announce_persistent_cache_peer(
+        &self,
+        _request: Request<Streaming<AnnouncePersistentCachePeerRequest>>,
+    ) -> Result<Response<Self::AnnouncePersistentCachePeerStream>, Status> {
+        Err(unimplemented("AnnouncePersistentCachePeer"))
+    }
+
+    async fn stat_persistent_cache_peer(
+        &self,
+        _request: Request<StatPersistentCachePeerRequest>,
+    ) -> Result<Response<pb::PersistentCachePeer>, Status> {
+        Err(unimplemented("StatPersistentCachePeer"))
+    }
+
+    async fn delete_persistent_cache_peer(
+        &self,
+        _request: Request<DeletePersistentCachePeerRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("DeletePersistentCachePeer"))
+    }
+
+    async fn upload_persistent_cache_task_started(
+        &self,
+        _request: Request<UploadPersistentCacheTaskStartedRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("UploadPersistentCacheTaskStarted"))
+    }
+
+    async fn upload_persistent_cache_task_finished(
+        &self,
+        _request: Request<UploadPersistentCacheTaskFinishedRequest>,
+    ) -> Result<Response<pb::PersistentCacheTask>, Status> {
+        Err(unimplemented("UploadPersistentCacheTaskFinished"))
+    }
+
+    async fn upload_persistent_cache_task_failed(
+        &self,
+        _request: Request<UploadPersistentCacheTaskFailedRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("UploadPersistentCacheTaskFailed"))
+    }
+
+    async fn stat_persistent_cache_task(
+        &self,
+        _request: Request<StatPersistentCacheTaskRequest>,
+    ) -> Result<Response<pb::PersistentCacheTask>, Status> {
+        Err(unimplemented("StatPersistentCacheTask"))
+    }
+
+    async fn delete_persistent_cache_task(
+        &self,
+        _request: Request<DeletePersistentCacheTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("DeletePersistentCacheTask"))
+    }
+
+    async fn preheat_image(
+        &self,
+        _request: Request<PreheatImageRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("PreheatImage"))
+    }
+
+    async fn stat_image(
+        &self,
+        _request: Request<StatImageRequest>,
+    ) -> Result<Response<StatImageResponse>, Status> {
+        Err(unimplemented("StatImage"))
+    }
+
+    async fn preheat_file(
+        &self,
+        _request: Request<PreheatFileRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(unimplemented("PreheatFile"))
+    }
+
+    async fn stat_file(
+        &self,
+        _request: Request<StatFileRequest>,
+    ) -> Result<Response<StatFileResponse>, Status> {
+        Err(unimplemented("StatFile"))
+    }
+}

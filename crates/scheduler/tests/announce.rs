@@ -1,0 +1,336 @@
+//! AnnouncePeer sequences against an in-process scheduler with a real tonic client.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use dragonfly_api::scheduler::v2::announce_peer_response::Response as PeerResponse;
+use dragonfly_api::scheduler::v2::{StatPeerRequest, StatTaskRequest};
+
+const URL: &str = "http://origin.example/file.bin";
+const SIZE: u64 = 3 * PIECE_LENGTH;
+
+#[tokio::test]
+async fn full_sequence_and_close_after_finished() {
+    let scheduler = TestScheduler::start(fast_config()).await;
+    let mut client = scheduler.client().await;
+    announce(&mut client, host("h1", "127.0.0.1", 4000, 0)).await;
+    announce(&mut client, host("h2", "127.0.0.2", 4000, 0)).await;
+
+    // First peer: no seed host, so it is the task's one back-to-source peer.
+    let mut first = PeerStream::register(&mut client, "h1", "t1", "p1", download(URL, SIZE)).await;
+    assert!(is_back_to_source(&first.next().await));
+    first.complete_from_source(3).await;
+
+    let task = client
+        .stat_task(StatTaskRequest {
+            host_id: "h1".into(),
+            task_id: "t1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.state, "Succeeded");
+    assert_eq!(task.content_length, SIZE);
+    assert_eq!(task.piece_count, 3);
+    assert!(task.has_available_peer);
+
+    // Second peer gets the first as parent, with the host fields the client dials.
+    let mut second = PeerStream::register(&mut client, "h2", "t1", "p2", download(URL, SIZE)).await;
+    let decision = second.next().await;
+    assert_eq!(parents(&decision), vec!["p1"]);
+    let PeerResponse::NormalTaskResponse(normal) = &decision else {
+        unreachable!()
+    };
+    let parent_host = normal.candidate_parents[0].host.clone().unwrap();
+    assert_eq!(parent_host.id, "h1");
+    assert_eq!(parent_host.ip, "127.0.0.1");
+    assert_eq!(parent_host.port, 4000);
+    assert_eq!(parent_host.download_port, 4000);
+    assert!(parent_host.network.is_some());
+    assert_eq!(normal.candidate_parents[0].state, "Succeeded");
+    second.complete_from_parent("p1", 3).await;
+
+    let peer = client
+        .stat_peer(StatPeerRequest {
+            host_id: "h2".into(),
+            task_id: "t1".into(),
+            peer_id: "p2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(peer.state, "Succeeded");
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn empty_task_gets_empty_response() {
+    let scheduler = TestScheduler::start(fast_config()).await;
+    let mut client = scheduler.client().await;
+    announce(&mut client, host("h1", "127.0.0.1", 4000, 0)).await;
+    let mut peer = PeerStream::register(&mut client, "h1", "empty", "p1", download(URL, 0)).await;
+    assert!(matches!(
+        peer.next().await,
+        PeerResponse::EmptyTaskResponse(_)
+    ));
+    peer.started().await;
+    peer.finished().await;
+    peer.expect_closed().await;
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_seed_only_the_first_peer_goes_to_the_origin() {
+    let scheduler = TestScheduler::start(fast_config()).await;
+    let mut client = scheduler.client().await;
+    for i in 1..=4 {
+        announce(
+            &mut client,
+            host(&format!("h{i}"), &format!("127.0.0.{i}"), 4000, 0),
+        )
+        .await;
+    }
+    let started = Instant::now();
+    let mut first = PeerStream::register(&mut client, "h1", "t", "p1", download(URL, SIZE)).await;
+    assert!(is_back_to_source(&first.next().await));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "first peer must not wait"
+    );
+    first.back_to_source_started().await;
+
+    // While the first peer is still downloading, the others get it as parent at once.
+    let mut second = PeerStream::register(&mut client, "h2", "t", "p2", download(URL, SIZE)).await;
+    assert_eq!(parents(&second.next().await), vec!["p1"]);
+    second.started().await;
+    let mut third = PeerStream::register(&mut client, "h3", "t", "p3", download(URL, SIZE)).await;
+    let third_parents = parents(&third.next().await);
+    assert!(
+        third_parents.contains(&"p1".to_string()),
+        "{third_parents:?}"
+    );
+    assert!(
+        third_parents.contains(&"p2".to_string()),
+        "{third_parents:?}"
+    );
+
+    let task = client
+        .stat_task(StatTaskRequest {
+            host_id: "h1".into(),
+            task_id: "t".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.state, "Running");
+    assert_eq!(task.peer_count, 3);
+    drop(third);
+    first.complete_from_source(3).await;
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_source_lets_the_next_peer_go_back_to_source() {
+    let scheduler = TestScheduler::start(fast_config()).await;
+    let mut client = scheduler.client().await;
+    announce(&mut client, host("h1", "127.0.0.1", 4000, 0)).await;
+    announce(&mut client, host("h2", "127.0.0.2", 4000, 0)).await;
+    let mut first = PeerStream::register(&mut client, "h1", "t", "p1", download(URL, SIZE)).await;
+    assert!(is_back_to_source(&first.next().await));
+    first
+        .send(dragonfly_api::scheduler::v2::announce_peer_request::Request::DownloadPeerBackToSourceFailedRequest(
+            dragonfly_api::scheduler::v2::DownloadPeerBackToSourceFailedRequest {
+                description: Some("origin 500".into()),
+            },
+        ))
+        .await;
+    first.expect_closed().await;
+    let mut second = PeerStream::register(&mut client, "h2", "t", "p2", download(URL, SIZE)).await;
+    assert!(is_back_to_source(&second.next().await));
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn reschedule_blocklists_the_given_parents() {
+    let mut config = fast_config();
+    config.scheduler.retry_back_to_source_limit = 2;
+    let scheduler = TestScheduler::start(config).await;
+    let mut client = scheduler.client().await;
+    for i in 1..=3 {
+        announce(
+            &mut client,
+            host(&format!("h{i}"), &format!("127.0.0.{i}"), 4000, 0),
+        )
+        .await;
+    }
+    let mut a = PeerStream::register(&mut client, "h1", "t", "a", download(URL, SIZE)).await;
+    assert!(is_back_to_source(&a.next().await));
+    a.back_to_source_started().await;
+    let mut b = PeerStream::register(&mut client, "h2", "t", "b", download(URL, SIZE)).await;
+    assert_eq!(parents(&b.next().await), vec!["a"]);
+    b.started().await;
+    let mut c = PeerStream::register(&mut client, "h3", "t", "c", download(URL, SIZE)).await;
+    let mut first = parents(&c.next().await);
+    first.sort();
+    assert_eq!(first, vec!["a", "b"]);
+    c.started().await;
+
+    c.reschedule(&["a"]).await;
+    assert_eq!(parents(&c.next().await), vec!["b"]);
+
+    // With every parent blocklisted, after retryBackToSourceLimit rounds it goes to the origin.
+    c.reschedule(&["b"]).await;
+    assert!(is_back_to_source(&c.next().await));
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_parent_by_piece_costs_is_not_offered() {
+    let mut config = fast_config();
+    config.scheduler.retry_back_to_source_limit = 2;
+    let scheduler = TestScheduler::start(config).await;
+    let mut client = scheduler.client().await;
+    for i in 1..=3 {
+        announce(
+            &mut client,
+            host(&format!("h{i}"), &format!("127.0.0.{i}"), 4000, 0),
+        )
+        .await;
+    }
+    // Parent of task "slow": its last piece took 100x the mean.
+    let mut slow = PeerStream::register(&mut client, "h1", "slow", "s1", download(URL, SIZE)).await;
+    assert!(is_back_to_source(&slow.next().await));
+    slow.back_to_source_started().await;
+    slow.piece_from_source(0, Duration::from_millis(10)).await;
+    slow.piece_from_source(1, Duration::from_millis(10)).await;
+    slow.piece_from_source(2, Duration::from_secs(1)).await;
+    // Control, task "fast": same shape, normal costs.
+    let other = "http://origin.example/other.bin";
+    let mut fast =
+        PeerStream::register(&mut client, "h1", "fast", "f1", download(other, SIZE)).await;
+    assert!(is_back_to_source(&fast.next().await));
+    fast.back_to_source_started().await;
+    fast.piece_from_source(0, Duration::from_millis(10)).await;
+    fast.piece_from_source(1, Duration::from_millis(12)).await;
+    fast.piece_from_source(2, Duration::from_millis(11)).await;
+    // Let the reports land before scheduling children.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut child =
+        PeerStream::register(&mut client, "h2", "fast", "f2", download(other, SIZE)).await;
+    assert_eq!(parents(&child.next().await), vec!["f1"]);
+    let mut child =
+        PeerStream::register(&mut client, "h3", "slow", "s2", download(URL, SIZE)).await;
+    // The only holder is bad: no parent, so after the retries it fetches from the origin.
+    assert!(is_back_to_source(&child.next().await));
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn children_spread_across_parents() {
+    let mut config = fast_config();
+    config.scheduler.candidate_parent_limit = 1;
+    let scheduler = TestScheduler::start(config).await;
+    let mut client = scheduler.client().await;
+    for i in 1..=9 {
+        announce(
+            &mut client,
+            host(&format!("h{i}"), &format!("127.0.0.{i}"), 4000, 0),
+        )
+        .await;
+    }
+    // Three finished parents: p1 from the origin, p2 and p3 from the swarm.
+    let mut p1 = PeerStream::register(&mut client, "h1", "t", "p1", download(URL, SIZE)).await;
+    assert!(is_back_to_source(&p1.next().await));
+    p1.complete_from_source(3).await;
+    for i in 2..=3 {
+        let mut p = PeerStream::register(
+            &mut client,
+            &format!("h{i}"),
+            "t",
+            &format!("p{i}"),
+            download(URL, SIZE),
+        )
+        .await;
+        let parent = parents(&p.next().await).remove(0);
+        p.complete_from_parent(&parent, 3).await;
+    }
+    // Six children in flight at once must not all land on one parent.
+    let mut counts = std::collections::HashMap::new();
+    let mut open = Vec::new();
+    for i in 4..=9 {
+        let mut c = PeerStream::register(
+            &mut client,
+            &format!("h{i}"),
+            "t",
+            &format!("c{i}"),
+            download(URL, SIZE),
+        )
+        .await;
+        let parent = parents(&c.next().await).remove(0);
+        c.started().await;
+        *counts.entry(parent).or_insert(0u32) += 1;
+        open.push(c);
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 2), "{counts:?}");
+
+    // Finishing children releases their parents' reserved bandwidth.
+    for c in open.drain(..) {
+        c.finished().await;
+        let mut c = c;
+        c.expect_closed().await;
+    }
+    scheduler.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_first_registrations_send_exactly_one_peer_to_the_origin() {
+    let scheduler = TestScheduler::start(fast_config()).await;
+    let mut client = scheduler.client().await;
+    let peers = 8;
+    for i in 0..peers {
+        announce(
+            &mut client,
+            host(&format!("h{i}"), &format!("127.0.1.{i}"), 4000, 0),
+        )
+        .await;
+    }
+    let mut joins = Vec::new();
+    for i in 0..peers {
+        let mut client = scheduler.client().await;
+        joins.push(tokio::spawn(async move {
+            let mut p = PeerStream::register(
+                &mut client,
+                &format!("h{i}"),
+                "race",
+                &format!("p{i}"),
+                download(URL, SIZE),
+            )
+            .await;
+            let decision = p.next().await;
+            if is_back_to_source(&decision) {
+                p.back_to_source_started().await;
+            } else {
+                p.started().await;
+            }
+            (decision, p)
+        }));
+    }
+    let mut back_to_source = 0;
+    let mut streams = Vec::new();
+    for join in joins {
+        let (decision, stream) = join.await.unwrap();
+        if is_back_to_source(&decision) {
+            back_to_source += 1;
+        } else {
+            assert!(!parents(&decision).is_empty());
+        }
+        streams.push(stream);
+    }
+    assert_eq!(back_to_source, 1, "the origin must serve the task once");
+    drop(streams);
+    scheduler.shutdown().await;
+}

@@ -1,0 +1,173 @@
+//! Content files: streaming piece bytes in (with crc32 on the way) and exporting them out.
+
+use crate::error::StorageError;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Size of one read-then-write step. Large enough that syscalls and blocking-pool hand-offs
+/// cost little per byte, small enough that many concurrent pieces stay within the RSS budget
+/// (two buffers per piece in flight).
+pub const WRITE_BUFFER_SIZE: usize = 512 * 1024;
+
+/// Buffers kept for reuse; more concurrent writers than this allocate and free their own.
+pub const MAX_POOLED_BUFFERS: usize = 16;
+
+/// Reusable write buffers, so a piece never allocates piece-sized or per-chunk memory.
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    pub(crate) fn take(&self) -> Vec<u8> {
+        let reused = self.free.lock().ok().and_then(|mut free| free.pop());
+        reused.unwrap_or_else(|| vec![0u8; WRITE_BUFFER_SIZE])
+    }
+
+    pub(crate) fn give(&self, buffer: Vec<u8>) {
+        if buffer.len() != WRITE_BUFFER_SIZE {
+            return;
+        }
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < MAX_POOLED_BUFFERS {
+                free.push(buffer);
+            }
+        }
+    }
+}
+
+/// What streaming a piece produced.
+pub(crate) struct Streamed {
+    pub(crate) bytes: u64,
+    pub(crate) crc32: u32,
+}
+
+/// One buffer on its way to the disk, with the running checksum travelling alongside so
+/// hashing also happens off the async worker threads.
+struct Flush {
+    buffer: Vec<u8>,
+    hasher: crc32fast::Hasher,
+    result: io::Result<()>,
+}
+
+/// Streams up to `max_len` bytes from `reader` into `file` at `offset`, stopping early only at
+/// EOF. Reading the next buffer overlaps with writing (and hashing) the previous one.
+pub(crate) async fn stream_into_file<R: AsyncRead + Unpin>(
+    file: Arc<File>,
+    offset: u64,
+    max_len: u64,
+    mut reader: R,
+    pool: &BufferPool,
+) -> Result<Streamed, StorageError> {
+    let mut hasher = Some(crc32fast::Hasher::new());
+    let mut reading = pool.take();
+    let mut in_flight: Option<tokio::task::JoinHandle<Flush>> = None;
+    let mut done = 0u64;
+
+    loop {
+        let want = usize::try_from(max_len - done).map_or(reading.len(), |r| r.min(reading.len()));
+        let filled = match fill(&mut reader, &mut reading[..want]).await {
+            Ok(n) => n,
+            Err(e) => {
+                finish_flush(in_flight, pool).await.ok();
+                return Err(StorageError::SourceRead(e));
+            }
+        };
+        if let Some(flush) = in_flight.take() {
+            let flushed = join_flush(flush).await?;
+            hasher = Some(flushed.hasher);
+            let spare = flushed.buffer;
+            flushed.result?;
+            pool.give(spare);
+        }
+        if filled == 0 {
+            break;
+        }
+        let Some(mut running) = hasher.take() else {
+            break;
+        };
+        let buffer = std::mem::replace(&mut reading, pool.take());
+        let file = Arc::clone(&file);
+        let at = offset + done;
+        in_flight = Some(tokio::task::spawn_blocking(move || {
+            let chunk = &buffer[..filled];
+            running.update(chunk);
+            let result = file.write_all_at(chunk, at);
+            Flush {
+                buffer,
+                hasher: running,
+                result,
+            }
+        }));
+        done += filled as u64;
+        if done == max_len {
+            break;
+        }
+    }
+    if let Some(flush) = in_flight.take() {
+        let flushed = join_flush(flush).await?;
+        flushed.result?;
+        hasher = Some(flushed.hasher);
+        pool.give(flushed.buffer);
+    }
+    pool.give(reading);
+    let crc32 = hasher.map(|h| h.finalize()).unwrap_or_default();
+    Ok(Streamed { bytes: done, crc32 })
+}
+
+async fn join_flush(flush: tokio::task::JoinHandle<Flush>) -> Result<Flush, StorageError> {
+    flush
+        .await
+        .map_err(|e| StorageError::Io(io::Error::other(format!("piece write task failed: {e}"))))
+}
+
+async fn finish_flush(
+    in_flight: Option<tokio::task::JoinHandle<Flush>>,
+    pool: &BufferPool,
+) -> Result<(), StorageError> {
+    if let Some(flush) = in_flight {
+        let flushed = join_flush(flush).await?;
+        pool.give(flushed.buffer);
+        flushed.result?;
+    }
+    Ok(())
+}
+
+/// Reads until `buffer` is full or the reader is at EOF; returns the bytes read.
+async fn fill<R: AsyncRead + Unpin>(reader: &mut R, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// A sibling path for building an output before it atomically replaces `output`, so an error
+/// never leaves a partial file under the user's name.
+pub(crate) fn temporary_sibling(output: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}.damselfly-{}-{n}.tmp", std::process::id()))
+}
+
+/// Removes a file, treating "already gone" as success.
+pub(crate) fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,23 @@
+//! Moving piece bytes: the Vortex TCP piece server and client, the origin HTTP backend,
+//! bandwidth limits, and the SyncPieces server stream.
+
+mod backend;
+mod error;
+mod limiter;
+pub mod metrics;
+mod sync;
+mod vortex;
+
+pub use backend::{
+    Backend, BackendConfig, ObjectStat, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES,
+    DEFAULT_READ_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_USER_AGENT,
+};
+pub use error::TransferError;
+pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
+pub use metrics::register_metrics;
+pub use sync::sync_pieces_stream;
+pub use vortex::{
+    download_piece_vortex, serve_vortex, serve_vortex_with, VortexServerConfig,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT, MAX_FRAME_VALUE_LENGTH,
+    SEND_CHUNK_SIZE,
+};

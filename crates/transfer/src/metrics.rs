@@ -1,0 +1,68 @@
+//! Prometheus metrics owned by this crate, registered in the default registry.
+
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use std::sync::LazyLock;
+use tracing::warn;
+
+/// Bytes of piece content sent to peers over Vortex.
+pub static UPLOAD_TRAFFIC_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        // The definition is a constant that is known to be valid.
+        IntCounter::new(
+            "damselfly_upload_traffic_bytes_total",
+            "Bytes of piece content uploaded to other peers.",
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
+/// Pieces served over Vortex, by result (`success`, `failure`, `not_found`).
+pub static UPLOAD_PIECE_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "damselfly_upload_piece_total",
+                "Piece upload requests by result.",
+            ),
+            &["result"],
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
+/// Origin HTTP requests, by result (`success`, `failure`).
+pub static BACKEND_REQUEST_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "damselfly_backend_request_total",
+                "Origin requests by result.",
+            ),
+            &["result"],
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
+/// Registers every metric of this crate now, so they show up (at 0) before first use.
+pub fn register_metrics() {
+    LazyLock::force(&UPLOAD_TRAFFIC_BYTES);
+    LazyLock::force(&UPLOAD_PIECE_TOTAL);
+    LazyLock::force(&BACKEND_REQUEST_TOTAL);
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    if let Err(e) = prometheus::register(Box::new(collector.clone())) {
+        // Counting must go on even if another component registered the same name.
+        warn!(error = %e, "metric registration failed");
+    }
+    collector
+}
+
+pub(crate) fn result_label(ok: bool) -> &'static str {
+    if ok {
+        "success"
+    } else {
+        "failure"
+    }
+}

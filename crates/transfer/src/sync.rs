@@ -1,0 +1,154 @@
+//! Server side of `DfdaemonUpload.SyncPieces`: tells a child which pieces we can serve, now and
+//! as they land.
+
+use crate::error::TransferError;
+use damselfly_storage::{PieceEvent, PieceMetadata, Storage};
+use dragonfly_api::dfdaemon::v2::SyncPiecesResponse;
+use futures::Stream;
+use std::collections::{HashSet, VecDeque};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::Receiver;
+use tracing::debug;
+
+/// Yields a SyncPiecesResponse for each interested piece the task has (now, then as they
+/// land), ends when all interested pieces were sent or the task finished/failed. Empty
+/// `interested` means every piece. Err(TaskNotFound) if the task is unknown, Err(TaskFailed)
+/// if it failed.
+pub fn sync_pieces_stream(
+    storage: Storage,
+    task_id: String,
+    interested: Vec<u32>,
+    advertise_ip: String,
+    vortex_port: u16,
+) -> Result<
+    impl Stream<Item = Result<SyncPiecesResponse, tonic::Status>> + Send + 'static,
+    TransferError,
+> {
+    // Subscribing before listing: a piece recorded in between shows up in both, never in none.
+    let events = storage.subscribe(&task_id);
+    let task = storage
+        .task(&task_id)?
+        .ok_or_else(|| TransferError::TaskNotFound(task_id.clone()))?;
+    if task.is_failed() {
+        return Err(TransferError::TaskFailed(task_id));
+    }
+    let piece_count = (task.content_length > 0).then(|| task.layout().piece_count());
+    let wanted = (!interested.is_empty()).then(|| {
+        interested
+            .into_iter()
+            .filter(|n| piece_count.is_none_or(|count| *n < count))
+            .collect::<HashSet<u32>>()
+    });
+    let mut state = SyncState {
+        storage,
+        task_id,
+        events,
+        wanted,
+        piece_count,
+        sent: HashSet::new(),
+        backlog: VecDeque::new(),
+        ended: task.is_finished(),
+        advertise_ip,
+        vortex_port,
+    };
+    state.relist()?;
+    Ok(futures::stream::unfold(state, |mut state| async move {
+        state.next().await.map(|item| (item, state))
+    }))
+}
+
+struct SyncState {
+    storage: Storage,
+    task_id: String,
+    events: Receiver<PieceEvent>,
+    /// None = every piece.
+    wanted: Option<HashSet<u32>>,
+    /// None while the length is unknown.
+    piece_count: Option<u32>,
+    sent: HashSet<u32>,
+    backlog: VecDeque<PieceMetadata>,
+    /// No more events will come (task finished, failed or deleted); drain the backlog and stop.
+    ended: bool,
+    advertise_ip: String,
+    vortex_port: u16,
+}
+
+impl SyncState {
+    async fn next(&mut self) -> Option<Result<SyncPiecesResponse, tonic::Status>> {
+        loop {
+            if let Some(piece) = self.backlog.pop_front() {
+                if self.sent.insert(piece.number) {
+                    return Some(Ok(self.response(&piece)));
+                }
+                continue;
+            }
+            if self.ended || self.all_sent() {
+                debug!(task_id = %self.task_id, sent = self.sent.len(), "sync pieces stream ends");
+                return None;
+            }
+            if let Err(e) = self.wait_for_event().await {
+                self.ended = true;
+                return Some(Err(tonic::Status::internal(e.to_string())));
+            }
+        }
+    }
+
+    async fn wait_for_event(&mut self) -> Result<(), TransferError> {
+        match self.events.recv().await {
+            Ok(PieceEvent::Finished(piece)) => {
+                if self.wants(piece.number) {
+                    self.backlog.push_back(piece);
+                }
+                Ok(())
+            }
+            Ok(PieceEvent::TaskFailed) => {
+                self.ended = true;
+                self.backlog.clear();
+                Ok(())
+            }
+            // Finished (or the channel is gone): whatever landed is in storage now.
+            Ok(PieceEvent::TaskFinished) | Err(RecvError::Closed) => {
+                self.ended = true;
+                self.relist()
+            }
+            // Fell behind: storage has everything the missed events announced.
+            Err(RecvError::Lagged(missed)) => {
+                debug!(task_id = %self.task_id, missed, "sync pieces subscriber lagged, re-listing");
+                self.relist()
+            }
+        }
+    }
+
+    /// Queues every recorded, wanted, unsent piece.
+    fn relist(&mut self) -> Result<(), TransferError> {
+        for piece in self.storage.pieces(&self.task_id)? {
+            if self.wants(piece.number) && !self.sent.contains(&piece.number) {
+                self.backlog.push_back(piece);
+            }
+        }
+        Ok(())
+    }
+
+    fn wants(&self, number: u32) -> bool {
+        self.wanted.as_ref().is_none_or(|w| w.contains(&number))
+    }
+
+    fn all_sent(&self) -> bool {
+        match (&self.wanted, self.piece_count) {
+            (Some(wanted), _) => wanted.iter().all(|n| self.sent.contains(n)),
+            (None, Some(count)) => self.sent.len() >= count as usize,
+            (None, None) => false,
+        }
+    }
+
+    fn response(&self, piece: &PieceMetadata) -> SyncPiecesResponse {
+        SyncPiecesResponse {
+            number: piece.number,
+            offset: piece.offset,
+            length: piece.length,
+            ip: self.advertise_ip.clone(),
+            tcp_port: Some(i32::from(self.vortex_port)),
+            quic_port: None,
+        }
+    }
+}

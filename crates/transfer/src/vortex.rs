@@ -1,0 +1,526 @@
+//! Vortex TCP piece transport (dragonfly-v2.md §3.3): one `DownloadPiece` request per
+//! connection, answered by a `PieceContent` frame followed by exactly `length` raw piece
+//! bytes (the header's length covers only the frame value), or by an `Error` frame.
+
+use crate::error::TransferError;
+use crate::limiter::{RateLimiter, ThrottledReader};
+use crate::metrics::{UPLOAD_PIECE_TOTAL, UPLOAD_TRAFFIC_BYTES};
+use bytes::BytesMut;
+use damselfly_core::PieceSpan;
+use damselfly_storage::{PieceMetadata, Storage, StorageError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use vortex_protocol::tlv::download_piece::DownloadPiece;
+use vortex_protocol::tlv::error::{Code, Error as ErrorFrame};
+use vortex_protocol::tlv::piece_content::PieceContent;
+use vortex_protocol::tlv::piece_metadata::PieceMetadata as WireMetadata;
+use vortex_protocol::tlv::{Tag, PIECE_NUMBER_SIZE, TASK_ID_SIZE};
+use vortex_protocol::{Header, Message, HEADER_SIZE};
+
+/// Connections served at once; further peers wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Time a peer gets to send its whole request; stops slowloris peers from pinning permits.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a single send may make no progress before the peer is dropped.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes per send step: the granularity of the upload limiter and the traffic counter.
+pub const SEND_CHUNK_SIZE: usize = 1024 * 1024;
+/// Largest PieceContent/Error value a client accepts; real ones are ~200 bytes, so anything
+/// bigger is garbage that must not make us allocate.
+pub const MAX_FRAME_VALUE_LENGTH: u32 = 64 * 1024;
+/// How long and how much a refused peer's leftover input is read away before closing.
+const DISCARD_TIMEOUT: Duration = Duration::from_millis(200);
+const DISCARD_LIMIT: usize = 1024 * 1024;
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Tunables of the Vortex server.
+#[derive(Clone, Debug)]
+pub struct VortexServerConfig {
+    pub max_connections: usize,
+    pub request_timeout: Duration,
+    pub send_timeout: Duration,
+}
+
+impl Default for VortexServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+        }
+    }
+}
+
+/// Vortex TCP piece server: one request per connection, serves recorded pieces only.
+pub async fn serve_vortex(
+    listener: TcpListener,
+    storage: Storage,
+    upload_limiter: RateLimiter,
+    shutdown: CancellationToken,
+) {
+    serve_vortex_with(
+        listener,
+        storage,
+        upload_limiter,
+        shutdown,
+        VortexServerConfig::default(),
+    )
+    .await
+}
+
+/// [`serve_vortex`] with explicit limits.
+pub async fn serve_vortex_with(
+    listener: TcpListener,
+    storage: Storage,
+    upload_limiter: RateLimiter,
+    shutdown: CancellationToken,
+    config: VortexServerConfig,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "vortex accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let connection = Connection {
+            storage: storage.clone(),
+            limiter: upload_limiter.clone(),
+            config: config.clone(),
+            peer,
+        };
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = connection.serve(stream) => {}
+            }
+            drop(permit);
+        });
+    }
+    debug!("vortex server stopped");
+}
+
+/// Why a request could not be answered with piece content.
+enum Refusal {
+    /// Answer with an Error frame.
+    Frame(Code, String),
+    /// The connection is unusable (closed, timed out): just drop it.
+    Drop(String),
+}
+
+struct Connection {
+    storage: Storage,
+    limiter: RateLimiter,
+    config: VortexServerConfig,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve(self, mut stream: TcpStream) {
+        stream.set_nodelay(true).ok();
+        let request = match tokio::time::timeout(
+            self.config.request_timeout,
+            read_request(&mut stream),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(Refusal::Drop("request not received in time".to_string())),
+        };
+        let outcome = match request {
+            Ok(request) => self.send_piece(&mut stream, &request).await,
+            Err(refusal) => Err(refusal),
+        };
+        let result = match outcome {
+            Ok(()) => "success",
+            Err(Refusal::Frame(code, message)) => {
+                debug!(peer = %self.peer, ?code, message, "refusing vortex request");
+                self.send_error(&mut stream, code, message).await;
+                stream.shutdown().await.ok();
+                discard_unread(&mut stream).await;
+                if code == Code::NotFound {
+                    "not_found"
+                } else {
+                    "failure"
+                }
+            }
+            Err(Refusal::Drop(reason)) => {
+                debug!(peer = %self.peer, reason, "dropping vortex connection");
+                "failure"
+            }
+        };
+        UPLOAD_PIECE_TOTAL.with_label_values(&[result]).inc();
+        stream.shutdown().await.ok();
+    }
+
+    async fn send_piece(
+        &self,
+        stream: &mut TcpStream,
+        request: &DownloadPiece,
+    ) -> Result<(), Refusal> {
+        let task_id = request.task_id.as_str();
+        let number = request.piece_number;
+        let (piece, file) = self
+            .storage
+            .open_piece(task_id, number)
+            .map_err(storage_refusal)?;
+        let started = Instant::now();
+        let mut packet = BytesMut::new();
+        piece_content(&piece).encode_packet(&mut packet);
+        self.timed(stream.write_all(&packet)).await?;
+        self.send_body(stream, &file, &piece).await?;
+        debug!(peer = %self.peer, task_id, number, length = piece.length, elapsed = ?started.elapsed(), "piece uploaded");
+        Ok(())
+    }
+
+    /// Streams the piece bytes to the socket, charging the upload limiter per chunk.
+    async fn send_body(
+        &self,
+        stream: &mut TcpStream,
+        file: &std::fs::File,
+        piece: &PieceMetadata,
+    ) -> Result<(), Refusal> {
+        let mut sent = 0u64;
+        while sent < piece.length {
+            let chunk = (piece.length - sent).min(SEND_CHUNK_SIZE as u64) as usize;
+            let n = self
+                .timed(send_file_chunk(stream, file, piece.offset + sent, chunk))
+                .await?;
+            if n == 0 {
+                return Err(Refusal::Drop(format!(
+                    "content file ends inside piece {}",
+                    piece.number
+                )));
+            }
+            sent += n as u64;
+            UPLOAD_TRAFFIC_BYTES.inc_by(n as u64);
+            self.limiter.acquire(n as u64).await;
+        }
+        Ok(())
+    }
+
+    async fn send_error(&self, stream: &mut TcpStream, code: Code, message: String) {
+        let mut packet = BytesMut::new();
+        ErrorFrame::new(code, message).encode_packet(&mut packet);
+        self.timed(stream.write_all(&packet)).await.ok();
+    }
+
+    /// Bounds one socket operation by the send timeout.
+    async fn timed<T>(
+        &self,
+        operation: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> Result<T, Refusal> {
+        match tokio::time::timeout(self.config.send_timeout, operation).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Refusal::Drop(format!("send failed: {e}"))),
+            Err(_) => Err(Refusal::Drop("send stalled".to_string())),
+        }
+    }
+}
+
+/// Closing a socket with unread input makes the kernel send RST, which can destroy the Error
+/// frame before the peer reads it; so whatever the peer still sends is read away briefly.
+async fn discard_unread(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let mut left = DISCARD_LIMIT;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    tokio::time::timeout(DISCARD_TIMEOUT, drain).await.ok();
+}
+
+/// Reads one DownloadPiece request; anything else is refused without reading further.
+async fn read_request(stream: &mut TcpStream) -> Result<DownloadPiece, Refusal> {
+    let mut header = [0u8; HEADER_SIZE];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| Refusal::Drop(format!("reading header: {e}")))?;
+    let header = Header::decode(&header)
+        .map_err(|e| Refusal::Frame(Code::InvalidArgument, e.to_string()))?;
+    if header.tag() != Tag::DownloadPiece {
+        return Err(Refusal::Frame(
+            Code::InvalidArgument,
+            format!(
+                "expected a DownloadPiece request, got tag {}",
+                u8::from(header.tag())
+            ),
+        ));
+    }
+    const REQUEST_LENGTH: usize = TASK_ID_SIZE + PIECE_NUMBER_SIZE;
+    if header.length() as usize != REQUEST_LENGTH {
+        return Err(Refusal::Frame(
+            Code::InvalidArgument,
+            format!(
+                "DownloadPiece value must be {REQUEST_LENGTH} bytes, got {}",
+                header.length()
+            ),
+        ));
+    }
+    let mut value = [0u8; REQUEST_LENGTH];
+    stream
+        .read_exact(&mut value)
+        .await
+        .map_err(|e| Refusal::Drop(format!("reading request: {e}")))?;
+    DownloadPiece::decode(&value).map_err(|e| Refusal::Frame(Code::InvalidArgument, e.to_string()))
+}
+
+fn storage_refusal(error: StorageError) -> Refusal {
+    match error {
+        StorageError::TaskNotFound(_) | StorageError::PieceNotFound { .. } => {
+            Refusal::Frame(Code::NotFound, error.to_string())
+        }
+        other => Refusal::Frame(Code::Internal, other.to_string()),
+    }
+}
+
+/// Dragonfly's common.v2.TrafficType: where the piece's bytes originally came from.
+const TRAFFIC_BACK_TO_SOURCE: u8 = 0;
+const TRAFFIC_REMOTE_PEER: u8 = 1;
+
+fn piece_content(piece: &PieceMetadata) -> PieceContent {
+    let created_at = piece
+        .created_at
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .map(|t| t.naive_utc())
+        .unwrap_or_default();
+    PieceContent {
+        metadata: WireMetadata {
+            number: piece.number,
+            offset: piece.offset,
+            length: piece.length,
+            digest: piece.digest.clone(),
+            parent_id: piece.parent_id.clone().unwrap_or_default(),
+            traffic_type: if piece.parent_id.is_some() {
+                TRAFFIC_REMOTE_PEER
+            } else {
+                TRAFFIC_BACK_TO_SOURCE
+            },
+            cost: piece.cost,
+            created_at,
+        },
+    }
+}
+
+/// Zero-copy send of up to `count` bytes at `offset`; returns the bytes sent (0 at EOF).
+/// Reading a cold page blocks the worker briefly; pieces are usually hot in the page cache
+/// because they were just downloaded.
+#[cfg(target_os = "linux")]
+async fn send_file_chunk(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    count: usize,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let socket_fd = stream.as_raw_fd();
+    let file_fd = file.as_raw_fd();
+    let start =
+        libc::off_t::try_from(offset).map_err(|_| std::io::Error::other("offset too large"))?;
+    stream
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            let mut position = start;
+            // SAFETY: both descriptors are open for the duration of the call (borrowed from
+            // live objects) and `position` is a valid off_t the kernel may update.
+            let sent = unsafe { libc::sendfile(socket_fd, file_fd, &mut position, count) };
+            if sent < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(sent as usize)
+            }
+        })
+        .await
+}
+
+/// Portable fallback: positioned read into a buffer, then a socket write.
+#[cfg(not(target_os = "linux"))]
+async fn send_file_chunk(
+    stream: &mut TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    count: usize,
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut buffer = vec![0u8; count];
+    let n = file.read_at(&mut buffer, offset)?;
+    stream.write_all(&buffer[..n]).await?;
+    Ok(n)
+}
+
+/// Fetches one piece from a parent's Vortex server into storage (verifies the crc32 digest
+/// the parent sends, records parent_id).
+pub async fn download_piece_vortex(
+    addr: SocketAddr,
+    task_id: &str,
+    span: PieceSpan,
+    parent_id: &str,
+    storage: &Storage,
+    limiters: &[RateLimiter],
+    timeout: Duration,
+) -> Result<PieceMetadata, TransferError> {
+    let download = download_piece(addr, task_id, span, parent_id, storage, limiters);
+    match tokio::time::timeout(timeout, download).await {
+        Ok(result) => result,
+        Err(_) => Err(TransferError::Timeout(format!(
+            "piece {} of task {task_id} from parent {parent_id} at {addr} after {timeout:?}",
+            span.number
+        ))),
+    }
+}
+
+async fn download_piece(
+    addr: SocketAddr,
+    task_id: &str,
+    span: PieceSpan,
+    parent_id: &str,
+    storage: &Storage,
+    limiters: &[RateLimiter],
+) -> Result<PieceMetadata, TransferError> {
+    if task_id.len() != TASK_ID_SIZE {
+        return Err(TransferError::Protocol(format!(
+            "vortex task IDs are {TASK_ID_SIZE} bytes, {task_id:?} is {}",
+            task_id.len()
+        )));
+    }
+    let started = Instant::now();
+    let mut stream =
+        TcpStream::connect(addr)
+            .await
+            .map_err(|e| TransferError::PeerUnreachable {
+                addr,
+                reason: e.to_string(),
+            })?;
+    stream.set_nodelay(true).ok();
+    let mut request = BytesMut::new();
+    DownloadPiece::new(task_id.to_string(), span.number).encode_packet(&mut request);
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| peer_io(addr, e))?;
+
+    let metadata = read_piece_content(&mut stream, addr, task_id, span).await?;
+    let mut body = ThrottledReader::new((&mut stream).take(span.length), limiters);
+    let written = storage
+        .write_piece(
+            task_id,
+            span,
+            &mut body,
+            Some(&metadata.digest),
+            Some(parent_id),
+            started.elapsed(),
+        )
+        .await;
+    body.settle().await;
+    let piece = written.map_err(|e| match e {
+        StorageError::SourceRead(io) => peer_io(addr, io),
+        other => TransferError::Storage(other),
+    })?;
+    debug!(
+        task_id,
+        number = span.number,
+        offset = span.offset,
+        length = span.length,
+        source = parent_id,
+        "piece downloaded from parent"
+    );
+    Ok(piece)
+}
+
+/// Reads the answer frame; returns the piece metadata, which must match the requested span.
+async fn read_piece_content(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    task_id: &str,
+    span: PieceSpan,
+) -> Result<WireMetadata, TransferError> {
+    let mut header = [0u8; HEADER_SIZE];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| peer_io(addr, e))?;
+    let header = Header::decode(&header).map_err(|e| TransferError::Protocol(e.to_string()))?;
+    if header.length() > MAX_FRAME_VALUE_LENGTH {
+        return Err(TransferError::Protocol(format!(
+            "parent {addr} sent a {} byte frame value",
+            header.length()
+        )));
+    }
+    let mut value = vec![0u8; header.length() as usize];
+    stream
+        .read_exact(&mut value)
+        .await
+        .map_err(|e| peer_io(addr, e))?;
+    match header.tag() {
+        Tag::PieceContent => {
+            let content =
+                PieceContent::decode(&value).map_err(|e| TransferError::Protocol(e.to_string()))?;
+            let m = content.metadata;
+            if m.number != span.number || m.offset != span.offset || m.length != span.length {
+                return Err(TransferError::Protocol(format!(
+                    "parent {addr} sent piece {} at {}+{}, asked for piece {} at {}+{}",
+                    m.number, m.offset, m.length, span.number, span.offset, span.length
+                )));
+            }
+            Ok(m)
+        }
+        Tag::Error => {
+            let error =
+                ErrorFrame::decode(&value).map_err(|e| TransferError::Protocol(e.to_string()))?;
+            if error.code == Code::NotFound {
+                return Err(TransferError::PieceNotFound {
+                    task_id: task_id.to_string(),
+                    number: span.number,
+                });
+            }
+            Err(TransferError::PeerError {
+                addr,
+                code: error.code.into(),
+                message: error.message,
+            })
+        }
+        other => Err(TransferError::Protocol(format!(
+            "parent {addr} answered with unexpected tag {}",
+            u8::from(other)
+        ))),
+    }
+}
+
+fn peer_io(addr: SocketAddr, error: std::io::Error) -> TransferError {
+    if error.kind() == std::io::ErrorKind::TimedOut {
+        return TransferError::Timeout(format!("parent {addr}: {error}"));
+    }
+    TransferError::PeerUnreachable {
+        addr,
+        reason: error.to_string(),
+    }
+}

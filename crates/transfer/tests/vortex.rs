@@ -1,0 +1,371 @@
+//! Vortex piece server and client over real loopback TCP.
+
+mod common;
+
+use common::*;
+use damselfly_core::digest::piece_digest;
+use damselfly_core::PieceLayout;
+use damselfly_storage::{Storage, StorageError};
+use damselfly_transfer::{
+    download_piece_vortex, serve_vortex, serve_vortex_with, RateLimiter, TransferError,
+    VortexServerConfig,
+};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const PIECE: u64 = 256 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A storage holding every piece of `data` (not finished, so it can still be tampered with).
+async fn seeded(dir: &std::path::Path, id: &str, data: &[u8]) -> (Storage, PieceLayout) {
+    let storage = storage(dir);
+    let task = storage
+        .prepare_task(id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    for span in task.layout().spans() {
+        let bytes = &data[span.offset as usize..span.end() as usize];
+        storage
+            .write_piece(id, span, bytes, None, None, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    (storage, task.layout())
+}
+
+async fn start_server(
+    storage: Storage,
+    config: VortexServerConfig,
+) -> (SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve_vortex_with(
+        listener,
+        storage,
+        RateLimiter::unlimited(),
+        shutdown.clone(),
+        config,
+    ));
+    (addr, shutdown)
+}
+
+#[tokio::test]
+async fn pieces_roundtrip_between_two_storages() {
+    let (seed_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id = task_id(1);
+    let data = content(5 * PIECE as usize + 12345, 1);
+    let (seed, layout) = seeded(seed_dir.path(), &id, &data).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve_vortex(
+        listener,
+        seed.clone(),
+        RateLimiter::unlimited(),
+        shutdown.clone(),
+    ));
+
+    let child = storage(child_dir.path());
+    child
+        .prepare_task(&id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    let downloads =
+        layout.spans().map(|span| {
+            let child = child.clone();
+            let id = id.clone();
+            async move {
+                download_piece_vortex(addr, &id, span, "seed-peer", &child, &[], TIMEOUT).await
+            }
+        });
+    for result in futures::future::join_all(downloads).await {
+        let piece = result.unwrap();
+        assert_eq!(piece.parent_id.as_deref(), Some("seed-peer"));
+        assert_eq!(
+            piece.digest,
+            seed.piece(&id, piece.number).unwrap().unwrap().digest
+        );
+    }
+    child.finish_task(&id).unwrap();
+    let output = child_dir.path().join("out");
+    child.export(&id, &output, false, false).await.unwrap();
+    assert_eq!(sha256(&std::fs::read(&output).unwrap()), sha256(&data));
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_tampered_piece_is_rejected_and_not_recorded() {
+    let (seed_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id = task_id(2);
+    let data = content(2 * PIECE as usize, 2);
+    let (seed, layout) = seeded(seed_dir.path(), &id, &data).await;
+    // Bit rot on the parent's disk after the piece was recorded.
+    let path = seed.content_path(&id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[PIECE as usize + 5] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let (addr, shutdown) = start_server(seed, VortexServerConfig::default()).await;
+
+    let child = storage(child_dir.path());
+    child
+        .prepare_task(&id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    let span = layout.span(1).unwrap();
+    let err = download_piece_vortex(addr, &id, span, "bad-parent", &child, &[], TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransferError::Storage(StorageError::DigestMismatch { number: 1, .. })
+        ),
+        "{err}"
+    );
+    assert!(child.piece(&id, 1).unwrap().is_none());
+    // The intact piece still comes through.
+    download_piece_vortex(
+        addr,
+        &id,
+        layout.span(0).unwrap(),
+        "bad-parent",
+        &child,
+        &[],
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn unknown_tasks_and_pieces_are_not_found() {
+    let (seed_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id = task_id(3);
+    let seed = storage(seed_dir.path());
+    seed.prepare_task(&id, 2 * PIECE, PIECE, vec![])
+        .await
+        .unwrap();
+    let first = &content(PIECE as usize, 3);
+    let layout = seed.task(&id).unwrap().unwrap().layout();
+    seed.write_piece(
+        &id,
+        layout.span(0).unwrap(),
+        first.as_slice(),
+        None,
+        None,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let (addr, shutdown) = start_server(seed, VortexServerConfig::default()).await;
+
+    let child = storage(child_dir.path());
+    child
+        .prepare_task(&id, 2 * PIECE, PIECE, vec![])
+        .await
+        .unwrap();
+    let err = download_piece_vortex(
+        addr,
+        &id,
+        layout.span(1).unwrap(),
+        "p",
+        &child,
+        &[],
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, TransferError::PieceNotFound { number: 1, .. }),
+        "{err}"
+    );
+
+    let other = task_id(4);
+    child
+        .prepare_task(&other, 2 * PIECE, PIECE, vec![])
+        .await
+        .unwrap();
+    let err = download_piece_vortex(
+        addr,
+        &other,
+        layout.span(0).unwrap(),
+        "p",
+        &child,
+        &[],
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, TransferError::PieceNotFound { .. }), "{err}");
+    shutdown.cancel();
+}
+
+/// Sends raw bytes, then reads whatever comes back until the server closes.
+async fn exchange(addr: SocketAddr, request: &[u8], close_write: bool) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    if close_write {
+        stream.shutdown().await.unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut answer))
+        .await
+        .expect("server must close");
+    answer
+}
+
+const TAG_ERROR: u8 = 255;
+
+#[tokio::test]
+async fn garbage_gets_an_error_or_a_close_and_the_server_keeps_serving() {
+    let (seed_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id = task_id(5);
+    let data = content(PIECE as usize, 5);
+    let (seed, layout) = seeded(seed_dir.path(), &id, &data).await;
+    let config = VortexServerConfig {
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (addr, shutdown) = start_server(seed, config).await;
+
+    // Wrong tag.
+    let answer = exchange(addr, &[7, 42, 0, 0, 0, 4, 1, 2, 3, 4], false).await;
+    assert_eq!(answer.get(1), Some(&TAG_ERROR), "{answer:?}");
+    assert_eq!(answer.get(6), Some(&1), "invalid argument");
+    // DownloadPiece claiming a 4 GiB value.
+    let answer = exchange(addr, &[1, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], false).await;
+    assert_eq!(answer.get(1), Some(&TAG_ERROR), "{answer:?}");
+    // Truncated request, then the client gives up writing.
+    let answer = exchange(addr, &[1, 0, 0, 0, 0, 68, b'a', b'b'], true).await;
+    assert!(answer.is_empty() || answer[1] == TAG_ERROR, "{answer:?}");
+    // Non-UTF-8 task ID.
+    let mut bad_id = vec![1, 0, 0, 0, 0, 68];
+    bad_id.extend([0xffu8; 68]);
+    let answer = exchange(addr, &bad_id, false).await;
+    assert_eq!(answer.get(1), Some(&TAG_ERROR), "{answer:?}");
+    // Slowloris: half a header, then silence; the server hangs up after its request timeout.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(&[1, 0, 0]).await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "a silent client must be dropped");
+    // Random junk.
+    let junk: Vec<u8> = content(100_000, 9);
+    exchange(addr, &junk, false).await;
+
+    // Still serving.
+    let child = storage(child_dir.path());
+    child
+        .prepare_task(&id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    let piece = download_piece_vortex(
+        addr,
+        &id,
+        layout.span(0).unwrap(),
+        "p",
+        &child,
+        &[],
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(piece.digest, piece_digest(&data));
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_wire_format_is_header_value_then_raw_bytes() {
+    let seed_dir = tempfile::tempdir().unwrap();
+    let id = task_id(6);
+    let data = content(1000, 6);
+    let seed = storage(seed_dir.path());
+    seed.prepare_task(&id, 1000, PIECE, vec![]).await.unwrap();
+    let span = seed.task(&id).unwrap().unwrap().layout().span(0).unwrap();
+    seed.write_piece(&id, span, data.as_slice(), None, None, Duration::ZERO)
+        .await
+        .unwrap();
+    let (addr, shutdown) = start_server(seed, VortexServerConfig::default()).await;
+
+    let mut request = vec![9, 0, 0, 0, 0, 68];
+    request.extend(id.as_bytes());
+    request.extend(0u32.to_be_bytes());
+    let answer = exchange(addr, &request, false).await;
+    assert_eq!(answer[1], 1, "PieceContent tag");
+    let value_len = u32::from_be_bytes(answer[2..6].try_into().unwrap()) as usize;
+    assert_eq!(
+        answer.len(),
+        6 + value_len + 1000,
+        "header length covers the value only"
+    );
+    assert!(answer[6 + value_len..] == data[..]);
+    let digest = piece_digest(&data);
+    let value = &answer[6..6 + value_len];
+    assert!(value.windows(digest.len()).any(|w| w == digest.as_bytes()));
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_client_timeout_is_reported() {
+    let child_dir = tempfile::tempdir().unwrap();
+    // Accepts but never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let id = task_id(7);
+    let child = storage(child_dir.path());
+    let task = child.prepare_task(&id, PIECE, PIECE, vec![]).await.unwrap();
+    let err = download_piece_vortex(
+        addr,
+        &id,
+        task.layout().span(0).unwrap(),
+        "p",
+        &child,
+        &[],
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, TransferError::Timeout(_)), "{err}");
+}
+
+#[tokio::test]
+async fn uploads_are_counted() {
+    let seed_dir = tempfile::tempdir().unwrap();
+    let child_dir = tempfile::tempdir().unwrap();
+    let id = task_id(8);
+    let data = content(PIECE as usize, 8);
+    let (seed, layout) = seeded(seed_dir.path(), &id, &data).await;
+    let (addr, shutdown) = start_server(seed, VortexServerConfig::default()).await;
+    let before = damselfly_transfer::metrics::UPLOAD_TRAFFIC_BYTES.get();
+    let child = storage(child_dir.path());
+    child.prepare_task(&id, PIECE, PIECE, vec![]).await.unwrap();
+    download_piece_vortex(
+        addr,
+        &id,
+        layout.span(0).unwrap(),
+        "p",
+        &child,
+        &[],
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let after = damselfly_transfer::metrics::UPLOAD_TRAFFIC_BYTES.get();
+    assert!(after - before >= PIECE, "{before} -> {after}");
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&prometheus::gather())
+        .unwrap();
+    assert!(text.contains("damselfly_upload_traffic_bytes_total"));
+    shutdown.cancel();
+}
