@@ -142,7 +142,8 @@ mod tests {
     #[test]
     fn upstream_piece_vectors() {
         // (piece_length, content_length, range, numbers, last offset, last length)
-        let rows: [(u64, u64, Option<(u64, u64)>, &[u32], u64, u64); 6] = [
+        type Row = (u64, u64, Option<(u64, u64)>, &'static [u32], u64, u64);
+        let rows: [Row; 6] = [
             (1000, 1, None, &[0], 0, 1),
             (1000, 5000, None, &[0, 1, 2, 3, 4], 4000, 1000),
             (5000, 1000, None, &[0], 0, 1000),

@@ -2,16 +2,17 @@
 //! availability we learned from `SyncPieces`, so the policy is testable without a network.
 //!
 //! Policy:
-//! - pieces go rarest first (fewest parents have them), ties broken at random, so that the
-//!   peers of a swarm hold different pieces and can trade them with each other;
-//! - a piece goes to a normal (non-seed) parent when one has it, so a seed's uplink feeds
-//!   the swarm once and the swarm spreads the copies;
+//! - pieces that normal (non-seed) parents hold go first, rarest first, ties broken at
+//!   random, so that the peers of a swarm hold different pieces and trade them;
+//! - pieces only a seed holds come next, within a seed budget, so a seed's uplink feeds the
+//!   swarm about once and the swarm spreads the copies;
 //! - among those, to the parent with the most spare upload bandwidth per piece in flight,
 //!   ties broken at random.
 
 use rand::seq::IndexedRandom;
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 /// Bandwidth assumed for a parent that did not announce one (1 Gbit/s in bytes), so unknown
 /// parents are neither starved nor preferred.
@@ -69,41 +70,163 @@ pub fn choose_parent<R: Rng + ?Sized>(
     top.choose(rng).copied()
 }
 
-/// Chooses the next piece: among `candidates` (missing, not in flight) that some parent has,
-/// one of those held by the fewest parents, at random.
+/// Chooses the next piece among `candidates` (missing, not in flight):
+/// - first the pieces some normal parent holds, the rarest among normal parents first, so the
+///   swarm trades among itself;
+/// - then a piece only seeds hold and that `seed_may_serve` allows (the caller's seed budget
+///   and grace period), at random, so that children of one seed start from different pieces
+///   and can trade them afterwards.
 pub fn choose_piece<R: Rng + ?Sized>(
     candidates: &BTreeSet<u32>,
     holders: &BTreeMap<u32, Vec<usize>>,
+    parents: &[ParentLoad],
+    seed_may_serve: &dyn Fn(u32) -> bool,
     rng: &mut R,
 ) -> Option<u32> {
     let mut rarest = usize::MAX;
-    let mut picks: Vec<u32> = Vec::new();
+    let mut from_normal: Vec<u32> = Vec::new();
+    let mut from_seed: Vec<u32> = Vec::new();
     for &number in candidates {
-        let count = holders.get(&number).map_or(0, Vec::len);
-        if count == 0 {
+        let Some(list) = holders.get(&number) else {
+            continue;
+        };
+        let normal = list
+            .iter()
+            .filter(|&&i| parents.get(i).is_some_and(|p| !p.seed))
+            .count();
+        if normal == 0 {
+            if list.iter().any(|&i| i < parents.len()) && seed_may_serve(number) {
+                from_seed.push(number);
+            }
             continue;
         }
-        if count < rarest {
-            rarest = count;
-            picks.clear();
+        if normal < rarest {
+            rarest = normal;
+            from_normal.clear();
         }
-        if count == rarest {
-            picks.push(number);
+        if normal == rarest {
+            from_normal.push(number);
         }
     }
-    picks.choose(rng).copied()
+    from_normal
+        .choose(rng)
+        .or_else(|| from_seed.choose(rng))
+        .copied()
 }
 
+/// How many pieces a child may have in flight from seed parents. With a live normal parent
+/// the seed gets a quarter of the slots: the seed's uplink is shared by every child of the
+/// task, and a child that can trade with peers should leave it to those that cannot.
+pub fn seed_budget(parents: &[ParentLoad], alive: &[bool], concurrency: usize) -> usize {
+    let normal_alive = parents
+        .iter()
+        .zip(alive)
+        .any(|(p, &alive)| alive && !p.seed);
+    if normal_alive {
+        (concurrency / SEED_SHARE_DIVISOR).max(1)
+    } else {
+        concurrency
+    }
+}
+
+/// A child with live normal parents gives seeds `1 / SEED_SHARE_DIVISOR` of its slots.
+pub const SEED_SHARE_DIVISOR: usize = 4;
+
 /// One dispatch decision: the next (piece, parent) pair, or `None` when nothing can start.
+/// Pieces only seeds hold start only when `seed_may_serve` says so.
 pub fn next_assignment<R: Rng + ?Sized>(
     candidates: &BTreeSet<u32>,
     holders: &BTreeMap<u32, Vec<usize>>,
     parents: &[ParentLoad],
+    seed_may_serve: &dyn Fn(u32) -> bool,
     rng: &mut R,
 ) -> Option<(u32, usize)> {
-    let piece = choose_piece(candidates, holders, rng)?;
+    let piece = choose_piece(candidates, holders, parents, seed_may_serve, rng)?;
     let parent = choose_parent(holders.get(&piece)?, parents, rng)?;
     Some((piece, parent))
+}
+
+/// Shortest wait for a normal parent to pick up a piece only a seed has.
+pub const MIN_SEED_GRACE: Duration = Duration::from_millis(20);
+/// Longest such wait: past it the seed serves, whatever the swarm does.
+pub const MAX_SEED_GRACE: Duration = Duration::from_secs(2);
+/// Piece time assumed before the first piece of a round has landed.
+pub const INITIAL_PIECE_TIME: Duration = Duration::from_millis(100);
+/// The grace period in piece times: one for a normal parent to fetch the piece from the
+/// seed, one for its SyncPieces announcement and our request to follow.
+const GRACE_IN_PIECE_TIMES: u32 = 2;
+
+/// Holds a piece that only seeds have back while the child's normal parents are making
+/// progress, as those parents are probably fetching the same pieces from the same seed right
+/// now: taking them from the parents spares the seed's uplink one copy per child. Without
+/// it, every child of a fast seed takes every piece from the seed at once. A piece is
+/// released to the seed once it waited a grace period (two of our piece times) with no news
+/// from any normal parent, and at the latest after [`MAX_SEED_GRACE`], so a slow normal
+/// parent cannot hold a child back for long.
+#[derive(Debug, Clone)]
+pub struct SeedGrace {
+    /// When a piece was first seen at a seed.
+    since: BTreeMap<u32, Instant>,
+    /// Moving average of how long a piece takes us to fetch.
+    piece_time: Duration,
+    /// When a normal parent last announced a piece.
+    last_normal_news: Option<Instant>,
+}
+
+impl Default for SeedGrace {
+    fn default() -> Self {
+        Self {
+            since: BTreeMap::new(),
+            piece_time: INITIAL_PIECE_TIME,
+            last_normal_news: None,
+        }
+    }
+}
+
+impl SeedGrace {
+    /// A seed announced `number`.
+    pub fn seen_at_seed(&mut self, number: u32, now: Instant) {
+        self.since.entry(number).or_insert(now);
+    }
+
+    /// A normal parent announced a piece.
+    pub fn normal_progress(&mut self, now: Instant) {
+        self.last_normal_news = Some(now);
+    }
+
+    /// A piece took `cost` to fetch (exponential moving average, weight 1/4).
+    pub fn piece_took(&mut self, cost: Duration) {
+        self.piece_time = (self.piece_time * 3 + cost) / 4;
+    }
+
+    pub fn grace(&self) -> Duration {
+        (self.piece_time * GRACE_IN_PIECE_TIMES).clamp(MIN_SEED_GRACE, MAX_SEED_GRACE)
+    }
+
+    /// When the seed may serve `number` (None: never announced by a seed).
+    pub fn ripe_at(&self, number: u32) -> Option<Instant> {
+        let since = *self.since.get(&number)?;
+        let grace = self.grace();
+        let quiet_from = self.last_normal_news.map_or(since, |news| news.max(since));
+        Some((quiet_from + grace).min(since + MAX_SEED_GRACE))
+    }
+
+    pub fn is_ripe(&self, number: u32, now: Instant) -> bool {
+        self.ripe_at(number).is_some_and(|at| at <= now)
+    }
+
+    /// The earliest moment one of `pieces` ripens after `now`, to wake the dispatcher.
+    pub fn next_ripening<'a>(
+        &self,
+        pieces: impl IntoIterator<Item = &'a u32>,
+        now: Instant,
+    ) -> Option<Instant> {
+        pieces
+            .into_iter()
+            .filter_map(|&n| self.ripe_at(n))
+            .filter(|&at| at > now)
+            .min()
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +286,7 @@ mod tests {
 
     #[test]
     fn rarest_first_in_random_order() {
+        let parents = vec![normal(100), normal(100)];
         let candidates: BTreeSet<u32> = (0..6).collect();
         let mut holders: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for n in 0..6 {
@@ -174,7 +298,7 @@ mod tests {
         let mut seen = BTreeSet::new();
         for seed in 0..40 {
             let mut rng = StdRng::seed_from_u64(seed);
-            let p = choose_piece(&candidates, &holders, &mut rng).unwrap();
+            let p = choose_piece(&candidates, &holders, &parents, &|_| true, &mut rng).unwrap();
             assert!(p == 4 || p == 5, "rarest pieces first, got {p}");
             seen.insert(p);
         }
@@ -182,36 +306,92 @@ mod tests {
         // Among equally rare pieces, different peers start at different pieces.
         let common: BTreeSet<u32> = [1, 2, 3].into_iter().collect();
         let firsts: BTreeSet<u32> = (0..40)
-            .map(|s| choose_piece(&common, &holders, &mut StdRng::seed_from_u64(s)).unwrap())
+            .map(|s| {
+                let mut rng = StdRng::seed_from_u64(s);
+                choose_piece(&common, &holders, &parents, &|_| true, &mut rng).unwrap()
+            })
             .collect();
         assert_eq!(firsts.len(), 3);
+        let only0: BTreeSet<u32> = [0].into_iter().collect();
+        let mut rng = StdRng::seed_from_u64(0);
         assert_eq!(
-            choose_piece(
-                &[0].into_iter().collect(),
-                &holders,
-                &mut StdRng::seed_from_u64(0)
-            ),
+            choose_piece(&only0, &holders, &parents, &|_| true, &mut rng),
             None
         );
     }
 
     #[test]
-    fn next_assignment_combines_both() {
-        let mut rng = StdRng::seed_from_u64(11);
-        let candidates: BTreeSet<u32> = [0, 1].into_iter().collect();
-        let holders: BTreeMap<u32, Vec<usize>> =
-            [(0, vec![0, 1]), (1, vec![0])].into_iter().collect();
-        let mut seed = normal(100);
+    fn normal_held_pieces_before_seed_only_pieces() {
+        let mut seed = normal(10_000);
         seed.seed = true;
         let parents = vec![seed, normal(100)];
+        let candidates: BTreeSet<u32> = [0, 1].into_iter().collect();
+        // Piece 1 is held by the seed alone (rarer), piece 0 by both: piece 0 goes first,
+        // from the normal parent.
+        let holders: BTreeMap<u32, Vec<usize>> =
+            [(0, vec![0, 1]), (1, vec![0])].into_iter().collect();
+        for s in 0..20 {
+            let mut rng = StdRng::seed_from_u64(s);
+            assert_eq!(
+                next_assignment(&candidates, &holders, &parents, &|_| true, &mut rng),
+                Some((0, 1))
+            );
+        }
+        // Once only seed-held pieces are left, they start when the caller lets the seed serve.
+        let only1: BTreeSet<u32> = [1].into_iter().collect();
+        let mut rng = StdRng::seed_from_u64(5);
         assert_eq!(
-            next_assignment(&candidates, &holders, &parents, &mut rng),
+            next_assignment(&only1, &holders, &parents, &|_| true, &mut rng),
             Some((1, 0))
         );
-        let only0: BTreeSet<u32> = [0].into_iter().collect();
         assert_eq!(
-            next_assignment(&only0, &holders, &parents, &mut rng),
-            Some((0, 1))
+            next_assignment(&only1, &holders, &parents, &|_| false, &mut rng),
+            None
         );
+    }
+
+    #[test]
+    fn seed_budget_shrinks_with_live_normal_parents() {
+        let mut seed = normal(100);
+        seed.seed = true;
+        let parents = vec![seed.clone(), normal(100)];
+        assert_eq!(seed_budget(&parents, &[true, true], 8), 2);
+        assert_eq!(seed_budget(&parents, &[true, true], 2), 1);
+        // The normal parent died: the seed may take every slot.
+        assert_eq!(seed_budget(&parents, &[true, false], 8), 8);
+        assert_eq!(seed_budget(&[seed], &[true], 8), 8);
+    }
+
+    #[test]
+    fn seed_grace_follows_piece_time() {
+        let start = Instant::now();
+        let mut grace = SeedGrace::default();
+        assert_eq!(grace.grace(), INITIAL_PIECE_TIME * 2);
+        grace.seen_at_seed(3, start);
+        grace.seen_at_seed(3, start + Duration::from_secs(9)); // first sighting counts
+        assert!(!grace.is_ripe(3, start));
+        assert!(!grace.is_ripe(4, start + Duration::from_secs(60)));
+        assert!(grace.is_ripe(3, start + INITIAL_PIECE_TIME * 2));
+        for _ in 0..50 {
+            grace.piece_took(Duration::from_millis(1));
+        }
+        assert_eq!(grace.grace(), MIN_SEED_GRACE);
+        // News from a normal parent holds pieces back a grace period longer.
+        let news = start + Duration::from_millis(500);
+        grace.normal_progress(news);
+        assert!(!grace.is_ripe(3, news));
+        assert!(grace.is_ripe(3, news + MIN_SEED_GRACE));
+        // But never past MAX_SEED_GRACE from the first sighting.
+        grace.normal_progress(start + MAX_SEED_GRACE * 2);
+        assert!(grace.is_ripe(3, start + MAX_SEED_GRACE));
+        for _ in 0..50 {
+            grace.piece_took(Duration::from_secs(30));
+        }
+        assert_eq!(grace.grace(), MAX_SEED_GRACE);
+        assert_eq!(
+            grace.next_ripening(&[3, 4], start),
+            Some(start + MAX_SEED_GRACE)
+        );
+        assert_eq!(grace.next_ripening(&[4], start), None);
     }
 }

@@ -88,7 +88,8 @@ impl DaemonError {
             DaemonError::Transfer(e) => transfer_code(e),
             DaemonError::DigestMismatch { .. } => Code::DataLoss,
             DaemonError::Timeout { .. } => Code::DeadlineExceeded,
-            DaemonError::BackToSourceDisabled { .. } => Code::Unavailable,
+            // Not an origin failure: the user forbade the origin and no peer had the task.
+            DaemonError::BackToSourceDisabled { .. } => Code::Aborted,
             DaemonError::NoContentLength { .. } => Code::FailedPrecondition,
             DaemonError::Scheduler { status, .. } => status.code(),
             DaemonError::NoScheduler(_) | DaemonError::ShuttingDown => Code::Unavailable,

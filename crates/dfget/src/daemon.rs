@@ -103,6 +103,9 @@ async fn start(socket: &Path, options: &StartOptions) -> Result<Channel, DfgetEr
     wait_for(socket, Some((child, log))).await
 }
 
+/// Address every server of an embedded-default daemon binds to.
+const EMBEDDED_DAEMON_IP: &str = "127.0.0.1";
+
 /// `dfdaemon --embedded-scheduler --idle-exit D --socket S --storage-dir DIR`, detached.
 fn spawn(
     program: &Path,
@@ -129,6 +132,11 @@ fn spawn(
     command
         .arg("--embedded-scheduler")
         .args(["--idle-exit", idle])
+        // A private daemon: loopback only, any free ports, so it never collides with (or is
+        // reachable like) a real node's dfdaemon.
+        .args(["--ip", EMBEDDED_DAEMON_IP])
+        .args(["--upload-port", "0", "--piece-port", "0"])
+        .args(["--metrics-port", "0", "--health-port", "0"])
         .arg("--socket")
         .arg(socket)
         .arg("--storage-dir")

@@ -10,7 +10,7 @@ use dragonfly_api::scheduler::v2::scheduler_server::Scheduler;
 use dragonfly_api::scheduler::v2::*;
 use futures::StreamExt;
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{instrument, Instrument};
@@ -31,6 +31,9 @@ pub struct Shared {
     pub config: SchedulerConfig,
     state: Mutex<State>,
     stop: watch::Receiver<bool>,
+    /// Wakes peers waiting for a parent when the swarm changed (a peer registered, started,
+    /// landed a piece or finished), so they do not sit out a whole `retryInterval`.
+    changed: Notify,
 }
 
 impl Shared {
@@ -40,6 +43,7 @@ impl Shared {
             config,
             state: Mutex::new(State::new(policy)),
             stop,
+            changed: Notify::new(),
         }
     }
 
@@ -51,6 +55,11 @@ impl Shared {
         let result = f(&mut guard);
         metrics().set_counts(guard.counts());
         result
+    }
+
+    /// Tells waiting peers to look for parents again.
+    pub fn swarm_changed(&self) {
+        self.changed.notify_waiters();
     }
 
     pub fn stop_signal(&self) -> watch::Receiver<bool> {
@@ -244,7 +253,9 @@ impl PeerSession {
             },
             Some(ids) => {
                 ids.check(&request)?;
-                self.dispatch(&ids, inner).await
+                let flow = self.dispatch(&ids, inner).await;
+                self.shared.swarm_changed();
+                flow
             }
         }
     }
@@ -267,6 +278,7 @@ impl PeerSession {
         metrics().register_peer(outcome.is_ok());
         let registered = outcome?;
         self.ids = Some(ids.clone());
+        self.shared.swarm_changed();
         tracing::info!(scope = ?registered.scope, "peer registered");
         if let Some(job) = registered.seed_job {
             metrics().seed_trigger("started");
@@ -285,23 +297,38 @@ impl PeerSession {
     /// Scheduling rounds until a decision: waits for a triggered seed without counting, counts
     /// empty rounds toward retryBackToSourceLimit / retryLimit.
     async fn schedule(&mut self, ids: &PeerIds) -> Result<(), Status> {
+        let shared = self.shared.clone();
         let mut rounds = 0u32;
-        let interval = self.shared.config.scheduler.retry_interval;
+        let interval = shared.config.scheduler.retry_interval;
+        let mut round_ends = tokio::time::Instant::now() + jittered(interval);
         loop {
+            // Armed before looking, so a change between the look and the wait is not lost.
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let now = Instant::now();
-            let step = self
-                .shared
-                .with_state(|s| s.schedule_once(&ids.peer_id, rounds, now));
-            match step {
+            let step = shared.with_state(|s| s.schedule_once(&ids.peer_id, rounds, now));
+            let retry = match step {
                 Step::Decided(decision) => return self.send_decision(decision).await,
-                Step::Wait => tracing::debug!("waiting for the triggered seed peer"),
-                Step::Retry => {
-                    rounds += 1;
-                    tracing::debug!(rounds, "no candidate parent yet");
+                Step::Wait => {
+                    tracing::debug!("waiting for the triggered seed peer");
+                    false
                 }
-            }
+                Step::Retry => {
+                    tracing::debug!(rounds, "no candidate parent yet");
+                    true
+                }
+            };
+            // Only a full retryInterval without a parent counts as a round; a change in the
+            // swarm just makes us look again sooner.
             tokio::select! {
-                () = tokio::time::sleep(jittered(interval)) => {}
+                () = tokio::time::sleep_until(round_ends) => {
+                    if retry {
+                        rounds += 1;
+                    }
+                    round_ends = tokio::time::Instant::now() + jittered(interval);
+                }
+                () = &mut changed => {}
                 () = stopped(&mut self.stop) => {
                     return Err(Status::unavailable("the scheduler is shutting down"));
                 }

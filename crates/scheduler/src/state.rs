@@ -505,7 +505,10 @@ impl State {
             // Same host: the child already has whatever that host has.
             && parent.host_id != child.host_id
             && !host.announced.disable_shared
-            && !parent.state.cannot_serve()
+            // A peer that was just given parents has not reported Started yet, but it will
+            // within milliseconds: peers registering together should see each other.
+            && (!parent.state.cannot_serve()
+                || (matches!(parent.state, PeerState::Received(_)) && !parent.parents.is_empty()))
             // A normal peer without parents that is neither fetching the origin nor done has
             // nothing to give yet. Seeds are fine while running.
             && (host.host_type.is_seed()

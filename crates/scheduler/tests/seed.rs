@@ -249,10 +249,18 @@ async fn seed_peer_is_triggered_once_and_becomes_the_parent() {
     let mut first = PeerStream::register(&mut client, "h1", "t", "p1", download(URL, SIZE)).await;
     let mut second = PeerStream::register(&mut client, "h2", "t", "p2", download(URL, SIZE)).await;
     // Both wait for the seed (well past retryBackToSourceLimit × retryInterval) and get it.
-    assert_eq!(parents(&first.next().await), vec!["seed-peer"]);
+    // Both are woken when the seed registers; whichever is decided second may also get
+    // the other one as a parent.
+    let first_parents = parents(&first.next().await);
     assert!(started.elapsed() >= Duration::from_millis(300));
     let second_parents = parents(&second.next().await);
-    assert_eq!(second_parents[0], "seed-peer", "{second_parents:?}");
+    for list in [&first_parents, &second_parents] {
+        assert!(list.iter().any(|p| p == "seed-peer"), "{list:?}");
+    }
+    assert!(
+        first_parents.len() == 1 || second_parents.len() == 1,
+        "one of them was decided first and got only the seed: {first_parents:?} {second_parents:?}"
+    );
 
     let recorded = calls.lock().unwrap().clone();
     assert_eq!(

@@ -8,7 +8,7 @@
 
 use super::job::JobCtx;
 use super::piece_proto;
-use crate::dispatch::{next_assignment, ParentLoad};
+use crate::dispatch::{next_assignment, seed_budget, ParentLoad, SeedGrace};
 use crate::metrics::{self, Traffic};
 use crate::scheduler_client::PeerSession;
 use damselfly_core::PieceSpan;
@@ -113,6 +113,7 @@ struct Round<'a, 'j> {
     running: JoinSet<FetchResult>,
     rng: StdRng,
     fatal: Option<TransferError>,
+    grace: SeedGrace,
 }
 
 /// Downloads what it can of `pending` from `candidates`. With `may_refresh`, a round whose
@@ -162,6 +163,7 @@ pub async fn round(
         rng: StdRng::from_rng(&mut rand::rng()),
         parents,
         fatal: None,
+        grace: SeedGrace::default(),
     };
     let concurrency = job
         .request
@@ -193,6 +195,9 @@ pub async fn round(
         if round.running.is_empty() && syncing == 0 {
             break; // nobody can tell us about more pieces
         }
+        let ripening = (round.running.len() < concurrency)
+            .then(|| round.next_seed_ripening())
+            .flatten();
         tokio::select! {
             Some(joined) = round.running.join_next(), if !round.running.is_empty() => {
                 if let Ok(result) = joined {
@@ -218,6 +223,7 @@ pub async fn round(
                 info!(remaining = pending.len(), "parents offered no missing piece in time");
                 break;
             }
+            _ = sleep_until_opt(ripening), if ripening.is_some() => {}
             _ = sleep_until_opt(refresh_at), if refresh_at.is_some() && !refresh => {
                 if pending.len() >= MIN_PENDING_FOR_REFRESH {
                     debug!(remaining = pending.len(), "only seed parents; asking for more");
@@ -265,9 +271,25 @@ impl Round<'_, '_> {
     fn dispatch(&mut self, pending: &BTreeMap<u32, PieceSpan>, concurrency: usize) {
         while self.running.len() < concurrency {
             let loads: Vec<ParentLoad> = self.parents.iter().map(|p| p.load.clone()).collect();
-            let Some((number, parent)) =
-                next_assignment(&self.idle, &self.holders, &loads, &mut self.rng)
-            else {
+            let alive: Vec<bool> = self.parents.iter().map(|p| p.alive).collect();
+            let seed_in_flight: usize = loads
+                .iter()
+                .filter(|l| l.seed)
+                .map(|l| l.in_flight as usize)
+                .sum();
+            let seed_slots_free = seed_in_flight < seed_budget(&loads, &alive, concurrency);
+            let normal_alive = loads.iter().zip(&alive).any(|(l, &a)| a && !l.seed);
+            let now = std::time::Instant::now();
+            let grace = &self.grace;
+            let seed_may_serve =
+                |number: u32| seed_slots_free && (!normal_alive || grace.is_ripe(number, now));
+            let Some((number, parent)) = next_assignment(
+                &self.idle,
+                &self.holders,
+                &loads,
+                &seed_may_serve,
+                &mut self.rng,
+            ) else {
                 return;
             };
             self.idle.remove(&number);
@@ -283,6 +305,14 @@ impl Round<'_, '_> {
             self.parents[parent].load.in_flight += 1;
             self.spawn_fetch(*span, parent, vortex);
         }
+    }
+
+    /// When a piece held back for a normal parent may go to a seed after all.
+    fn next_seed_ripening(&self) -> Option<Instant> {
+        let now = std::time::Instant::now();
+        self.grace
+            .next_ripening(&self.idle, now)
+            .map(Instant::from_std)
     }
 
     fn spawn_fetch(&mut self, span: PieceSpan, parent: usize, vortex: SocketAddr) {
@@ -328,6 +358,11 @@ impl Round<'_, '_> {
             return;
         }
         p.vortex = Some(vortex);
+        if p.load.seed {
+            self.grace.seen_at_seed(number, std::time::Instant::now());
+        } else if pending.contains_key(&number) {
+            self.grace.normal_progress(std::time::Instant::now());
+        }
         if pending.contains_key(&number) {
             let holders = self.holders.entry(number).or_default();
             if !holders.contains(&parent) {
@@ -350,6 +385,7 @@ impl Round<'_, '_> {
             Ok(piece) => {
                 pending.remove(&number);
                 self.holders.remove(&number);
+                self.grace.piece_took(piece.cost);
                 metrics::add_traffic(traffic, piece.length);
                 metrics::piece_done(traffic, true);
                 let piece = piece_proto(&piece, TrafficType::RemotePeer);

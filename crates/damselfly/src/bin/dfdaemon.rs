@@ -14,6 +14,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: daemons usually log to files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = args.load_config().context("loading the configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
