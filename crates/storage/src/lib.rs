@@ -356,6 +356,50 @@ impl Storage {
         self.record_piece(task_id, piece)
     }
 
+    /// Writes piece `span` with `fill`, a blocking function that gets the task's content file
+    /// and writes the span itself, returning the CRC-32 of what it wrote, or `None` when it
+    /// wrote nothing and the caller should use [`Storage::write_piece`] instead. For fast paths
+    /// that move bytes from a socket to the file without an async reader in between. The
+    /// span is checked and the piece recorded as by `write_piece`.
+    pub async fn write_piece_with<F, E>(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        parent_id: Option<&str>,
+        fill: F,
+    ) -> Result<Option<PieceMetadata>, E>
+    where
+        F: FnOnce(&std::fs::File) -> Result<Option<u32>, E> + Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let started = Instant::now();
+        let task = self.require_task(task_id)?;
+        check_span(&task, span)?;
+        if let Some(existing) = self.piece(task_id, span.number)? {
+            return Ok(Some(existing));
+        }
+        let path = self.content_path(task_id);
+        let filled = tokio::task::spawn_blocking(move || {
+            let file = open_for_write(&path).map_err(StorageError::from)?;
+            fill(&file)
+        })
+        .await
+        .map_err(|e| StorageError::Io(io::Error::other(format!("piece write task failed: {e}"))))?;
+        let Some(crc32) = filled? else {
+            return Ok(None);
+        };
+        let piece = PieceMetadata {
+            number: span.number,
+            offset: span.offset,
+            length: span.length,
+            digest: format_crc32(crc32),
+            parent_id: parent_id.map(str::to_string),
+            cost: started.elapsed(),
+            created_at: SystemTime::now(),
+        };
+        Ok(Some(self.record_piece(task_id, piece)?))
+    }
+
     /// Writes piece `number` of a task whose length may be unknown (content_length 0): reads up
     /// to `piece_length` bytes, stopping at EOF, and records what came. Ok(None) when the
     /// reader was already at EOF. Used for origins that cannot serve ranges.

@@ -4,6 +4,7 @@
 use crate::error::TransferError;
 use crate::limiter::{RateLimiter, ThrottledReader};
 use crate::metrics::{result_label, BACKEND_REQUEST_TOTAL};
+use crate::plain_http::{PlainHttp, RangeRequest, Target};
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceMetadata, Storage, StorageError};
 use futures::TryStreamExt;
@@ -12,6 +13,7 @@ use reqwest::header::{
 };
 use reqwest::{Method, Response, StatusCode};
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::StreamReader;
@@ -70,6 +72,8 @@ pub struct ObjectStat {
 pub struct Backend {
     client: reqwest::Client,
     config: BackendConfig,
+    /// Ranged GETs from plain-http origins; None when a proxy is configured.
+    plain: Option<Arc<PlainHttp>>,
 }
 
 impl Backend {
@@ -85,7 +89,19 @@ impl Backend {
         let client = builder
             .build()
             .map_err(|e| TransferError::Client(e.to_string()))?;
-        Ok(Backend { client, config })
+        let proxied = config.use_env_proxy && proxy_in_environment();
+        let plain = (!proxied).then(|| {
+            Arc::new(PlainHttp::new(
+                config.connect_timeout,
+                config.read_timeout,
+                &config.user_agent,
+            ))
+        });
+        Ok(Backend {
+            client,
+            config,
+            plain,
+        })
     }
 
     pub fn config(&self) -> &BackendConfig {
@@ -198,6 +214,12 @@ impl Backend {
         span: PieceSpan,
         limiters: &[RateLimiter],
     ) -> Result<PieceMetadata, TransferError> {
+        if let Some(piece) = self
+            .fetch_piece_plain(url, headers, storage, task_id, span, limiters)
+            .await?
+        {
+            return Ok(piece);
+        }
         let started = Instant::now();
         let range = format!("bytes={}-{}", span.offset, span.end().saturating_sub(1));
         let response = self.send(Method::GET, url, headers, Some(range)).await?;
@@ -220,6 +242,36 @@ impl Backend {
             "piece fetched"
         );
         Ok(piece)
+    }
+
+    /// The plain-http fast path; Ok(None) when it does not apply to this origin or answer.
+    async fn fetch_piece_plain(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        storage: &Storage,
+        task_id: &str,
+        span: PieceSpan,
+        limiters: &[RateLimiter],
+    ) -> Result<Option<PieceMetadata>, TransferError> {
+        let (Some(plain), Some(target)) = (self.plain.clone(), Target::parse(url)) else {
+            return Ok(None);
+        };
+        let url_owned = url.to_string();
+        let headers = headers.to_vec();
+        let limiters = limiters.to_vec();
+        let runtime = tokio::runtime::Handle::current();
+        storage
+            .write_piece_with(task_id, span, None, move |file| {
+                let request = RangeRequest {
+                    url: &url_owned,
+                    target: &target,
+                    headers: &headers,
+                    span,
+                };
+                plain.fetch_range(&request, file, &limiters, &runtime)
+            })
+            .await
     }
 
     /// Whole body without Range (unknown length / no range support), streamed into storage
@@ -311,6 +363,13 @@ impl Backend {
             .inc();
         result.map_err(|e| request_error(e, url))
     }
+}
+
+/// reqwest honours these; the plain-http path does not speak to proxies, so it steps aside.
+fn proxy_in_environment() -> bool {
+    ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
 /// Streams consecutive pieces from one body until it ends.

@@ -5,6 +5,7 @@ mod backend;
 mod error;
 mod limiter;
 pub mod metrics;
+mod plain_http;
 mod sync;
 mod vortex;
 
@@ -15,6 +16,7 @@ pub use backend::{
 pub use error::TransferError;
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
+pub use plain_http::PLAIN_READ_BUFFER;
 pub use sync::sync_pieces_stream;
 pub use vortex::{
     download_piece_vortex, serve_vortex, serve_vortex_with, VortexServerConfig,
