@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{daemon_config, socket_client, start_origin};
+use common::{daemon_config, socket_client, start_origin, start_origin_with};
 use damselfly_daemon::Daemon;
 use dragonfly_api::common::v2::Download;
 use dragonfly_api::dfdaemon::v2::download_task_response::Response as TaskResponse;
@@ -206,6 +206,66 @@ async fn parent_without_the_task_is_dropped() {
     download(b.addrs().socket.clone(), &url, &out_b).await;
     assert_eq!(sha256_file(&out_b), want);
     assert_eq!(origin_bytes.load(Ordering::Relaxed), 2 * SIZE as u64);
+    a.stop().await;
+    b.stop().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origin_ignoring_range_is_fetched_once_and_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Bytes = (0..SIZE)
+        .map(|i| (i * 13 % 241) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let want = hex::encode(Sha256::digest(&data));
+    let (origin, origin_bytes) = start_origin_with(data, false).await;
+    let url = format!("http://{origin}/file.bin");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheduler = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_scheduler = stop.clone();
+    tokio::spawn(async move {
+        let config = damselfly_scheduler::SchedulerConfig::default();
+        let _ =
+            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
+    });
+    let a = Daemon::start(daemon_config("127.0.0.4", "plain-a", dir.path(), scheduler))
+        .await
+        .unwrap();
+    let b = Daemon::start(daemon_config("127.0.0.5", "plain-b", dir.path(), scheduler))
+        .await
+        .unwrap();
+
+    let out_a = dir.path().join("a.bin");
+    let from_origin = download(a.addrs().socket.clone(), &url, &out_a).await;
+    assert_eq!(sha256_file(&out_a), want);
+    assert!(from_origin.iter().all(Option::is_none), "{from_origin:?}");
+    // The stat's `Range: bytes=0-0` probe (answered 200; this origin counts the whole body
+    // it builds, though the client drops it after the head) plus one whole-body stream:
+    // nothing per piece.
+    let after_first = origin_bytes.load(Ordering::Relaxed);
+    assert_eq!(
+        after_first,
+        2 * SIZE as u64,
+        "one probe and one body stream expected"
+    );
+
+    let out_b = dir.path().join("b.bin");
+    let parents = download(b.addrs().socket.clone(), &url, &out_b).await;
+    assert_eq!(sha256_file(&out_b), want);
+    assert!(
+        parents.iter().all(|p| p
+            .as_deref()
+            .is_some_and(|id| id.starts_with("127.0.0.4-plain-a-"))),
+        "every piece came from daemon A: {parents:?}"
+    );
+    let second = origin_bytes.load(Ordering::Relaxed) - after_first;
+    assert_eq!(
+        second, SIZE as u64,
+        "the second daemon's stat probes the origin, its pieces do not touch it"
+    );
     a.stop().await;
     b.stop().await;
     stop.cancel();

@@ -274,6 +274,23 @@ impl Backend {
             .await
     }
 
+    /// `GET` of the whole object, without Range, as a throttled reader: for origins that cannot
+    /// serve ranges, whose pieces the caller cuts from the stream in order. Call
+    /// [`ThrottledReader::settle`] when done.
+    pub async fn open_body(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        limiters: &[RateLimiter],
+    ) -> Result<ThrottledReader<impl AsyncRead + Unpin + Send>, TransferError> {
+        let response = self.send(Method::GET, url, headers, None).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(origin_status(status, url));
+        }
+        Ok(ThrottledReader::new(body_reader(response), limiters))
+    }
+
     /// Whole body without Range (unknown length / no range support), streamed into storage
     /// as consecutive pieces of `piece_length`; returns the pieces and total length.
     /// The task must be prepared (content_length 0 if unknown); its length is set at the end.

@@ -9,6 +9,7 @@ use crate::metrics;
 use damselfly_core::{PieceLayout, PieceSpan};
 use damselfly_transfer::RateLimiter;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
@@ -64,6 +65,9 @@ pub struct JobCtx<'a> {
     pub peer_id: &'a str,
     /// This download's own limit (from the caller), on top of the host-wide ones.
     pub task_limiter: RateLimiter,
+    /// The origin answers Range requests (learned from the stat); without, back-to-source
+    /// streams the whole body once and cuts the pieces from it in order.
+    pub origin_ranges: AtomicBool,
 }
 
 impl JobCtx<'_> {
@@ -98,6 +102,7 @@ pub async fn run(
         request,
         peer_id: &handle.peer_id,
         task_limiter: limiter(request.rate_limit.unwrap_or(0)),
+        origin_ranges: AtomicBool::new(true),
     };
     let started = Instant::now();
     metrics::task_started();
@@ -144,7 +149,11 @@ async fn download(
     let ctx = job.ctx;
     let request = job.request;
     let stat = ctx.backend.stat(&request.url, &request.headers).await?;
-    let shape = match stat.content_length.filter(|_| stat.supports_range) {
+    job.origin_ranges
+        .store(stat.supports_range, Ordering::Relaxed);
+    // A known length is enough for a layout, so peers can share the task even when the
+    // origin ignores Range; only an unknown length forces one blind stream.
+    let shape = match stat.content_length {
         Some(content_length) => {
             let layout = PieceLayout::new(content_length, request.piece_length);
             let task = ctx
@@ -206,7 +215,7 @@ fn missing_pieces(
         .collect())
 }
 
-/// Origins without a length or range support: one streamed GET, cut into pieces on the way.
+/// Origins without a length: one streamed GET, cut into pieces on the way.
 /// There is no layout to share before the body ends, so this never goes P2P.
 async fn whole_body(
     job: &JobCtx<'_>,
@@ -217,9 +226,7 @@ async fn whole_body(
     if request.disable_back_to_source {
         return Err(DaemonError::BackToSourceDisabled {
             url: request.url.clone(),
-            reason:
-                "the origin gives no content length or no range support, so peers cannot share it"
-                    .into(),
+            reason: "the origin gives no content length, so peers cannot share it".into(),
         });
     }
     let piece_length = request

@@ -1,4 +1,5 @@
-//! Back-to-source: concurrent ranged GETs of the missing pieces, each streamed into storage.
+//! Back-to-source: concurrent ranged GETs of the missing pieces, each streamed into storage,
+//! or, for origins that ignore Range, one GET of the whole body cut into pieces in order.
 
 use super::job::JobCtx;
 use super::piece_proto;
@@ -16,6 +17,7 @@ use dragonfly_api::scheduler::v2::{
     DownloadPieceBackToSourceFailedRequest, DownloadPieceBackToSourceFinishedRequest,
 };
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
 use tokio::task::JoinSet;
 use tracing::{debug, Instrument};
 
@@ -31,6 +33,9 @@ pub async fn fetch(
     pending: &mut BTreeMap<u32, PieceSpan>,
     mut session: Option<&mut PeerSession>,
 ) -> Result<(), DaemonError> {
+    if !job.origin_ranges.load(Ordering::Relaxed) {
+        return fetch_in_order(job, pending, session).await;
+    }
     let concurrency = job.ctx.config.download.back_to_source_concurrency.max(1) as usize;
     let mut queue: VecDeque<(PieceSpan, u32)> = pending.values().map(|s| (*s, 1)).collect();
     let mut running: JoinSet<PieceResult> = JoinSet::new();
@@ -50,16 +55,7 @@ pub async fn fetch(
         match result {
             Ok(piece) => {
                 pending.remove(&span.number);
-                metrics::add_traffic(Traffic::BackToSource, piece.length);
-                metrics::piece_done(Traffic::BackToSource, true);
-                if let Some(session) = session.as_deref_mut() {
-                    let piece = piece_proto(&piece, TrafficType::BackToSource);
-                    session
-                        .send(PeerRequest::DownloadPieceBackToSourceFinishedRequest(
-                            DownloadPieceBackToSourceFinishedRequest { piece: Some(piece) },
-                        ))
-                        .await;
-                }
+                landed(&piece, session.as_deref_mut()).await;
             }
             Err(error) => {
                 metrics::piece_done(Traffic::BackToSource, false);
@@ -78,6 +74,101 @@ pub async fn fetch(
             }
         }
     }
+}
+
+/// Counts a piece from the origin and tells the scheduler, so children can fetch it.
+async fn landed(piece: &PieceMetadata, session: Option<&mut PeerSession>) {
+    metrics::add_traffic(Traffic::BackToSource, piece.length);
+    metrics::piece_done(Traffic::BackToSource, true);
+    if let Some(session) = session {
+        let piece = piece_proto(piece, TrafficType::BackToSource);
+        session
+            .send(PeerRequest::DownloadPieceBackToSourceFinishedRequest(
+                DownloadPieceBackToSourceFinishedRequest { piece: Some(piece) },
+            ))
+            .await;
+    }
+}
+
+/// Origins that ignore Range: one GET of the whole body, cut into pieces in order (pieces we
+/// already hold are read past). Each piece is reported as it lands, so peers fetch it from
+/// us while the rest still streams and the origin still serves the task once.
+async fn fetch_in_order(
+    job: &JobCtx<'_>,
+    pending: &mut BTreeMap<u32, PieceSpan>,
+    mut session: Option<&mut PeerSession>,
+) -> Result<(), DaemonError> {
+    let mut attempt = 1;
+    loop {
+        match stream_pieces(job, pending, session.as_deref_mut()).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_transient() && attempt < ORIGIN_PIECE_ATTEMPTS => {
+                debug!(attempt, %error, "origin stream broke, starting it again");
+                attempt += 1;
+            }
+            Err(error) => {
+                metrics::piece_done(Traffic::BackToSource, false);
+                if let (Some(session), Some(&number)) = (session, pending.keys().next()) {
+                    session.send(failure_report(number, &error)).await;
+                }
+                return Err(error.into());
+            }
+        }
+    }
+}
+
+/// One pass over the body, up to the last missing piece.
+async fn stream_pieces(
+    job: &JobCtx<'_>,
+    pending: &mut BTreeMap<u32, PieceSpan>,
+    mut session: Option<&mut PeerSession>,
+) -> Result<(), TransferError> {
+    let Some(&last) = pending.keys().next_back() else {
+        return Ok(());
+    };
+    let request = job.request;
+    let storage = &job.ctx.storage;
+    let mut body = job
+        .ctx
+        .backend
+        .open_body(&request.url, &request.headers, &job.origin_limiters())
+        .await?;
+    let mut result = Ok(());
+    for number in 0..=last {
+        let piece = match storage
+            .write_streamed_piece(job.task_id(), number, &mut body, None)
+            .await
+        {
+            Ok(Some(piece)) => piece,
+            Ok(None) => {
+                result = Err(TransferError::Protocol(format!(
+                    "{} ended before piece {number}",
+                    request.url
+                )));
+                break;
+            }
+            Err(error) => {
+                result = Err(error.into());
+                break;
+            }
+        };
+        if pending.remove(&number).is_some() {
+            log_piece(job.task_id(), piece.number, piece.offset, piece.length);
+            landed(&piece, session.as_deref_mut()).await;
+        }
+    }
+    body.settle().await;
+    result
+}
+
+fn log_piece(task_id: &str, number: u32, offset: u64, length: u64) {
+    debug!(
+        task_id = %task_id,
+        piece = number,
+        range = %format!("{}-{}", offset, (offset + length).saturating_sub(1)),
+        source = "origin",
+        "piece downloaded"
+    );
 }
 
 fn spawn_piece(
@@ -99,13 +190,7 @@ fn spawn_piece(
                 .fetch_piece(&url, &headers, &storage, &task_id, span, &limiters)
                 .await;
             if result.is_ok() {
-                debug!(
-                    task_id = %task_id,
-                    piece = span.number,
-                    range = %format!("{}-{}", span.offset, span.end().saturating_sub(1)),
-                    source = "origin",
-                    "piece downloaded"
-                );
+                log_piece(&task_id, span.number, span.offset, span.length);
             }
             (span, attempt, result)
         }

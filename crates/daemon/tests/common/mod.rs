@@ -17,6 +17,12 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Serves one object with HEAD and Range support, counting body bytes sent.
 pub async fn start_origin(data: Bytes) -> (SocketAddr, Arc<AtomicU64>) {
+    start_origin_with(data, true).await
+}
+
+/// Like [`start_origin`]; with `ranges` false it ignores Range (always 200, whole body) and
+/// sends no Accept-Ranges, as Python's http.server does.
+pub async fn start_origin_with(data: Bytes, ranges: bool) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let sent = Arc::new(AtomicU64::new(0));
@@ -32,7 +38,9 @@ pub async fn start_origin(data: Bytes) -> (SocketAddr, Arc<AtomicU64>) {
                 let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let data = data.clone();
                     let counter = counter.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(&req, &data, &counter)) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(answer(&req, &data, &counter, ranges))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -47,6 +55,7 @@ fn answer(
     req: &Request<hyper::body::Incoming>,
     data: &Bytes,
     sent: &AtomicU64,
+    ranges: bool,
 ) -> Response<Full<Bytes>> {
     if req.uri().path() != "/file.bin" {
         return Response::builder()
@@ -58,6 +67,7 @@ fn answer(
     let range = req
         .headers()
         .get("range")
+        .filter(|_| ranges)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("bytes="))
         .and_then(|v| v.split_once('-'))
@@ -78,8 +88,10 @@ fn answer(
     sent.fetch_add(body.len() as u64, Ordering::Relaxed);
     let mut builder = Response::builder()
         .status(status)
-        .header("accept-ranges", "bytes")
         .header("content-length", (end - start + 1).to_string());
+    if ranges {
+        builder = builder.header("accept-ranges", "bytes");
+    }
     if range.is_some() {
         builder = builder.header("content-range", format!("bytes {start}-{end}/{len}"));
     }
