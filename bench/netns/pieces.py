@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Where Damselfly's pieces came from, from the daemon logs of a bench/netns run.
+
+Needs the hosts' dfdaemon logs at debug level for damselfly_daemon (run.sh:
+DF_LOG_LEVEL="info,damselfly_daemon=debug"), which log one "piece downloaded" line per piece with
+its source peer. Writes damselfly-pieces.md into the results directory and returns a one-line
+summary for results.md: how many piece copies the seed sent (distinct and duplicate), when the
+seed's last distinct piece landed, and the pieces per host from the seed and from other peers.
+
+Usage: pieces.py RESULTS_DIR
+"""
+
+import datetime
+import glob
+import gzip
+import os
+import re
+import sys
+
+LINE = re.compile(r"^(\S+Z)\s.*piece downloaded.*\bpiece=(\d+)\b.*\bsource=(\S+)")
+START = re.compile(r"^(\S+Z)\s.*download requested")
+# Peer ids are "{ip}-{hostname}-{uuid}".
+PEER = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(.+?)-[0-9a-f]{8}-")
+
+
+def ts(text):
+    return datetime.datetime.strptime(text[:26], "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+
+
+def read_logs(results):
+    pieces = {}   # host -> list of (time, piece, source host name)
+    starts = []
+    for path in sorted(glob.glob(os.path.join(results, "damselfly-logs", "h*.log*"))):
+        host = os.path.basename(path).split(".")[0]
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", errors="replace") as fh:
+            for line in fh:
+                m = LINE.match(line)
+                if m:
+                    p = PEER.match(m.group(3))
+                    src = p.group(2) if p else m.group(3)
+                    pieces.setdefault(host, []).append((ts(m.group(1)), int(m.group(2)), src))
+                    continue
+                m = START.match(line)
+                if m:
+                    starts.append(ts(m.group(1)))
+    return pieces, (min(starts) if starts else None)
+
+
+def analyse(results):
+    pieces, t0 = read_logs(results)
+    if not pieces or t0 is None:
+        return None
+    out = ["# Damselfly: where the pieces came from", ""]
+    out.append("Times are seconds since the first dfget request reached a daemon.")
+    out.append("")
+    out.append("| host | pieces | from seed | from peers | parents used | first piece (s) | last piece (s) |")
+    out.append("|---|---|---|---|---|---|---|")
+    seed_copies = {}
+    seed_first_landing = {}
+    for host in sorted(pieces, key=lambda h: int(h[1:]) if h[1:].isdigit() else 0):
+        rows = sorted(pieces[host])
+        seed = [r for r in rows if r[2] == "seed"]
+        peers = [r for r in rows if r[2] != "seed"]
+        for t, n, _ in seed:
+            seed_copies[n] = seed_copies.get(n, 0) + 1
+            seed_first_landing[n] = min(seed_first_landing.get(n, t), t)
+        used = sorted({r[2] for r in rows})
+        out.append(f"| {host} | {len(rows)} | {len(seed)} | {len(peers)} | {' '.join(used)} "
+                   f"| {rows[0][0] - t0:.1f} | {rows[-1][0] - t0:.1f} |")
+    total = sum(seed_copies.values())
+    distinct = len(seed_copies)
+    dup = total - distinct
+    last_distinct = max(seed_first_landing.values()) - t0 if seed_first_landing else float("nan")
+    out.append("")
+    out.append(f"The seed sent {total} piece copies for {distinct} distinct pieces ({dup} duplicates); "
+               f"the first copy of its last distinct piece landed at {last_distinct:.1f} s.")
+    # The seed's output over time: copies landed per 10 s window, duplicates in brackets.
+    out.append("")
+    out.append("| window (s) | seed copies landed | of them first copies |")
+    out.append("|---|---|---|")
+    landed = sorted((t, n) for host in pieces for t, n, s in pieces[host] if s == "seed")
+    seen = set()
+    if landed:
+        end = landed[-1][0] - t0
+        w = 0.0
+        while w <= end:
+            inwin = [(t, n) for t, n in landed if w <= t - t0 < w + 10]
+            first = 0
+            for _, n in inwin:
+                if n not in seen:
+                    seen.add(n)
+                    first += 1
+            out.append(f"| {w:.0f}-{w + 10:.0f} | {len(inwin)} | {first} |")
+            w += 10
+    with open(os.path.join(results, "damselfly-pieces.md"), "w") as fh:
+        fh.write("\n".join(out) + "\n")
+    hosts = len(pieces)
+    from_seed = sum(1 for h in pieces for r in pieces[h] if r[2] == "seed")
+    all_ = sum(len(v) for v in pieces.values())
+    return (f"Damselfly pieces (daemon logs): the seed sent {total} copies of {distinct} distinct pieces "
+            f"({dup} duplicates, {total / max(distinct, 1):.2f} copies per piece), its last distinct piece "
+            f"landed at {last_distinct:.1f} s; {from_seed}/{all_} pieces on {hosts} hosts came from the seed "
+            f"(see damselfly-pieces.md).")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    print(analyse(sys.argv[1]) or "no debug piece lines in the damselfly logs")

@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""Report for bench/netns/run.sh: results.md, results.csv and chart.png from the raw files.
+
+Input, in the results directory run.sh filled:
+  params.json   the configuration and the measured shaping;
+  times.csv     contender,host,seconds,ok  (seconds from the common start; ok=1, or why not);
+  summary.csv   per contender: origin bytes, daemon CPU and peak RSS.
+
+Percentiles interpolate linearly between the sorted completion times (p99 of 8 hosts lies between
+the 7th and the 8th). The Kumar-Ross bound is T_min = max(F/u_s, F/d_min, N*F/(u_s + sum u_i)).
+
+Usage: report.py RESULTS_DIR
+"""
+
+import csv
+import json
+import math
+import os
+import struct
+import sys
+import zlib
+
+ORDER = ["direct", "bittorrent", "damselfly"]
+COLORS = {"direct": (0x99, 0x99, 0x99), "bittorrent": (0xE0, 0x7B, 0x39), "damselfly": (0x2A, 0x6F, 0xDB)}
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    k = (len(v) - 1) * p
+    lo, hi = math.floor(k), math.ceil(k)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def bound(params):
+    f = params["file_bytes"] * 8
+    n = params["n"]
+    u_s = params["origin_mbit"] * 1e6
+    d = params["host_mbit"] * 1e6
+    u = params["host_mbit"] * 1e6
+    terms = {"F/u_s": f / u_s, "F/d_min": f / d, "N*F/(u_s+sum u_i)": n * f / (u_s + n * u)}
+    return max(terms.values()), terms
+
+
+def fnum(x, digits=2):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def load(results):
+    with open(os.path.join(results, "params.json")) as fh:
+        params = json.load(fh)
+    times = {}
+    failures = {}
+    with open(os.path.join(results, "times.csv")) as fh:
+        for row in csv.DictReader(fh):
+            c = row["contender"]
+            times.setdefault(c, [])
+            failures.setdefault(c, [])
+            if row["ok"] == "1" and row["seconds"]:
+                times[c].append((row["host"], float(row["seconds"])))
+            else:
+                failures[c].append(f'{row["host"]}:{row["ok"]}')
+    summary = {}
+    with open(os.path.join(results, "summary.csv")) as fh:
+        for row in csv.DictReader(fh):
+            summary[row["contender"]] = row
+    return params, times, failures, summary
+
+
+def num(row, key):
+    v = row.get(key, "")
+    return float(v) if v not in ("", None) else None
+
+
+def rows_for(params, times, failures, summary):
+    t_min, _ = bound(params)
+    fb = params["file_bytes"]
+    out = []
+    for c in [c for c in ORDER if c in summary]:
+        secs = [s for _, s in times.get(c, [])]
+        s = summary[c]
+        last = max(secs) if secs else float("nan")
+        if failures.get(c):
+            last = float("nan")
+        http = num(s, "http_origin_bytes")
+        out.append({
+            "contender": c,
+            "hosts_ok": f"{len(secs)}/{params['n']}",
+            "p50_s": percentile(secs, 0.5),
+            "p99_s": percentile(secs, 0.99),
+            "max_s": last,
+            "t_min_s": t_min,
+            "last_over_tmin": last / t_min,
+            "http_origin_over_f": (http / fb) if (http is not None and c != "bittorrent") else None,
+            "uplink_payload_over_f": (num(s, "uplink_payload_bytes") or 0) / fb,
+            "uplink_wire_over_f": (num(s, "uplink_wire_bytes") or 0) / fb,
+            "cpu_s": num(s, "daemon_cpu_s"),
+            "peak_rss_mib": (num(s, "daemon_peak_rss_kib") / 1024) if num(s, "daemon_peak_rss_kib") else None,
+            "procs": s.get("daemon_count") or "",
+            "seed_cpu_s": num(s, "seed_cpu_s"),
+            "seed_rss_mib": (num(s, "seed_peak_rss_kib") / 1024) if num(s, "seed_peak_rss_kib") else None,
+            "sched_cpu_s": num(s, "scheduler_cpu_s"),
+            "sched_rss_mib": (num(s, "scheduler_peak_rss_kib") / 1024) if num(s, "scheduler_peak_rss_kib") else None,
+            "failures": " ".join(failures.get(c, [])),
+        })
+    return out
+
+
+def write_csv(path, rows):
+    keys = list(rows[0].keys()) if rows else []
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(keys)
+        for r in rows:
+            w.writerow(["" if r[k] is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in keys])
+
+
+def markdown(params, rows, results):
+    t_min, terms = bound(params)
+    lines = []
+    p = params
+    lines.append(f"N={p['n']} hosts at {p['host_mbit']} Mbit/s (both ways), origin uplink {p['origin_mbit']} Mbit/s, "
+                 f"file {p['size_mib']} MiB, latency {p['latency_ms']} ms; {p['cpus']} CPUs, kernel {p['kernel']}.")
+    lines.append(f"Shaping measured with iperf3 before the run: origin uplink {p['measured_origin_up_mbit']} Mbit/s, "
+                 f"host to host {p['measured_host_mbit']} Mbit/s.")
+    lines.append("T_min = max(" + ", ".join(f"{k} = {v:.1f} s" for k, v in terms.items()) + f") = {t_min:.1f} s.")
+    lines.append("")
+    lines.append("| contender | hosts ok | p50 (s) | p99 (s) | last (s) | T_last / T_min | origin HTTP / F "
+                 "| origin uplink / F | CPU s (all daemons) | peak RSS MiB (max daemon) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cpu = fnum(r["cpu_s"], 1) if r["cpu_s"] is not None else "n/a"
+        rss = fnum(r["peak_rss_mib"], 1) if r["peak_rss_mib"] is not None else "n/a"
+        lines.append(f"| {r['contender']} | {r['hosts_ok']} | {fnum(r['p50_s'], 1)} | {fnum(r['p99_s'], 1)} "
+                     f"| {fnum(r['max_s'], 1)} | {fnum(r['last_over_tmin'], 2)} | "
+                     f"{fnum(r['http_origin_over_f'], 3) if r['http_origin_over_f'] is not None else 'n/a'} "
+                     f"| {fnum(r['uplink_payload_over_f'], 3)} | {cpu} | {rss} |")
+    lines.append("")
+    lines.append("- origin HTTP / F: body bytes nginx sent (access log) / file size. BitTorrent has no HTTP origin.")
+    lines.append("- origin uplink / F: payload that left the origin namespace towards the hosts / file size "
+                 "(direct: nginx; BitTorrent: the seeder's uploadLength from aria2 RPC; Damselfly: seed-peer "
+                 "bytes the hosts counted plus nginx bytes sent to hosts). Wire bytes incl. headers are in results.csv.")
+    lines.append("- CPU and RSS: utime+stime and VmHWM from /proc of the daemons (BitTorrent: the N+1 aria2c; "
+                 "Damselfly: the N+1 dfdaemons, the scheduler separately below).")
+    for r in rows:
+        if r["contender"] == "damselfly":
+            lines.append(f"- Damselfly seed peer: {fnum(r['seed_cpu_s'], 1)} CPU s, {fnum(r['seed_rss_mib'], 1)} MiB peak RSS; "
+                         f"dfscheduler: {fnum(r['sched_cpu_s'], 1)} CPU s, {fnum(r['sched_rss_mib'], 1)} MiB peak RSS.")
+        if r["failures"]:
+            lines.append(f"- {r['contender']}: hosts that did not finish: {r['failures']}")
+    df = [r for r in rows if r["contender"] == "damselfly"]
+    bt = [r for r in rows if r["contender"] == "bittorrent"]
+    if df:
+        d = df[0]
+        checks = [("last host within 1.15 x T_min", d["last_over_tmin"] <= 1.15),
+                  ("origin HTTP sends at most 1.02 x F", (d["http_origin_over_f"] or 99) <= 1.02)]
+        if bt:
+            checks.append(("better T_last/T_min than BitTorrent",
+                           not math.isnan(d["last_over_tmin"]) and (math.isnan(bt[0]["last_over_tmin"])
+                                                                    or d["last_over_tmin"] < bt[0]["last_over_tmin"])))
+        lines.append("")
+        lines.append("Targets (issue 4): " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks) + ".")
+    src = os.path.join(results, "damselfly-sources.csv")
+    if os.path.exists(src):
+        with open(src) as fh:
+            srows = list(csv.DictReader(fh))
+        if srows:
+            tot = {k: sum(int(r[k] or 0) for r in srows) for k in ("from_seed", "from_peers", "back_to_source")}
+            all_ = sum(tot.values()) or 1
+            lines.append(f"Damselfly bytes by source over all hosts: seed peer {100 * tot['from_seed'] / all_:.1f}%, "
+                         f"other peers {100 * tot['from_peers'] / all_:.1f}%, back to source {100 * tot['back_to_source'] / all_:.1f}%.")
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import pieces
+        note = pieces.analyse(results)
+        if note:
+            lines.append(note)
+    except Exception as e:  # the analysis is a bonus; the table stands without it
+        print(f"report.py: piece analysis failed: {e}", file=sys.stderr)
+    lines.append("")
+    lines.append(f"Command: `{p['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def chart_matplotlib(path, params, times, t_min):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+    for c in [c for c in ORDER if c in times]:
+        secs = sorted(s for _, s in times[c])
+        if not secs:
+            continue
+        xs = list(secs)
+        ys = [100.0 * (i + 1) / params["n"] for i in range(len(secs))]
+        ax.step([0] + xs, [0] + ys, where="post", color=tuple(v / 255 for v in COLORS[c]), lw=2, label=c)
+        ax.plot(xs, ys, "o", color=tuple(v / 255 for v in COLORS[c]), ms=4)
+    ax.axvline(t_min, color="black", ls="--", lw=1, label=f"T_min = {t_min:.1f} s")
+    ax.axvline(1.15 * t_min, color="black", ls=":", lw=1, label="1.15 x T_min")
+    ax.set_xlabel("completion time since start (s)")
+    ax.set_ylabel("hosts finished (%)")
+    ax.set_ylim(0, 105)
+    ax.set_xlim(left=0)
+    ax.set_title(f"{params['size_mib']} MiB to N={params['n']} hosts at {params['host_mbit']} Mbit/s, "
+                 f"origin {params['origin_mbit']} Mbit/s")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def chart_plain(path, params, times, t_min):
+    """No matplotlib: per-host completion times as dots, one row per contender, no text.
+    x from 0 to the slowest host; vertical black line at T_min. Colours as in the legend of
+    results.md (grey direct, orange BitTorrent, blue Damselfly)."""
+    w, h, m = 800, 60 + 80 * len(ORDER), 40
+    px = [[(255, 255, 255)] * w for _ in range(h)]
+    allsecs = [s for c in times for _, s in times[c]] + [t_min]
+    xmax = max(allsecs) * 1.05
+
+    def x_of(s):
+        return int(m + (w - 2 * m) * s / xmax)
+
+    def dot(x, y, col, r=5):
+        for yy in range(y - r, y + r + 1):
+            for xx in range(x - r, x + r + 1):
+                if 0 <= xx < w and 0 <= yy < h and (xx - x) ** 2 + (yy - y) ** 2 <= r * r:
+                    px[yy][xx] = col
+
+    for x in range(m, w - m):
+        px[h - m][x] = (0, 0, 0)
+    for y in range(m // 2, h - m):
+        px[y][x_of(t_min)] = (0, 0, 0)
+    for row, c in enumerate(ORDER):
+        for _, s in times.get(c, []):
+            dot(x_of(s), 60 + 80 * row, COLORS[c])
+    raw = b"".join(b"\x00" + bytes(v for p in line for v in p) for line in px)
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                 + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    results = sys.argv[1]
+    params, times, failures, summary = load(results)
+    t_min, _ = bound(params)
+    rows = rows_for(params, times, failures, summary)
+    write_csv(os.path.join(results, "results.csv"), rows)
+    with open(os.path.join(results, "results.md"), "w") as fh:
+        fh.write(markdown(params, rows, results))
+    png = os.path.join(results, "chart.png")
+    try:
+        chart_matplotlib(png, params, times, t_min)
+    except ImportError:
+        chart_plain(png, params, times, t_min)
+        print("report.py: matplotlib not available; chart.png drawn without labels", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
