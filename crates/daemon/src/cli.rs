@@ -78,6 +78,20 @@ pub struct DaemonArgs {
     /// Host-wide download limit in bytes/s (e.g. 100MB, 1GiB, 1048576).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub download_rate_limit: Option<ByteSize>,
+
+    /// Default upstream registry of the mirror (proxy.registryMirror.addr), e.g.
+    /// http://127.0.0.1:5000, as Dragonfly 0.x/1.x's `--registry`.
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+
+    /// Proxy / registry mirror port (proxy.server.port, default 4001; 0 = any free port).
+    #[arg(long, value_name = "PORT")]
+    pub proxy_port: Option<u16>,
+
+    /// Print the proxy's CA certificate (generating the CA at proxy.server.caCert/caKey if
+    /// neither file exists), for installing in clients' trust stores, and exit.
+    #[arg(long)]
+    pub print_ca_cert: bool,
 }
 
 /// A byte rate: a plain integer or a size with a unit.
@@ -145,6 +159,12 @@ impl DaemonArgs {
         }
         if let Some(rate) = self.download_rate_limit {
             config.download.bandwidth_limit = rate;
+        }
+        if let Some(registry) = &self.registry {
+            config.proxy.registry_mirror.addr = registry.clone();
+        }
+        if let Some(port) = self.proxy_port {
+            config.proxy.server.port = Some(port);
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct DaemonConfig {
     pub gc: GcConfig,
     pub metrics: ServerSection<MetricsPort>,
     pub health: ServerSection<HealthPort>,
+    /// Registry mirror and HTTP(S) proxy (`proxy.*`, see `crate::proxy::config`).
+    pub proxy: crate::proxy::config::ProxyConfig,
     /// Damselfly: run the scheduler library in-process and use it as the only scheduler.
     pub embedded_scheduler: bool,
     /// Damselfly: exit after this long without download or upload activity.
@@ -363,7 +365,7 @@ impl DaemonConfig {
                 "scheduler.announceInterval and gc.interval must be positive".into(),
             ));
         }
-        Ok(())
+        self.proxy.validate()
     }
 
     /// The IP we advertise: configured, else the address the kernel would route from, else

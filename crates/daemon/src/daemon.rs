@@ -41,6 +41,8 @@ pub struct BoundAddrs {
     pub metrics: SocketAddr,
     pub health: SocketAddr,
     pub socket: PathBuf,
+    /// The registry mirror / HTTP proxy; `None` when its default address was busy.
+    pub proxy: Option<SocketAddr>,
     /// The in-process scheduler, with `embedded_scheduler`.
     pub embedded_scheduler: Option<SocketAddr>,
 }
@@ -93,6 +95,7 @@ impl Daemon {
             false => None,
         };
         let host_ip = config.host_ip();
+        let proxy_listener = crate::proxy::bind(&config.proxy, host_ip).await?;
         let listeners = bind_all(&config, host_ip).await?;
         let addrs = BoundAddrs {
             upload: local_addr(&listeners.upload)?,
@@ -100,6 +103,7 @@ impl Daemon {
             metrics: local_addr(&listeners.metrics)?,
             health: local_addr(&listeners.health)?,
             socket: config.download.server.socket_path.clone(),
+            proxy: proxy_listener.as_ref().and_then(|l| l.local_addr().ok()),
             embedded_scheduler: scheduler.as_ref().map(|(addr, _, _)| *addr),
         };
         let ctx = match build_context(config, host_ip, &addrs, shutdown.clone()).await {
@@ -114,7 +118,29 @@ impl Daemon {
         };
         info!(host_id = %ctx.host.id, upload = %addrs.upload, piece = %addrs.piece, socket = %addrs.socket.display(), "dfdaemon starting");
         let engine = Engine::new(ctx.clone());
+        let proxy = match proxy_listener {
+            None => None,
+            Some(listener) => {
+                match crate::proxy::Proxy::new(engine.clone(), &ctx.config.proxy, shutdown.clone())
+                {
+                    Ok(proxy) => Some((proxy, listener)),
+                    Err(error) => {
+                        remove_socket(&addrs.socket);
+                        if let Some((_, token, _)) = &scheduler {
+                            token.cancel();
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+        };
         let mut tasks = spawn_servers(&engine, listeners, &shutdown);
+        if let Some((proxy, listener)) = proxy {
+            info!(addr = ?addrs.proxy, "proxy serving");
+            tasks.push(tokio::spawn(
+                crate::proxy::serve(proxy, listener).instrument(tracing::info_span!("proxy")),
+            ));
+        }
         if !ctx.schedulers.is_empty() {
             let interval = ctx.config.scheduler.announce_interval;
             let accepted = ctx

@@ -15,6 +15,7 @@ pub mod error;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod proxy;
 pub mod scheduler_client;
 pub mod services;
 

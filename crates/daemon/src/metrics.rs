@@ -47,7 +47,7 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C
     collector
 }
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     // Static names and labels: this can only fail if the definitions below are edited wrongly.
     register(IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition"))
 }

@@ -18,6 +18,12 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = args.load_config().context("loading the configuration")?;
+    if args.print_ca_cert {
+        let pem =
+            damselfly_daemon::proxy::tls::ca_cert_pem(&config.proxy).context("the proxy CA")?;
+        print!("{pem}");
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

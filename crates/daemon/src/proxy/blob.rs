@@ -1,0 +1,397 @@
+//! GETs that go through the swarm: the download engine fetches the task (from peers or the
+//! origin, shared with every other caller of the same task), and the response streams the
+//! task's bytes from storage in order as its pieces land, so the first byte leaves long before
+//! the blob is complete. A `Range` is answered from the pieces covering it.
+//!
+//! A whole-blob response holds back its last chunk until the engine has checked the blob's
+//! digest (named by its URL): on a mismatch the connection is cut short, so the client sees an
+//! error instead of a complete body, and the engine drops the cached copy.
+
+use super::body::{self, ProxyBody};
+use super::passthrough::forwardable;
+use super::range::{parse_range, ByteRange, RangeError};
+use crate::engine::{DownloadRequest, Engine, ResponseStream};
+use bytes::{Bytes, BytesMut};
+use damselfly_core::id::blob_digest_string;
+use damselfly_storage::Storage;
+use dragonfly_api::common::v2::{Download, Piece};
+use dragonfly_api::dfdaemon::v2::download_task_response::Response as Progress;
+use dragonfly_api::dfdaemon::v2::DownloadTaskStartedResponse;
+use futures::StreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use std::collections::{BTreeMap, HashMap};
+use std::io::SeekFrom;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, Instrument};
+use url::Url;
+
+/// Response header naming the task that served a request (Dragonfly's).
+pub const TASK_ID_HEADER: &str = "x-dragonfly-task-id";
+/// Bytes read from storage and sent per body frame.
+const CHUNK_SIZE: u64 = 1024 * 1024;
+/// Body frames buffered towards a slow client.
+const FRAME_QUEUE: usize = 8;
+/// OCI registries name the blob's digest in this response header.
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+/// Headers describing the origin's framing of its body, replaced by ours.
+const FRAMING_HEADERS: &[&str] = &["content-length", "content-range", "accept-ranges", "date"];
+/// Request headers not sent to the origin by the engine: it asks for pieces with its own
+/// `Range`, and piece bytes must be stored as they are (no content coding).
+const ENGINE_DROPPED_HEADERS: &[&str] = &["range", "if-range", "accept-encoding", "content-length"];
+
+/// What the P2P path needs from the proxy.
+pub struct BlobSettings {
+    pub enable_task_id_based_blob_digest: bool,
+    pub disable_back_to_source: bool,
+}
+
+/// Why the engine did not serve a request; the caller passes it through instead, so the
+/// client gets the origin's own answer (a 401 challenge, a registry 404 body).
+pub enum NotServed {
+    /// Not started (origin refused, unreachable, unusable request): pass through.
+    Fallback(String),
+    /// Answer this and do not pass through.
+    Answer(Box<Response<ProxyBody>>),
+}
+
+pub async fn serve(
+    engine: &Arc<Engine>,
+    settings: &BlobSettings,
+    parts: &Parts,
+    url: &Url,
+    filtered_query_params: Vec<String>,
+) -> Result<Response<ProxyBody>, NotServed> {
+    let range = match parts.headers.get(header::RANGE) {
+        None => None,
+        Some(value) => match value.to_str().ok().map(parse_range) {
+            Some(Ok(range)) => Some(range),
+            // Several ranges or an odd unit: the origin knows how to answer those.
+            _ => return Err(NotServed::Fallback("unsupported Range".into())),
+        },
+    };
+    let digest = blob_digest_string(url.as_str());
+    if digest.is_none() && url.path().contains("/blobs/sha256:") {
+        return Err(NotServed::Answer(Box::new(body::text(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("invalid blob digest in {}", url.path()),
+        ))));
+    }
+    let download = Download {
+        url: url.to_string(),
+        digest: digest.clone(),
+        request_header: engine_headers(&parts.headers),
+        filtered_query_params,
+        tag: dragonfly_header(parts, "x-dragonfly-tag"),
+        application: dragonfly_header(parts, "x-dragonfly-application"),
+        enable_task_id_based_blob_digest: settings.enable_task_id_based_blob_digest,
+        disable_back_to_source: settings.disable_back_to_source,
+        ..Default::default()
+    };
+    let mut stream = engine.download(DownloadRequest::new(download));
+    let (task_id, started) = wait_started(&mut stream, settings).await?;
+    let storage = engine.context().storage.clone();
+    respond(storage, stream, task_id, started, range, digest)
+}
+
+/// The first message: the task's length and origin headers, or why it did not start.
+async fn wait_started(
+    stream: &mut ResponseStream,
+    settings: &BlobSettings,
+) -> Result<(String, DownloadTaskStartedResponse), NotServed> {
+    let fail = |message: String, code: tonic::Code| {
+        if settings.disable_back_to_source || code == tonic::Code::DataLoss {
+            NotServed::Answer(Box::new(body::text(
+                StatusCode::BAD_GATEWAY,
+                "p2p",
+                &message,
+            )))
+        } else {
+            NotServed::Fallback(message)
+        }
+    };
+    loop {
+        match stream.next().await {
+            Some(Ok(message)) => {
+                if let Some(Progress::DownloadTaskStartedResponse(started)) = message.response {
+                    return Ok((message.task_id, started));
+                }
+            }
+            Some(Err(status)) => {
+                return Err(fail(status.message().to_string(), status.code()));
+            }
+            None => {
+                return Err(fail(
+                    "download ended before it started".into(),
+                    tonic::Code::Internal,
+                ))
+            }
+        }
+    }
+}
+
+fn respond(
+    storage: Storage,
+    stream: ResponseStream,
+    task_id: String,
+    started: DownloadTaskStartedResponse,
+    range: Option<ByteRange>,
+    digest: Option<String>,
+) -> Result<Response<ProxyBody>, NotServed> {
+    let total = started.content_length;
+    let (status, start, end) = match range.map(|r| r.resolve(total)) {
+        None => (StatusCode::OK, 0, total),
+        Some(Ok((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
+        Some(Err(RangeError)) => {
+            return Err(NotServed::Answer(Box::new(unsatisfiable(total, &task_id))))
+        }
+    };
+    let mut headers = origin_headers(&started.response_header);
+    set(
+        &mut headers,
+        header::CONTENT_LENGTH.as_str(),
+        &(end - start).to_string(),
+    );
+    set(&mut headers, header::ACCEPT_RANGES.as_str(), "bytes");
+    set(&mut headers, TASK_ID_HEADER, &task_id);
+    if status == StatusCode::PARTIAL_CONTENT {
+        let value = format!("bytes {start}-{}/{total}", end.saturating_sub(1));
+        set(&mut headers, header::CONTENT_RANGE.as_str(), &value);
+    }
+    if let Some(digest) = &digest {
+        if !headers.contains_key(DOCKER_CONTENT_DIGEST) {
+            set(&mut headers, DOCKER_CONTENT_DIGEST, digest);
+        }
+    }
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        set(
+            &mut headers,
+            header::CONTENT_TYPE.as_str(),
+            "application/octet-stream",
+        );
+    }
+    let (tx, rx) = mpsc::channel(FRAME_QUEUE);
+    let pump = Pump {
+        storage,
+        task_id: task_id.clone(),
+        next: start,
+        end,
+        pieces: BTreeMap::new(),
+        file: None,
+        // A range cannot be checked against the whole blob's digest: no hold-back.
+        hold_last: status == StatusCode::OK,
+        pending: None,
+        tx,
+    };
+    let span = tracing::info_span!("blob_body", %task_id, start, end);
+    tokio::spawn(pump.run(stream, started.pieces).instrument(span));
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(ReceiverStream::new(
+        rx,
+    ))));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+fn unsatisfiable(total: u64, task_id: &str) -> Response<ProxyBody> {
+    let mut response = body::text(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range",
+        "the range is outside the blob",
+    );
+    set(
+        response.headers_mut(),
+        header::CONTENT_RANGE.as_str(),
+        &format!("bytes */{total}"),
+    );
+    set(response.headers_mut(), TASK_ID_HEADER, task_id);
+    response
+}
+
+/// The origin's headers about the object, minus framing (we frame the body ourselves).
+fn origin_headers(origin: &HashMap<String, String>) -> HeaderMap {
+    let mut raw = HeaderMap::new();
+    for (name, value) in origin {
+        if FRAMING_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            raw.append(name, value);
+        }
+    }
+    forwardable(&raw)
+}
+
+fn set(headers: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(name), Ok(value)) = (
+        header::HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        headers.insert(name, value);
+    }
+}
+
+/// The client's headers the origin must see (credentials, Accept, User-Agent).
+fn engine_headers(headers: &HeaderMap) -> HashMap<String, String> {
+    forwardable(headers)
+        .iter()
+        .filter(|(name, _)| !ENGINE_DROPPED_HEADERS.contains(&name.as_str()))
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect()
+}
+
+fn dragonfly_header(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+type Frames = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+
+/// The client went away; the download goes on for the cache and other callers.
+struct ClientGone;
+
+/// Copies the task's bytes `[next, end)` to the client as their pieces land.
+struct Pump {
+    storage: Storage,
+    task_id: String,
+    next: u64,
+    end: u64,
+    /// Landed pieces: offset → length.
+    pieces: BTreeMap<u64, u64>,
+    file: Option<tokio::fs::File>,
+    hold_last: bool,
+    /// The chunk held back until the digest is checked.
+    pending: Option<Bytes>,
+    tx: Frames,
+}
+
+impl Pump {
+    async fn run(mut self, mut stream: ResponseStream, already: Vec<Piece>) {
+        for piece in already {
+            self.pieces.insert(piece.offset, piece.length);
+        }
+        if self.drain().await.is_err() {
+            return;
+        }
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(message) => {
+                    if let Some(Progress::DownloadPieceFinishedResponse(finished)) =
+                        message.response
+                    {
+                        if let Some(piece) = finished.piece {
+                            self.pieces.insert(piece.offset, piece.length);
+                        }
+                    }
+                }
+                Err(status) => {
+                    info!(error = %status.message(), "P2P download failed; cutting the response short");
+                    self.abort(status.message().to_string()).await;
+                    return;
+                }
+            }
+            if self.drain().await.is_err() {
+                return;
+            }
+            // A range is complete once covered: the download goes on without us (prefetch).
+            if !self.hold_last && self.next >= self.end {
+                return;
+            }
+        }
+        self.finish().await;
+    }
+
+    /// The engine is done and the digest matched: release the held chunk, or fail if bytes
+    /// are missing.
+    async fn finish(mut self) {
+        if self.next < self.end {
+            let message = format!("download ended at byte {} of {}", self.next, self.end);
+            self.abort(message).await;
+            return;
+        }
+        if let Some(last) = self.pending.take() {
+            let _ = self.tx.send(Ok(Frame::data(last))).await;
+        }
+        debug!("response complete");
+    }
+
+    async fn abort(&self, message: String) {
+        let _ = self.tx.send(Err(std::io::Error::other(message))).await;
+    }
+
+    /// Sends every byte from `next` that landed pieces cover.
+    async fn drain(&mut self) -> Result<(), ClientGone> {
+        while self.next < self.end {
+            let Some(piece_end) = self.covered_until(self.next) else {
+                break;
+            };
+            let upto = piece_end.min(self.end);
+            while self.next < upto {
+                let len = (upto - self.next).min(CHUNK_SIZE);
+                let chunk = match self.read(self.next, len).await {
+                    Ok(chunk) => chunk,
+                    Err(error) => {
+                        self.abort(format!("reading the cached task: {error}"))
+                            .await;
+                        return Err(ClientGone);
+                    }
+                };
+                self.next += len;
+                self.emit(chunk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// End of the landed piece holding `offset`, if any.
+    fn covered_until(&self, offset: u64) -> Option<u64> {
+        let (start, len) = self.pieces.range(..=offset).next_back()?;
+        let end = start + len;
+        (end > offset).then_some(end)
+    }
+
+    async fn emit(&mut self, chunk: Bytes) -> Result<(), ClientGone> {
+        let out = if self.hold_last {
+            self.pending.replace(chunk)
+        } else {
+            Some(chunk)
+        };
+        match out {
+            Some(bytes) => self
+                .tx
+                .send(Ok(Frame::data(bytes)))
+                .await
+                .map_err(|_| ClientGone),
+            None => Ok(()),
+        }
+    }
+
+    async fn read(&mut self, offset: u64, len: u64) -> std::io::Result<Bytes> {
+        if self.file.is_none() {
+            let path = self.storage.content_path(&self.task_id);
+            self.file = Some(tokio::fs::File::open(path).await?);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(std::io::Error::other("content file not open"));
+        };
+        file.seek(SeekFrom::Start(offset)).await?;
+        let size = usize::try_from(len).map_err(std::io::Error::other)?;
+        let mut buf = BytesMut::zeroed(size);
+        file.read_exact(&mut buf).await?;
+        Ok(buf.freeze())
+    }
+}

@@ -1,0 +1,287 @@
+//! dfdaemon's HTTP proxy (default `127.0.0.1:4001`): a registry mirror for container runtimes
+//! and an HTTP(S) forward proxy. GETs matching `proxy.rules` (default: OCI blobs) go through the
+//! download engine, so each layer leaves the registry about once per cluster; everything else
+//! passes straight through, streamed, headers intact.
+//!
+//! Request forms (Dragonfly's behaviour):
+//! - origin-form (`GET /v2/...`): a registry-mirror request; the upstream comes from
+//!   `X-Dragonfly-Registry`, else containerd's `?ns=`, else `proxy.registryMirror.addr`;
+//! - absolute-form (`GET http://host/...`): a forward-proxy request (`HTTP_PROXY`);
+//! - `CONNECT host:port`: tunnelled, or TLS-terminated for `proxy.hijackHTTPS.hosts`.
+
+mod blob;
+mod body;
+pub mod config;
+mod connect;
+mod guard;
+mod passthrough;
+mod range;
+mod route;
+pub mod tls;
+
+use crate::engine::Engine;
+use crate::error::DaemonError;
+use body::ProxyBody;
+use config::{BasicAuth, ProxyConfig};
+use guard::{Kind, RequestLimiter};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use regex::Regex;
+use route::{Route, Router};
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+pub use blob::TASK_ID_HEADER;
+pub use route::REGISTRY_HEADER;
+
+/// The shared state of every proxy connection.
+pub struct Proxy {
+    engine: Arc<Engine>,
+    router: Router,
+    upstream: passthrough::Upstream,
+    limiter: RequestLimiter,
+    basic_auth: Option<BasicAuth>,
+    blob: blob::BlobSettings,
+    authority: Option<tls::Authority>,
+    /// CONNECT targets to terminate, with whether their origin's certificate is unchecked.
+    hijack: Vec<(Regex, bool)>,
+    shutdown: CancellationToken,
+}
+
+impl Proxy {
+    pub fn new(
+        engine: Arc<Engine>,
+        config: &ProxyConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, DaemonError> {
+        config.validate()?;
+        let hijack = config
+            .hijack_https
+            .hosts
+            .iter()
+            .map(|h| {
+                Regex::new(&h.regx)
+                    .map(|r| (r, h.insecure))
+                    .map_err(|e| DaemonError::Config(format!("proxy.hijackHTTPS: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let authority = match (&config.server.ca_cert, &config.server.ca_key) {
+            (Some(cert), Some(key)) => Some(tls::Authority::load_or_generate(cert, key)?),
+            _ if !hijack.is_empty() => {
+                warn!("proxy.hijackHTTPS without proxy.server.caCert/caKey: using a throwaway CA that clients cannot verify");
+                Some(ephemeral_authority()?)
+            }
+            _ => None,
+        };
+        guard::init_metrics();
+        Ok(Arc::new(Self {
+            engine,
+            router: Router::new(config)?,
+            upstream: passthrough::Upstream::new()?,
+            limiter: RequestLimiter::new(config.request_rate_limit()),
+            basic_auth: config.server.basic_auth.clone(),
+            blob: blob::BlobSettings {
+                enable_task_id_based_blob_digest: config
+                    .registry_mirror
+                    .enable_task_id_based_blob_digest,
+                disable_back_to_source: config.disable_back_to_source,
+            },
+            authority,
+            hijack,
+            shutdown,
+        }))
+    }
+
+    /// `Some(insecure)` when TLS to this CONNECT target is terminated.
+    fn hijacks(&self, authority: &str) -> Option<bool> {
+        self.authority.as_ref()?;
+        self.hijack
+            .iter()
+            .find(|(regex, _)| regex.is_match(authority))
+            .map(|(_, insecure)| *insecure)
+    }
+
+    /// Serves one request; `tls_authority` is set inside a terminated CONNECT tunnel.
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        tls_authority: Option<Arc<str>>,
+    ) -> Response<ProxyBody> {
+        if !self.limiter.try_acquire() {
+            guard::count(Kind::RateLimited);
+            return body::text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit",
+                "over the proxy's request rate limit",
+            );
+        }
+        // Inside a terminated tunnel the CONNECT itself was authenticated.
+        if tls_authority.is_none()
+            && !guard::authorized(self.basic_auth.as_ref(), request.headers())
+        {
+            guard::count(Kind::Unauthorized);
+            let mut response = body::text(
+                StatusCode::UNAUTHORIZED,
+                "auth",
+                "proxy authentication required",
+            );
+            response.headers_mut().insert(
+                http::header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"dfdaemon\""),
+            );
+            return response;
+        }
+        if request.method() == Method::CONNECT {
+            return connect::handle(self, request).await;
+        }
+        let (parts, body) = request.into_parts();
+        let route = match self.router.route(&parts, tls_authority.as_deref()) {
+            Ok(route) => route,
+            Err(route::BadTarget(reason)) => {
+                guard::count(Kind::BadRequest);
+                return body::text(StatusCode::BAD_REQUEST, "bad_request", &reason);
+            }
+        };
+        let insecure = tls_authority
+            .as_deref()
+            .and_then(|a| self.hijacks(a))
+            .unwrap_or(false);
+        match route {
+            Route::Pass { url } => {
+                self.upstream
+                    .forward(parts, body, url, insecure, Kind::Passthrough)
+                    .await
+            }
+            Route::P2p {
+                url,
+                filtered_query_params,
+            } => {
+                let served = blob::serve(
+                    &self.engine,
+                    &self.blob,
+                    &parts,
+                    &url,
+                    filtered_query_params,
+                )
+                .await;
+                match served {
+                    Ok(response) => {
+                        guard::count(Kind::P2p);
+                        response
+                    }
+                    Err(blob::NotServed::Answer(response)) => {
+                        guard::count(Kind::BadRequest);
+                        *response
+                    }
+                    Err(blob::NotServed::Fallback(reason)) => {
+                        info!(%url, %reason, "not served through the swarm; passing through");
+                        self.upstream
+                            .forward(parts, body, url, insecure, Kind::Fallback)
+                            .await
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ephemeral_authority() -> Result<tls::Authority, DaemonError> {
+    let dir = std::env::temp_dir().join(format!("damselfly-ca-{}", std::process::id()));
+    let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    tls::generate_ca(&cert, &key)?;
+    let authority = tls::Authority::load_or_generate(&cert, &key);
+    let _ = std::fs::remove_dir_all(&dir);
+    authority
+}
+
+/// Binds the proxy. With the default port a busy address only disables the proxy: dfget
+/// users of this daemon need its other servers more.
+pub async fn bind(
+    config: &ProxyConfig,
+    host_ip: IpAddr,
+) -> Result<Option<TcpListener>, DaemonError> {
+    let addr = config.addr(host_ip);
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(error) if config.server.port.is_none() => {
+            warn!(%addr, %error, "proxy disabled: cannot bind its default address (set proxy.server.port)");
+            Ok(None)
+        }
+        Err(source) => Err(DaemonError::Bind {
+            what: "proxy",
+            addr: addr.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Accepts proxy connections until shutdown.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    debug!(%error, "proxy accept failed");
+                    continue;
+                }
+            },
+            _ = proxy.shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::debug_span!("proxy_connection", %peer);
+        tokio::spawn(serve_connection(proxy.clone(), stream, None).instrument(span));
+    }
+}
+
+type HandleFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
+>;
+
+/// HTTP/1.1 on one connection (plain, or TLS inside a hijacked tunnel). Returns a boxed
+/// `Send` future: handle → CONNECT → serve_connection → handle is a cycle that auto-trait
+/// inference cannot see through.
+fn serve_connection<I>(
+    proxy: Arc<Proxy>,
+    io: I,
+    tls_authority: Option<Arc<str>>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        let shutdown = proxy.shutdown.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let proxy = proxy.clone();
+            let tls_authority = tls_authority.clone();
+            let span = tracing::info_span!(
+                "proxy_request",
+                method = %request.method(),
+                uri = %request.uri(),
+            );
+            let future: HandleFuture = Box::pin(
+                async move { Ok(proxy.handle(request, tls_authority).await) }.instrument(span),
+            );
+            future
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::select! {
+            result = connection => {
+                // Garbage, a TLS hello on the plain port, or a client that hung up: not our error.
+                if let Err(error) = result {
+                    debug!(%error, "proxy connection ended with an error");
+                }
+            }
+            _ = shutdown.cancelled() => {}
+        }
+    })
+}

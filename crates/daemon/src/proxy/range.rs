@@ -1,0 +1,93 @@
+//! One `Range: bytes=...` request header (RFC 9110 §14.1.2), resolved against a length.
+
+/// A single byte range as the client wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `first-` or `first-last` (inclusive).
+    From { first: u64, last: Option<u64> },
+    /// `-n`: the last n bytes.
+    Suffix(u64),
+}
+
+/// The range cannot be satisfied for this length (answered 416).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeError;
+
+/// Several ranges, another unit or bad syntax (left to the origin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsupported;
+
+pub fn parse_range(value: &str) -> Result<ByteRange, Unsupported> {
+    let spec = value
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or(Unsupported)?
+        .trim();
+    if spec.contains(',') {
+        return Err(Unsupported);
+    }
+    let (first, last) = spec.split_once('-').ok_or(Unsupported)?;
+    let number = |s: &str| s.trim().parse::<u64>().map_err(|_| Unsupported);
+    match (first.trim().is_empty(), last.trim().is_empty()) {
+        (true, false) => Ok(ByteRange::Suffix(number(last)?)),
+        (false, true) => Ok(ByteRange::From {
+            first: number(first)?,
+            last: None,
+        }),
+        (false, false) => {
+            let (first, last) = (number(first)?, number(last)?);
+            if last < first {
+                return Err(Unsupported);
+            }
+            Ok(ByteRange::From {
+                first,
+                last: Some(last),
+            })
+        }
+        (true, true) => Err(Unsupported),
+    }
+}
+
+impl ByteRange {
+    /// `[start, end)` within `total`.
+    pub fn resolve(self, total: u64) -> Result<(u64, u64), RangeError> {
+        match self {
+            ByteRange::From { first, last } => {
+                if first >= total {
+                    return Err(RangeError);
+                }
+                let end = last.map_or(total, |l| l.saturating_add(1).min(total));
+                Ok((first, end))
+            }
+            ByteRange::Suffix(0) => Err(RangeError),
+            ByteRange::Suffix(n) => Ok((total.saturating_sub(n), total)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_resolves() {
+        let r = |s| parse_range(s).unwrap().resolve(100);
+        assert_eq!(r("bytes=0-9"), Ok((0, 10)));
+        assert_eq!(r("bytes=90-"), Ok((90, 100)));
+        assert_eq!(r("bytes=90-500"), Ok((90, 100)));
+        assert_eq!(r("bytes=-10"), Ok((90, 100)));
+        assert_eq!(r("bytes=-1000"), Ok((0, 100)));
+        assert_eq!(r("bytes=100-"), Err(RangeError));
+        assert_eq!(r("bytes=-0"), Err(RangeError));
+        for bad in [
+            "items=0-1",
+            "bytes=0-1,5-6",
+            "bytes=5-1",
+            "bytes=-",
+            "bytes=a-b",
+            "",
+        ] {
+            assert_eq!(parse_range(bad), Err(Unsupported), "{bad}");
+        }
+    }
+}

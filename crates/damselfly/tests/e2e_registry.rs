@@ -1,0 +1,502 @@
+//! End-to-end: container images through dfdaemon's registry mirror and HTTP proxy, with real
+//! components: Debian's `docker-registry` (distribution) as the origin, images the test writes
+//! as OCI layouts and pushes with `skopeo`, pulls with `skopeo` (registries.conf mirror and
+//! `HTTP_PROXY`) and containerd's `ctr`. A front in the test process sits between the daemons
+//! and the registry to count layer bytes, tamper with blobs or demand a bearer token.
+//! Missing tools make a test skip with a `SKIP:` line.
+
+mod common;
+mod registry;
+
+use common::*;
+use registry::*;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Proxy port of every daemon in these tests (Dragonfly's default; each daemon has its own IP).
+const PROXY_PORT: u16 = 4001;
+/// Host name the HTTP_PROXY test pulls from; only the proxy knows where it is (Go clients skip
+/// the proxy for loopback addresses, so the test cannot name 127.0.0.1).
+const PROXIED_REGISTRY: &str = "registry.damselfly.test";
+
+struct Env {
+    cluster: Cluster,
+    registry: Registry,
+    front: Front,
+    image: Image,
+    skopeo: PathBuf,
+}
+
+/// Registry + front + pushed image + scheduler; None (test skipped) without the tools.
+fn setup(name: &str, require_token: bool, layer_sizes: &[usize]) -> Option<Env> {
+    let registry_bin = tool("docker-registry")?;
+    let skopeo_bin = tool("skopeo")?;
+    let mut cluster = Cluster::new(name);
+    let registry = Registry::start(&registry_bin, &cluster.root);
+    let front = Front::start(registry.addr, require_token);
+    let image = build_image(&cluster.path("layout"), layer_sizes);
+    push(&skopeo_bin, &cluster.root, &image, registry.addr, REPO);
+    cluster.start_scheduler();
+    Some(Env {
+        cluster,
+        registry,
+        front,
+        image,
+        skopeo: skopeo_bin,
+    })
+}
+
+impl Env {
+    /// A daemon whose mirror defaults to the front and whose rules map PROXIED_REGISTRY to it.
+    fn daemon(&mut self) -> DaemonInfo {
+        let config = self
+            .cluster
+            .path(&format!("dfdaemon-{}.yaml", self.cluster.daemons.len()));
+        let front = self.front.addr;
+        fs::write(
+            &config,
+            format!(
+                r#"proxy:
+  rules:
+    - regex: '^http://{host}(:\d+)?/.*blobs/sha256.*'
+      redirect: '{front}'
+    - regex: '^http://{host}(:\d+)?/'
+      redirect: '{front}'
+      direct: true
+    - regex: 'blobs/sha256.*'
+"#,
+                host = PROXIED_REGISTRY.replace('.', "\\."),
+            ),
+        )
+        .unwrap();
+        self.cluster.start_daemon(DaemonOpts {
+            extra: vec![
+                "--registry".into(),
+                self.front.url(),
+                "--config".into(),
+                config.display().to_string(),
+            ],
+            ..Default::default()
+        })
+    }
+
+    fn image_ref(&self) -> String {
+        format!("docker://{}/{REPO}:{TAG}", self.front.addr)
+    }
+
+    /// skopeo pull through `daemon`'s mirror into `out`.
+    fn pull_via_mirror(&self, daemon: &DaemonInfo, out: &str) -> PathBuf {
+        let conf = self.cluster.path(&format!("registries-{out}.conf"));
+        registries_conf(&conf, &self.front.addr.to_string(), proxy_addr(daemon));
+        let out = self.cluster.path(out);
+        let dst = format!("dir:{}", out.display());
+        let result = skopeo(
+            &self.skopeo,
+            &self.cluster.root,
+            &[
+                "--registries-conf",
+                conf.to_str().unwrap(),
+                "copy",
+                "--src-tls-verify=false",
+                &self.image_ref(),
+                &dst,
+            ],
+            &[],
+        );
+        assert!(
+            result.status.success(),
+            "skopeo pull through the mirror failed"
+        );
+        out
+    }
+
+    /// Layer GETs the registry answered so far (config and manifests not counted).
+    fn layer_gets(&self) -> usize {
+        let gets = self.front.state.blob_gets.lock().unwrap();
+        gets.iter()
+            .filter(|(path, _)| {
+                self.image
+                    .layers
+                    .iter()
+                    .any(|(d, _)| path.contains(d.as_str()))
+            })
+            .count()
+    }
+}
+
+fn proxy_addr(daemon: &DaemonInfo) -> SocketAddr {
+    SocketAddr::new(daemon.ip.into(), PROXY_PORT)
+}
+
+fn proxy_url(daemon: &DaemonInfo, path: &str) -> String {
+    format!("http://{}{path}", proxy_addr(daemon))
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("/v2/{REPO}/blobs/{digest}")
+}
+
+fn proxy_requests(daemon: &DaemonInfo, kind: &str) -> f64 {
+    daemon
+        .metrics()
+        .sum("damselfly_proxy_request_total", &[("kind", kind)])
+}
+
+/// Two daemons and a scheduler: the first pull takes the layers from the registry once, the
+/// second host's pull takes none of them from it (they come from the first host), and a pull
+/// through `HTTP_PROXY` works as well.
+#[test]
+fn skopeo_pulls_through_the_mirror_and_the_second_host_uses_the_swarm() {
+    let Some(mut env) = setup("mirror", false, &[5 * MIB, 6 * MIB, 7 * MIB]) else {
+        return;
+    };
+    let a = env.daemon();
+    let b = env.daemon();
+
+    let out_a = env.pull_via_mirror(&a, "pull-a");
+    assert_pulled(&out_a, &env.image);
+    let after_a = env.layer_gets();
+    assert!(
+        after_a > 0,
+        "the first pull must take the layers from the registry"
+    );
+    let bytes_after_a = env.front.blob_bytes();
+    assert!(
+        bytes_after_a >= env.image.layer_bytes(),
+        "first pull: {bytes_after_a} layer bytes from the registry"
+    );
+    assert!(
+        bytes_after_a < 2 * env.image.layer_bytes(),
+        "the registry served the layers more than once: {bytes_after_a}"
+    );
+
+    let out_b = env.pull_via_mirror(&b, "pull-b");
+    assert_pulled(&out_b, &env.image);
+    assert_eq!(
+        env.layer_gets(),
+        after_a,
+        "the second host's pull took layer bytes from the registry"
+    );
+    let from_peers = b.metrics().sum(
+        "damselfly_download_traffic_bytes_total",
+        &[("type", "remote_peer")],
+    );
+    assert!(
+        from_peers >= env.image.layer_bytes() as f64,
+        "host b got only {from_peers} bytes from peers"
+    );
+    assert!(proxy_requests(&b, "p2p") >= 3.0);
+
+    // The same image through HTTP_PROXY (absolute-form requests, CONNECT attempts first).
+    let out_p = env.cluster.path("pull-proxy");
+    let proxy = format!("http://{}", proxy_addr(&b));
+    let src = format!(
+        "docker://{PROXIED_REGISTRY}:{}/{REPO}:{TAG}",
+        env.front.addr.port()
+    );
+    let dst = format!("dir:{}", out_p.display());
+    let result = skopeo(
+        &env.skopeo,
+        &env.cluster.root,
+        &["copy", "--src-tls-verify=false", &src, &dst],
+        &[("HTTP_PROXY", proxy.clone()), ("HTTPS_PROXY", proxy)],
+    );
+    assert!(
+        result.status.success(),
+        "skopeo pull through HTTP_PROXY failed"
+    );
+    assert_pulled(&out_p, &env.image);
+    assert_eq!(
+        env.layer_gets(),
+        after_a,
+        "the proxied pull hit the registry for layers"
+    );
+    env.cluster.assert_no_panics();
+    drop(env.registry);
+}
+
+/// A registry that demands a bearer token: an anonymous blob GET gets the registry's 401
+/// challenge unchanged, and skopeo's authenticated pull through the mirror works, the
+/// client's token reaching the registry on every layer request.
+#[test]
+fn private_registry_with_a_bearer_token() {
+    let Some(mut env) = setup("private", true, &[5 * MIB, 5 * MIB]) else {
+        return;
+    };
+    let a = env.daemon();
+    let layer = env.image.layers[0].0.clone();
+    let anonymous = request("GET", &proxy_url(&a, &blob_path(&layer)), &[]);
+    assert_eq!(
+        anonymous.status, 401,
+        "an anonymous pull must be challenged"
+    );
+    let challenge = anonymous.header("www-authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer realm="),
+        "challenge: {challenge:?}"
+    );
+
+    let before = env.front.state.seen.lock().unwrap().len();
+    let out = env.pull_via_mirror(&a, "pull-private");
+    assert_pulled(&out, &env.image);
+    let seen = env.front.state.seen.lock().unwrap().clone();
+    let layer_requests: Vec<_> = seen[before..]
+        .iter()
+        .filter(|(m, p, _)| {
+            m == "GET" && env.image.layers.iter().any(|(d, _)| p.contains(d.as_str()))
+        })
+        .collect();
+    assert!(!layer_requests.is_empty());
+    assert!(
+        layer_requests
+            .iter()
+            .all(|(_, _, auth)| auth.as_deref() == Some(&format!("Bearer {TOKEN}"))),
+        "layer requests without the client's token: {layer_requests:?}"
+    );
+    env.cluster.assert_no_panics();
+}
+
+/// Registry API details through the mirror: manifest passthrough, HEAD, Range, a whole blob
+/// served from the task, a 404 blob, malformed requests (4xx, daemon alive), and a tampered
+/// blob (an error to the client, nothing cached).
+#[test]
+fn registry_api_through_the_mirror() {
+    let Some(mut env) = setup("api", false, &[5 * MIB, 6 * MIB, 5 * MIB]) else {
+        return;
+    };
+    let a = env.daemon();
+    let oci_manifest = "application/vnd.oci.image.manifest.v1+json";
+
+    // Manifest by tag: passed through, headers and body intact.
+    let manifest = request(
+        "GET",
+        &proxy_url(&a, &format!("/v2/{REPO}/manifests/{TAG}")),
+        &[("accept", oci_manifest)],
+    );
+    assert_eq!(manifest.status, 200);
+    assert_eq!(manifest.bytes(), env.image.manifest.as_slice());
+    assert_eq!(
+        manifest.header("docker-content-digest").as_deref(),
+        Some(env.image.manifest_digest.as_str())
+    );
+    assert_eq!(
+        manifest.header("content-type").as_deref(),
+        Some(oci_manifest)
+    );
+
+    // HEAD of a blob: passed through, length and digest, no body.
+    let (digest0, data0) = env.image.layers[0].clone();
+    let head = request("HEAD", &proxy_url(&a, &blob_path(&digest0)), &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some(data0.len().to_string()));
+    assert_eq!(
+        head.header("docker-content-digest").as_deref(),
+        Some(digest0.as_str())
+    );
+    assert!(head.bytes().is_empty());
+
+    // Range: 206 from the task's pieces.
+    let (digest1, data1) = env.image.layers[1].clone();
+    let ranged = request(
+        "GET",
+        &proxy_url(&a, &blob_path(&digest1)),
+        &[("range", "bytes=1000-2999")],
+    );
+    assert_eq!(ranged.status, 206);
+    assert_eq!(
+        ranged.header("content-range"),
+        Some(format!("bytes 1000-2999/{}", data1.len()))
+    );
+    assert_eq!(ranged.bytes(), &data1[1000..3000]);
+    assert_eq!(
+        ranged.header("x-dragonfly-task-id").as_deref(),
+        Some(env.image.layer_hex(1))
+    );
+
+    // The whole blob, then again from the cache.
+    for _ in 0..2 {
+        let whole = request("GET", &proxy_url(&a, &blob_path(&digest1)), &[]);
+        assert_eq!(whole.status, 200);
+        assert_eq!(sha256_hex(whole.bytes()), sha256_hex(&data1));
+        assert_eq!(
+            whole.header("docker-content-digest").as_deref(),
+            Some(digest1.as_str())
+        );
+    }
+    let suffix = request(
+        "GET",
+        &proxy_url(&a, &blob_path(&digest1)),
+        &[("range", "bytes=-10")],
+    );
+    assert_eq!(suffix.bytes(), &data1[data1.len() - 10..]);
+    let beyond = request(
+        "GET",
+        &proxy_url(&a, &blob_path(&digest1)),
+        &[("range", &format!("bytes={}-", data1.len()))],
+    );
+    assert_eq!(beyond.status, 416);
+
+    // A blob the registry does not have: its own 404.
+    let missing = format!("sha256:{}", sha256_hex(b"no such blob"));
+    let not_found = request("GET", &proxy_url(&a, &blob_path(&missing)), &[]);
+    assert_eq!(not_found.status, 404);
+    assert!(String::from_utf8_lossy(not_found.bytes()).contains("BLOB_UNKNOWN"));
+
+    // Malformed requests: clear 4xx, and the daemon stays up.
+    let bad_digest = request("GET", &proxy_url(&a, &blob_path("sha256:zz")), &[]);
+    assert_eq!(bad_digest.status, 400);
+    let proxy = proxy_addr(&a);
+    send_garbage(
+        proxy,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage",
+        Duration::from_secs(1),
+    );
+    send_garbage(proxy, b"NOT HTTP AT ALL\r\n\r\n", Duration::from_secs(1));
+    send_garbage(
+        proxy,
+        b"CONNECT nohostport HTTP/1.1\r\n\r\n",
+        Duration::from_secs(1),
+    );
+    assert!(a.is_healthy(), "the daemon died on malformed proxy input");
+
+    // A tampered blob: the client sees an error, and nothing bad is cached.
+    let (digest2, data2) = env.image.layers[2].clone();
+    env.front.set_tamper(true);
+    let tampered = request("GET", &proxy_url(&a, &blob_path(&digest2)), &[]);
+    assert!(
+        tampered.status != 200 || tampered.body.is_err(),
+        "a tampered blob was served as complete"
+    );
+    env.front.set_tamper(false);
+    let good = request("GET", &proxy_url(&a, &blob_path(&digest2)), &[]);
+    assert_eq!(good.status, 200);
+    assert_eq!(sha256_hex(good.bytes()), sha256_hex(&data2));
+
+    for kind in ["p2p", "passthrough", "fallback", "bad_request"] {
+        assert!(
+            proxy_requests(&a, kind) >= 1.0,
+            "no {kind} proxy request counted"
+        );
+    }
+    env.cluster.assert_no_panics();
+}
+
+/// containerd 1.6 (`ctr images pull --hosts-dir`) through the mirror: HEAD by tag, GETs by
+/// digest, every request with `?ns=`. Needs root to start containerd; skips otherwise.
+#[test]
+fn containerd_pulls_through_the_mirror() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: containerd needs root");
+        return;
+    }
+    let (Some(containerd), Some(ctr)) = (tool("containerd"), tool("ctr")) else {
+        return;
+    };
+    let Some(mut env) = setup("containerd", false, &[5 * MIB, 5 * MIB]) else {
+        return;
+    };
+    let a = env.daemon();
+    let dir = env.cluster.path("containerd");
+    let socket = dir.join("containerd.sock");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("config.toml"),
+        format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n",
+            dir.display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let log = fs::File::create(dir.join("containerd.log")).unwrap();
+    let mut child = Killed(
+        std::process::Command::new(containerd)
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd"),
+    );
+    let up = wait_until(Duration::from_secs(20), || socket.exists());
+    if !up || child.0.try_wait().ok().flatten().is_some() {
+        eprintln!(
+            "SKIP: containerd did not start here:\n{}",
+            fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+        );
+        return;
+    }
+    let hosts = dir.join("certs.d");
+    let registry = env.front.addr.to_string();
+    fs::create_dir_all(hosts.join(&registry)).unwrap();
+    fs::write(
+        hosts.join(&registry).join("hosts.toml"),
+        format!(
+            "server = \"http://{registry}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            proxy_addr(&a)
+        ),
+    )
+    .unwrap();
+    let reference = format!("{registry}/{REPO}:{TAG}");
+    let output = std::process::Command::new(&ctr)
+        .args([
+            "--address",
+            socket.to_str().unwrap(),
+            "images",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+        ])
+        .arg(&hosts)
+        .arg(&reference)
+        .output()
+        .expect("run ctr");
+    eprintln!(
+        "ctr pull: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "ctr images pull through the mirror failed"
+    );
+    let content = std::process::Command::new(&ctr)
+        .args(["--address", socket.to_str().unwrap(), "content", "ls", "-q"])
+        .output()
+        .expect("ctr content ls");
+    let listed = String::from_utf8_lossy(&content.stdout);
+    for (digest, _) in &env.image.layers {
+        assert!(
+            listed.contains(digest.as_str()),
+            "containerd lacks layer {digest}"
+        );
+    }
+    assert!(listed.contains(env.image.manifest_digest.as_str()));
+    assert!(
+        proxy_requests(&a, "p2p") >= 2.0,
+        "containerd's layers did not go through the swarm"
+    );
+    let seen = env.front.state.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|(m, p, _)| m == "HEAD" && p.contains("/manifests/")),
+        "containerd resolves by HEAD on the manifest"
+    );
+    drop(child);
+    env.cluster.assert_no_panics();
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, also when the test panics.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
