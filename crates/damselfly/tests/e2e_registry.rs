@@ -89,7 +89,20 @@ impl Env {
     /// skopeo pull through `daemon`'s mirror into `out`.
     fn pull_via_mirror(&self, daemon: &DaemonInfo, out: &str) -> PathBuf {
         let conf = self.cluster.path(&format!("registries-{out}.conf"));
-        registries_conf(&conf, &self.front.addr.to_string(), proxy_addr(daemon));
+        // The first pull's registries.conf comes from dfinit, the others are written here.
+        if daemon.name == self.cluster.daemons[0].name {
+            self.dfinit(
+                daemon,
+                &[
+                    "--runtime",
+                    "crio",
+                    "--registries-conf",
+                    conf.to_str().unwrap(),
+                ],
+            );
+        } else {
+            registries_conf(&conf, &self.front.addr.to_string(), proxy_addr(daemon));
+        }
         let out = self.cluster.path(out);
         let dst = format!("dir:{}", out.display());
         let result = skopeo(
@@ -110,6 +123,24 @@ impl Env {
             "skopeo pull through the mirror failed"
         );
         out
+    }
+
+    /// Runs dfinit for the front as registry and `daemon`'s proxy as mirror.
+    fn dfinit(&self, daemon: &DaemonInfo, extra: &[&str]) {
+        let registry = format!("{0}=http://{0}", self.front.addr);
+        let mirror = format!("http://{}", proxy_addr(daemon));
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_dfinit"))
+            .args(["--registry", &registry, "--mirror", &mirror])
+            .args(extra)
+            .output()
+            .expect("run dfinit");
+        eprintln!(
+            "dfinit: {}\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "dfinit failed");
     }
 
     /// Layer GETs the registry answered so far (config and manifests not counted).
@@ -431,15 +462,15 @@ fn containerd_pulls_through_the_mirror() {
     }
     let hosts = dir.join("certs.d");
     let registry = env.front.addr.to_string();
-    fs::create_dir_all(hosts.join(&registry)).unwrap();
-    fs::write(
-        hosts.join(&registry).join("hosts.toml"),
-        format!(
-            "server = \"http://{registry}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            proxy_addr(&a)
-        ),
-    )
-    .unwrap();
+    env.dfinit(
+        &a,
+        &[
+            "--runtime",
+            "containerd",
+            "--containerd-certs-dir",
+            hosts.to_str().unwrap(),
+        ],
+    );
     let reference = format!("{registry}/{REPO}:{TAG}");
     let output = std::process::Command::new(&ctr)
         .args([
