@@ -51,22 +51,37 @@ fn setup(name: &str, require_token: bool, layer_sizes: &[usize]) -> Option<Env> 
 impl Env {
     /// A daemon whose mirror defaults to the front and whose rules map PROXIED_REGISTRY to it.
     fn daemon(&mut self) -> DaemonInfo {
+        let front = self.front.url();
+        self.daemon_for(&front)
+    }
+
+    /// A daemon whose mirror defaults to `registry`.
+    fn daemon_for(&mut self, registry: &str) -> DaemonInfo {
         let config = self
             .cluster
             .path(&format!("dfdaemon-{}.yaml", self.cluster.daemons.len()));
         let front = self.front.addr;
+        let ca = self
+            .cluster
+            .path(&format!("ca-{}", self.cluster.daemons.len()));
         fs::write(
             &config,
             format!(
                 r#"proxy:
+  server:
+    caCert: {ca}/ca.crt
+    caKey: {ca}/ca.key
+  hijackHTTPS:
+    hosts: [{{regx: '^{host}:443$'}}]
   rules:
-    - regex: '^http://{host}(:\d+)?/.*blobs/sha256.*'
-      redirect: '{front}'
-    - regex: '^http://{host}(:\d+)?/'
-      redirect: '{front}'
+    - regex: '^https?://{host}(:\d+)?/.*blobs/sha256.*'
+      redirect: 'http://{front}'
+    - regex: '^https?://{host}(:\d+)?/'
+      redirect: 'http://{front}'
       direct: true
     - regex: 'blobs/sha256.*'
 "#,
+                ca = ca.display(),
                 host = PROXIED_REGISTRY.replace('.', "\\."),
             ),
         )
@@ -74,7 +89,7 @@ impl Env {
         self.cluster.start_daemon(DaemonOpts {
             extra: vec![
                 "--registry".into(),
-                self.front.url(),
+                registry.to_string(),
                 "--config".into(),
                 config.display().to_string(),
             ],
@@ -414,6 +429,58 @@ fn registry_api_through_the_mirror() {
     env.cluster.assert_no_panics();
 }
 
+/// An HTTPS registry through `HTTPS_PROXY`: the daemon terminates the CONNECT's TLS with its
+/// own CA (printed by `dfdaemon --print-ca-cert`, trusted by skopeo through `--src-cert-dir`),
+/// and the layers inside still go through the swarm.
+#[test]
+fn https_pull_through_a_terminated_connect() {
+    let Some(mut env) = setup("mitm", false, &[5 * MIB, 5 * MIB]) else {
+        return;
+    };
+    let a = env.daemon();
+    let config = env.cluster.path("dfdaemon-0.yaml");
+    let printed = std::process::Command::new(bin("dfdaemon"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--print-ca-cert")
+        .output()
+        .expect("run dfdaemon --print-ca-cert");
+    assert!(printed.status.success(), "--print-ca-cert failed");
+    let pem = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let cert_dir = env.cluster.path("trusted");
+    fs::create_dir_all(&cert_dir).unwrap();
+    fs::write(cert_dir.join("dfdaemon-ca.crt"), pem).unwrap();
+
+    let out = env.cluster.path("pull-https");
+    let proxy = format!("http://{}", proxy_addr(&a));
+    let src = format!("docker://{PROXIED_REGISTRY}/{REPO}:{TAG}");
+    let dst = format!("dir:{}", out.display());
+    let result = skopeo(
+        &env.skopeo,
+        &env.cluster.root,
+        &[
+            "copy",
+            "--src-cert-dir",
+            cert_dir.to_str().unwrap(),
+            &src,
+            &dst,
+        ],
+        &[("HTTPS_PROXY", proxy.clone()), ("HTTP_PROXY", proxy)],
+    );
+    assert!(
+        result.status.success(),
+        "skopeo pull over a terminated CONNECT failed"
+    );
+    assert_pulled(&out, &env.image);
+    assert!(proxy_requests(&a, "connect_tls") >= 1.0);
+    assert!(
+        proxy_requests(&a, "p2p") >= 2.0,
+        "the layers did not go through the swarm"
+    );
+    env.cluster.assert_no_panics();
+}
+
 /// containerd 1.6 (`ctr images pull --hosts-dir`) through the mirror: HEAD by tag, GETs by
 /// digest, every request with `?ns=`. Needs root to start containerd; skips otherwise.
 #[test]
@@ -530,4 +597,77 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Timing, not a check (run by hand, ideally `--release`): pulls of a ~200 MiB image (4 layers
+/// of 50 MiB) with skopeo, cold through the mirror (a new image each run, so the daemon's cache
+/// is empty), warm (the same image again), and straight from the registry; medians of 3.
+///
+/// `cargo test --release -p damselfly --test e2e_registry -- --ignored --nocapture pull_time`
+#[test]
+#[ignore = "timing; run by hand"]
+fn pull_time_of_a_200_mib_image() {
+    const RUNS: usize = 3;
+    let Some(mut env) = setup("timing", false, &[MIB]) else {
+        return;
+    };
+    let a = env.daemon_for(&format!("http://{}", env.registry.addr));
+    let images: Vec<Image> = (0..RUNS)
+        .map(|i| {
+            let image = build_image(
+                &env.cluster.path(&format!("layout{i}")),
+                &[50 * MIB, 50 * MIB, 50 * MIB, 50 * MIB],
+            );
+            push(
+                &env.skopeo,
+                &env.cluster.root,
+                &image,
+                env.registry.addr,
+                &format!("timing/img{i}"),
+            );
+            image
+        })
+        .collect();
+    let conf = env.cluster.path("registries-timing.conf");
+    registries_conf(&conf, &env.registry.addr.to_string(), proxy_addr(&a));
+    let pull = |label: &str, i: usize, mirror: bool| {
+        let out = env.cluster.path(&format!("{label}{i}"));
+        let src = format!("docker://{}/timing/img{i}:{TAG}", env.registry.addr);
+        let dst = format!("dir:{}", out.display());
+        let mut args = Vec::new();
+        if mirror {
+            args.extend(["--registries-conf", conf.to_str().unwrap()]);
+        }
+        args.extend(["copy", "--src-tls-verify=false", &src, &dst]);
+        let started = std::time::Instant::now();
+        let result = skopeo(&env.skopeo, &env.cluster.root, &args, &[]);
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(result.status.success());
+        assert_pulled(&out, &images[i]);
+        fs::remove_dir_all(&out).unwrap();
+        seconds
+    };
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    let mut direct = Vec::new();
+    for i in 0..RUNS {
+        direct.push(pull("direct", i, false));
+        cold.push(pull("cold", i, true));
+        warm.push(pull("warm", i, true));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    println!("| pull of a 200 MiB image (4 x 50 MiB layers), skopeo, median of {RUNS} | seconds |");
+    println!("|---|---|");
+    println!("| straight from the registry | {:.2} |", median(direct));
+    println!(
+        "| through the mirror, cold (registry -> dfdaemon -> skopeo) | {:.2} |",
+        median(cold)
+    );
+    println!(
+        "| through the mirror, warm (dfdaemon's cache) | {:.2} |",
+        median(warm)
+    );
 }
