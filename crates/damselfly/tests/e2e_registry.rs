@@ -481,6 +481,76 @@ fn https_pull_through_a_terminated_connect() {
     env.cluster.assert_no_panics();
 }
 
+/// Concurrent GETs of one uncached layer share one download; with no scheduler reachable the
+/// pull still works from the registry; basic auth (401 without it) and the request rate limit
+/// (429 over it) guard the proxy.
+#[test]
+fn shared_downloads_no_scheduler_and_guards() {
+    let Some(mut env) = setup("guards", false, &[8 * MIB]) else {
+        return;
+    };
+    let config = env.cluster.path("guarded.yaml");
+    fs::write(
+        &config,
+        "proxy:\n  server:\n    requestRateLimit: 20\n    basicAuth: {username: user, password: secret}\n",
+    )
+    .unwrap();
+    let nothing = format!(
+        "127.0.0.1:{}",
+        free_port(std::net::Ipv4Addr::LOCALHOST.into())
+    );
+    let a = env.cluster.start_daemon(DaemonOpts {
+        scheduler: Some(nothing),
+        extra: vec![
+            "--registry".into(),
+            env.front.url(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        ..Default::default()
+    });
+    // "user:secret"
+    let auth = ("proxy-authorization", "Basic dXNlcjpzZWNyZXQ=");
+    let (digest, data) = env.image.layers[0].clone();
+    let url = proxy_url(&a, &blob_path(&digest));
+    let refused = request("GET", &url, &[]);
+    assert_eq!(refused.status, 401);
+    assert!(refused.header("proxy-authenticate").is_some());
+
+    let answers: Vec<Answer> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| request("GET", &url, &[auth])))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(sha256_hex(answer.bytes()), sha256_hex(&data));
+    }
+    assert_eq!(
+        env.front.blob_bytes(),
+        data.len() as u64,
+        "three concurrent GETs of one layer must fetch it from the registry once"
+    );
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let manifest = proxy_url(&a, &format!("/v2/{REPO}/manifests/{TAG}"));
+    let statuses: Vec<u16> = (0..40)
+        .map(|_| {
+            let accept = ("accept", "application/vnd.oci.image.manifest.v1+json");
+            request("HEAD", &manifest, &[auth, accept]).status
+        })
+        .collect();
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "no 429 over the rate limit: {statuses:?}"
+    );
+    assert!(proxy_requests(&a, "rate_limited") >= 1.0);
+    assert!(proxy_requests(&a, "unauthorized") >= 1.0);
+    env.cluster.assert_no_panics();
+}
+
 /// containerd 1.6 (`ctr images pull --hosts-dir`) through the mirror: HEAD by tag, GETs by
 /// digest, every request with `?ns=`. Needs root to start containerd; skips otherwise.
 #[test]
