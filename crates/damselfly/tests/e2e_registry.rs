@@ -420,7 +420,13 @@ fn registry_api_through_the_mirror() {
     assert_eq!(good.status, 200);
     assert_eq!(sha256_hex(good.bytes()), sha256_hex(&data2));
 
-    for kind in ["p2p", "passthrough", "fallback", "bad_request"] {
+    for kind in [
+        "p2p",
+        "passthrough",
+        "fallback",
+        "bad_request",
+        "p2p_failed",
+    ] {
         assert!(
             proxy_requests(&a, kind) >= 1.0,
             "no {kind} proxy request counted"

@@ -8,6 +8,7 @@
 //! error instead of a complete body, and the engine drops the cached copy.
 
 use super::body::{self, ProxyBody};
+use super::guard::Kind;
 use super::passthrough::forwardable;
 use super::range::{parse_range, ByteRange, RangeError};
 use crate::engine::{DownloadRequest, Engine, ResponseStream};
@@ -57,8 +58,8 @@ pub struct BlobSettings {
 pub enum NotServed {
     /// Not started (origin refused, unreachable, unusable request): pass through.
     Fallback(String),
-    /// Answer this and do not pass through.
-    Answer(Box<Response<ProxyBody>>),
+    /// Answer this and do not pass through; the kind is what the proxy counts.
+    Answer(Box<Response<ProxyBody>>, Kind),
 }
 
 pub async fn serve(
@@ -78,11 +79,14 @@ pub async fn serve(
     };
     let digest = blob_digest_string(url.as_str());
     if digest.is_none() && url.path().contains("/blobs/sha256:") {
-        return Err(NotServed::Answer(Box::new(body::text(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            &format!("invalid blob digest in {}", url.path()),
-        ))));
+        return Err(NotServed::Answer(
+            Box::new(body::text(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("invalid blob digest in {}", url.path()),
+            )),
+            Kind::BadRequest,
+        ));
     }
     let download = Download {
         url: url.to_string(),
@@ -108,11 +112,10 @@ async fn wait_started(
 ) -> Result<(String, DownloadTaskStartedResponse), NotServed> {
     let fail = |message: String, code: tonic::Code| {
         if settings.disable_back_to_source || code == tonic::Code::DataLoss {
-            NotServed::Answer(Box::new(body::text(
-                StatusCode::BAD_GATEWAY,
-                "p2p",
-                &message,
-            )))
+            NotServed::Answer(
+                Box::new(body::text(StatusCode::BAD_GATEWAY, "p2p", &message)),
+                Kind::P2pFailed,
+            )
         } else {
             NotServed::Fallback(message)
         }
@@ -150,7 +153,10 @@ fn respond(
         None => (StatusCode::OK, 0, total),
         Some(Ok((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
         Some(Err(RangeError)) => {
-            return Err(NotServed::Answer(Box::new(unsatisfiable(total, &task_id))))
+            return Err(NotServed::Answer(
+                Box::new(unsatisfiable(total, &task_id)),
+                Kind::P2p,
+            ))
         }
     };
     let mut headers = origin_headers(&started.response_header);
@@ -330,6 +336,7 @@ impl Pump {
     }
 
     async fn abort(&self, message: String) {
+        super::guard::count(Kind::P2pFailed);
         let _ = self.tx.send(Err(std::io::Error::other(message))).await;
     }
 

@@ -17,6 +17,9 @@ pub enum Kind {
     P2p,
     /// Passed straight through to the upstream.
     Passthrough,
+    /// A P2P download that failed: answered 502 before the response started, or the
+    /// response cut short (digest mismatch, missing bytes).
+    P2pFailed,
     /// A P2P request that fell back to the upstream (the engine could not start it).
     Fallback,
     ConnectTunnel,
@@ -30,6 +33,7 @@ impl Kind {
     fn label(self) -> &'static str {
         match self {
             Kind::P2p => "p2p",
+            Kind::P2pFailed => "p2p_failed",
             Kind::Passthrough => "passthrough",
             Kind::Fallback => "fallback",
             Kind::ConnectTunnel => "connect_tunnel",

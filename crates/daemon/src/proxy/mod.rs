@@ -176,8 +176,8 @@ impl Proxy {
                         guard::count(Kind::P2p);
                         response
                     }
-                    Err(blob::NotServed::Answer(response)) => {
-                        guard::count(Kind::BadRequest);
+                    Err(blob::NotServed::Answer(response, kind)) => {
+                        guard::count(kind);
                         *response
                     }
                     Err(blob::NotServed::Fallback(reason)) => {
