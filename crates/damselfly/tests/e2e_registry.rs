@@ -20,6 +20,8 @@ const PROXY_PORT: u16 = 4001;
 /// Host name the HTTP_PROXY test pulls from; only the proxy knows where it is (Go clients skip
 /// the proxy for loopback addresses, so the test cannot name 127.0.0.1).
 const PROXIED_REGISTRY: &str = "registry.damselfly.test";
+/// Names the upstream of a mirror request.
+const REGISTRY_HEADER_NAME: &str = "x-dragonfly-registry";
 
 struct Env {
     cluster: Cluster,
@@ -554,6 +556,53 @@ fn shared_downloads_no_scheduler_and_guards() {
     );
     assert!(proxy_requests(&a, "rate_limited") >= 1.0);
     assert!(proxy_requests(&a, "unauthorized") >= 1.0);
+    env.cluster.assert_no_panics();
+}
+
+/// A registry that redirects blob GETs to signed storage URLs (a new signature each time):
+/// the pull works, the layer is fetched once, and the same layer asked for through another
+/// upstream (the registry itself, named by `X-Dragonfly-Registry`) is the same task, served
+/// from the cache.
+#[test]
+fn redirected_blobs_and_one_task_per_digest() {
+    let Some(mut env) = setup("redirect", false, &[6 * MIB, 5 * MIB]) else {
+        return;
+    };
+    env.front
+        .state
+        .redirect_blobs
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = env.daemon();
+    let out = env.pull_via_mirror(&a, "pull-redirected");
+    assert_pulled(&out, &env.image);
+    let fetched = env.front.blob_bytes();
+    assert!(
+        fetched >= env.image.layer_bytes(),
+        "layers not fetched: {fetched}"
+    );
+    assert!(
+        fetched < 2 * env.image.layer_bytes(),
+        "layers fetched twice: {fetched}"
+    );
+
+    let (digest, data) = env.image.layers[0].clone();
+    let direct = format!("http://{}", env.registry.addr);
+    let other = request(
+        "GET",
+        &proxy_url(&a, &blob_path(&digest)),
+        &[(REGISTRY_HEADER_NAME, direct.as_str())],
+    );
+    assert_eq!(other.status, 200);
+    assert_eq!(sha256_hex(other.bytes()), sha256_hex(&data));
+    assert_eq!(
+        other.header("x-dragonfly-task-id").as_deref(),
+        Some(env.image.layer_hex(0))
+    );
+    assert_eq!(
+        env.front.blob_bytes(),
+        fetched,
+        "the same layer via another registry was fetched again"
+    );
     env.cluster.assert_no_panics();
 }
 

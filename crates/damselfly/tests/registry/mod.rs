@@ -95,6 +95,9 @@ pub struct FrontState {
     /// Blob GETs by path, with their Range header.
     pub blob_gets: Mutex<Vec<(String, Option<String>)>>,
     pub tamper: AtomicBool,
+    /// Answer blob GETs and HEADs with a 307 to a signed-looking `/storage/` URL, as registries
+    /// backed by object storage do.
+    pub redirect_blobs: AtomicBool,
     /// Require `Authorization: Bearer TOKEN` on /v2/ requests.
     pub require_token: bool,
     /// Every request line with its Authorization header (for checks).
@@ -250,6 +253,10 @@ async fn front_serve(
             ),
         );
     }
+    if let Some(answer) = storage_redirect(&state, &path) {
+        return answer;
+    }
+    let path = storage_target(&path).unwrap_or(path);
     let method = req.method().clone();
     let range = req
         .headers()
@@ -295,6 +302,32 @@ async fn front_serve(
         }
     }
     response
+}
+
+/// A 307 to `/storage/<repo>/<digest>?X-Amz-Signature=<random>` for a blob, when redirecting.
+fn storage_redirect(state: &FrontState, path: &str) -> Option<Response<FrontBody>> {
+    if !state.redirect_blobs.load(Ordering::SeqCst) || !path.starts_with("/v2/") {
+        return None;
+    }
+    let (repo, digest) = path.trim_start_matches("/v2/").split_once("/blobs/")?;
+    let addr = state.addr.lock().unwrap().unwrap();
+    let signature: u64 = rand::random();
+    let location = format!(
+        "http://{addr}/storage/{repo}/{digest}?X-Amz-Signature={signature:x}&X-Amz-Expires=60"
+    );
+    Some(front_response(
+        StatusCode::TEMPORARY_REDIRECT,
+        &[("location", location)],
+        Bytes::new(),
+    ))
+}
+
+/// The registry path a `/storage/` URL stands for.
+fn storage_target(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/storage/")?;
+    let rest = rest.split('?').next()?;
+    let (repo, digest) = rest.rsplit_once('/')?;
+    Some(format!("/v2/{repo}/blobs/{digest}"))
 }
 
 /// An OCI image layout written by the test: random layers, a config, a manifest.
