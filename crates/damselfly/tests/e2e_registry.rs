@@ -606,6 +606,29 @@ fn redirected_blobs_and_one_task_per_digest() {
     env.cluster.assert_no_panics();
 }
 
+/// A blob streams as its pieces land: with a registry that is slow for every piece but the
+/// first, the first byte reaches the client long before the blob is complete.
+#[test]
+fn blob_streams_before_it_is_complete() {
+    let Some(mut env) = setup("stream", false, &[12 * MIB]) else {
+        return;
+    };
+    let a = env.daemon();
+    env.front
+        .state
+        .slow_tail_ms
+        .store(2000, std::sync::atomic::Ordering::SeqCst);
+    let (digest, data) = env.image.layers[0].clone();
+    let (first, total, sha) = timed_get(&proxy_url(&a, &blob_path(&digest)));
+    assert_eq!(sha, sha256_hex(&data));
+    assert!(total >= 2.0, "the slow pieces took only {total:.2}s");
+    assert!(
+        first < total - 1.0,
+        "first byte after {first:.2}s of {total:.2}s: the response did not stream"
+    );
+    env.cluster.assert_no_panics();
+}
+
 /// containerd 1.6 (`ctr images pull --hosts-dir`) through the mirror: HEAD by tag, GETs by
 /// digest, every request with `?ns=`. Needs root to start containerd; skips otherwise.
 #[test]

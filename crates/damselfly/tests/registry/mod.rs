@@ -98,6 +98,9 @@ pub struct FrontState {
     /// Answer blob GETs and HEADs with a 307 to a signed-looking `/storage/` URL, as registries
     /// backed by object storage do.
     pub redirect_blobs: AtomicBool,
+    /// Delay, in milliseconds, of blob GETs for ranges that do not start at byte 0 (a slow
+    /// registry whose first piece arrives long before the rest).
+    pub slow_tail_ms: AtomicU64,
     /// Require `Authorization: Bearer TOKEN` on /v2/ requests.
     pub require_token: bool,
     /// Every request line with its Authorization header (for checks).
@@ -268,6 +271,11 @@ async fn front_serve(
         if name != "host" && name != "authorization" {
             upstream = upstream.header(name, value);
         }
+    }
+    let delay = state.slow_tail_ms.load(Ordering::SeqCst);
+    let tail = range.as_deref().is_some_and(|r| !r.starts_with("bytes=0-"));
+    if delay > 0 && tail && path.contains("/blobs/") {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let Ok(answer) = upstream.send().await else {
         return front_response(StatusCode::BAD_GATEWAY, &[], Bytes::new());
@@ -557,6 +565,28 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Answer {
             headers,
             body,
         }
+    })
+}
+
+/// Seconds until the first body byte and until the whole body of a GET (body sha256 too).
+pub fn timed_get(url: &str) -> (f64, f64, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let started = Instant::now();
+        let mut response = client.get(url).send().await.expect("send");
+        assert_eq!(response.status().as_u16(), 200);
+        let mut first = None;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.expect("body") {
+            first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            body.extend_from_slice(&chunk);
+        }
+        let total = started.elapsed().as_secs_f64();
+        (first.unwrap_or(total), total, sha256_hex(&body))
     })
 }
 
