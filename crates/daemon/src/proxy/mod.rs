@@ -114,29 +114,8 @@ impl Proxy {
         request: Request<Incoming>,
         tls_authority: Option<Arc<str>>,
     ) -> Response<ProxyBody> {
-        if !self.limiter.try_acquire() {
-            guard::count(Kind::RateLimited);
-            return body::text(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit",
-                "over the proxy's request rate limit",
-            );
-        }
-        // Inside a terminated tunnel the CONNECT itself was authenticated.
-        if tls_authority.is_none()
-            && !guard::authorized(self.basic_auth.as_ref(), request.headers())
-        {
-            guard::count(Kind::Unauthorized);
-            let mut response = body::text(
-                StatusCode::UNAUTHORIZED,
-                "auth",
-                "proxy authentication required",
-            );
-            response.headers_mut().insert(
-                http::header::PROXY_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"dfdaemon\""),
-            );
-            return response;
+        if let Some(refusal) = self.refuse(&request, tls_authority.is_some()) {
+            return refusal;
         }
         if request.method() == Method::CONNECT {
             return connect::handle(self, request).await;
@@ -189,6 +168,33 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// 429 over the rate limit, 401 without the configured credentials. Inside a terminated
+    /// tunnel the CONNECT itself was authenticated.
+    fn refuse(&self, request: &Request<Incoming>, in_tunnel: bool) -> Option<Response<ProxyBody>> {
+        if !self.limiter.try_acquire() {
+            guard::count(Kind::RateLimited);
+            return Some(body::text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit",
+                "over the proxy's request rate limit",
+            ));
+        }
+        if in_tunnel || guard::authorized(self.basic_auth.as_ref(), request.headers()) {
+            return None;
+        }
+        guard::count(Kind::Unauthorized);
+        let mut response = body::text(
+            StatusCode::UNAUTHORIZED,
+            "auth",
+            "proxy authentication required",
+        );
+        response.headers_mut().insert(
+            http::header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"dfdaemon\""),
+        );
+        Some(response)
     }
 }
 
