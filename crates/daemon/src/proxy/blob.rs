@@ -9,13 +9,14 @@
 
 use super::body::{self, ProxyBody};
 use super::guard::Kind;
+use super::headers;
 use super::passthrough::forwardable;
 use super::range::{parse_range, ByteRange, RangeError};
 use crate::engine::{DownloadRequest, Engine, ResponseStream};
 use bytes::{Bytes, BytesMut};
 use damselfly_core::id::blob_digest_string;
 use damselfly_storage::Storage;
-use dragonfly_api::common::v2::{Download, Piece};
+use dragonfly_api::common::v2::Piece;
 use dragonfly_api::dfdaemon::v2::download_task_response::Response as Progress;
 use dragonfly_api::dfdaemon::v2::DownloadTaskStartedResponse;
 use futures::StreamExt;
@@ -43,9 +44,6 @@ const FRAME_QUEUE: usize = 8;
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 /// Headers describing the origin's framing of its body, replaced by ours.
 const FRAMING_HEADERS: &[&str] = &["content-length", "content-range", "accept-ranges", "date"];
-/// Request headers not sent to the origin by the engine: it asks for pieces with its own
-/// `Range`, and piece bytes must be stored as they are (no content coding).
-const ENGINE_DROPPED_HEADERS: &[&str] = &["range", "if-range", "accept-encoding", "content-length"];
 
 /// What the P2P path needs from the proxy.
 pub struct BlobSettings {
@@ -88,17 +86,13 @@ pub async fn serve(
             Kind::BadRequest,
         ));
     }
-    let download = Download {
-        url: url.to_string(),
-        digest: digest.clone(),
-        request_header: engine_headers(&parts.headers),
-        filtered_query_params,
-        tag: dragonfly_header(parts, "x-dragonfly-tag"),
-        application: dragonfly_header(parts, "x-dragonfly-application"),
-        enable_task_id_based_blob_digest: settings.enable_task_id_based_blob_digest,
-        disable_back_to_source: settings.disable_back_to_source,
-        ..Default::default()
-    };
+    let download = headers::download(parts, url, digest.clone(), filtered_query_params, settings)
+        .map_err(|reason| {
+        NotServed::Answer(
+            Box::new(body::text(StatusCode::BAD_REQUEST, "bad_request", &reason)),
+            Kind::BadRequest,
+        )
+    })?;
     let mut stream = engine.download(DownloadRequest::new(download));
     let (task_id, started) = wait_started(&mut stream, settings).await?;
     let storage = engine.context().storage.clone();
@@ -245,24 +239,6 @@ fn set(headers: &mut HeaderMap, name: &str, value: &str) {
     ) {
         headers.insert(name, value);
     }
-}
-
-/// The client's headers the origin must see (credentials, Accept, User-Agent).
-fn engine_headers(headers: &HeaderMap) -> HashMap<String, String> {
-    forwardable(headers)
-        .iter()
-        .filter(|(name, _)| !ENGINE_DROPPED_HEADERS.contains(&name.as_str()))
-        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
-        .collect()
-}
-
-fn dragonfly_header(parts: &Parts, name: &str) -> Option<String> {
-    parts
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
 }
 
 type Frames = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;

@@ -14,6 +14,7 @@ mod body;
 pub mod config;
 mod connect;
 mod guard;
+mod headers;
 mod passthrough;
 mod range;
 mod route;
