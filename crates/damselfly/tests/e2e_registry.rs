@@ -363,10 +363,15 @@ fn registry_api_through_the_mirror() {
         Some(env.image.layer_hex(1))
     );
 
-    // The whole blob, then again from the cache.
-    for _ in 0..2 {
+    // The whole blob (joining the download its range started), then again from the cache.
+    for cached in [false, true] {
         let whole = request("GET", &proxy_url(&a, &blob_path(&digest1)), &[]);
         assert_eq!(whole.status, 200);
+        let finished = whole.header("x-dragonfly-task-download-finished");
+        assert!(
+            !cached || finished.as_deref() == Some("true"),
+            "{finished:?}"
+        );
         assert_eq!(sha256_hex(whole.bytes()), sha256_hex(&data1));
         assert_eq!(
             whole.header("docker-content-digest").as_deref(),

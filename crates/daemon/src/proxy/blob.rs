@@ -36,6 +36,8 @@ use url::Url;
 
 /// Response header naming the task that served a request (Dragonfly's).
 pub const TASK_ID_HEADER: &str = "x-dragonfly-task-id";
+/// Response header telling whether the task was already complete here (a cache hit).
+pub const TASK_FINISHED_HEADER: &str = "x-dragonfly-task-download-finished";
 /// Bytes read from storage and sent per body frame.
 const CHUNK_SIZE: u64 = 1024 * 1024;
 /// Body frames buffered towards a slow client.
@@ -161,6 +163,8 @@ fn respond(
     );
     set(&mut headers, header::ACCEPT_RANGES.as_str(), "bytes");
     set(&mut headers, TASK_ID_HEADER, &task_id);
+    let finished = if started.is_finished { "true" } else { "false" };
+    set(&mut headers, TASK_FINISHED_HEADER, finished);
     if status == StatusCode::PARTIAL_CONTENT {
         let value = format!("bytes {start}-{}/{total}", end.saturating_sub(1));
         set(&mut headers, header::CONTENT_RANGE.as_str(), &value);
