@@ -2,6 +2,7 @@
 
 use crate::config::DaemonConfig;
 use crate::host::HostInfo;
+use crate::ration::SeedRation;
 use crate::scheduler_client::Schedulers;
 use damselfly_storage::Storage;
 use damselfly_transfer::{Backend, RateLimiter};
@@ -38,6 +39,8 @@ pub struct DaemonContext {
     pub schedulers: Schedulers,
     pub limits: Limits,
     pub activity: Arc<Activity>,
+    /// A seed peer's super-seeding state; None on normal peers.
+    pub ration: Option<Arc<SeedRation>>,
     /// Cancelled when the daemon shuts down.
     pub shutdown: CancellationToken,
 }

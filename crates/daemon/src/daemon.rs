@@ -7,12 +7,13 @@ use crate::context::{limiter, Activity, Context, DaemonContext, Limits};
 use crate::engine::Engine;
 use crate::error::DaemonError;
 use crate::host::HostInfo;
+use crate::ration::SeedRation;
 use crate::scheduler_client::Schedulers;
 use crate::services::download::DownloadService;
 use crate::services::upload::UploadService;
 use crate::{http, metrics};
 use damselfly_storage::{Storage, StorageConfig};
-use damselfly_transfer::{Backend, BackendConfig};
+use damselfly_transfer::{Backend, BackendConfig, UploadHook, VortexServerConfig};
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_server::DfdaemonDownloadServer;
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_server::DfdaemonUploadServer;
 use std::future::Future;
@@ -331,6 +332,7 @@ async fn build_context(
         backend,
         limits,
         activity: Arc::new(Activity::default()),
+        ration: seed.then(SeedRation::new),
         shutdown,
     }))
 }
@@ -394,11 +396,21 @@ fn spawn_servers(
         .instrument(tracing::info_span!("download_server")),
     ));
 
-    tasks.push(tokio::spawn(damselfly_transfer::serve_vortex(
+    let on_uploaded = ctx.ration.clone().map(|ration| {
+        let hook: UploadHook = Arc::new(move |task_id: &str, number: u32| {
+            ration.uploaded(task_id, number);
+        });
+        hook
+    });
+    tasks.push(tokio::spawn(damselfly_transfer::serve_vortex_with(
         listeners.piece,
         ctx.storage.clone(),
         ctx.limits.upload.clone(),
         shutdown.clone(),
+        VortexServerConfig {
+            on_uploaded,
+            ..VortexServerConfig::default()
+        },
     )));
     tasks.push(tokio::spawn(http::serve(
         listeners.metrics,

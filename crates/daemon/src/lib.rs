@@ -16,6 +16,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod ration;
 pub mod scheduler_client;
 pub mod services;
 

@@ -40,12 +40,28 @@ const DISCARD_LIMIT: usize = 1024 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// Called with (task ID, piece number) after a piece was sent completely.
+pub type UploadHook = Arc<dyn Fn(&str, u32) + Send + Sync>;
+
 /// Tunables of the Vortex server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct VortexServerConfig {
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub send_timeout: Duration,
+    /// Told about every completed upload (a seed's rationing uses it).
+    pub on_uploaded: Option<UploadHook>,
+}
+
+impl std::fmt::Debug for VortexServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VortexServerConfig")
+            .field("max_connections", &self.max_connections)
+            .field("request_timeout", &self.request_timeout)
+            .field("send_timeout", &self.send_timeout)
+            .field("on_uploaded", &self.on_uploaded.is_some())
+            .finish()
+    }
 }
 
 impl Default for VortexServerConfig {
@@ -54,6 +70,7 @@ impl Default for VortexServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
+            on_uploaded: None,
         }
     }
 }
@@ -191,6 +208,9 @@ impl Connection {
         piece_content(&piece).encode_packet(&mut packet);
         self.timed(stream.write_all(&packet)).await?;
         self.send_body(stream, &file, &piece).await?;
+        if let Some(hook) = &self.config.on_uploaded {
+            hook(task_id, number);
+        }
         debug!(peer = %self.peer, task_id, number, length = piece.length, elapsed = ?started.elapsed(), "piece uploaded");
         Ok(())
     }

@@ -101,15 +101,23 @@ impl DfdaemonUpload for UploadService {
             pieces = request.interested_piece_numbers.len(),
             "sync pieces"
         );
+        let task_id = request.task_id;
         let stream = damselfly_transfer::sync_pieces_stream(
             ctx.storage.clone(),
-            request.task_id,
+            task_id.clone(),
             request.interested_piece_numbers,
             ctx.host.ip.to_string(),
             ctx.host.piece_port,
         )
         .map_err(|e| Status::from(DaemonError::from(e)))?;
-        Ok(Response::new(Box::pin(stream)))
+        match &ctx.ration {
+            Some(ration) => Ok(Response::new(Box::pin(ration.wrap(
+                task_id,
+                request.host_id,
+                stream,
+            )))),
+            None => Ok(Response::new(Box::pin(stream))),
+        }
     }
 
     type DownloadCacheTaskStream = BoxStream<DownloadCacheTaskResponse>;
