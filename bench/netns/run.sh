@@ -162,7 +162,13 @@ stop_pid() {
 }
 
 stop_all() {
-  local pid
+  local pid f
+  # Clients (curl, dfget) first: their jobs record their PIDs in $WORK/pid.
+  if [ -n "$WORK" ] && [ -d "$WORK/pid" ]; then
+    for f in "$WORK"/pid/h*; do
+      [ -f "$f" ] && PIDS+=("$(cat "$f")")
+    done
+  fi
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
   PIDS=()
@@ -403,21 +409,33 @@ collect() {
 }
 
 fresh_dirs() {
-  rm -rf "$WORK/done" "$WORK/rc" "$WORK/dl"
-  mkdir -p "$WORK/done" "$WORK/rc"
+  rm -rf "$WORK/done" "$WORK/rc" "$WORK/dl" "$WORK/pid"
+  mkdir -p "$WORK/done" "$WORK/rc" "$WORK/pid"
   local i
   for i in $(seq 1 "$N"); do mkdir -p "$WORK/dl/h$i"; done
 }
 
-# wait_all PIDS...: wait for the client jobs, at most RUN_TIMEOUT seconds; stragglers are stopped.
+# client I CMD...: run CMD on host I in the background, as a job that writes its end time to
+# done/hI and its exit status to rc/hI; the client's own PID goes to pid/hI for the trap.
+client() {
+  local i="$1"; shift
+  ( rc=0
+    ip netns exec "$(host_ns "$i")" "$@" </dev/null 2>"$WORK/rc/h$i.err" &
+    echo "$!" >"$WORK/pid/h$i"
+    wait "$!" || rc=$?
+    now >"$WORK/done/h$i"; echo "$rc" >"$WORK/rc/h$i" ) &
+}
+
+# wait_jobs PIDS...: wait for the client jobs, at most RUN_TIMEOUT seconds; stragglers are stopped.
 wait_jobs() {
-  local deadline=$(( $(date +%s) + RUN_TIMEOUT )) p alive
+  local deadline=$(( $(date +%s) + RUN_TIMEOUT )) p alive f
   while :; do
     alive=0
     for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
     [ "$alive" = 1 ] || break
     if [ "$(date +%s)" -ge "$deadline" ]; then
       log "timeout after ${RUN_TIMEOUT}s: stopping the clients still running"
+      for f in "$WORK"/pid/h*; do [ -f "$f" ] && stop_pid "$(cat "$f")"; done
       for p in "$@"; do stop_pid "$p"; done
       break
     fi
@@ -436,9 +454,7 @@ run_direct() {
   o0="$(nginx_bytes all)"; w0="$(origin_tx)"
   t0="$(now)"
   for i in $(seq 1 "$N"); do
-    ( rc=0
-      nsx "$(host_ns "$i")" curl -fsS -o "$WORK/dl/h$i/$FILE_NAME" "$URL" 2>"$WORK/dl/h$i.err" || rc=$?
-      now >"$WORK/done/h$i"; echo "$rc" >"$WORK/rc/h$i" ) &
+    client "$i" curl -fsS -o "$WORK/dl/h$i/$FILE_NAME" "$URL"
     jobs+=("$!")
   done
   wait_jobs "${jobs[@]}"
@@ -580,10 +596,8 @@ run_damselfly() {
   local r0; r0="$(nginx_bytes remote)"
   t0="$(now)"
   for i in $(seq 1 "$N"); do
-    ( rc=0
-      nsx "$(host_ns "$i")" "$DAMSELFLY_BIN_DIR/dfget" "$URL" -O "$WORK/dl/h$i/$FILE_NAME" \
-        -e "$df/h$i.sock" --no-progress 2>"$df/dfget-h$i.err" || rc=$?
-      now >"$WORK/done/h$i"; echo "$rc" >"$WORK/rc/h$i" ) &
+    client "$i" "$DAMSELFLY_BIN_DIR/dfget" "$URL" -O "$WORK/dl/h$i/$FILE_NAME" \
+      -e "$df/h$i.sock" --no-progress
     jobs+=("$!")
   done
   wait_jobs "${jobs[@]}"
@@ -620,7 +634,10 @@ run_damselfly() {
   echo "damselfly,$((o1 - o0)),$((seed_bytes + r1 - r0)),$((w1 - w0)),$cpu,$rss,$((N + 1)),$seed_cpu,$seed_rss,$sched_cpu,$sched_rss" >>"$RESULTS_DIR/summary.csv"
   # The daemon logs say which parents served which pieces: keep them with the results.
   mkdir -p "$RESULTS_DIR/damselfly-logs"
-  cp "$df"/*.log "$df"/*.err "$RESULTS_DIR/damselfly-logs/" 2>/dev/null || true
+  cp "$df"/*.log "$RESULTS_DIR/damselfly-logs/" 2>/dev/null || true
+  for i in $(seq 1 "$N"); do
+    cp "$WORK/rc/h$i.err" "$RESULTS_DIR/damselfly-logs/dfget-h$i.err" 2>/dev/null || true
+  done
   gzip -f "$RESULTS_DIR/damselfly-logs"/* 2>/dev/null || true
   rm -rf "$WORK/dl" "$df"/*/storage
 }
