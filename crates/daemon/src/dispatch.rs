@@ -148,8 +148,11 @@ pub fn next_assignment<R: Rng + ?Sized>(
 
 /// Shortest wait for a normal parent to pick up a piece only a seed has.
 pub const MIN_SEED_GRACE: Duration = Duration::from_millis(20);
-/// Longest such wait: past it the seed serves, whatever the swarm does.
-pub const MAX_SEED_GRACE: Duration = Duration::from_secs(2);
+/// Longest quiet period we wait for: a normal parent silent this long is not coming.
+pub const MAX_SEED_GRACE: Duration = Duration::from_secs(10);
+/// Longest a piece is held back at all: past it the seed serves, whatever the swarm does,
+/// so a slow but steady normal parent cannot hold a child back for long.
+pub const MAX_SEED_WAIT: Duration = Duration::from_secs(60);
 /// Piece time assumed before the first piece of a round has landed.
 pub const INITIAL_PIECE_TIME: Duration = Duration::from_millis(100);
 /// The grace period in piece times: one for a normal parent to fetch the piece from the
@@ -160,9 +163,10 @@ const GRACE_IN_PIECE_TIMES: u32 = 2;
 /// progress, as those parents are probably fetching the same pieces from the same seed right
 /// now: taking them from the parents spares the seed's uplink one copy per child. Without
 /// it, every child of a fast seed takes every piece from the seed at once. A piece is
-/// released to the seed once it waited a grace period (two of our piece times) with no news
-/// from any normal parent, and at the latest after [`MAX_SEED_GRACE`], so a slow normal
-/// parent cannot hold a child back for long.
+/// released to the seed once it waited a grace period (two of our piece times, at most
+/// [`MAX_SEED_GRACE`]) with no news from any normal parent, and at the latest after
+/// [`MAX_SEED_WAIT`]. Where the seed's uplink is the bottleneck (a seed next to the origin,
+/// many children), this is what keeps it carrying each piece about once.
 #[derive(Debug, Clone)]
 pub struct SeedGrace {
     /// When a piece was first seen at a seed.
@@ -208,7 +212,7 @@ impl SeedGrace {
         let since = *self.since.get(&number)?;
         let grace = self.grace();
         let quiet_from = self.last_normal_news.map_or(since, |news| news.max(since));
-        Some((quiet_from + grace).min(since + MAX_SEED_GRACE))
+        Some((quiet_from + grace).min(since + MAX_SEED_WAIT))
     }
 
     pub fn is_ripe(&self, number: u32, now: Instant) -> bool {
@@ -381,16 +385,16 @@ mod tests {
         grace.normal_progress(news);
         assert!(!grace.is_ripe(3, news));
         assert!(grace.is_ripe(3, news + MIN_SEED_GRACE));
-        // But never past MAX_SEED_GRACE from the first sighting.
-        grace.normal_progress(start + MAX_SEED_GRACE * 2);
-        assert!(grace.is_ripe(3, start + MAX_SEED_GRACE));
+        // But never past MAX_SEED_WAIT from the first sighting.
+        grace.normal_progress(start + MAX_SEED_WAIT * 2);
+        assert!(grace.is_ripe(3, start + MAX_SEED_WAIT));
         for _ in 0..50 {
             grace.piece_took(Duration::from_secs(30));
         }
         assert_eq!(grace.grace(), MAX_SEED_GRACE);
         assert_eq!(
             grace.next_ripening(&[3, 4], start),
-            Some(start + MAX_SEED_GRACE)
+            Some(start + MAX_SEED_WAIT)
         );
         assert_eq!(grace.next_ripening(&[4], start), None);
     }

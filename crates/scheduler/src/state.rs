@@ -477,6 +477,12 @@ impl State {
             .filter_map(|id| self.peers.get(id))
             .filter(|p| self.is_eligible_parent(child, p))
             .collect();
+        // Seeds are parents of last resort: a seed usually sits next to the origin, and its
+        // uplink is the swarm's scarcest link. When a normal peer can feed the child, the seed
+        // serves only the children that have no one else, and each piece leaves it about once.
+        if eligible.iter().any(|p| !self.is_seed_host(&p.host_id)) {
+            eligible.retain(|p| !self.is_seed_host(&p.host_id));
+        }
         eligible.shuffle(&mut rand::rng());
         eligible.truncate(self.policy.filter_parent_limit);
         let total_pieces = task.piece_count.unwrap_or(0);

@@ -248,18 +248,23 @@ async fn seed_peer_is_triggered_once_and_becomes_the_parent() {
     let started = Instant::now();
     let mut first = PeerStream::register(&mut client, "h1", "t", "p1", download(URL, SIZE)).await;
     let mut second = PeerStream::register(&mut client, "h2", "t", "p2", download(URL, SIZE)).await;
-    // Both wait for the seed (well past retryBackToSourceLimit × retryInterval) and get it.
-    // Both are woken when the seed registers; whichever is decided second may also get
-    // the other one as a parent.
+    // Both wait for the seed (well past retryBackToSourceLimit × retryInterval). Both are
+    // woken when the seed registers: whichever is decided first gets the seed, the other
+    // gets that peer instead (seeds are parents of last resort), or the seed if it came
+    // first.
     let first_parents = parents(&first.next().await);
     assert!(started.elapsed() >= Duration::from_millis(300));
     let second_parents = parents(&second.next().await);
-    for list in [&first_parents, &second_parents] {
-        assert!(list.iter().any(|p| p == "seed-peer"), "{list:?}");
-    }
+    let seed_only = vec!["seed-peer".to_string()];
+    let decided = [
+        (first_parents.clone(), second_parents.clone(), "p1"),
+        (second_parents.clone(), first_parents.clone(), "p2"),
+    ];
     assert!(
-        first_parents.len() == 1 || second_parents.len() == 1,
-        "one of them was decided first and got only the seed: {first_parents:?} {second_parents:?}"
+        decided.iter().any(
+            |(a, b, a_id)| *a == seed_only && (*b == seed_only || *b == vec![a_id.to_string()])
+        ),
+        "{first_parents:?} {second_parents:?}"
     );
 
     let recorded = calls.lock().unwrap().clone();
@@ -272,8 +277,10 @@ async fn seed_peer_is_triggered_once_and_becomes_the_parent() {
     assert_eq!(recorded[0].output_path, None);
     assert_eq!(recorded[0].url, URL);
 
-    first.complete_from_parent("seed-peer", 4).await;
-    second.complete_from_parent("seed-peer", 4).await;
+    let first_parent = first_parents[0].clone();
+    let second_parent = second_parents[0].clone();
+    first.complete_from_parent(&first_parent, 4).await;
+    second.complete_from_parent(&second_parent, 4).await;
     scheduler.shutdown().await;
 }
 
