@@ -3,6 +3,7 @@
 #
 #   bench/dfget-vs-curl.sh            # 1 GiB, median of 5 runs each
 #   SIZE_MIB=256 RUNS=3 bench/dfget-vs-curl.sh
+#   BENCH_DAEMON_ARGS="--config FILE" bench/dfget-vs-curl.sh   # extra dfdaemon flags
 #
 # Origin, outputs and daemon storage all live on tmpfs (/dev/shm), so the daemon's hard link of
 # its cached task to the output works and no disk is measured. Each dfget run gets a fresh
@@ -55,7 +56,7 @@ for run in $(seq 1 "$RUNS"); do
   rundir="$WORK/run$run"; mkdir -p "$rundir"
   sport="$(free_port 127.0.0.1)"
   start_scheduler "$rundir" "127.0.0.1:$sport"
-  start_daemon d "$IP" "127.0.0.1:$sport" "$rundir/storage" "$rundir/d.sock" "$rundir/dfdaemon.log"
+  start_daemon d "$IP" "127.0.0.1:$sport" "$rundir/storage" "$rundir/d.sock" "$rundir/dfdaemon.log" ${BENCH_DAEMON_ARGS:-}
   sleep 1
   idle_kib="$(status_kib "$DAEMON_PID" VmRSS)"
   before="$(cpu_ticks "$DAEMON_PID")"
