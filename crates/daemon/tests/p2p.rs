@@ -48,6 +48,20 @@ async fn download(socket: PathBuf, url: &str, output: &Path) -> Vec<Option<Strin
     parents
 }
 
+/// An in-process scheduler on 127.0.0.1; cancel the token to stop it.
+async fn start_scheduler() -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheduler = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_scheduler = stop.clone();
+    tokio::spawn(async move {
+        let config = damselfly_scheduler::SchedulerConfig::default();
+        let _ =
+            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
+    });
+    (scheduler, stop)
+}
+
 fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
@@ -63,15 +77,7 @@ async fn second_daemon_downloads_from_the_first() {
     let (origin, origin_bytes) = start_origin(data).await;
     let url = format!("http://{origin}/file.bin");
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stop_scheduler = stop.clone();
-    tokio::spawn(async move {
-        let config = damselfly_scheduler::SchedulerConfig::default();
-        let _ =
-            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
-    });
+    let (scheduler, stop) = start_scheduler().await;
 
     // A second scheduler that is down: the ring fails over to the live one.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -157,15 +163,7 @@ async fn parent_without_the_task_is_dropped() {
     let want = hex::encode(Sha256::digest(&data));
     let (origin, origin_bytes) = start_origin(data).await;
     let url = format!("http://{origin}/file.bin");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stop_scheduler = stop.clone();
-    tokio::spawn(async move {
-        let config = damselfly_scheduler::SchedulerConfig::default();
-        let _ =
-            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
-    });
+    let (scheduler, stop) = start_scheduler().await;
     let a = Daemon::start(daemon_config(
         "127.0.0.5",
         "daemon-f",
@@ -222,15 +220,7 @@ async fn an_origin_ignoring_range_is_fetched_once_and_shared() {
     let (origin, origin_bytes) = start_origin_with(data, false).await;
     let url = format!("http://{origin}/file.bin");
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stop_scheduler = stop.clone();
-    tokio::spawn(async move {
-        let config = damselfly_scheduler::SchedulerConfig::default();
-        let _ =
-            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
-    });
+    let (scheduler, stop) = start_scheduler().await;
     let a = Daemon::start(daemon_config("127.0.0.4", "plain-a", dir.path(), scheduler))
         .await
         .unwrap();

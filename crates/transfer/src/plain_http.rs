@@ -473,4 +473,66 @@ mod tests {
         assert_eq!(parse_content_range("items 0-1/2"), None);
         assert_eq!(parse_content_range("bytes x-1/2"), None);
     }
+
+    /// An origin on 127.0.0.1 that answers every connection with `reply` and closes.
+    fn one_shot_origin(reply: &'static [u8]) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(reply);
+            }
+        });
+        format!("http://{addr}/f")
+    }
+
+    fn fetch(url: &str) -> Result<Option<u32>, TransferError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let target = Target::parse(url).unwrap();
+        let request = RangeRequest {
+            url,
+            target: &target,
+            headers: &[],
+            span: PieceSpan {
+                number: 0,
+                offset: 0,
+                length: 4,
+            },
+        };
+        let plain = PlainHttp::new(Duration::from_secs(2), Duration::from_secs(2), "ua");
+        plain.fetch_range(&request, &file, &[], runtime.handle())
+    }
+
+    #[test]
+    fn garbage_and_odd_answers_fall_back_or_fail_clearly() {
+        // Not HTTP at all: left to the general path, nothing written.
+        assert!(matches!(
+            fetch(&one_shot_origin(b"\x00\xffgarbage\r\n\r\n")),
+            Ok(None)
+        ));
+        // A 200 to a ranged request: the general path skips to the piece.
+        let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd";
+        assert!(matches!(fetch(&one_shot_origin(whole)), Ok(None)));
+        // A refusal is an origin status.
+        let refused = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(
+            fetch(&one_shot_origin(refused)),
+            Err(TransferError::OriginStatus { status: 404, .. })
+        ));
+        // A body that ends early is a short read, worth a retry.
+        let short = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/9\r\n\r\nab";
+        let error = fetch(&one_shot_origin(short)).unwrap_err();
+        assert!(error.is_transient(), "{error}");
+        // A good answer yields the CRC of the bytes.
+        let good = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/9\r\nContent-Length: 4\r\n\r\nabcd";
+        assert_eq!(
+            fetch(&one_shot_origin(good)).unwrap(),
+            Some(crc32fast::hash(b"abcd"))
+        );
+    }
 }
