@@ -6,6 +6,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod extensions;
 pub mod id;
 pub mod piece;
 pub mod ring;

@@ -324,6 +324,8 @@ async fn build_context(
         back_to_source: limiter(config.download.back_to_source_bandwidth_limit.as_u64()),
         upload: limiter(config.upload.bandwidth_limit.as_u64()),
     };
+    let ration = (seed && config.seed_peer.ration.enable)
+        .then(|| SeedRation::new(config.seed_peer.ration.pieces_in_flight));
     Ok(Arc::new(DaemonContext {
         schedulers: Schedulers::new(&config.scheduler.addrs),
         config,
@@ -332,7 +334,7 @@ async fn build_context(
         backend,
         limits,
         activity: Arc::new(Activity::default()),
-        ration: seed.then(SeedRation::new),
+        ration,
         shutdown,
     }))
 }

@@ -2,10 +2,12 @@
 //! availability we learned from `SyncPieces`, so the policy is testable without a network.
 //!
 //! Policy:
-//! - pieces that normal (non-seed) parents hold go first, rarest first, ties broken at
-//!   random, so that the peers of a swarm hold different pieces and trade them;
-//! - pieces only a seed holds come next, within a seed budget, so a seed's uplink feeds the
-//!   swarm about once and the swarm spreads the copies;
+//! - pieces only a seed holds go first when the seed may serve them (within the seed budget,
+//!   and once no normal parent is likely to bring them, see [`SeedGrace`]): the seed's uplink
+//!   is usually the swarm's scarcest link, and a piece it offers us alone must not wait
+//!   behind pieces our peers can give us any time;
+//! - then pieces that normal (non-seed) parents hold, rarest first, ties broken at random,
+//!   so that the peers of a swarm hold different pieces and trade them;
 //! - among those, to the parent with the most spare upload bandwidth per piece in flight,
 //!   ties broken at random.
 
@@ -71,11 +73,11 @@ pub fn choose_parent<R: Rng + ?Sized>(
 }
 
 /// Chooses the next piece among `candidates` (missing, not in flight):
-/// - first the pieces some normal parent holds, the rarest among normal parents first, so the
-///   swarm trades among itself;
-/// - then a piece only seeds hold and that `seed_may_serve` allows (the caller's seed budget
+/// - first a piece only seeds hold and that `seed_may_serve` allows (the caller's seed budget
 ///   and grace period), at random, so that children of one seed start from different pieces
-///   and can trade them afterwards.
+///   and can trade them afterwards;
+/// - then the pieces some normal parent holds, the rarest among normal parents first, so the
+///   swarm trades among itself.
 pub fn choose_piece<R: Rng + ?Sized>(
     candidates: &BTreeSet<u32>,
     holders: &BTreeMap<u32, Vec<usize>>,
@@ -108,9 +110,9 @@ pub fn choose_piece<R: Rng + ?Sized>(
             from_normal.push(number);
         }
     }
-    from_normal
+    from_seed
         .choose(rng)
-        .or_else(|| from_seed.choose(rng))
+        .or_else(|| from_normal.choose(rng))
         .copied()
 }
 
@@ -161,7 +163,9 @@ const GRACE_IN_PIECE_TIMES: u32 = 2;
 
 /// Holds a piece that only seeds have back while the child's normal parents are making
 /// progress, as those parents are probably fetching the same pieces from the same seed right
-/// now: taking them from the parents spares the seed's uplink one copy per child. Without
+/// now: taking them from the parents spares the seed's uplink one copy per child. A seed that
+/// rations its announcements (a Damselfly seed, see `crate::ration`) offers each piece to one
+/// child alone, so its pieces are never held back. Without
 /// it, every child of a fast seed takes every piece from the seed at once. A piece is
 /// released to the seed once it waited a grace period (two of our piece times, at most
 /// [`MAX_SEED_GRACE`]) with no news from any normal parent, and at the latest after
@@ -175,6 +179,8 @@ pub struct SeedGrace {
     piece_time: Duration,
     /// When a normal parent last announced a piece.
     last_normal_news: Option<Instant>,
+    /// Pieces a rationing seed offered to us alone: ripe at once.
+    exclusive: BTreeSet<u32>,
 }
 
 impl Default for SeedGrace {
@@ -183,6 +189,7 @@ impl Default for SeedGrace {
             since: BTreeMap::new(),
             piece_time: INITIAL_PIECE_TIME,
             last_normal_news: None,
+            exclusive: BTreeSet::new(),
         }
     }
 }
@@ -191,6 +198,12 @@ impl SeedGrace {
     /// A seed announced `number`.
     pub fn seen_at_seed(&mut self, number: u32, now: Instant) {
         self.since.entry(number).or_insert(now);
+    }
+
+    /// A rationing seed offered `number` to us alone.
+    pub fn offered_exclusively(&mut self, number: u32, now: Instant) {
+        self.since.entry(number).or_insert(now);
+        self.exclusive.insert(number);
     }
 
     /// A normal parent announced a piece.
@@ -210,6 +223,9 @@ impl SeedGrace {
     /// When the seed may serve `number` (None: never announced by a seed).
     pub fn ripe_at(&self, number: u32) -> Option<Instant> {
         let since = *self.since.get(&number)?;
+        if self.exclusive.contains(&number) {
+            return Some(since);
+        }
         let grace = self.grace();
         let quiet_from = self.last_normal_news.map_or(since, |news| news.max(since));
         Some((quiet_from + grace).min(since + MAX_SEED_WAIT))
@@ -325,19 +341,24 @@ mod tests {
     }
 
     #[test]
-    fn normal_held_pieces_before_seed_only_pieces() {
+    fn servable_seed_only_pieces_before_normal_held_ones() {
         let mut seed = normal(10_000);
         seed.seed = true;
         let parents = vec![seed, normal(100)];
         let candidates: BTreeSet<u32> = [0, 1].into_iter().collect();
-        // Piece 1 is held by the seed alone (rarer), piece 0 by both: piece 0 goes first,
-        // from the normal parent.
+        // Piece 1 is held by the seed alone, piece 0 by both. While the seed may serve,
+        // piece 1 goes first (the seed's uplink must not idle); piece 0 always comes from the
+        // normal parent.
         let holders: BTreeMap<u32, Vec<usize>> =
             [(0, vec![0, 1]), (1, vec![0])].into_iter().collect();
         for s in 0..20 {
             let mut rng = StdRng::seed_from_u64(s);
             assert_eq!(
                 next_assignment(&candidates, &holders, &parents, &|_| true, &mut rng),
+                Some((1, 0))
+            );
+            assert_eq!(
+                next_assignment(&candidates, &holders, &parents, &|_| false, &mut rng),
                 Some((0, 1))
             );
         }
@@ -397,5 +418,10 @@ mod tests {
             Some(start + MAX_SEED_WAIT)
         );
         assert_eq!(grace.next_ripening(&[4], start), None);
+        // A piece a rationing seed offered to us alone is ripe at once, news or not.
+        grace.offered_exclusively(7, start);
+        grace.normal_progress(start);
+        assert!(grace.is_ripe(7, start));
+        assert_eq!(grace.next_ripening(&[7], start), None);
     }
 }

@@ -2,81 +2,128 @@
 //!
 //! A seed's uplink is usually the scarcest link of a swarm (it sits next to the origin), so
 //! each piece should leave the seed about once and then spread between the children. If the
-//! seed's `SyncPieces` stream shows every child every piece, children that start together pick
-//! the same pieces from the seed and its uplink carries several copies of each. So a seed
-//! shows each child, besides the pieces that already left the seed once (public), only a
-//! couple of pieces of its own that no other child was given yet. A piece becomes public when
-//! its first upload completes, or after [`RATION_RELEASE_AFTER`] if the child it was given to
-//! never fetched it; a child's unfetched pieces are given to others when its stream ends.
+//! seed's `SyncPieces` stream showed every child every piece, children that start together
+//! would pick the same pieces and the uplink would carry several copies of each. So a seed
+//! gives each piece to one child first and shows it to that child alone:
+//! - at most `seedPeer.ration.piecesInFlight` given pieces are waiting for their upload at a time,
+//!   shared out between the children, so pieces leave the seed one after another at its full
+//!   rate rather than all at once at a trickle each (a trickle would finish every piece near
+//!   the end, and the swarm would have nothing to trade until then);
+//! - a given piece becomes public (shown to every child that lacks it) once
+//!   [`RATION_SHARE_WINDOW`] passed after its upload, in which the swarm should have spread it,
+//!   or [`RATION_RELEASE_AFTER`] after it was given if the child never fetched it; a child's
+//!   unfetched pieces go back to the pool when its stream ends.
 //!
 //! This only shapes what the seed announces, never what it serves: a child that asks for a
 //! piece it learned about elsewhere still gets it, and official Dragonfly children see a
-//! valid stream (a seed that is still downloading announces pieces gradually too).
+//! valid stream (a seed that is still downloading announces pieces gradually too). Damselfly
+//! children learn from the stream's metadata that a rationed piece is theirs to take now.
 
 use dragonfly_api::dfdaemon::v2::SyncPiecesResponse;
 use futures::{Stream, StreamExt};
 use rand::seq::IteratorRandom;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
-/// Pieces a child holds exclusively (given to it, not yet uploaded) at a time. Two keep the
-/// child's connection to the seed busy while one of them finishes.
-pub const RATION_EXCLUSIVE_PER_CHILD: usize = 2;
+/// How long after its first upload a piece stays with the child it was given to: the swarm
+/// spreads it meanwhile, and only children it did not reach see it at the seed afterwards.
+pub const RATION_SHARE_WINDOW: Duration = Duration::from_secs(10);
 /// A given piece the child has not fetched by then becomes public anyway.
 pub const RATION_RELEASE_AFTER: Duration = Duration::from_secs(30);
-/// How often a held-back stream looks again for pieces it may show.
-pub const RATION_TICK: Duration = Duration::from_millis(50);
+/// How often a held-back stream looks again for pieces that became public with time; uploads
+/// and departures wake it at once.
+pub const RATION_TICK: Duration = Duration::from_millis(200);
 
 type Item = Result<SyncPiecesResponse, tonic::Status>;
 type Inner = Pin<Box<dyn Stream<Item = Item> + Send>>;
 
 /// Who got which piece first, per task.
-#[derive(Default)]
 pub struct SeedRation {
+    /// Given pieces waiting for their first upload, per task.
+    pieces_in_flight: usize,
     tasks: Mutex<HashMap<String, TaskRation>>,
+    /// Wakes held-back streams when a piece was uploaded or a child left.
+    changed: Notify,
+}
+
+/// One given piece.
+struct Given {
+    child: String,
+    at: Instant,
+    uploaded_at: Option<Instant>,
 }
 
 #[derive(Default)]
 struct TaskRation {
-    /// Piece → the child it was given to, and when.
-    given: HashMap<u32, (String, Instant)>,
-    /// Pieces uploaded at least once.
-    uploaded: HashSet<u32>,
-    /// Open streams; the entry goes when the last one ends.
+    given: HashMap<u32, Given>,
+    /// Open streams (children); the entry goes when the last one ends.
     streams: usize,
 }
 
 impl TaskRation {
     fn is_public(&self, number: u32, now: Instant) -> bool {
-        self.uploaded.contains(&number)
-            || self
-                .given
-                .get(&number)
-                .is_some_and(|(_, at)| now.duration_since(*at) >= RATION_RELEASE_AFTER)
+        self.given.get(&number).is_some_and(|g| {
+            g.uploaded_at
+                .is_some_and(|at| now.duration_since(at) >= RATION_SHARE_WINDOW)
+                || now.duration_since(g.at) >= RATION_RELEASE_AFTER
+        })
     }
 
-    fn exclusive_of(&self, child: &str, now: Instant) -> usize {
+    /// Given to someone and still waiting for its first upload.
+    fn is_waiting(&self, given: &Given, now: Instant) -> bool {
+        given.uploaded_at.is_none() && now.duration_since(given.at) < RATION_RELEASE_AFTER
+    }
+
+    fn waiting_total(&self, now: Instant) -> usize {
         self.given
-            .iter()
-            .filter(|(n, (c, _))| c == child && !self.is_public(**n, now))
+            .values()
+            .filter(|g| self.is_waiting(g, now))
             .count()
+    }
+
+    fn waiting_for(&self, child: &str, now: Instant) -> usize {
+        self.given
+            .values()
+            .filter(|g| g.child == child && self.is_waiting(g, now))
+            .count()
+    }
+
+    /// A child's share of the pieces in flight: all of them for a lone child, one each when
+    /// there are more children than pieces.
+    fn share(&self, in_flight: usize) -> usize {
+        (in_flight / self.streams.max(1)).max(1)
+    }
+
+    fn may_give(&self, child: &str, in_flight: usize, now: Instant) -> bool {
+        self.waiting_total(now) < in_flight && self.waiting_for(child, now) < self.share(in_flight)
     }
 }
 
 impl SeedRation {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// `pieces_in_flight`: given pieces waiting for their first upload, per task (at least 1).
+    pub fn new(pieces_in_flight: usize) -> Arc<Self> {
+        Arc::new(Self {
+            pieces_in_flight: pieces_in_flight.max(1),
+            tasks: Mutex::default(),
+            changed: Notify::new(),
+        })
     }
 
     /// The Vortex server finished sending `number` of `task_id` to someone.
     pub fn uploaded(&self, task_id: &str, number: u32) {
+        let now = Instant::now();
         self.with_tasks(|tasks| {
-            if let Some(task) = tasks.get_mut(task_id) {
-                task.uploaded.insert(number);
+            if let Some(given) = tasks
+                .get_mut(task_id)
+                .and_then(|t| t.given.get_mut(&number))
+            {
+                given.uploaded_at.get_or_insert(now);
             }
         });
+        self.changed.notify_waiters();
     }
 
     /// Wraps a seed's SyncPieces stream to `child` so it announces rationed pieces.
@@ -105,7 +152,7 @@ impl SeedRation {
         f(&mut tasks)
     }
 
-    /// Takes from `held` the next piece `child` may be shown, giving it one if it has room.
+    /// Takes from `held` the next piece `child` may be shown, giving it one if there is room.
     fn pick(
         &self,
         task_id: &str,
@@ -116,12 +163,12 @@ impl SeedRation {
         self.with_tasks(|tasks| {
             let task = tasks.entry(task_id.to_string()).or_default();
             let shown = held.keys().copied().find(|&n| {
-                task.is_public(n, now) || task.given.get(&n).is_some_and(|(c, _)| c == child)
+                task.is_public(n, now) || task.given.get(&n).is_some_and(|g| g.child == child)
             });
             if let Some(number) = shown {
                 return held.remove(&number);
             }
-            if task.exclusive_of(child, now) >= RATION_EXCLUSIVE_PER_CHILD {
+            if !task.may_give(child, self.pieces_in_flight, now) {
                 return None;
             }
             // A random unclaimed piece, so children spread over the task.
@@ -130,7 +177,14 @@ impl SeedRation {
                 .copied()
                 .filter(|n| !task.given.contains_key(n))
                 .choose(&mut rand::rng())?;
-            task.given.insert(number, (child.to_string(), now));
+            task.given.insert(
+                number,
+                Given {
+                    child: child.to_string(),
+                    at: now,
+                    uploaded_at: None,
+                },
+            );
             held.remove(&number)
         })
     }
@@ -146,10 +200,10 @@ impl SeedRation {
                 tasks.remove(task_id);
                 return;
             }
-            let uploaded = task.uploaded.clone();
             task.given
-                .retain(|n, (c, _)| c != child || uploaded.contains(n));
+                .retain(|_, g| g.child != child || g.uploaded_at.is_some());
         });
+        self.changed.notify_waiters();
     }
 }
 
@@ -167,6 +221,11 @@ struct Rationed {
 impl Rationed {
     async fn next(&mut self) -> Option<Item> {
         loop {
+            // Armed before looking, so an upload between the look and the wait is not lost.
+            let ration = Arc::clone(&self.ration);
+            let changed = ration.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             if let Some(piece) = self.ration.pick(&self.task_id, &self.child, &mut self.held) {
                 return Some(Ok(piece));
             }
@@ -181,6 +240,7 @@ impl Rationed {
                     Some(Err(status)) => return Some(Err(status)),
                     None => self.inner_done = true,
                 },
+                () = &mut changed => {}
                 () = tokio::time::sleep(RATION_TICK) => {}
             }
         }
@@ -196,6 +256,8 @@ impl Drop for Rationed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const IN_FLIGHT: usize = 4;
 
     fn piece(number: u32) -> Item {
         Ok(SyncPiecesResponse {
@@ -217,36 +279,68 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn children_get_distinct_pieces_until_they_leave_the_seed() {
-        let ration = SeedRation::new();
-        let all = || futures::stream::iter((0..8).map(piece));
+    async fn children_share_the_pieces_in_flight_and_get_distinct_ones() {
+        let ration = SeedRation::new(IN_FLIGHT);
+        let all = || futures::stream::iter((0..16).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        let first_a = take(&mut a, 3).await;
-        let first_b = take(&mut b, 3).await;
-        assert_eq!(first_a.len(), RATION_EXCLUSIVE_PER_CHILD, "{first_a:?}");
-        assert_eq!(first_b.len(), RATION_EXCLUSIVE_PER_CHILD, "{first_b:?}");
+        let share = IN_FLIGHT / 2;
+        let first_a = take(&mut a, share + 1).await;
+        let first_b = take(&mut b, share + 1).await;
+        assert_eq!(first_a.len(), share, "{first_a:?}");
+        assert_eq!(first_b.len(), share, "{first_b:?}");
         assert!(
             first_a.iter().all(|n| !first_b.contains(n)),
             "{first_a:?} {first_b:?}"
         );
-        // A's first piece left the seed: B may see it now, and A gets a new one of its own.
+        // A's first piece left the seed: A gets a new one of its own, and B does not see
+        // A's piece (the swarm spreads it) until the share window has passed.
         ration.uploaded("t", first_a[0]);
-        let next_b = take(&mut b, 1).await;
-        assert_eq!(next_b, vec![first_a[0]]);
         let next_a = take(&mut a, 2).await;
         assert_eq!(next_a.len(), 1, "{next_a:?}");
-        assert!(!first_b.contains(&next_a[0]));
+        assert!(!first_b.contains(&next_a[0]) && !first_a.contains(&next_a[0]));
+        assert!(take(&mut b, 1).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lone_child_gets_every_piece_in_flight() {
+        let ration = SeedRation::new(IN_FLIGHT);
+        let mut a = Box::pin(ration.wrap(
+            "t".into(),
+            "a".into(),
+            futures::stream::iter((0..16).map(piece)),
+        ));
+        let got = take(&mut a, IN_FLIGHT + 1).await;
+        assert_eq!(got.len(), IN_FLIGHT, "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn uploaded_pieces_become_public_after_the_share_window() {
+        let ration = SeedRation::new(IN_FLIGHT);
+        let all = || futures::stream::iter((0..1).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        assert_eq!(take(&mut a, 1).await, vec![0]);
+        ration.uploaded("t", 0);
+        assert!(take(&mut b, 1).await.is_empty());
+        ration.with_tasks(|tasks| {
+            let given = tasks
+                .get_mut("t")
+                .and_then(|t| t.given.get_mut(&0))
+                .unwrap();
+            given.uploaded_at = Some(Instant::now() - RATION_SHARE_WINDOW);
+        });
+        assert_eq!(take(&mut b, 1).await, vec![0]);
     }
 
     #[tokio::test]
     async fn a_departed_child_returns_its_pieces() {
-        let ration = SeedRation::new();
+        let ration = SeedRation::new(IN_FLIGHT);
         let all = || futures::stream::iter((0..2).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        assert_eq!(take(&mut a, 2).await.len(), 2);
-        assert!(take(&mut b, 1).await.is_empty(), "A holds both pieces");
+        let share = IN_FLIGHT / 2;
+        assert_eq!(take(&mut a, 2).await.len(), share.min(2));
         drop(a);
         let mut got = take(&mut b, 2).await;
         got.sort_unstable();

@@ -3,6 +3,7 @@
 //! (connect error or `Unavailable`) hands over to the next one in failover order.
 
 use crate::error::DaemonError;
+use damselfly_core::extensions::{FEATURES_METADATA_KEY, FEATURE_PARENT_PUSH};
 use damselfly_core::SchedulerRing;
 use dragonfly_api::common::v2::{Host, Peer, Task};
 use dragonfly_api::scheduler::v2::announce_peer_request::Request as PeerRequest;
@@ -257,7 +258,13 @@ impl Schedulers {
         tx.send(first)
             .await
             .map_err(|_| Status::internal("request queue closed"))?;
-        let call = client.announce_peer(ReceiverStream::new(rx));
+        // Official schedulers ignore the metadata; ours then pushes mesh parents mid-round.
+        let mut call = tonic::Request::new(ReceiverStream::new(rx));
+        call.metadata_mut().insert(
+            FEATURES_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static(FEATURE_PARENT_PUSH),
+        );
+        let call = client.announce_peer(call);
         let response = tokio::time::timeout(REQUEST_TIMEOUT, call)
             .await
             .map_err(|_| Status::unavailable("AnnouncePeer: no response headers in time"))??;
@@ -345,12 +352,23 @@ impl PeerSession {
     /// the download to the origin.
     pub async fn next_decision(&mut self, timeout: Duration) -> Result<Decision, DaemonError> {
         let scheduler = self.scheduler;
-        let message = tokio::time::timeout(timeout, self.responses.message())
+        tokio::time::timeout(timeout, self.next_message())
             .await
             .map_err(|_| DaemonError::Scheduler {
                 addr: scheduler,
                 status: Status::deadline_exceeded("no scheduling decision in time"),
             })?
+    }
+
+    /// The next message from the scheduler, however long it takes: a decision we asked for,
+    /// or a parent the mesh pushed while we download. Cancel-safe, so a round can wait for it
+    /// beside its pieces.
+    pub async fn next_message(&mut self) -> Result<Decision, DaemonError> {
+        let scheduler = self.scheduler;
+        let message = self
+            .responses
+            .message()
+            .await
             .map_err(|status| DaemonError::Scheduler {
                 addr: scheduler,
                 status,

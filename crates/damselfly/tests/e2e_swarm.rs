@@ -1,8 +1,8 @@
 //! End-to-end: a real swarm of dfdaemons behind one dfscheduler, fed by an HTTP origin.
 //!
 //! (a) five daemons (one seed) fetch one 100 MiB file at once: identical bytes everywhere, the
-//!     origin serves the file about once, the normal peers feed each other; then a repeat on a
-//!     daemon that has the file is a local hit.
+//!     origin serves the file about once, the seed's uplink carries it about once, the normal
+//!     peers feed each other; then a repeat on a daemon that has the file is a local hit.
 //! (b) one daemon is SIGKILLed in the middle of a swarm download: the others still finish.
 
 mod common;
@@ -56,12 +56,22 @@ fn swarm_of_five_shares_one_origin_fetch() {
     }
 
     let mut normal_from_peers = 0.0;
+    let mut normal_from_seed = 0.0;
     let mut normal_total = 0.0;
     for d in &peers {
         let t = d.traffic();
         eprintln!("{}: {:?}", d.name, t);
         normal_from_peers += t.remote_normal;
+        normal_from_seed += t.remote_seed;
         normal_total += t.network();
+    }
+    // The seed hands each piece to one child and the mesh spreads it: its uplink, the
+    // scarcest link in a real deployment, carries the file about once.
+    if normal_from_seed > 1.1 * size {
+        problems.push(format!(
+            "the normal daemons took {normal_from_seed} bytes from the seed for a {size}-byte \
+             file (> 1.1x)"
+        ));
     }
     eprintln!("{}: {:?}", seed.name, seed.traffic());
     if normal_total < 4.0 * size * 0.99 {

@@ -15,6 +15,8 @@
 //!   retryInterval: 500ms
 //!   candidateParentLimit: 3
 //!   filterParentLimit: 15
+//!   parentGraph: mesh        # or `dag`, Dragonfly's rule (no cycles, no pushed parents)
+//!   meshParentLimit: 8
 //!   seedPeerWaitTimeout: 10s
 //!   gc:
 //!     peerGCInterval: 10s
@@ -108,6 +110,29 @@ impl Default for ServerConfig {
     }
 }
 
+/// How peers of a task may feed each other.
+///
+/// Dragonfly keeps a DAG: a peer never downloads from its own descendants, so a piece that
+/// reached a peer deep in the graph cannot flow back up, and the first peers carry the whole
+/// task to everyone else. In a mesh, peers that download together feed each other: a new peer
+/// gets up to `candidateParentLimit` parents as in Dragonfly, becomes a parent of those parents
+/// in turn (pushed to them as an extra `NormalTaskResponse` when their daemon says it takes
+/// pushes), and every peer also gets the task's seed peer, which hands out distinct pieces.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ParentGraph {
+    #[default]
+    Mesh,
+    Dag,
+}
+
+/// Default parent graph: a mesh (see [`ParentGraph`]).
+pub const DEFAULT_PARENT_GRAPH: ParentGraph = ParentGraph::Mesh;
+/// In a mesh, the most normal parents a peer collects, its own candidates and the peers that
+/// chose it together; past this it is not pushed more. Eight keep a swarm of a few dozen
+/// peers two hops wide while a daemon follows at most eight `SyncPieces` streams per task.
+pub const DEFAULT_MESH_PARENT_LIMIT: usize = 8;
+
 /// `scheduler:` section (candidate/filter parent limits live in Dragonfly's dynconfig; here
 /// they are plain keys of this section).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,6 +146,8 @@ pub struct SchedulingConfig {
     pub retry_interval: Duration,
     pub candidate_parent_limit: usize,
     pub filter_parent_limit: usize,
+    pub parent_graph: ParentGraph,
+    pub mesh_parent_limit: usize,
     #[serde(with = "humantime_serde")]
     pub seed_peer_wait_timeout: Duration,
     pub gc: GcConfig,
@@ -136,6 +163,8 @@ impl Default for SchedulingConfig {
             retry_interval: DEFAULT_RETRY_INTERVAL,
             candidate_parent_limit: DEFAULT_CANDIDATE_PARENT_LIMIT,
             filter_parent_limit: DEFAULT_FILTER_PARENT_LIMIT,
+            parent_graph: DEFAULT_PARENT_GRAPH,
+            mesh_parent_limit: DEFAULT_MESH_PARENT_LIMIT,
             seed_peer_wait_timeout: DEFAULT_SEED_PEER_WAIT_TIMEOUT,
             gc: GcConfig::default(),
         }
@@ -257,6 +286,11 @@ impl SchedulerConfig {
         if s.candidate_parent_limit == 0 || s.filter_parent_limit == 0 {
             return Err(invalid(
                 "candidateParentLimit and filterParentLimit must be > 0".into(),
+            ));
+        }
+        if s.parent_graph == ParentGraph::Mesh && s.mesh_parent_limit < s.candidate_parent_limit {
+            return Err(invalid(
+                "meshParentLimit must be >= candidateParentLimit".into(),
             ));
         }
         if s.filter_parent_limit < s.candidate_parent_limit {

@@ -36,6 +36,8 @@ pub const DECISION_NORMAL: &str = "normal";
 pub const DECISION_BACK_TO_SOURCE: &str = "back_to_source";
 pub const DECISION_EMPTY: &str = "empty";
 pub const DECISION_FAILED: &str = "failed";
+/// A mesh parent pushed to a peer in the middle of its download.
+pub const DECISION_PUSHED: &str = "pushed";
 
 static COLLECTORS: OnceLock<Option<Collectors>> = OnceLock::new();
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use dragonfly_api::common::v2 as pb;
 use tonic::Status;
 
-use crate::config::SchedulingConfig;
+use crate::config::{ParentGraph, SchedulingConfig};
 use crate::fsm::{PeerState, SizeScope, TaskState};
 
 /// Pieces a child fetches in parallel when the register request does not say (client default).
@@ -24,6 +24,9 @@ pub struct Policy {
     pub retry_limit: u32,
     pub candidate_parent_limit: usize,
     pub filter_parent_limit: usize,
+    /// Mesh instead of Dragonfly's DAG (see `config::ParentGraph`).
+    pub mesh: bool,
+    pub mesh_parent_limit: usize,
     pub seed_peer_enable: bool,
     pub seed_peer_wait_timeout: Duration,
 }
@@ -36,6 +39,8 @@ impl Policy {
             retry_limit: config.retry_limit,
             candidate_parent_limit: config.candidate_parent_limit,
             filter_parent_limit: config.filter_parent_limit,
+            mesh: config.parent_graph == ParentGraph::Mesh,
+            mesh_parent_limit: config.mesh_parent_limit,
             seed_peer_enable,
             seed_peer_wait_timeout: config.seed_peer_wait_timeout,
         }
@@ -151,6 +156,9 @@ pub struct Peer {
     /// Parent id → bandwidth reserved on the parent's host for this edge.
     pub parents: BTreeMap<String, u64>,
     pub children: BTreeSet<String>,
+    /// The peer's daemon takes extra `NormalTaskResponse`s in the middle of a download (it
+    /// said so in the AnnouncePeer metadata), so the mesh may push it new parents.
+    pub takes_pushes: bool,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
     pub touched: Instant,
@@ -188,6 +196,14 @@ pub enum Decision {
     Normal(Vec<pb::Peer>),
     BackToSource(String),
     Fail(Status),
+}
+
+/// A parent to push to a peer in the middle of its download: the mesh's reverse edge.
+#[derive(Debug, Clone)]
+pub struct Push {
+    /// The peer that gets a new parent.
+    pub to: String,
+    pub parent: pb::Peer,
 }
 
 /// The four requests that end a download.
@@ -280,6 +296,7 @@ impl Peer {
             blocklist: HashSet::from([id.to_string()]),
             parents: BTreeMap::new(),
             children: BTreeSet::new(),
+            takes_pushes: false,
             created_at: wall,
             updated_at: wall,
             touched: now,

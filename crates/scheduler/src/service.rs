@@ -1,5 +1,6 @@
 //! The `scheduler.v2.Scheduler` gRPC service and the per-stream AnnouncePeer session.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,10 @@ use crate::config::SchedulerConfig;
 use crate::fsm::{PeerEvent, SizeScope};
 use crate::metrics::{self, metrics};
 use crate::seed;
-use crate::state::{Decision, Policy, State, Step, Terminal};
+use crate::state::{Decision, Policy, Push, State, Step, Terminal};
+use damselfly_core::extensions::{has_feature, FEATURES_METADATA_KEY, FEATURE_PARENT_PUSH};
+
+type ResponseSender = mpsc::Sender<Result<AnnouncePeerResponse, Status>>;
 
 /// Responses buffered per AnnouncePeer stream; the session sends at most one decision at a time.
 pub const PEER_STREAM_BUFFER: usize = 16;
@@ -34,6 +38,8 @@ pub struct Shared {
     /// Wakes peers waiting for a parent when the swarm changed (a peer registered, started,
     /// landed a piece or finished), so they do not sit out a whole `retryInterval`.
     changed: Notify,
+    /// Response streams of the peers that take pushed parents, by peer id.
+    pushers: Mutex<HashMap<String, ResponseSender>>,
 }
 
 impl Shared {
@@ -44,6 +50,7 @@ impl Shared {
             state: Mutex::new(State::new(policy)),
             stop,
             changed: Notify::new(),
+            pushers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -60,6 +67,45 @@ impl Shared {
     /// Tells waiting peers to look for parents again.
     pub fn swarm_changed(&self) {
         self.changed.notify_waiters();
+    }
+
+    fn with_pushers<R>(&self, f: impl FnOnce(&mut HashMap<String, ResponseSender>) -> R) -> R {
+        let mut guard = self.pushers.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// Sends the mesh edges of the last decisions to their peers. A push that cannot be
+    /// queued (stream gone or full) is withdrawn, so the graph never holds an edge its child
+    /// does not know about.
+    fn deliver_pushes(&self) {
+        let pushes = self.with_state(State::take_pushes);
+        if pushes.is_empty() {
+            return;
+        }
+        let undelivered: Vec<Push> = self.with_pushers(|pushers| {
+            pushes
+                .into_iter()
+                .filter(|push| {
+                    let Some(tx) = pushers.get(&push.to) else {
+                        return true;
+                    };
+                    let response = AnnouncePeerResponse {
+                        response: Some(PeerResponse::NormalTaskResponse(NormalTaskResponse {
+                            candidate_parents: vec![push.parent.clone()],
+                        })),
+                    };
+                    let sent = tx.try_send(Ok(response)).is_ok();
+                    if sent {
+                        metrics().decision(metrics::DECISION_PUSHED);
+                        tracing::debug!(to = %push.to, parent = %push.parent.id, "mesh parent pushed");
+                    }
+                    !sent
+                })
+                .collect()
+        });
+        if !undelivered.is_empty() {
+            self.with_state(|s| undelivered.iter().for_each(|p| s.withdraw_push(p)));
+        }
     }
 
     pub fn stop_signal(&self) -> watch::Receiver<bool> {
@@ -187,6 +233,8 @@ struct PeerSession {
     tx: mpsc::Sender<Result<AnnouncePeerResponse, Status>>,
     stop: watch::Receiver<bool>,
     ids: Option<PeerIds>,
+    /// The daemon said it takes pushed parents (`x-damselfly-features`).
+    takes_pushes: bool,
 }
 
 impl PeerSession {
@@ -218,6 +266,9 @@ impl PeerSession {
                     break;
                 }
             }
+        }
+        if let Some(ids) = &self.ids {
+            self.shared.with_pushers(|p| p.remove(&ids.peer_id));
         }
         if !closed_cleanly {
             if let Some(ids) = &self.ids {
@@ -278,6 +329,12 @@ impl PeerSession {
         metrics().register_peer(outcome.is_ok());
         let registered = outcome?;
         self.ids = Some(ids.clone());
+        if self.takes_pushes {
+            self.shared.with_state(|s| s.set_takes_pushes(&ids.peer_id));
+            let tx = self.tx.clone();
+            self.shared
+                .with_pushers(|p| p.insert(ids.peer_id.clone(), tx));
+        }
         self.shared.swarm_changed();
         tracing::info!(scope = ?registered.scope, "peer registered");
         if let Some(job) = registered.seed_job {
@@ -345,7 +402,9 @@ impl PeerSession {
                 self.send(PeerResponse::NormalTaskResponse(NormalTaskResponse {
                     candidate_parents: parents,
                 }))
-                .await
+                .await?;
+                self.shared.deliver_pushes();
+                Ok(())
             }
             Decision::BackToSource(description) => {
                 metrics().decision(metrics::DECISION_BACK_TO_SOURCE);
@@ -485,12 +544,18 @@ impl Scheduler for SchedulerService {
         request: Request<Streaming<AnnouncePeerRequest>>,
     ) -> Result<Response<Self::AnnouncePeerStream>, Status> {
         metrics().announce_peer();
+        let takes_pushes = request
+            .metadata()
+            .get(FEATURES_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|list| has_feature(list, FEATURE_PARENT_PUSH));
         let (tx, rx) = mpsc::channel(PEER_STREAM_BUFFER);
         let session = PeerSession {
             shared: self.shared.clone(),
             tx,
             stop: self.shared.stop_signal(),
             ids: None,
+            takes_pushes,
         };
         let span = tracing::info_span!(
             "announce_peer_session",

@@ -20,6 +20,8 @@ pub struct State {
     hosts: HashMap<String, Host>,
     tasks: HashMap<String, Task>,
     peers: HashMap<String, Peer>,
+    /// Mesh edges made by the last decisions, for the service to push to their peers.
+    outbox: Vec<Push>,
 }
 
 fn not_found_peer(peer_id: &str) -> Status {
@@ -82,6 +84,7 @@ impl State {
             hosts: HashMap::new(),
             tasks: HashMap::new(),
             peers: HashMap::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -422,7 +425,11 @@ impl State {
         }
         let parents = self.find_candidate_parents(peer_id);
         if !parents.is_empty() {
-            return Step::Decided(Decision::Normal(self.attach_parents(peer_id, &parents)));
+            let chosen = self.attach_parents(peer_id, &parents);
+            if self.policy.mesh {
+                self.link_back(peer_id, &parents);
+            }
+            return Step::Decided(Decision::Normal(chosen));
         }
         if self.seed_on_its_way(&task_id, now) {
             return Step::Wait;
@@ -464,6 +471,13 @@ impl State {
     }
 
     /// Filter, sample, score and cut to `candidateParentLimit`. Returns parent ids, best first.
+    ///
+    /// In a DAG (Dragonfly's rule) seeds are parents of last resort: a seed usually sits next
+    /// to the origin, and its uplink is the swarm's scarcest link, so when a normal peer can
+    /// feed the child the seed serves only children that have no one else. In a mesh the
+    /// child gets the best seed on top of its normal parents: a Damselfly seed shows each
+    /// child different pieces (`daemon::ration`) and the mesh spreads them, so each piece
+    /// still leaves the seed about once, while the seed feeds many peers at a time.
     pub fn find_candidate_parents(&self, peer_id: &str) -> Vec<String> {
         let Some(child) = self.peers.get(peer_id) else {
             return Vec::new();
@@ -471,34 +485,41 @@ impl State {
         let Some(task) = self.tasks.get(&child.task_id) else {
             return Vec::new();
         };
-        let mut eligible: Vec<&Peer> = task
+        let (seeds, normal): (Vec<&Peer>, Vec<&Peer>) = task
             .peers
             .iter()
             .filter_map(|id| self.peers.get(id))
             .filter(|p| self.is_eligible_parent(child, p))
-            .collect();
-        // Seeds are parents of last resort: a seed usually sits next to the origin, and its
-        // uplink is the swarm's scarcest link. When a normal peer can feed the child, the seed
-        // serves only the children that have no one else, and each piece leaves it about once.
-        if eligible.iter().any(|p| !self.is_seed_host(&p.host_id)) {
-            eligible.retain(|p| !self.is_seed_host(&p.host_id));
+            .partition(|p| self.is_seed_host(&p.host_id));
+        let limit = self.policy.candidate_parent_limit;
+        if self.policy.mesh {
+            let mut chosen = self.rank_parents(child, task, normal, limit);
+            chosen.extend(self.rank_parents(child, task, seeds, 1));
+            return chosen;
         }
-        eligible.shuffle(&mut rand::rng());
-        eligible.truncate(self.policy.filter_parent_limit);
+        let pool = if normal.is_empty() { seeds } else { normal };
+        self.rank_parents(child, task, pool, limit)
+    }
+
+    /// Samples `filterParentLimit` of `pool`, scores them, and keeps the best `limit`.
+    fn rank_parents(
+        &self,
+        child: &Peer,
+        task: &Task,
+        mut pool: Vec<&Peer>,
+        limit: usize,
+    ) -> Vec<String> {
+        pool.shuffle(&mut rand::rng());
+        pool.truncate(self.policy.filter_parent_limit);
         let total_pieces = task.piece_count.unwrap_or(0);
-        let features: Vec<ParentFeatures> = eligible
+        let features: Vec<ParentFeatures> = pool
             .iter()
             .map(|p| self.parent_features(p, total_pieces))
             .collect();
-        let child_features = self.child_features(child);
-        scoring::rank(
-            &features,
-            &child_features,
-            self.policy.candidate_parent_limit,
-        )
-        .into_iter()
-        .filter_map(|i| eligible.get(i).map(|p| p.id.clone()))
-        .collect()
+        scoring::rank(&features, &self.child_features(child), limit)
+            .into_iter()
+            .filter_map(|i| pool.get(i).map(|p| p.id.clone()))
+            .collect()
     }
 
     /// Dragonfly's filter: one rule per line, each with its reason.
@@ -521,7 +542,8 @@ impl State {
                 || !parent.parents.is_empty()
                 || matches!(parent.state, PeerState::BackToSource | PeerState::Succeeded))
             && !scoring::is_bad_by_costs(&cost_samples(parent))
-            && !self.creates_cycle(&parent.id, &child.id)
+            // A mesh lets peers feed each other both ways; a DAG does not.
+            && (self.policy.mesh || !self.creates_cycle(&parent.id, &child.id))
     }
 
     /// Adding parent→child closes a cycle when the parent already descends from the child.
@@ -587,6 +609,65 @@ impl State {
             .filter_map(|id| self.peers.get(id))
             .map(|p| self.peer_pb(p))
             .collect()
+    }
+
+    /// The mesh's reverse edges: each normal parent that is itself downloading from parents
+    /// (and takes pushes, and has room) gets the new child as a parent too, so peers that
+    /// download together trade both ways. Without this the first peers would carry the task
+    /// to everyone, as in a DAG, since a peer learns of later peers only when rescheduled.
+    fn link_back(&mut self, child_id: &str, parents: &[String]) {
+        let Some(child) = self.peers.get(child_id) else {
+            return;
+        };
+        if child.parents.is_empty() {
+            return;
+        }
+        let child_pb = self.peer_pb(child);
+        for parent_id in parents {
+            if self.takes_back_edge(parent_id, child_id) {
+                self.add_edge(child_id, parent_id);
+                self.outbox.push(Push {
+                    to: parent_id.clone(),
+                    parent: child_pb.clone(),
+                });
+            }
+        }
+    }
+
+    fn takes_back_edge(&self, peer_id: &str, new_parent: &str) -> bool {
+        let Some(peer) = self.peers.get(peer_id) else {
+            return false;
+        };
+        let normal_parents = peer
+            .parents
+            .keys()
+            .filter_map(|id| self.peers.get(id))
+            .filter(|p| !self.is_seed_host(&p.host_id))
+            .count();
+        peer.takes_pushes
+            && !self.is_seed_host(&peer.host_id)
+            && matches!(peer.state, PeerState::Running | PeerState::Received(_))
+            && !peer.parents.is_empty()
+            && !peer.parents.contains_key(new_parent)
+            && !peer.blocklist.contains(new_parent)
+            && normal_parents < self.policy.mesh_parent_limit
+    }
+
+    /// Mesh edges to push since the last call.
+    pub fn take_pushes(&mut self) -> Vec<Push> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// A push could not be delivered: its edge goes.
+    pub fn withdraw_push(&mut self, push: &Push) {
+        self.remove_edge(&push.parent.id, &push.to);
+    }
+
+    /// The peer's daemon said it takes pushed parents.
+    pub fn set_takes_pushes(&mut self, peer_id: &str) {
+        if let Some(peer) = self.peers.get_mut(peer_id) {
+            peer.takes_pushes = true;
+        }
     }
 
     fn add_edge(&mut self, parent_id: &str, child_id: &str) {

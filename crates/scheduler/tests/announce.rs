@@ -85,13 +85,7 @@ async fn empty_task_gets_empty_response() {
 async fn without_seed_only_the_first_peer_goes_to_the_origin() {
     let scheduler = TestScheduler::start(fast_config()).await;
     let mut client = scheduler.client().await;
-    for i in 1..=4 {
-        announce(
-            &mut client,
-            host(&format!("h{i}"), &format!("127.0.0.{i}"), 4000, 0),
-        )
-        .await;
-    }
+    announce_normal_hosts(&mut client, 4).await;
     let started = Instant::now();
     let mut first = PeerStream::register(&mut client, "h1", "t", "p1", download(URL, SIZE)).await;
     assert!(is_back_to_source(&first.next().await));
@@ -158,13 +152,7 @@ async fn reschedule_blocklists_the_given_parents() {
     config.scheduler.retry_back_to_source_limit = 2;
     let scheduler = TestScheduler::start(config).await;
     let mut client = scheduler.client().await;
-    for i in 1..=3 {
-        announce(
-            &mut client,
-            host(&format!("h{i}"), &format!("127.0.0.{i}"), 4000, 0),
-        )
-        .await;
-    }
+    announce_normal_hosts(&mut client, 3).await;
     let mut a = PeerStream::register(&mut client, "h1", "t", "a", download(URL, SIZE)).await;
     assert!(is_back_to_source(&a.next().await));
     a.back_to_source_started().await;
@@ -192,13 +180,7 @@ async fn bad_parent_by_piece_costs_is_not_offered() {
     config.scheduler.retry_back_to_source_limit = 2;
     let scheduler = TestScheduler::start(config).await;
     let mut client = scheduler.client().await;
-    for i in 1..=3 {
-        announce(
-            &mut client,
-            host(&format!("h{i}"), &format!("127.0.0.{i}"), 4000, 0),
-        )
-        .await;
-    }
+    announce_normal_hosts(&mut client, 3).await;
     // Parent of task "slow": its last piece took 100x the mean.
     let mut slow = PeerStream::register(&mut client, "h1", "slow", "s1", download(URL, SIZE)).await;
     assert!(is_back_to_source(&slow.next().await));
@@ -234,13 +216,7 @@ async fn children_spread_across_parents() {
     config.scheduler.candidate_parent_limit = 1;
     let scheduler = TestScheduler::start(config).await;
     let mut client = scheduler.client().await;
-    for i in 1..=9 {
-        announce(
-            &mut client,
-            host(&format!("h{i}"), &format!("127.0.0.{i}"), 4000, 0),
-        )
-        .await;
-    }
+    announce_normal_hosts(&mut client, 9).await;
     // Three finished parents: p1 from the origin, p2 and p3 from the swarm.
     let mut p1 = PeerStream::register(&mut client, "h1", "t", "p1", download(URL, SIZE)).await;
     assert!(is_back_to_source(&p1.next().await));
@@ -332,5 +308,75 @@ async fn concurrent_first_registrations_send_exactly_one_peer_to_the_origin() {
     }
     assert_eq!(back_to_source, 1, "the origin must serve the task once");
     drop(streams);
+    scheduler.shutdown().await;
+}
+
+/// Peers registering one after another: p1 fetches the origin, p2 (an official client, no
+/// pushes) and p3 (a Damselfly daemon) download from parents. When p4 picks them as parents,
+/// the mesh makes p4 a parent of p3 too and pushes it; p2 and the back-to-source p1 get
+/// nothing.
+#[tokio::test]
+async fn mesh_pushes_a_new_peer_to_its_parents_that_take_pushes() {
+    let mut config = fast_config();
+    config.scheduler.candidate_parent_limit = 3;
+    let scheduler = TestScheduler::start(config).await;
+    let mut client = scheduler.client().await;
+    announce_normal_hosts(&mut client, 4).await;
+    let mut p1 = PeerStream::register(&mut client, "h1", "t", "p1", download(URL, SIZE)).await;
+    assert!(is_back_to_source(&p1.next().await));
+    p1.back_to_source_started().await;
+    let mut p2 = PeerStream::register(&mut client, "h2", "t", "p2", download(URL, SIZE)).await;
+    assert_eq!(parents(&p2.next().await), vec!["p1"]);
+    p2.started().await;
+    let mut p3 =
+        PeerStream::register_taking_pushes(&mut client, "h3", "t", "p3", download(URL, SIZE)).await;
+    let mut p3_parents = parents(&p3.next().await);
+    p3_parents.sort();
+    assert_eq!(p3_parents, vec!["p1", "p2"]);
+    p3.started().await;
+    // p3 registered after p2, and p2 takes no pushes: p2 hears nothing.
+    p2.expect_quiet(Duration::from_millis(200)).await;
+
+    let mut p4 = PeerStream::register(&mut client, "h4", "t", "p4", download(URL, SIZE)).await;
+    let mut p4_parents = parents(&p4.next().await);
+    p4_parents.sort();
+    assert_eq!(p4_parents, vec!["p1", "p2", "p3"]);
+    assert_eq!(parents(&p3.next().await), vec!["p4"], "p3 gets p4 pushed");
+    p2.expect_quiet(Duration::from_millis(200)).await;
+    p1.expect_quiet(Duration::from_millis(50)).await;
+
+    let p3_stat = client
+        .stat_peer(StatPeerRequest {
+            host_id: "h3".into(),
+            task_id: "t".into(),
+            peer_id: "p3".into(),
+        })
+        .await;
+    assert!(p3_stat.is_ok());
+    drop((p2, p3, p4));
+    p1.complete_from_source(3).await;
+    scheduler.shutdown().await;
+}
+
+/// With `parentGraph: dag` (Dragonfly's rule) nothing is pushed and no edge closes a cycle.
+#[tokio::test]
+async fn dag_graph_pushes_nothing() {
+    let mut config = fast_config();
+    config.scheduler.parent_graph = damselfly_scheduler::config::ParentGraph::Dag;
+    let scheduler = TestScheduler::start(config).await;
+    let mut client = scheduler.client().await;
+    announce_normal_hosts(&mut client, 3).await;
+    let mut p1 = PeerStream::register(&mut client, "h1", "t", "p1", download(URL, SIZE)).await;
+    assert!(is_back_to_source(&p1.next().await));
+    p1.back_to_source_started().await;
+    let mut p2 =
+        PeerStream::register_taking_pushes(&mut client, "h2", "t", "p2", download(URL, SIZE)).await;
+    assert_eq!(parents(&p2.next().await), vec!["p1"]);
+    p2.started().await;
+    let mut p3 = PeerStream::register(&mut client, "h3", "t", "p3", download(URL, SIZE)).await;
+    assert_eq!(parents(&p3.next().await).len(), 2);
+    p2.expect_quiet(Duration::from_millis(200)).await;
+    drop((p2, p3));
+    p1.complete_from_source(3).await;
     scheduler.shutdown().await;
 }

@@ -63,8 +63,14 @@ async fn converse(
     let mut decisions = 0u32;
     let mut refreshes = 0u32;
     let mut started = false;
+    // A decision that arrived in the middle of a round, to act on instead of asking again.
+    let mut interrupt: Option<Decision> = None;
     loop {
-        let decision = match session.next_decision(config.schedule_timeout).await {
+        let next = match interrupt.take() {
+            Some(decision) => Ok(decision),
+            None => session.next_decision(config.schedule_timeout).await,
+        };
+        let decision = match next {
             Ok(decision) => decision,
             Err(error) => return without_scheduler(job, pending, &error.to_string()).await,
         };
@@ -103,6 +109,10 @@ async fn converse(
         if pending.is_empty() {
             session.finish(finished_request(), CLOSE_WAIT).await;
             return Ok(());
+        }
+        if let Some(decision) = outcome.interrupt {
+            interrupt = Some(decision);
+            continue;
         }
         if decisions >= config.max_schedule_count {
             let reason = format!("{decisions} scheduling decisions left pieces missing");

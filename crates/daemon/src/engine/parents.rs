@@ -3,14 +3,17 @@
 //! A `SyncPieces` stream per parent tells which pieces it has (and, for a parent still
 //! downloading, each piece as it lands). The dispatcher keeps up to `concurrent_piece_count`
 //! pieces in flight, choosing piece and parent with [`crate::dispatch`]. A failed piece is
-//! reported and retried from another parent; a parent that keeps failing is dropped. The
-//! round ends when nothing is missing, or when no live parent can serve what is missing.
+//! reported and retried from another parent; a parent that keeps failing is dropped. A
+//! Damselfly scheduler may push more parents while the round runs (the mesh's reverse
+//! edges); they join the round at once. The round ends when nothing is missing, or when no
+//! live parent can serve what is missing.
 
 use super::job::JobCtx;
 use super::piece_proto;
 use crate::dispatch::{next_assignment, seed_budget, ParentLoad, SeedGrace};
 use crate::metrics::{self, Traffic};
-use crate::scheduler_client::PeerSession;
+use crate::scheduler_client::{Decision, PeerSession};
+use damselfly_core::extensions::{RATION_EXCLUSIVE, RATION_METADATA_KEY};
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceMetadata, StorageError};
 use damselfly_transfer::TransferError;
@@ -52,10 +55,15 @@ pub struct RoundOutcome {
     pub refresh: bool,
     /// A local failure (disk full, storage broken) that no other parent can fix.
     pub fatal: Option<TransferError>,
+    /// A decision other than more parents arrived mid-round; the caller acts on it instead
+    /// of asking for a new one.
+    pub interrupt: Option<Decision>,
 }
 
 /// News from a parent's SyncPieces stream.
 enum SyncEvent {
+    /// The parent is a seed that rations its announcements: what it shows us is ours alone.
+    Rationed { parent: usize },
     Piece {
         parent: usize,
         number: u32,
@@ -78,6 +86,7 @@ struct Parent {
     load: ParentLoad,
     failures: u32,
     alive: bool,
+    rationed: bool,
 }
 
 impl Parent {
@@ -98,6 +107,7 @@ impl Parent {
             },
             failures: 0,
             alive: true,
+            rationed: false,
         })
     }
 }
@@ -114,6 +124,11 @@ struct Round<'a, 'j> {
     rng: StdRng,
     fatal: Option<TransferError>,
     grace: SeedGrace,
+    /// Where new parents' SyncPieces streams report; kept so pushed parents can join.
+    events: mpsc::Sender<SyncEvent>,
+    stop: CancellationToken,
+    /// SyncPieces streams still open.
+    syncing: usize,
 }
 
 /// Downloads what it can of `pending` from `candidates`. With `may_refresh`, a round whose
@@ -132,49 +147,41 @@ pub async fn round(
             failed: candidates.to_vec(),
             refresh: false,
             fatal: None,
+            interrupt: None,
         };
     }
     let seeds_only = parents.iter().all(|p| p.load.seed);
     let refresh_at = (may_refresh && seeds_only).then(|| Instant::now() + SEED_ONLY_REFRESH_AFTER);
     let mut refresh = false;
+    let mut interrupt = None;
+    let mut listening = true;
     let stop = job.ctx.shutdown.child_token();
     let (tx, mut events) = mpsc::channel(SYNC_QUEUE);
-    let interested: Vec<u32> = pending.keys().copied().collect();
-    for (index, parent) in parents.iter().enumerate() {
-        let request = SyncPiecesRequest {
-            host_id: job.ctx.host.id.clone(),
-            task_id: job.task_id().to_string(),
-            interested_piece_numbers: interested.clone(),
-        };
-        tokio::spawn(sync_parent(
-            index,
-            parent.grpc,
-            request,
-            tx.clone(),
-            stop.clone(),
-        ));
-    }
-    drop(tx);
     let mut round = Round {
         job,
         idle: pending.keys().copied().collect(),
         holders: BTreeMap::new(),
         running: JoinSet::new(),
         rng: StdRng::from_rng(&mut rand::rng()),
-        parents,
+        parents: Vec::new(),
         fatal: None,
         grace: SeedGrace::default(),
+        events: tx,
+        stop: stop.clone(),
+        syncing: 0,
     };
+    for parent in parents {
+        round.add_parent(parent, pending);
+    }
     let concurrency = job
         .request
         .concurrent_piece_count
         .unwrap_or(job.ctx.config.download.concurrent_piece_count)
         .max(1) as usize;
     let stall_limit = job.ctx.config.download.collected_piece_timeout;
-    let mut syncing = round.parents.len();
     let mut last_news = Instant::now();
     loop {
-        if refresh {
+        if refresh || interrupt.is_some() {
             // Let in-flight pieces land; start no new ones.
             match round.running.join_next().await {
                 Some(Ok(result)) => {
@@ -192,7 +199,7 @@ pub async fn round(
         if pending.is_empty() || !round.parents.iter().any(|p| p.alive) {
             break;
         }
-        if round.running.is_empty() && syncing == 0 {
+        if round.running.is_empty() && round.syncing == 0 {
             break; // nobody can tell us about more pieces
         }
         let ripening = (round.running.len() < concurrency)
@@ -205,19 +212,32 @@ pub async fn round(
                     last_news = Instant::now();
                 }
             }
-            event = events.recv(), if syncing > 0 => match event {
-                Some(SyncEvent::Piece { parent, number, vortex }) => {
+            Some(event) = events.recv() => match event {
+                SyncEvent::Rationed { parent } => {
+                    if let Some(p) = round.parents.get_mut(parent) {
+                        p.rationed = true;
+                    }
+                }
+                SyncEvent::Piece { parent, number, vortex } => {
                     round.learn(parent, number, vortex, pending);
                     last_news = Instant::now();
                 }
-                Some(SyncEvent::Ended { parent, error }) => {
-                    syncing -= 1;
+                SyncEvent::Ended { parent, error } => {
+                    round.syncing = round.syncing.saturating_sub(1);
                     if let Some(error) = error {
                         debug!(parent = %round.parents[parent].peer.id, %error, "SyncPieces failed");
                         round.drop_parent(parent);
                     }
                 }
-                None => syncing = 0,
+            },
+            message = session.next_message(), if listening => match message {
+                Ok(Decision::Normal(peers)) => {
+                    round.join(&peers, pending);
+                    last_news = Instant::now();
+                }
+                Ok(other) => interrupt = Some(other),
+                // The caller meets the broken stream when it asks for the next decision.
+                Err(_) => listening = false,
             },
             _ = tokio::time::sleep_until(last_news + stall_limit), if round.running.is_empty() => {
                 info!(remaining = pending.len(), "parents offered no missing piece in time");
@@ -245,6 +265,7 @@ pub async fn round(
         failed,
         refresh: refresh && !pending.is_empty(),
         fatal: round.fatal,
+        interrupt,
     }
 }
 
@@ -267,6 +288,37 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 impl Round<'_, '_> {
+    /// Opens the parent's SyncPieces stream and adds it to the round.
+    fn add_parent(&mut self, parent: Parent, pending: &BTreeMap<u32, PieceSpan>) {
+        let request = SyncPiecesRequest {
+            host_id: self.job.ctx.host.id.clone(),
+            task_id: self.job.task_id().to_string(),
+            interested_piece_numbers: pending.keys().copied().collect(),
+        };
+        tokio::spawn(sync_parent(
+            self.parents.len(),
+            parent.grpc,
+            request,
+            self.events.clone(),
+            self.stop.clone(),
+        ));
+        self.parents.push(parent);
+        self.syncing += 1;
+    }
+
+    /// Parents pushed by the scheduler join the round; ones we already have are skipped.
+    fn join(&mut self, peers: &[Peer], pending: &BTreeMap<u32, PieceSpan>) {
+        for peer in peers {
+            if self.parents.iter().any(|p| p.peer.id == peer.id) {
+                continue;
+            }
+            if let Some(parent) = Parent::from_peer(peer) {
+                debug!(parent = %peer.id, "pushed parent joins the round");
+                self.add_parent(parent, pending);
+            }
+        }
+    }
+
     /// Starts fetches until the concurrency limit or until no piece can start.
     fn dispatch(&mut self, pending: &BTreeMap<u32, PieceSpan>, concurrency: usize) {
         while self.running.len() < concurrency {
@@ -358,7 +410,10 @@ impl Round<'_, '_> {
             return;
         }
         p.vortex = Some(vortex);
-        if p.load.seed {
+        if p.load.seed && p.rationed {
+            self.grace
+                .offered_exclusively(number, std::time::Instant::now());
+        } else if p.load.seed {
             self.grace.seen_at_seed(number, std::time::Instant::now());
         } else if pending.contains_key(&number) {
             self.grace.normal_progress(std::time::Instant::now());
@@ -453,11 +508,18 @@ async fn sync_parent(
             .await
             .map_err(|e| format!("connect {grpc}: {e}"))?;
         let mut client = DfdaemonUploadClient::new(channel);
-        let mut stream = client
+        let response = client
             .sync_pieces(request)
             .await
-            .map_err(|s| s.to_string())?
-            .into_inner();
+            .map_err(|s| s.to_string())?;
+        let rationed = response
+            .metadata()
+            .get(RATION_METADATA_KEY)
+            .is_some_and(|v| v.as_bytes() == RATION_EXCLUSIVE.as_bytes());
+        if rationed && events.send(SyncEvent::Rationed { parent }).await.is_err() {
+            return Ok(());
+        }
+        let mut stream = response.into_inner();
         while let Some(piece) = stream.message().await.map_err(|s| s.to_string())? {
             let ip = piece.ip.parse::<IpAddr>().unwrap_or(grpc.ip());
             let Some(port) = piece.tcp_port.and_then(|p| u16::try_from(p).ok()) else {

@@ -4,6 +4,7 @@ use super::{delete_task, local_task, stat_local, task_from_local, unsupported, B
 use crate::context::Context;
 use crate::engine::{DownloadRequest, Engine};
 use crate::error::DaemonError;
+use damselfly_core::extensions::{RATION_EXCLUSIVE, RATION_METADATA_KEY};
 use dragonfly_api::common::v2::{CacheTask, Host, PersistentCacheTask, PersistentTask, Task};
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_server::DfdaemonUpload;
 use dragonfly_api::dfdaemon::v2::*;
@@ -111,11 +112,17 @@ impl DfdaemonUpload for UploadService {
         )
         .map_err(|e| Status::from(DaemonError::from(e)))?;
         match &ctx.ration {
-            Some(ration) => Ok(Response::new(Box::pin(ration.wrap(
-                task_id,
-                request.host_id,
-                stream,
-            )))),
+            Some(ration) => {
+                let mut response =
+                    Response::new(Box::pin(ration.wrap(task_id, request.host_id, stream))
+                        as Self::SyncPiecesStream);
+                // Tells a Damselfly child that what we show it is its own to fetch now.
+                response.metadata_mut().insert(
+                    RATION_METADATA_KEY,
+                    tonic::metadata::MetadataValue::from_static(RATION_EXCLUSIVE),
+                );
+                Ok(response)
+            }
             None => Ok(Response::new(Box::pin(stream))),
         }
     }

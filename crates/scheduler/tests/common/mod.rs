@@ -97,6 +97,17 @@ pub async fn announce(client: &mut SchedulerClient<Channel>, host: Host) {
         .unwrap();
 }
 
+/// Announces normal hosts h1..=hn on 127.0.0.1..=n.
+pub async fn announce_normal_hosts(client: &mut SchedulerClient<Channel>, n: u32) {
+    for i in 1..=n {
+        announce(
+            client,
+            host(&format!("h{i}"), &format!("127.0.0.{i}"), 4000, 0),
+        )
+        .await;
+    }
+}
+
 pub fn download(url: &str, content_length: u64) -> Download {
     let piece_count = content_length.div_ceil(PIECE_LENGTH);
     Download {
@@ -127,8 +138,26 @@ impl PeerStream {
         task_id: &str,
         peer_id: &str,
     ) -> Self {
+        Self::open_with(client, host_id, task_id, peer_id, None).await
+    }
+
+    /// Opens the stream with the AnnouncePeer feature metadata a Damselfly daemon sends.
+    pub async fn open_with(
+        client: &mut SchedulerClient<Channel>,
+        host_id: &str,
+        task_id: &str,
+        peer_id: &str,
+        features: Option<&'static str>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(64);
-        let responses = tokio::time::timeout(WAIT, client.announce_peer(ReceiverStream::new(rx)))
+        let mut call = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(features) = features {
+            call.metadata_mut().insert(
+                damselfly_core::extensions::FEATURES_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static(features),
+            );
+        }
+        let responses = tokio::time::timeout(WAIT, client.announce_peer(call))
             .await
             .expect("AnnouncePeer must return its stream at once")
             .unwrap()
@@ -151,12 +180,36 @@ impl PeerStream {
         download: Download,
     ) -> Self {
         let stream = Self::open(client, host_id, task_id, peer_id).await;
+        stream.send_register(download).await;
         stream
-            .send(PeerRequest::RegisterPeerRequest(RegisterPeerRequest {
-                download: Some(download),
-            }))
-            .await;
+    }
+
+    async fn send_register(&self, download: Download) {
+        self.send(PeerRequest::RegisterPeerRequest(RegisterPeerRequest {
+            download: Some(download),
+        }))
+        .await;
+    }
+
+    /// Opens the stream as a daemon that takes pushed parents, and registers.
+    pub async fn register_taking_pushes(
+        client: &mut SchedulerClient<Channel>,
+        host_id: &str,
+        task_id: &str,
+        peer_id: &str,
+        download: Download,
+    ) -> Self {
+        let features = damselfly_core::extensions::FEATURE_PARENT_PUSH;
+        let stream = Self::open_with(client, host_id, task_id, peer_id, Some(features)).await;
+        stream.send_register(download).await;
         stream
+    }
+
+    /// Nothing arrives on the stream for `quiet`.
+    pub async fn expect_quiet(&mut self, quiet: Duration) {
+        if let Ok(message) = tokio::time::timeout(quiet, self.responses.message()).await {
+            panic!("expected no message, got {message:?}");
+        }
     }
 
     pub async fn send(&self, request: PeerRequest) {

@@ -1,0 +1,38 @@
+//! Damselfly's extensions to the Dragonfly v2 protocol.
+//!
+//! They travel as gRPC metadata, which official Dragonfly components ignore, so a mixed
+//! cluster keeps working: an extension is only used when both sides said they have it.
+
+/// AnnouncePeer request metadata: the features the downloading daemon supports, comma
+/// separated.
+pub const FEATURES_METADATA_KEY: &str = "x-damselfly-features";
+
+/// The daemon takes extra `NormalTaskResponse`s while it downloads from parents and adds
+/// their peers to the running round, instead of reading them only after a reschedule.
+pub const FEATURE_PARENT_PUSH: &str = "parent-push";
+
+/// SyncPieces response metadata of a seed peer that rations its announcements: each piece
+/// it announces was given to this child alone for now (super-seeding), so the child should
+/// take it from the seed without waiting for its other parents.
+pub const RATION_METADATA_KEY: &str = "x-damselfly-ration";
+
+/// The value of [`RATION_METADATA_KEY`].
+pub const RATION_EXCLUSIVE: &str = "exclusive";
+
+/// Whether a comma-separated feature list names `feature`.
+pub fn has_feature(list: &str, feature: &str) -> bool {
+    list.split(',').any(|f| f.trim() == feature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_lists() {
+        assert!(has_feature("parent-push", FEATURE_PARENT_PUSH));
+        assert!(has_feature("x, parent-push ,y", FEATURE_PARENT_PUSH));
+        assert!(!has_feature("parent-pushy", FEATURE_PARENT_PUSH));
+        assert!(!has_feature("", FEATURE_PARENT_PUSH));
+    }
+}
