@@ -190,10 +190,12 @@ pub struct SeedPeerConfig {
 
 /// A seed rations its `SyncPieces` announcements by default (see `crate::ration`).
 pub const DEFAULT_RATION_ENABLE: bool = true;
-/// Given pieces a rationing seed has waiting for their first upload, per task. Two keep a
-/// seed next to the origin busy while the last pieces of a task still leave it one after
-/// another (measured in bench/netns: 4 lengthened the swarm's tail at 16 hosts).
-pub const DEFAULT_RATION_PIECES_IN_FLIGHT: usize = 2;
+/// Given pieces a rationing seed has waiting for their first upload, per task. Each seed
+/// upload shares its child's downlink with the child's transfers from peers, so one or two
+/// flows leave a seed's uplink partly idle; four kept a 50 Mbit/s seed at its line rate in
+/// bench/netns (16 hosts: the last piece left the seed at 45.0 s with 4, 45.8-46.8 s with 2)
+/// while the last pieces still leave it close together.
+pub const DEFAULT_RATION_PIECES_IN_FLIGHT: usize = 4;
 
 /// `seedPeer.ration:`. Turn it off when the seed's uplink is not the swarm's bottleneck (a
 /// seed with far more bandwidth than its children): then every child may take any piece

@@ -5,8 +5,12 @@
 //! seed's `SyncPieces` stream showed every child every piece, children that start together
 //! would pick the same pieces and the uplink would carry several copies of each. So a seed
 //! gives each piece to one child first and shows it to that child alone:
+//! - the next piece goes to the waiting child that was given the fewest so far: a child passes
+//!   each piece it got from the seed on to its mesh neighbours, so an even share keeps any one
+//!   child's uplink from becoming the swarm's hot spot (measured in bench/netns: first come,
+//!   first served gave one host 12 of 64 pieces and another none);
 //! - at most `seedPeer.ration.piecesInFlight` given pieces are waiting for their upload at a time,
-//!   shared out between the children, so pieces leave the seed one after another at its full
+//!   shared out between the children, so pieces leave the seed a few at a time at its full
 //!   rate rather than all at once at a trickle each (a trickle would finish every piece near
 //!   the end, and the swarm would have nothing to trade until then);
 //! - a given piece becomes public (shown to every child that lacks it) once
@@ -36,6 +40,8 @@ pub const RATION_RELEASE_AFTER: Duration = Duration::from_secs(30);
 /// How often a held-back stream looks again for pieces that became public with time; uploads
 /// and departures wake it at once.
 pub const RATION_TICK: Duration = Duration::from_millis(200);
+/// A wanting child whose stream has not looked for this long is skipped.
+const WANT_STALE_AFTER: Duration = Duration::from_millis(600);
 
 type Item = Result<SyncPiecesResponse, tonic::Status>;
 type Inner = Pin<Box<dyn Stream<Item = Item> + Send>>;
@@ -49,6 +55,14 @@ pub struct SeedRation {
     changed: Notify,
 }
 
+/// A child waiting for a piece of its own.
+struct Want {
+    since: Instant,
+    /// Its stream last looked at the ration then (at least every [`RATION_TICK`] while it
+    /// lives); a stream that stopped looking (its child stopped reading) loses its turn.
+    seen: Instant,
+}
+
 /// One given piece.
 struct Given {
     child: String,
@@ -59,6 +73,10 @@ struct Given {
 #[derive(Default)]
 struct TaskRation {
     given: HashMap<u32, Given>,
+    /// Pieces given so far, per child.
+    given_count: HashMap<String, usize>,
+    /// Children that see unclaimed pieces and have nothing of their own to fetch.
+    wanting: HashMap<String, Want>,
     /// Open streams (children); the entry goes when the last one ends.
     streams: usize,
 }
@@ -98,7 +116,21 @@ impl TaskRation {
     }
 
     fn may_give(&self, child: &str, in_flight: usize, now: Instant) -> bool {
-        self.waiting_total(now) < in_flight && self.waiting_for(child, now) < self.share(in_flight)
+        self.waiting_total(now) < in_flight
+            && self.waiting_for(child, now) < self.share(in_flight)
+            && self.next_in_line(now) == Some(child)
+    }
+
+    /// The wanting child with the fewest pieces given, the longest waiting among equals.
+    fn next_in_line(&self, now: Instant) -> Option<&str> {
+        self.wanting
+            .iter()
+            .filter(|(_, want)| now.duration_since(want.seen) < WANT_STALE_AFTER)
+            .min_by_key(|(child, want)| {
+                let given = self.given_count.get(*child).copied().unwrap_or(0);
+                (given, want.since)
+            })
+            .map(|(child, _)| child.as_str())
     }
 }
 
@@ -168,15 +200,28 @@ impl SeedRation {
             if let Some(number) = shown {
                 return held.remove(&number);
             }
-            if !task.may_give(child, self.pieces_in_flight, now) {
-                return None;
-            }
             // A random unclaimed piece, so children spread over the task.
-            let number = held
+            let Some(number) = held
                 .keys()
                 .copied()
                 .filter(|n| !task.given.contains_key(n))
-                .choose(&mut rand::rng())?;
+                .choose(&mut rand::rng())
+            else {
+                task.wanting.remove(child);
+                return None;
+            };
+            task.wanting
+                .entry(child.to_string())
+                .or_insert(Want {
+                    since: now,
+                    seen: now,
+                })
+                .seen = now;
+            if !task.may_give(child, self.pieces_in_flight, now) {
+                return None;
+            }
+            task.wanting.remove(child);
+            *task.given_count.entry(child.to_string()).or_default() += 1;
             task.given.insert(
                 number,
                 Given {
@@ -200,6 +245,7 @@ impl SeedRation {
                 tasks.remove(task_id);
                 return;
             }
+            task.wanting.remove(child);
             task.given
                 .retain(|_, g| g.child != child || g.uploaded_at.is_some());
         });
@@ -227,6 +273,8 @@ impl Rationed {
             tokio::pin!(changed);
             changed.as_mut().enable();
             if let Some(piece) = self.ration.pick(&self.task_id, &self.child, &mut self.held) {
+                // The next child in line may take a slot that is still free.
+                self.ration.changed.notify_waiters();
                 return Some(Ok(piece));
             }
             if self.inner_done && self.held.is_empty() {
@@ -300,6 +348,23 @@ mod tests {
         assert_eq!(next_a.len(), 1, "{next_a:?}");
         assert!(!first_b.contains(&next_a[0]) && !first_a.contains(&next_a[0]));
         assert!(take(&mut b, 1).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_next_piece_goes_to_the_child_given_the_fewest() {
+        let ration = SeedRation::new(1);
+        let all = || futures::stream::iter((0..8).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        let first = take(&mut a, 1).await;
+        assert_eq!(first.len(), 1);
+        assert!(take(&mut b, 1).await.is_empty(), "the one slot is taken");
+        ration.uploaded("t", first[0]);
+        assert!(
+            take(&mut a, 1).await.is_empty(),
+            "a had one already; b is next in line"
+        );
+        assert_eq!(take(&mut b, 1).await.len(), 1);
     }
 
     #[tokio::test]
