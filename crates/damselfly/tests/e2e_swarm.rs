@@ -19,7 +19,7 @@ fn swarm_of_five_shares_one_origin_fetch() {
     let size = file.len() as f64;
 
     let mut c = Cluster::new("swarm");
-    c.start_scheduler();
+    let scheduler = c.start_scheduler();
     let seed = c.start_daemon(DaemonOpts {
         seed: true,
         ..Default::default()
@@ -86,6 +86,18 @@ fn swarm_of_five_shares_one_origin_fetch() {
             "only {normal_from_peers} of {normal_total} bytes the normal daemons downloaded came \
              from normal (non-seed) peers; expected at least half"
         ));
+    }
+
+    // Peers that register together trade both ways: the scheduler pushed newer peers to the
+    // running downloads of their parents (the mesh's reverse edges), and those downloads
+    // still ended with the right bytes (checked above).
+    let pushed = Metrics::scrape(scheduler.metrics).sum(
+        "damselfly_scheduler_schedule_total",
+        &[("decision", "pushed")],
+    );
+    eprintln!("scheduler: {pushed} mesh parents pushed");
+    if pushed < 1.0 {
+        problems.push("the scheduler pushed no mesh parent to a running download".to_string());
     }
 
     // A second download on a daemon that has the task: no origin traffic, same bytes.
