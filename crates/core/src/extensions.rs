@@ -11,9 +11,10 @@ pub const FEATURES_METADATA_KEY: &str = "x-damselfly-features";
 /// their peers to the running round, instead of reading them only after a reschedule.
 pub const FEATURE_PARENT_PUSH: &str = "parent-push";
 
-/// SyncPieces response metadata of a seed peer that rations its announcements: each piece
-/// it announces was given to this child alone for now (super-seeding), so the child should
-/// take it from the seed without waiting for its other parents.
+/// SyncPieces response metadata of a seed peer that rations its announcements (super-seeding):
+/// each piece it announces was given to this child alone, or left the seed long enough ago
+/// that the swarm should have brought it, so the child should take it from the seed without
+/// waiting for its other parents.
 pub const RATION_METADATA_KEY: &str = "x-damselfly-ration";
 
 /// The value of [`RATION_METADATA_KEY`].

@@ -4,7 +4,7 @@
 //! Policy:
 //! - pieces only a seed holds go first when the seed may serve them (within the seed budget,
 //!   and once no normal parent is likely to bring them, see [`SeedGrace`]): the seed's uplink
-//!   is usually the swarm's scarcest link, and a piece it offers us alone must not wait
+//!   is usually the swarm's scarcest link, and a piece it offers us must not wait
 //!   behind pieces our peers can give us any time;
 //! - then pieces that normal (non-seed) parents hold, rarest first, ties broken at random,
 //!   so that the peers of a swarm hold different pieces and trade them;
@@ -165,7 +165,8 @@ const GRACE_IN_PIECE_TIMES: u32 = 2;
 /// progress, as those parents are probably fetching the same pieces from the same seed right
 /// now: taking them from the parents spares the seed's uplink one copy per child. A seed that
 /// rations its announcements (a Damselfly seed, see `crate::ration`) offers each piece to one
-/// child alone, so its pieces are never held back. Without
+/// child alone (and to others only once the swarm failed to spread it), so its pieces are
+/// never held back. Without
 /// it, every child of a fast seed takes every piece from the seed at once. A piece is
 /// released to the seed once it waited a grace period (two of our piece times, at most
 /// [`MAX_SEED_GRACE`]) with no news from any normal parent, and at the latest after
@@ -179,7 +180,7 @@ pub struct SeedGrace {
     piece_time: Duration,
     /// When a normal parent last announced a piece.
     last_normal_news: Option<Instant>,
-    /// Pieces a rationing seed offered to us alone: ripe at once.
+    /// Pieces a rationing seed offered us: ripe at once.
     exclusive: BTreeSet<u32>,
 }
 
@@ -200,7 +201,7 @@ impl SeedGrace {
         self.since.entry(number).or_insert(now);
     }
 
-    /// A rationing seed offered `number` to us alone.
+    /// A rationing seed offered `number` to us.
     pub fn offered_exclusively(&mut self, number: u32, now: Instant) {
         self.since.entry(number).or_insert(now);
         self.exclusive.insert(number);

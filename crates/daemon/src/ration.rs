@@ -77,8 +77,9 @@ struct TaskRation {
     given_count: HashMap<String, usize>,
     /// Children that see unclaimed pieces and have nothing of their own to fetch.
     wanting: HashMap<String, Want>,
-    /// Open streams (children); the entry goes when the last one ends.
-    streams: usize,
+    /// Open streams per child (a child's next round may open its stream before the last one
+    /// closed); the task's entry goes when the last stream ends.
+    streams: HashMap<String, usize>,
 }
 
 impl TaskRation {
@@ -112,20 +113,22 @@ impl TaskRation {
     /// A child's share of the pieces in flight: all of them for a lone child, one each when
     /// there are more children than pieces.
     fn share(&self, in_flight: usize) -> usize {
-        (in_flight / self.streams.max(1)).max(1)
+        (in_flight / self.streams.len().max(1)).max(1)
     }
 
     fn may_give(&self, child: &str, in_flight: usize, now: Instant) -> bool {
-        self.waiting_total(now) < in_flight
-            && self.waiting_for(child, now) < self.share(in_flight)
-            && self.next_in_line(now) == Some(child)
+        self.waiting_total(now) < in_flight && self.next_in_line(in_flight, now) == Some(child)
     }
 
-    /// The wanting child with the fewest pieces given, the longest waiting among equals.
-    fn next_in_line(&self, now: Instant) -> Option<&str> {
+    /// Among the wanting children that have room in their share, the one with the fewest
+    /// pieces given, the longest waiting among equals. A child at its share never holds the
+    /// line: its turn comes when one of its pieces has left.
+    fn next_in_line(&self, in_flight: usize, now: Instant) -> Option<&str> {
+        let share = self.share(in_flight);
         self.wanting
             .iter()
             .filter(|(_, want)| now.duration_since(want.seen) < WANT_STALE_AFTER)
+            .filter(|(child, _)| self.waiting_for(child, now) < share)
             .min_by_key(|(child, want)| {
                 let given = self.given_count.get(*child).copied().unwrap_or(0);
                 (given, want.since)
@@ -165,7 +168,10 @@ impl SeedRation {
         child: String,
         inner: impl Stream<Item = Item> + Send + 'static,
     ) -> impl Stream<Item = Item> + Send + 'static {
-        self.with_tasks(|tasks| tasks.entry(task_id.clone()).or_default().streams += 1);
+        self.with_tasks(|tasks| {
+            let task = tasks.entry(task_id.clone()).or_default();
+            *task.streams.entry(child.clone()).or_default() += 1;
+        });
         let state = Rationed {
             ration: Arc::clone(self),
             task_id,
@@ -240,8 +246,14 @@ impl SeedRation {
             let Some(task) = tasks.get_mut(task_id) else {
                 return;
             };
-            task.streams = task.streams.saturating_sub(1);
-            if task.streams == 0 {
+            let child_streams = task.streams.get(child).copied().unwrap_or(0);
+            if child_streams > 1 {
+                // Another stream of this child is still open and keeps its pieces.
+                task.streams.insert(child.to_string(), child_streams - 1);
+                return;
+            }
+            task.streams.remove(child);
+            if task.streams.is_empty() {
                 tasks.remove(task_id);
                 return;
             }
@@ -365,6 +377,40 @@ mod tests {
             "a had one already; b is next in line"
         );
         assert_eq!(take(&mut b, 1).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_child_at_its_share_does_not_hold_up_the_others() {
+        // Two children share four pieces in flight, two each, and both were given two. One
+        // of B's pieces leaves the seed. A still has two waiting and has wanted more for
+        // longer, but it is at its share: B, with room, gets the next piece.
+        let ration = SeedRation::new(4);
+        let all = || futures::stream::iter((0..8).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        assert_eq!(take(&mut a, 3).await.len(), 2);
+        let of_b = take(&mut b, 3).await;
+        assert_eq!(of_b.len(), 2);
+        ration.uploaded("t", of_b[0]);
+        assert!(take(&mut a, 1).await.is_empty());
+        assert_eq!(take(&mut b, 1).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_childs_second_stream_keeps_its_pieces_when_the_first_closes() {
+        let ration = SeedRation::new(1);
+        let all = || futures::stream::iter((0..4).map(piece));
+        let mut old = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let given = take(&mut old, 1).await;
+        assert_eq!(given.len(), 1);
+        let mut new = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        drop(old);
+        assert_eq!(take(&mut new, 1).await, given, "still a's own piece");
+        assert!(
+            take(&mut b, 1).await.is_empty(),
+            "the one slot is still a's"
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ use dragonfly_api::scheduler::v2::{
     AnnounceHostRequest, AnnouncePeerRequest, AnnouncePeerResponse, DeleteHostRequest,
     DeleteTaskRequest, RegisterPeerRequest, StatTaskRequest,
 };
+use futures::FutureExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -388,6 +389,17 @@ impl PeerSession {
             PeerResponse::NeedBackToSourceResponse(r) => Decision::BackToSource(r.description),
             PeerResponse::MetadataOnlyResponse(_) => Decision::MetadataOnly,
         })
+    }
+
+    /// Messages the scheduler already sent that no round read: parents it pushed while we
+    /// were between rounds. Read before a Reschedule, so that its answer is not mistaken for
+    /// one of them.
+    pub fn take_buffered(&mut self) -> Vec<Decision> {
+        let mut buffered = Vec::new();
+        while let Some(Ok(decision)) = self.next_message().now_or_never() {
+            buffered.push(decision);
+        }
+        buffered
     }
 
     /// Sends the terminal request, half-closes, and waits (bounded) for the scheduler to end

@@ -130,7 +130,9 @@ pub enum ParentGraph {
 pub const DEFAULT_PARENT_GRAPH: ParentGraph = ParentGraph::Mesh;
 /// In a mesh, the most normal parents a peer collects, its own candidates and the peers that
 /// chose it together; past this it is not pushed more. Eight keep a swarm of a few dozen
-/// peers two hops wide while a daemon follows at most eight `SyncPieces` streams per task.
+/// peers two hops wide while a daemon follows about eight normal parents' `SyncPieces`
+/// streams per task (plus the seed's; a round keeps the streams of parents the scheduler
+/// has since released).
 pub const DEFAULT_MESH_PARENT_LIMIT: usize = 8;
 
 /// `scheduler:` section (candidate/filter parent limits live in Dragonfly's dynconfig; here

@@ -159,6 +159,9 @@ pub struct Peer {
     /// The peer's daemon takes extra `NormalTaskResponse`s in the middle of a download (it
     /// said so in the AnnouncePeer metadata), so the mesh may push it new parents.
     pub takes_pushes: bool,
+    /// Mesh parents made while the peer had its decision but had not started its round yet:
+    /// pushed once it reports Started, so it never takes one for its decision.
+    pub deferred_pushes: Vec<pb::Peer>,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
     pub touched: Instant,
@@ -297,6 +300,7 @@ impl Peer {
             parents: BTreeMap::new(),
             children: BTreeSet::new(),
             takes_pushes: false,
+            deferred_pushes: Vec::new(),
             created_at: wall,
             updated_at: wall,
             touched: now,

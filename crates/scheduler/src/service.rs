@@ -25,7 +25,8 @@ use damselfly_core::extensions::{has_feature, FEATURES_METADATA_KEY, FEATURE_PAR
 
 type ResponseSender = mpsc::Sender<Result<AnnouncePeerResponse, Status>>;
 
-/// Responses buffered per AnnouncePeer stream; the session sends at most one decision at a time.
+/// Responses buffered per AnnouncePeer stream: the session's own decision, one at a time, and
+/// mesh parents pushed to it (a push that finds the buffer full is withdrawn).
 pub const PEER_STREAM_BUFFER: usize = 16;
 /// Jitter applied to `retryInterval` (±20 %), so waiting peers do not retry in lockstep.
 pub const RETRY_JITTER: f64 = 0.2;
@@ -268,7 +269,14 @@ impl PeerSession {
             }
         }
         if let Some(ids) = &self.ids {
-            self.shared.with_pushers(|p| p.remove(&ids.peer_id));
+            // Only our own entry: a re-registration of the peer on a new stream replaced it.
+            self.shared.with_pushers(|p| {
+                if p.get(&ids.peer_id)
+                    .is_some_and(|tx| tx.same_channel(&self.tx))
+                {
+                    p.remove(&ids.peer_id);
+                }
+            });
         }
         if !closed_cleanly {
             if let Some(ids) = &self.ids {
@@ -399,12 +407,15 @@ impl PeerSession {
                 metrics().decision(metrics::DECISION_NORMAL);
                 let ids: Vec<&str> = parents.iter().map(|p| p.id.as_str()).collect();
                 tracing::info!(parents = ?ids, "candidate parents scheduled");
-                self.send(PeerResponse::NormalTaskResponse(NormalTaskResponse {
-                    candidate_parents: parents,
-                }))
-                .await?;
+                let sent = self
+                    .send(PeerResponse::NormalTaskResponse(NormalTaskResponse {
+                        candidate_parents: parents,
+                    }))
+                    .await;
+                // The reverse edges were made with the decision, whether or not this peer is
+                // still there to hear it.
                 self.shared.deliver_pushes();
-                Ok(())
+                sent
             }
             Decision::BackToSource(description) => {
                 metrics().decision(metrics::DECISION_BACK_TO_SOURCE);
@@ -438,7 +449,12 @@ impl PeerSession {
             PeerRequest::RegisterPeerRequest(_) => Err(Status::invalid_argument(
                 "RegisterPeerRequest sent twice on one AnnouncePeer stream",
             )),
-            PeerRequest::DownloadPeerStartedRequest(_) => self.event(peer_id, PeerEvent::Download),
+            PeerRequest::DownloadPeerStartedRequest(_) => {
+                let flow = self.event(peer_id, PeerEvent::Download);
+                // Mesh parents made while this peer waited to start reach it now.
+                self.shared.deliver_pushes();
+                flow
+            }
             PeerRequest::DownloadPeerBackToSourceStartedRequest(_) => {
                 self.event(peer_id, PeerEvent::DownloadBackToSource)
             }

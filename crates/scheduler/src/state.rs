@@ -624,18 +624,29 @@ impl State {
         }
         let child_pb = self.peer_pb(child);
         for parent_id in parents {
-            if self.takes_back_edge(parent_id, child_id) {
-                self.add_edge(child_id, parent_id);
+            if !self.takes_back_edge(parent_id, child_id) {
+                continue;
+            }
+            self.add_edge(child_id, parent_id);
+            let Some(peer) = self.peers.get_mut(parent_id) else {
+                continue;
+            };
+            if peer.state == PeerState::Running {
                 self.outbox.push(Push {
                     to: parent_id.clone(),
                     parent: child_pb.clone(),
                 });
+            } else {
+                peer.deferred_pushes.push(child_pb.clone());
             }
         }
     }
 
+    /// A peer that has its decision (Received) or runs its round takes reverse edges; the
+    /// pushes to a Received peer wait until it reports Started (see `deferred_pushes`).
     fn takes_back_edge(&self, peer_id: &str, new_parent: &str) -> bool {
-        let Some(peer) = self.peers.get(peer_id) else {
+        let (Some(peer), Some(parent)) = (self.peers.get(peer_id), self.peers.get(new_parent))
+        else {
             return false;
         };
         let normal_parents = peer
@@ -649,8 +660,9 @@ impl State {
             && matches!(peer.state, PeerState::Running | PeerState::Received(_))
             && !peer.parents.is_empty()
             && !peer.parents.contains_key(new_parent)
-            && !peer.blocklist.contains(new_parent)
             && normal_parents < self.policy.mesh_parent_limit
+            // The same filter as any parent: blocklist, host, sharing, costs.
+            && self.is_eligible_parent(peer, parent)
     }
 
     /// Mesh edges to push since the last call.
@@ -714,8 +726,11 @@ impl State {
     fn release_parents(&mut self, child_id: &str) {
         let parents: Vec<String> = self
             .peers
-            .get(child_id)
-            .map(|c| c.parents.keys().cloned().collect())
+            .get_mut(child_id)
+            .map(|c| {
+                c.deferred_pushes.clear();
+                c.parents.keys().cloned().collect()
+            })
             .unwrap_or_default();
         for parent_id in parents {
             self.remove_edge(&parent_id, child_id);
@@ -738,8 +753,26 @@ impl State {
             .on(event)
             .map_err(|e| Status::failed_precondition(format!("peer {peer_id}: {e}")))?;
         peer.touch();
+        let deferred = std::mem::take(&mut peer.deferred_pushes);
+        if event == PeerEvent::Download {
+            // Its round runs now: the mesh parents made meanwhile can reach it, those whose
+            // edge still stands.
+            let still: Vec<Push> = deferred
+                .into_iter()
+                .filter(|p| peer.parents.contains_key(&p.id))
+                .map(|parent| Push {
+                    to: peer_id.to_string(),
+                    parent,
+                })
+                .collect();
+            self.outbox.extend(still);
+        } else {
+            for parent in deferred {
+                self.remove_edge(&parent.id, peer_id);
+            }
+        }
         if event == PeerEvent::DownloadBackToSource {
-            let task_id = peer.task_id.clone();
+            let task_id = self.peer_mut(peer_id)?.task_id.clone();
             if let Some(task) = self.tasks.get_mut(&task_id) {
                 task.back_to_source_peers.insert(peer_id.to_string());
             }

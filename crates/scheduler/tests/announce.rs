@@ -333,7 +333,6 @@ async fn mesh_pushes_a_new_peer_to_its_parents_that_take_pushes() {
     let mut p3_parents = parents(&p3.next().await);
     p3_parents.sort();
     assert_eq!(p3_parents, vec!["p1", "p2"]);
-    p3.started().await;
     // p3 registered after p2, and p2 takes no pushes: p2 hears nothing.
     p2.expect_quiet(Duration::from_millis(200)).await;
 
@@ -341,6 +340,10 @@ async fn mesh_pushes_a_new_peer_to_its_parents_that_take_pushes() {
     let mut p4_parents = parents(&p4.next().await);
     p4_parents.sort();
     assert_eq!(p4_parents, vec!["p1", "p2", "p3"]);
+    // p3 has its decision but has not started its round: the push waits for Started, so p3
+    // cannot take it for an answer to anything.
+    p3.expect_quiet(Duration::from_millis(200)).await;
+    p3.started().await;
     assert_eq!(parents(&p3.next().await), vec!["p4"], "p3 gets p4 pushed");
     p2.expect_quiet(Duration::from_millis(200)).await;
     p1.expect_quiet(Duration::from_millis(50)).await;

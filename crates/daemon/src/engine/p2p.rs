@@ -7,7 +7,7 @@ use super::{origin, parents};
 use crate::error::DaemonError;
 use crate::scheduler_client::{Decision, PeerIds, PeerSession};
 use damselfly_core::{PieceLayout, PieceSpan};
-use dragonfly_api::common::v2::Download;
+use dragonfly_api::common::v2::{Download, Peer};
 use dragonfly_api::scheduler::v2::announce_peer_request::Request as PeerRequest;
 use dragonfly_api::scheduler::v2::{
     DownloadPeerBackToSourceFailedRequest, DownloadPeerBackToSourceFinishedRequest,
@@ -65,6 +65,8 @@ async fn converse(
     let mut started = false;
     // A decision that arrived in the middle of a round, to act on instead of asking again.
     let mut interrupt: Option<Decision> = None;
+    // Parents pushed while no round listened; they join the next round.
+    let mut pushed: Vec<Peer> = Vec::new();
     loop {
         let next = match interrupt.take() {
             Some(decision) => Ok(decision),
@@ -89,7 +91,14 @@ async fn converse(
                 // The scheduler thinks the task is empty but the origin said otherwise.
                 return back_to_source(job, session, pending, "scheduler sent no parents").await;
             }
-            Decision::Normal(parents) => parents,
+            Decision::Normal(mut parents) => {
+                for peer in pushed.drain(..) {
+                    if !parents.iter().any(|p| p.id == peer.id) {
+                        parents.push(peer);
+                    }
+                }
+                parents
+            }
         };
         if !started {
             session.send(started_request()).await;
@@ -112,6 +121,15 @@ async fn converse(
         }
         if let Some(decision) = outcome.interrupt {
             interrupt = Some(decision);
+            continue;
+        }
+        for decision in session.take_buffered() {
+            match decision {
+                Decision::Normal(peers) => pushed.extend(peers),
+                other => interrupt = Some(other),
+            }
+        }
+        if interrupt.is_some() {
             continue;
         }
         if decisions >= config.max_schedule_count {

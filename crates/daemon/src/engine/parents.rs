@@ -62,7 +62,8 @@ pub struct RoundOutcome {
 
 /// News from a parent's SyncPieces stream.
 enum SyncEvent {
-    /// The parent is a seed that rations its announcements: what it shows us is ours alone.
+    /// The parent is a seed that rations its announcements: what it shows us was given to us
+    /// alone, or is a piece the swarm has not brought us within the seed's share window.
     Rationed { parent: usize },
     Piece {
         parent: usize,
@@ -87,6 +88,11 @@ struct Parent {
     failures: u32,
     alive: bool,
     rationed: bool,
+    /// Ends this parent's SyncPieces stream when it is dropped, so a rationing seed stops
+    /// handing it pieces it will never fetch.
+    sync_stop: CancellationToken,
+    /// Its SyncPieces stream is open.
+    syncing: bool,
 }
 
 impl Parent {
@@ -108,6 +114,8 @@ impl Parent {
             failures: 0,
             alive: true,
             rationed: false,
+            sync_stop: CancellationToken::new(),
+            syncing: false,
         })
     }
 }
@@ -223,7 +231,7 @@ pub async fn round(
                     last_news = Instant::now();
                 }
                 SyncEvent::Ended { parent, error } => {
-                    round.syncing = round.syncing.saturating_sub(1);
+                    round.sync_ended(parent);
                     if let Some(error) = error {
                         debug!(parent = %round.parents[parent].peer.id, %error, "SyncPieces failed");
                         round.drop_parent(parent);
@@ -289,7 +297,9 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 impl Round<'_, '_> {
     /// Opens the parent's SyncPieces stream and adds it to the round.
-    fn add_parent(&mut self, parent: Parent, pending: &BTreeMap<u32, PieceSpan>) {
+    fn add_parent(&mut self, mut parent: Parent, pending: &BTreeMap<u32, PieceSpan>) {
+        parent.sync_stop = self.stop.child_token();
+        parent.syncing = true;
         let request = SyncPiecesRequest {
             host_id: self.job.ctx.host.id.clone(),
             task_id: self.job.task_id().to_string(),
@@ -300,7 +310,7 @@ impl Round<'_, '_> {
             parent.grpc,
             request,
             self.events.clone(),
-            self.stop.clone(),
+            parent.sync_stop.clone(),
         ));
         self.parents.push(parent);
         self.syncing += 1;
@@ -481,10 +491,22 @@ impl Round<'_, '_> {
         }
     }
 
+    /// A parent's SyncPieces stream ended (or we ended it).
+    fn sync_ended(&mut self, parent: usize) {
+        if let Some(p) = self.parents.get_mut(parent) {
+            if p.syncing {
+                p.syncing = false;
+                self.syncing = self.syncing.saturating_sub(1);
+            }
+        }
+    }
+
     fn drop_parent(&mut self, parent: usize) {
         if let Some(p) = self.parents.get_mut(parent) {
             p.alive = false;
+            p.sync_stop.cancel();
         }
+        self.sync_ended(parent);
         for holders in self.holders.values_mut() {
             holders.retain(|&h| h != parent);
         }
