@@ -585,5 +585,9 @@ manager:
         )
         .unwrap();
         assert!(c.validate().is_err());
+        let c = DaemonConfig::from_yaml("seedPeer: {ration: {piecesInFlight: 0}}").unwrap();
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("piecesInFlight"), "{error}");
+        assert!(DaemonConfig::from_yaml("seedPeer: {ration: {piecesInFlight: many}}").is_err());
     }
 }

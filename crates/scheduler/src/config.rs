@@ -396,6 +396,12 @@ manager:
     fn bad_values_are_rejected() {
         assert!(SchedulerConfig::from_yaml("scheduler:\n  candidateParentLimit: 0\n").is_err());
         assert!(SchedulerConfig::from_yaml("scheduler:\n  algorithm: ml\n").is_err());
+        assert!(SchedulerConfig::from_yaml("scheduler:\n  parentGraph: tree\n").is_err());
+        let small_mesh = "scheduler:\n  candidateParentLimit: 4\n  meshParentLimit: 2\n";
+        assert!(SchedulerConfig::from_yaml(small_mesh).is_err());
+        let dag = "scheduler:\n  parentGraph: dag\n  meshParentLimit: 2\n";
+        let config = SchedulerConfig::from_yaml(dag).unwrap();
+        assert_eq!(config.scheduler.parent_graph, ParentGraph::Dag);
         assert!(SchedulerConfig::from_yaml("metrics:\n  addr: nonsense\n").is_err());
         assert!(SchedulerConfig::from_yaml("scheduler: [1, 2]\n").is_err());
     }

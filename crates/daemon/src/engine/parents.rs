@@ -135,8 +135,6 @@ struct Round<'a, 'j> {
     /// Where new parents' SyncPieces streams report; kept so pushed parents can join.
     events: mpsc::Sender<SyncEvent>,
     stop: CancellationToken,
-    /// SyncPieces streams still open.
-    syncing: usize,
 }
 
 /// Downloads what it can of `pending` from `candidates`. With `may_refresh`, a round whose
@@ -176,7 +174,6 @@ pub async fn round(
         grace: SeedGrace::default(),
         events: tx,
         stop: stop.clone(),
-        syncing: 0,
     };
     for parent in parents {
         round.add_parent(parent, pending);
@@ -207,7 +204,7 @@ pub async fn round(
         if pending.is_empty() || !round.parents.iter().any(|p| p.alive) {
             break;
         }
-        if round.running.is_empty() && round.syncing == 0 {
+        if round.running.is_empty() && !round.parents.iter().any(|p| p.syncing) {
             break; // nobody can tell us about more pieces
         }
         let ripening = (round.running.len() < concurrency)
@@ -313,7 +310,6 @@ impl Round<'_, '_> {
             parent.sync_stop.clone(),
         ));
         self.parents.push(parent);
-        self.syncing += 1;
     }
 
     /// Parents pushed by the scheduler join the round; ones we already have are skipped.
@@ -494,10 +490,7 @@ impl Round<'_, '_> {
     /// A parent's SyncPieces stream ended (or we ended it).
     fn sync_ended(&mut self, parent: usize) {
         if let Some(p) = self.parents.get_mut(parent) {
-            if p.syncing {
-                p.syncing = false;
-                self.syncing = self.syncing.saturating_sub(1);
-            }
+            p.syncing = false;
         }
     }
 
