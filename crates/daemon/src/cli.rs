@@ -1,11 +1,11 @@
 //! dfdaemon's command line. Flags override the config file, which overrides the defaults.
 
-use crate::config::DaemonConfig;
+use crate::config::{DaemonConfig, SchedulerEndpoint};
 use crate::error::DaemonError;
 use bytesize::ByteSize;
 use clap::Parser;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Default, Parser)]
@@ -15,13 +15,21 @@ use std::time::Duration;
     about = "Damselfly peer daemon: P2P downloads, piece server, local gRPC API"
 )]
 pub struct DaemonArgs {
-    /// YAML config file (Dragonfly dfdaemon.yaml keys).
-    #[arg(long, value_name = "FILE")]
+    /// YAML config file with Dragonfly's dfdaemon.yaml keys [default: /etc/dragonfly/dfdaemon.yaml
+    /// when it exists].
+    #[arg(short = 'c', long, value_name = "FILE", env = "DFDAEMON_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Scheduler addresses, IP:PORT, comma separated.
+    /// Schedulers, IP:PORT or NAME:PORT (a name stands for all its addresses and is resolved
+    /// again every dynconfig.refreshInterval), comma separated.
     #[arg(long, value_name = "ADDR[,ADDR]", value_delimiter = ',')]
-    pub scheduler: Vec<SocketAddr>,
+    pub scheduler: Vec<SchedulerEndpoint>,
+
+    /// Dragonfly's local dynconfig file (scheduler.addrs, scheduler.addr), read again every
+    /// dynconfig.refreshInterval [default: /etc/dragonfly/dynconfig.yaml when it exists and
+    /// nothing else names the schedulers].
+    #[arg(long, value_name = "FILE", env = "DFDAEMON_DYNCONFIG")]
+    pub dynconfig: Option<PathBuf>,
 
     /// IP to advertise; every server binds to it unless its own setting says otherwise.
     #[arg(long, value_name = "IP")]
@@ -67,10 +75,6 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub idle_exit: Option<Duration>,
 
-    /// Log level or tracing filter (error, warn, info, debug, trace).
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    pub log_level: String,
-
     /// Host-wide upload limit in bytes/s (e.g. 100MB, 1GiB, 1048576).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub upload_rate_limit: Option<ByteSize>,
@@ -94,6 +98,12 @@ pub struct DaemonArgs {
     pub print_ca_cert: bool,
 }
 
+fn labelled(path: &Path, keys: Vec<String>) -> Vec<String> {
+    keys.into_iter()
+        .map(|key| format!("{}: {key}", path.display()))
+        .collect()
+}
+
 /// A byte rate: a plain integer or a size with a unit.
 pub fn parse_rate(text: &str) -> Result<ByteSize, String> {
     let trimmed = text.trim().trim_end_matches("/s");
@@ -105,21 +115,72 @@ pub fn parse_rate(text: &str) -> Result<ByteSize, String> {
         .map_err(|e| format!("invalid rate {text:?}: {e}"))
 }
 
+/// Dragonfly's dfdaemon config file, read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/dragonfly/dfdaemon.yaml";
+
+/// The configuration to run with, and what the operator should be told about it once
+/// logging is up.
+#[derive(Debug)]
+pub struct LoadedConfig {
+    pub config: DaemonConfig,
+    /// The config file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// `file: key` for every key of the config and dynconfig files that Damselfly ignores.
+    pub ignored_keys: Vec<String>,
+}
+
 impl DaemonArgs {
-    /// The config file (if any) with the flags applied.
-    pub fn load_config(&self) -> Result<DaemonConfig, DaemonError> {
-        let mut config = match &self.config {
-            Some(path) => DaemonConfig::load(path)?,
-            None => DaemonConfig::default(),
-        };
-        self.apply(&mut config);
-        config.validate()?;
-        Ok(config)
+    /// The config file (if any) with the flags applied, using Dragonfly's default paths.
+    pub fn load_config(&self) -> Result<LoadedConfig, DaemonError> {
+        self.load_config_with_defaults(
+            Path::new(DEFAULT_CONFIG_PATH),
+            Path::new(crate::dynconfig::DEFAULT_DYNCONFIG_PATH),
+        )
     }
 
+    /// As [`DaemonArgs::load_config`], with the default paths given (for tests).
+    pub fn load_config_with_defaults(
+        &self,
+        default_config: &Path,
+        default_dynconfig: &Path,
+    ) -> Result<LoadedConfig, DaemonError> {
+        let file = self.config.clone().or_else(|| {
+            default_config
+                .exists()
+                .then(|| default_config.to_path_buf())
+        });
+        let (mut config, mut ignored_keys) = match &file {
+            Some(path) => {
+                let (config, ignored) = DaemonConfig::load(path)?;
+                (config, labelled(path, ignored))
+            }
+            None => (DaemonConfig::default(), Vec::new()),
+        };
+        self.apply(&mut config);
+        if config.dynconfig_path.is_none() && config.scheduler.addrs.is_empty() {
+            config.dynconfig_path = default_dynconfig
+                .exists()
+                .then(|| default_dynconfig.to_path_buf());
+        }
+        if let Some(path) = &config.dynconfig_path {
+            ignored_keys.extend(labelled(path, crate::dynconfig::ignored_keys(path)?));
+        }
+        config.validate()?;
+        Ok(LoadedConfig {
+            config,
+            file,
+            ignored_keys,
+        })
+    }
+
+    /// Applies the flags: `--scheduler` wins over `--dynconfig`, which wins over the file's
+    /// `scheduler.addrs`.
     pub fn apply(&self, config: &mut DaemonConfig) {
         if !self.scheduler.is_empty() {
             config.scheduler.addrs = self.scheduler.clone();
+            config.dynconfig_path = None;
+        } else if let Some(path) = &self.dynconfig {
+            config.dynconfig_path = Some(path.clone());
         }
         if let Some(ip) = self.ip {
             config.host.ip = Some(ip);
@@ -203,7 +264,7 @@ mod tests {
             "1048576",
             "--embedded-scheduler",
         ]);
-        let c = args.load_config().unwrap();
+        let c = load(&args).unwrap().config;
         assert_eq!(c.scheduler.addrs.len(), 2);
         assert_eq!(c.host.ip, Some("127.0.0.5".parse().unwrap()));
         assert_eq!(c.storage.dir, PathBuf::from("/from/flag"));
@@ -229,6 +290,48 @@ mod tests {
             config: Some(PathBuf::from("/nonexistent/dfdaemon.yaml")),
             ..Default::default()
         };
-        assert!(missing.load_config().is_err());
+        assert!(load(&missing).is_err());
+    }
+
+    fn load(args: &DaemonArgs) -> Result<LoadedConfig, DaemonError> {
+        let none = Path::new("/nonexistent/default.yaml");
+        args.load_config_with_defaults(none, none)
+    }
+
+    #[test]
+    fn dragonfly_flags_and_default_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("dfdaemon.yaml");
+        let dynconfig = dir.path().join("dynconfig.yaml");
+        std::fs::write(&config, "manager:\n  addr: http://m:65003\n").unwrap();
+        std::fs::write(&dynconfig, "scheduler:\n  addr: localhost:8002\n").unwrap();
+        let args = DaemonArgs::parse_from(["dfdaemon"]);
+        let loaded = args.load_config_with_defaults(&config, &dynconfig).unwrap();
+        assert_eq!(loaded.file.as_deref(), Some(config.as_path()));
+        assert_eq!(
+            loaded.config.scheduler_source(),
+            crate::config::SchedulerSource::File(dynconfig.clone())
+        );
+        assert_eq!(
+            loaded.ignored_keys,
+            [format!("{}: manager", config.display())]
+        );
+        let flagged = DaemonArgs::parse_from([
+            "dfdaemon",
+            "-c",
+            config.to_str().unwrap(),
+            "--scheduler",
+            "sched:8002",
+        ]);
+        let loaded = flagged
+            .load_config_with_defaults(&config, &dynconfig)
+            .unwrap();
+        assert_eq!(
+            loaded.config.scheduler_source(),
+            crate::config::SchedulerSource::Endpoints(vec!["sched:8002".parse().unwrap()]),
+            "--scheduler wins over the default dynconfig"
+        );
+        let explicit = DaemonArgs::parse_from(["dfdaemon", "--dynconfig", "/nonexistent/d.yaml"]);
+        assert!(load(&explicit).is_err(), "an explicit dynconfig must exist");
     }
 }

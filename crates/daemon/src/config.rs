@@ -3,6 +3,7 @@
 //!
 //! Unknown keys are ignored so an official `dfdaemon.yaml` can be reused as is.
 
+pub use crate::dynconfig::{SchedulerEndpoint, SchedulerSource};
 use crate::error::DaemonError;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,7 @@ pub struct DaemonConfig {
     pub scheduler: SchedulerConfig,
     pub seed_peer: SeedPeerConfig,
     pub storage: StorageSection,
+    pub dynconfig: DynconfigSection,
     pub gc: GcConfig,
     pub metrics: ServerSection<MetricsPort>,
     pub health: ServerSection<HealthPort>,
@@ -75,6 +77,9 @@ pub struct DaemonConfig {
     /// Damselfly: exit after this long without download or upload activity.
     #[serde(with = "humantime_serde")]
     pub idle_exit: Option<Duration>,
+    /// Dragonfly's local dynconfig file (`--dynconfig`), when it names the schedulers.
+    #[serde(skip)]
+    pub dynconfig_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -146,11 +151,33 @@ impl Default for DownloadServerConfig {
     }
 }
 
+/// How often the scheduler list is refreshed (the dynconfig file re-read, names resolved
+/// again), as Dragonfly's `dynconfig.refreshInterval`.
+pub const DEFAULT_DYNCONFIG_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// `dynconfig:` in dfdaemon.yaml.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DynconfigSection {
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for DynconfigSection {
+    fn default() -> Self {
+        Self {
+            refresh_interval: DEFAULT_DYNCONFIG_REFRESH_INTERVAL,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct SchedulerConfig {
-    /// `IP:port` of every scheduler; per-task calls are sharded over them by a hash ring.
-    pub addrs: Vec<SocketAddr>,
+    /// Damselfly: every scheduler, `IP:port` or `name:port` (a name is resolved to all its
+    /// addresses and resolved again each `dynconfig.refreshInterval`); per-task calls are
+    /// sharded over the addresses by a hash ring.
+    pub addrs: Vec<SchedulerEndpoint>,
     #[serde(with = "humantime_serde")]
     pub announce_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -282,8 +309,12 @@ impl Default for GcConfig {
 pub struct GcPolicy {
     #[serde(rename = "taskTTL", alias = "taskTtl", with = "humantime_serde")]
     pub task_ttl: Duration,
+    /// Dragonfly's client spells these `dist…`; both spellings are read.
+    #[serde(alias = "distThreshold")]
     pub disk_threshold: ByteSize,
+    #[serde(alias = "distHighThresholdPercent")]
     pub disk_high_threshold_percent: u8,
+    #[serde(alias = "distLowThresholdPercent")]
     pub disk_low_threshold_percent: u8,
 }
 
@@ -355,19 +386,21 @@ impl<P: DefaultPort> Default for ServerSection<P> {
 }
 
 impl DaemonConfig {
-    /// Parses a YAML document; an empty document is the default configuration.
+    /// Parses a YAML document; an empty document is the default configuration. Keys we do
+    /// not implement are dropped here; [`DaemonConfig::load`] reports them.
     pub fn from_yaml(text: &str) -> Result<Self, DaemonError> {
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        serde_yaml::from_str(text).map_err(|e| DaemonError::Config(e.to_string()))
+        damselfly_configfile::parse(text, "dfdaemon config")
+            .map(|parsed| parsed.config)
+            .map_err(|e| DaemonError::Config(e.to_string()))
     }
 
-    /// Reads and parses a config file.
-    pub fn load(path: &Path) -> Result<Self, DaemonError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| DaemonError::Config(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_yaml(&text).map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))
+    /// Reads and parses a config file; also returns the dotted paths of the keys in it that
+    /// Damselfly does not implement, for the caller to warn about. A set certificate or key
+    /// that is not implemented is an error.
+    pub fn load(path: &Path) -> Result<(Self, Vec<String>), DaemonError> {
+        damselfly_configfile::load(path)
+            .map(|parsed| (parsed.config, parsed.ignored))
+            .map_err(|e| DaemonError::Config(e.to_string()))
     }
 
     /// Rejects values that would make the daemon misbehave later rather than fail now.
@@ -395,12 +428,25 @@ impl DaemonConfig {
                 "gc.policy: need diskLowThresholdPercent <= diskHighThresholdPercent <= 100".into(),
             ));
         }
-        if self.scheduler.announce_interval.is_zero() || self.gc.interval.is_zero() {
+        if self.scheduler.announce_interval.is_zero()
+            || self.gc.interval.is_zero()
+            || self.dynconfig.refresh_interval.is_zero()
+        {
             return Err(DaemonError::Config(
-                "scheduler.announceInterval and gc.interval must be positive".into(),
+                "scheduler.announceInterval, gc.interval and dynconfig.refreshInterval must be positive".into(),
             ));
         }
         self.proxy.validate()
+    }
+
+    /// Where the scheduler list comes from: the dynconfig file when one is set, else
+    /// `scheduler.addrs`.
+    pub fn scheduler_source(&self) -> SchedulerSource {
+        match (&self.dynconfig_path, &self.scheduler.addrs[..]) {
+            (Some(path), _) => SchedulerSource::File(path.clone()),
+            (None, []) => SchedulerSource::None,
+            (None, addrs) => SchedulerSource::Endpoints(addrs.to_vec()),
+        }
     }
 
     /// The IP we advertise: configured, else the address the kernel would route from, else
@@ -573,6 +619,128 @@ manager:
         assert_eq!(c.health_addr(ip), "127.0.0.9:4003".parse().unwrap());
         assert_eq!(c.piece_addr(ip), "127.0.0.2:4105".parse().unwrap());
         c.validate().unwrap();
+    }
+
+    /// `dfdaemon.yaml` as Dragonfly's Helm chart 1.7 renders it for its client DaemonSet,
+    /// comments dropped: it must start a daemon, with what we do not implement reported.
+    const DRAGONFLY_CHART_DFDAEMON_YAML: &str = r#"
+host:
+  schedulerClusterID: 1
+  idc: ''
+  location: ''
+server:
+  pluginDir: /usr/local/lib/dragonfly/plugins/dfdaemon/
+  adaptiveRateLimit: {bucketCount: 50, bucketInterval: 200ms, cpuThreshold: 100, memoryThreshold: 90}
+download:
+  protocol: tcp
+  server:
+    socketPath: /var/run/dragonfly/dfdaemon.sock
+    requestRateLimit: 50
+    requestbufferSize: 20
+  bandwidthLimit: 50GB
+  backToSourceBandwidthLimit: 50GB
+  pieceTimeout: 360s
+  collectedPieceTimeout: 360s
+  concurrentPieceCount: 16
+upload:
+  server:
+    port: 4000
+    requestRateLimit: 200
+  disableShared: false
+  bandwidthLimit: 50GB
+manager:
+  addr: ''
+scheduler:
+  announceInterval: 5m
+  scheduleTimeout: 3h
+  maxScheduleCount: 5
+  enableBackToSource: true
+dynconfig:
+  refreshInterval: 5m
+storage:
+  server: {tcpPort: 4005, quicPort: 4006}
+  dir: /var/lib/dragonfly/
+  keep: true
+  writeBufferSize: 524288
+  readBufferSize: 524288
+  writePieceTimeout: 360s
+gc:
+  interval: 900s
+  policy:
+    taskTTL: 720h
+    persistentTaskTTL: 24h
+    persistentCacheTaskTTL: 24h
+    distHighThresholdPercent: 90
+    distLowThresholdPercent: 70
+proxy:
+  server:
+    port: 4001
+    requestRateLimit: 50
+  rules:
+    - regex: 'blobs/sha256.*'
+  registryMirror:
+    addr: https://index.docker.io
+    enableTaskIDBasedBlobDigest: true
+  disableBackToSource: false
+  prefetch: true
+  prefetchBandwidthLimit: 10GB
+  readBufferSize: 524288
+health:
+  server: {port: 4003}
+metrics:
+  server: {port: 4002}
+stats:
+  server: {port: 4004}
+tracing:
+  protocol: ''
+backend:
+  requestHeader: {}
+  maxRetries: 1
+network:
+"#;
+
+    #[test]
+    fn dragonflys_chart_config_loads_and_names_what_is_ignored() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, DRAGONFLY_CHART_DFDAEMON_YAML.as_bytes()).unwrap();
+        let (c, ignored) = DaemonConfig::load(file.path()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.download.concurrent_piece_count, 16);
+        assert_eq!(c.dynconfig.refresh_interval, Duration::from_secs(300));
+        assert_eq!(
+            c.gc.policy.disk_high_threshold_percent, 90,
+            "dist* spelling"
+        );
+        assert_eq!(c.gc.policy.disk_low_threshold_percent, 70);
+        assert_eq!(c.storage.dir, PathBuf::from("/var/lib/dragonfly/"));
+        for key in [
+            "manager",
+            "server",
+            "host.schedulerClusterID",
+            "download.protocol",
+            "scheduler.enableBackToSource",
+            "proxy.prefetch",
+            "stats",
+            "storage.writeBufferSize",
+        ] {
+            assert!(
+                ignored.iter().any(|k| k == key),
+                "{key} not reported in {ignored:?}"
+            );
+        }
+        assert!(
+            !ignored.iter().any(|k| k.starts_with("gc.policy.dist")),
+            "{ignored:?}"
+        );
+    }
+
+    #[test]
+    fn tls_keys_we_do_not_implement_refuse_to_start() {
+        let error = DaemonConfig::from_yaml("scheduler:\n  caCert: /etc/ca.pem\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("scheduler.caCert"), "{error}");
+        DaemonConfig::from_yaml("scheduler:\n  caCert: ''\n").unwrap();
     }
 
     #[test]

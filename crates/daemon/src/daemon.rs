@@ -3,6 +3,7 @@
 //! and remove the socket.
 
 use crate::config::DaemonConfig;
+use crate::config::SchedulerSource;
 use crate::context::{limiter, Activity, Context, DaemonContext, Limits};
 use crate::engine::Engine;
 use crate::error::DaemonError;
@@ -25,7 +26,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 /// In-flight downloads get this long to finish at shutdown before they are cancelled.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -90,7 +91,8 @@ impl Daemon {
         let scheduler = match config.embedded_scheduler {
             true => {
                 let (addr, token, handle) = start_embedded_scheduler().await?;
-                config.scheduler.addrs = vec![addr];
+                config.scheduler.addrs = vec![addr.into()];
+                config.dynconfig_path = None;
                 Some((addr, token, handle))
             }
             false => None,
@@ -142,19 +144,11 @@ impl Daemon {
                 crate::proxy::serve(proxy, listener).instrument(tracing::info_span!("proxy")),
             ));
         }
-        if !ctx.schedulers.is_empty() {
-            let interval = ctx.config.scheduler.announce_interval;
-            let accepted = ctx
-                .schedulers
-                .announce_host_all_with_retries(&ctx.host.to_proto(), interval)
-                .await;
-            if accepted == 0 {
-                warn!("no scheduler accepted this host; downloads will go to the origin until one does");
-            }
-        } else {
-            warn!("no scheduler configured; every download goes to the origin");
-        }
+        join_schedulers(&ctx).await;
         tasks.push(tokio::spawn(announce_loop(ctx.clone())));
+        if ctx.config.scheduler_source().is_dynamic() {
+            tasks.push(tokio::spawn(dynconfig_loop(ctx.clone())));
+        }
         tasks.push(tokio::spawn(gc_loop(engine.clone())));
         if let Some(idle) = ctx.config.idle_exit {
             tasks.push(tokio::spawn(idle_watch(ctx.clone(), idle)));
@@ -327,7 +321,8 @@ async fn build_context(
     let ration = (seed && config.seed_peer.ration.enable)
         .then(|| SeedRation::new(config.seed_peer.ration.pieces_in_flight));
     Ok(Arc::new(DaemonContext {
-        schedulers: Schedulers::new(&config.scheduler.addrs),
+        // Filled by `join_schedulers` once names are resolved.
+        schedulers: Schedulers::new(&[]),
         config,
         host,
         storage,
@@ -449,9 +444,82 @@ async fn start_embedded_scheduler(
     Ok((addr, token, handle))
 }
 
+/// Resolves the scheduler list and announces this host to every scheduler on it. A daemon
+/// whose schedulers cannot be reached yet still starts: downloads go to the origin until a
+/// refresh finds one.
+async fn join_schedulers(ctx: &Context) {
+    let source = ctx.config.scheduler_source();
+    if source == SchedulerSource::None {
+        warn!("no scheduler configured; every download goes to the origin");
+        return;
+    }
+    match source.resolve().await {
+        Ok(addrs) => {
+            ctx.schedulers.replace(&addrs);
+        }
+        Err(error) => {
+            warn!(%error, "no scheduler yet; downloads go to the origin until a refresh finds one");
+            return;
+        }
+    }
+    let interval = ctx.config.scheduler.announce_interval;
+    let accepted = ctx
+        .schedulers
+        .announce_host_all_with_retries(&ctx.host.to_proto(), interval)
+        .await;
+    if accepted == 0 {
+        warn!("no scheduler accepted this host; downloads will go to the origin until one does");
+    }
+}
+
+/// Every `dynconfig.refreshInterval`: resolves the scheduler names (and re-reads the
+/// dynconfig file) again, puts the result on the ring, and announces this host to every
+/// scheduler that has not accepted it yet (new ones, and ones that were down). A failed
+/// refresh keeps the list it had.
+async fn dynconfig_loop(ctx: Context) {
+    let source = ctx.config.scheduler_source();
+    let interval = ctx.config.dynconfig.refresh_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        let addrs = match source.resolve().await {
+            Ok(addrs) => addrs,
+            Err(error) => {
+                warn!(%error, "scheduler refresh failed; keeping the current schedulers");
+                continue;
+            }
+        };
+        let before = ctx.schedulers.addrs();
+        ctx.schedulers.replace(&addrs);
+        if ctx.schedulers.addrs() != before {
+            info!(schedulers = ?addrs, "scheduler list changed");
+        }
+        announce_to(&ctx, &ctx.schedulers.unannounced()).await;
+    }
+}
+
+async fn announce_to(ctx: &Context, addrs: &[std::net::SocketAddr]) {
+    let interval = ctx.config.scheduler.announce_interval;
+    for &addr in addrs {
+        match ctx
+            .schedulers
+            .announce_host_to(addr, ctx.host.to_proto(), interval)
+            .await
+        {
+            Ok(()) => info!(scheduler = %addr, "announced host"),
+            Err(error) => {
+                debug!(scheduler = %addr, %error, "announce failed; retrying at the next refresh")
+            }
+        }
+    }
+}
+
 /// AnnounceHost to every scheduler each `announceInterval`.
 async fn announce_loop(ctx: Context) {
-    if ctx.schedulers.is_empty() {
+    if ctx.config.scheduler_source() == SchedulerSource::None {
         return;
     }
     let interval = ctx.config.scheduler.announce_interval;

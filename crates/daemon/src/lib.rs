@@ -10,6 +10,7 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod dispatch;
+pub mod dynconfig;
 pub mod engine;
 pub mod error;
 pub mod host;
@@ -20,7 +21,7 @@ pub mod ration;
 pub mod scheduler_client;
 pub mod services;
 
-pub use cli::DaemonArgs;
+pub use cli::{DaemonArgs, LoadedConfig};
 pub use config::DaemonConfig;
 pub use daemon::{run, BoundAddrs, Daemon};
 pub use engine::{DownloadRequest, Engine, RATE_LIMIT_METADATA};

@@ -14,9 +14,9 @@ use dragonfly_api::scheduler::v2::{
     DeleteTaskRequest, RegisterPeerRequest, StatTaskRequest,
 };
 use futures::FutureExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,26 +36,78 @@ const PEER_REQUEST_QUEUE: usize = 1024;
 const STARTUP_ANNOUNCE_ATTEMPTS: u32 = 3;
 const STARTUP_ANNOUNCE_BACKOFF: Duration = Duration::from_millis(500);
 
-/// One lazily connected channel per scheduler address.
+/// The schedulers in use, and one lazily connected channel per scheduler address. The set
+/// can change at run time (names resolved again, the dynconfig file edited): each call takes
+/// the ring as it is when the call starts.
 pub struct Schedulers {
-    ring: SchedulerRing,
+    ring: RwLock<Arc<SchedulerRing>>,
     channels: Mutex<HashMap<SocketAddr, Channel>>,
+    /// Schedulers that accepted this host's AnnounceHost; the others are tried again at each
+    /// scheduler refresh instead of waiting for the next `announceInterval`.
+    announced: Mutex<HashSet<SocketAddr>>,
 }
 
 impl Schedulers {
     pub fn new(addrs: &[SocketAddr]) -> Self {
         Self {
-            ring: SchedulerRing::new(addrs),
+            ring: RwLock::new(Arc::new(SchedulerRing::new(addrs))),
             channels: Mutex::new(HashMap::new()),
+            announced: Mutex::new(HashSet::new()),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ring.addrs().is_empty()
+        self.ring().addrs().is_empty()
     }
 
-    pub fn addrs(&self) -> &[SocketAddr] {
-        self.ring.addrs()
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.ring().addrs().to_vec()
+    }
+
+    fn ring(&self) -> Arc<SchedulerRing> {
+        match self.ring.read() {
+            Ok(ring) => ring.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Uses `addrs` from now on (sorted, so the ring does not depend on resolver order);
+    /// returns the schedulers that were not in use before, which need this host announced.
+    /// Channels to schedulers that left are closed.
+    pub fn replace(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut sorted = addrs.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let previous = self.addrs();
+        let added = sorted
+            .iter()
+            .filter(|addr| !previous.contains(addr))
+            .copied()
+            .collect();
+        let ring = Arc::new(SchedulerRing::new(&sorted));
+        match self.ring.write() {
+            Ok(mut current) => *current = ring,
+            Err(poisoned) => *poisoned.into_inner() = ring,
+        }
+        if let Ok(mut channels) = self.channels.lock() {
+            channels.retain(|addr, _| sorted.contains(addr));
+        }
+        if let Ok(mut announced) = self.announced.lock() {
+            announced.retain(|addr| sorted.contains(addr));
+        }
+        added
+    }
+
+    /// Schedulers on the ring that have not accepted this host yet.
+    pub fn unannounced(&self) -> Vec<SocketAddr> {
+        let announced = match self.announced.lock() {
+            Ok(announced) => announced.clone(),
+            Err(_) => HashSet::new(),
+        };
+        self.addrs()
+            .into_iter()
+            .filter(|addr| !announced.contains(addr))
+            .collect()
     }
 
     fn client(&self, addr: SocketAddr) -> Result<SchedulerClient<Channel>, DaemonError> {
@@ -93,14 +145,17 @@ impl Schedulers {
         client
             .announce_host(request)
             .await
-            .map(|_| ())
-            .map_err(|status| DaemonError::Scheduler { addr, status })
+            .map_err(|status| DaemonError::Scheduler { addr, status })?;
+        if let Ok(mut announced) = self.announced.lock() {
+            announced.insert(addr);
+        }
+        Ok(())
     }
 
     /// AnnounceHost to every scheduler, a few attempts each; returns how many accepted.
     /// Used at startup: a daemon with no scheduler still runs (downloads go to the origin).
     pub async fn announce_host_all_with_retries(&self, host: &Host, interval: Duration) -> usize {
-        let attempts = self.addrs().iter().map(|&addr| async move {
+        let attempts = self.addrs().into_iter().map(|addr| async move {
             for attempt in 1..=STARTUP_ANNOUNCE_ATTEMPTS {
                 match self.announce_host_to(addr, host.clone(), interval).await {
                     Ok(()) => {
@@ -127,7 +182,7 @@ impl Schedulers {
 
     /// Periodic re-announcement: one attempt per scheduler; failures are logged.
     pub async fn announce_host_all(&self, host: &Host, interval: Duration) {
-        let calls = self.addrs().iter().map(|&addr| async move {
+        let calls = self.addrs().into_iter().map(|addr| async move {
             if let Err(e) = self.announce_host_to(addr, host.clone(), interval).await {
                 warn!(scheduler = %addr, error = %e, "announce host failed");
             }
@@ -137,7 +192,7 @@ impl Schedulers {
 
     /// DeleteHost on every scheduler (shutdown); errors are only logged, as upstream.
     pub async fn delete_host_all(&self, host_id: &str) {
-        let calls = self.addrs().iter().map(|&addr| async move {
+        let calls = self.addrs().into_iter().map(|addr| async move {
             let result = async {
                 let mut client = self.client(addr)?;
                 let mut request = tonic::Request::new(DeleteHostRequest {
@@ -194,7 +249,7 @@ impl Schedulers {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let mut last = DaemonError::NoScheduler("no scheduler configured".into());
-        for addr in self.ring.failover_order(task_id) {
+        for addr in self.ring().failover_order(task_id) {
             match call(self.client(addr)?).await {
                 Ok(value) => return Ok(value),
                 Err(status) if is_down(&status) => {
@@ -217,7 +272,7 @@ impl Schedulers {
         announce_interval: Duration,
     ) -> Result<PeerSession, DaemonError> {
         let mut last = DaemonError::NoScheduler("no scheduler configured".into());
-        for addr in self.ring.failover_order(&ids.task_id) {
+        for addr in self.ring().failover_order(&ids.task_id) {
             for attempt in 0..2 {
                 match self.try_open(addr, &ids, register.clone()).await {
                     Ok(session) => return Ok(session),

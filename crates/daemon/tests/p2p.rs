@@ -85,7 +85,7 @@ async fn second_daemon_downloads_from_the_first() {
     drop(dead);
     let with_dead = |ip: &str, name: &str| {
         let mut config = daemon_config(ip, name, dir.path(), scheduler);
-        config.scheduler.addrs = vec![dead_scheduler, scheduler];
+        config.scheduler.addrs = vec![dead_scheduler.into(), scheduler.into()];
         config
     };
     let a = Daemon::start(with_dead("127.0.0.2", "daemon-a"))

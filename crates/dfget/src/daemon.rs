@@ -130,6 +130,8 @@ fn spawn(
         .map_err(|e| cannot("duplicate the log file", e))?;
     let mut command = Command::new(program);
     command
+        // An empty config: the node's /etc/dragonfly/dfdaemon.yaml belongs to the cluster daemon.
+        .args(["--config", "/dev/null"])
         .arg("--embedded-scheduler")
         .args(["--idle-exit", idle])
         // A private daemon: loopback only, any free ports, so it never collides with (or is

@@ -1,4 +1,9 @@
 //! docker: `registry-mirrors` in `daemon.json` (Docker uses mirrors for Docker Hub only).
+//!
+//! Dragonfly's dfinit sets `proxies` (`http-proxy`/`https-proxy`) instead, which sends all of
+//! the daemon's HTTP through dfdaemon, logins and other hosts included, and needs dfdaemon to
+//! intercept HTTPS to help at all. A registry mirror touches image pulls only, so dfinit
+//! keeps to `registry-mirrors`, for the same `containerRuntime.docker` section.
 
 use crate::change::{read_optional, FileChange};
 use crate::error::DfinitError;

@@ -1,4 +1,4 @@
-//! dfinit's one error type.
+//! dfinit's one error type, and the exit code of each failure.
 
 use std::path::PathBuf;
 
@@ -28,4 +28,25 @@ pub enum DfinitError {
 
     #[error("{path}: {reason}")]
     Shape { path: PathBuf, reason: String },
+
+    /// dfinit.yaml cannot be read or holds a bad value: like a bad flag, nothing was touched.
+    #[error("config file {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+}
+
+/// Exit codes: as for dfget, 2 is "fix the command line or dfinit.yaml and run again".
+pub mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+}
+
+impl DfinitError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::InvalidArgument(_) | Self::Config { .. } => exit::USAGE,
+            Self::Read { .. } | Self::Write { .. } | Self::Parse { .. } | Self::Shape { .. } => {
+                exit::FAILURE
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The registries to mirror and the mirror itself, as given on the command line.
+//! The registries to mirror and the mirror itself, as given on the command line or in
+//! dfinit.yaml.
 
 use crate::error::DfinitError;
 use url::Url;
@@ -18,19 +19,29 @@ impl Registry {
     /// `HOST` or `HOST=SERVER_URL` (HTTPS unless the URL says otherwise).
     pub fn parse(spec: &str) -> Result<Self, DfinitError> {
         let (host, server) = match spec.split_once('=') {
-            Some((host, server)) => (host.trim(), server.trim().to_string()),
-            None if spec.trim() == DOCKER_HUB => (DOCKER_HUB, DOCKER_HUB_SERVER.to_string()),
-            None => (spec.trim(), format!("https://{}", spec.trim())),
+            Some((host, server)) => (host, Some(server)),
+            None => (spec, None),
         };
+        Self::new(host, server)
+    }
+
+    /// A registry named `host`, served at `server` or, without one, at Docker Hub's API
+    /// address for `docker.io` and `https://HOST` for any other.
+    pub fn new(host: &str, server: Option<&str>) -> Result<Self, DfinitError> {
+        let host = host.trim();
         if host.is_empty() || host.contains('/') {
             return Err(DfinitError::InvalidArgument(format!(
-                "registry {spec:?}: expected HOST or HOST=URL, e.g. docker.io or 127.0.0.1:5000=http://127.0.0.1:5000"
+                "registry {host:?}: expected HOST or HOST=URL, e.g. docker.io or 127.0.0.1:5000=http://127.0.0.1:5000"
             )));
         }
-        let server = parse_http_url(&server)?;
+        let server = match server.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(server) => server.to_string(),
+            None if host == DOCKER_HUB => DOCKER_HUB_SERVER.to_string(),
+            None => format!("https://{host}"),
+        };
         Ok(Self {
             host: host.to_string(),
-            server,
+            server: parse_http_url(&server)?,
         })
     }
 

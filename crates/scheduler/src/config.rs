@@ -237,22 +237,17 @@ impl Default for MetricsConfig {
 }
 
 impl SchedulerConfig {
-    /// Reads and validates a YAML file; missing keys take their defaults.
-    pub fn from_file(path: &Path) -> Result<Self, SchedulerError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SchedulerError::ConfigRead {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_yaml(&text)
+    /// Reads and validates a YAML file; missing keys take their defaults. Also returns the
+    /// dotted paths of the keys Damselfly does not implement, for a startup warning.
+    pub fn load(path: &Path) -> Result<(Self, Vec<String>), SchedulerError> {
+        let parsed = damselfly_configfile::load::<Self>(path)?;
+        parsed.config.validate()?;
+        Ok((parsed.config, parsed.ignored))
     }
 
     /// Parses and validates YAML text. An empty document gives the defaults.
     pub fn from_yaml(text: &str) -> Result<Self, SchedulerError> {
-        let config: Self = if text.trim().is_empty() {
-            Self::default()
-        } else {
-            serde_yaml::from_str(text)?
-        };
+        let config = damselfly_configfile::parse::<Self>(text, "scheduler config")?.config;
         config.validate()?;
         Ok(config)
     }
@@ -353,6 +348,83 @@ mod tests {
             config.metrics_addr().unwrap(),
             Some("0.0.0.0:8000".parse().unwrap())
         );
+    }
+
+    /// `scheduler.yaml` as Dragonfly's Helm chart 1.7 renders it (comments dropped; the
+    /// chart leaves `seedPeer:` empty): it must start, with what we ignore named.
+    const DRAGONFLY_CHART_SCHEDULER_YAML: &str = r#"
+server:
+  advertiseIP: ''
+  advertisePort: 8002
+  listenIP: '0.0.0.0'
+  port: 8002
+  requestRateLimit: 4000
+  workHome: ''
+  logLevel: 'info'
+  logDir: ''
+scheduler:
+  algorithm: default
+  backToSourceCount: 200
+  retryBackToSourceLimit: 3
+  retryLimit: 5
+  retryInterval: 2s
+  gc:
+    pieceDownloadTimeout: 30m
+    peerGCInterval: 5m
+    peerTTL: 720h
+    taskGCInterval: 30m
+    hostGCInterval: 5m
+    hostTTL: 1h
+dynconfig:
+  refreshInterval: 1m
+host:
+  idc: ''
+  location: ''
+manager:
+  addr: dragonfly-manager.dragonfly-system.svc.cluster.local:65003
+  schedulerClusterID: 1
+  keepAlive:
+    interval: 5s
+seedPeer:
+console: true
+pprofPort: -1
+security:
+  autoIssueCert: false
+  caCert: ''
+  tlsVerify: false
+  tlsPolicy: prefer
+metrics:
+  enable: true
+  addr: ":8000"
+  enableHost: false
+"#;
+
+    #[test]
+    fn dragonflys_chart_scheduler_yaml_loads() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, DRAGONFLY_CHART_SCHEDULER_YAML.as_bytes()).unwrap();
+        let (config, ignored) = SchedulerConfig::load(file.path()).unwrap();
+        assert_eq!(config.listen_addr(), "0.0.0.0:8002".parse().unwrap());
+        assert_eq!(config.scheduler.retry_back_to_source_limit, 3);
+        assert_eq!(config.scheduler.retry_interval, Duration::from_secs(2));
+        assert!(
+            config.seed_peer.enable,
+            "an empty seedPeer: keeps the default"
+        );
+        for key in [
+            "server.advertiseIP",
+            "manager",
+            "security",
+            "scheduler.gc.pieceDownloadTimeout",
+            "metrics.enableHost",
+        ] {
+            assert!(ignored.iter().any(|k| k == key), "{key} not in {ignored:?}");
+        }
+        let with_tls = DRAGONFLY_CHART_SCHEDULER_YAML.replace("caCert: ''", "caCert: /etc/ca.pem");
+        let error = SchedulerConfig::from_yaml(&with_tls)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("security.caCert"), "{error}");
     }
 
     #[test]

@@ -5,16 +5,10 @@ use std::net::SocketAddr;
 /// Everything that can stop the scheduler from starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    /// The configuration file could not be read.
-    #[error("cannot read scheduler config {path}: {source}")]
-    ConfigRead {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The configuration file is not valid YAML for [`crate::SchedulerConfig`].
-    #[error("cannot parse scheduler config: {0}")]
-    ConfigParse(#[from] serde_yaml::Error),
+    /// The configuration file could not be read or parsed, or sets a security key that is
+    /// not implemented.
+    #[error("scheduler config: {0}")]
+    ConfigFile(#[from] damselfly_configfile::ConfigFileError),
     /// A configuration value is out of range.
     #[error("invalid scheduler config: {0}")]
     InvalidConfig(String),

@@ -108,7 +108,7 @@ pub fn daemon_config(ip: &str, name: &str, dir: &Path, scheduler: SocketAddr) ->
     c.health.server.port = 0;
     c.storage.dir = dir.join(name).join("cache");
     c.download.server.socket_path = dir.join(name).join("dfdaemon.sock");
-    c.scheduler.addrs = vec![scheduler];
+    c.scheduler.addrs = vec![scheduler.into()];
     c
 }
 

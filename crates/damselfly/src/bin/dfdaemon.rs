@@ -2,23 +2,39 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use damselfly::logging::LogArgs;
 use damselfly_daemon::DaemonArgs;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
+
+/// The daemon's own flags and Dragonfly's logging flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dfdaemon",
+    version,
+    about = "Damselfly peer daemon: P2P downloads, piece server, registry mirror and proxy, local gRPC API"
+)]
+struct Cli {
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    #[command(flatten)]
+    log: LogArgs,
+}
 
 fn main() -> anyhow::Result<()> {
-    let args = DaemonArgs::parse();
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&args.log_level))
-        .context("invalid --log-level")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: daemons usually log to files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let config = args.load_config().context("loading the configuration")?;
-    if args.print_ca_cert {
+    let cli = Cli::parse();
+    cli.log.init("dfdaemon")?;
+    let loaded = cli
+        .daemon
+        .load_config()
+        .context("loading the configuration")?;
+    if let Some(file) = &loaded.file {
+        tracing::info!(file = %file.display(), "configuration read");
+    }
+    for key in &loaded.ignored_keys {
+        tracing::warn!(%key, "config key not implemented by Damselfly; ignored");
+    }
+    let config = loaded.config;
+    if cli.daemon.print_ca_cert {
         let pem =
             damselfly_daemon::proxy::tls::ca_cert_pem(&config.proxy).context("the proxy CA")?;
         print!("{pem}");
@@ -32,10 +48,12 @@ fn main() -> anyhow::Result<()> {
         let mut terminate =
             signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut quit = signal(SignalKind::quit()).context("installing SIGQUIT handler")?;
         let shutdown = async move {
             tokio::select! {
                 _ = terminate.recv() => tracing::info!("SIGTERM received"),
                 _ = interrupt.recv() => tracing::info!("SIGINT received"),
+                _ = quit.recv() => tracing::info!("SIGQUIT received"),
             }
         };
         damselfly_daemon::run(config, shutdown)

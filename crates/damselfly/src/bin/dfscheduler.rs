@@ -7,11 +7,14 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
+use damselfly::logging::LogArgs;
 use damselfly_scheduler::config::parse_metrics_addr;
 use damselfly_scheduler::SchedulerConfig;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
+
+/// Dragonfly's scheduler config file, read when `--config` is not given and it exists.
+const DEFAULT_CONFIG_PATH: &str = "/etc/dragonfly/scheduler.yaml";
 
 /// Flags win over the config file; unset flags leave the file (or the defaults) alone.
 #[derive(Debug, Parser)]
@@ -24,22 +27,31 @@ struct Args {
     /// gRPC listen address [default: 0.0.0.0:8002, or server.listen / listenIP:port from --config]
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// YAML config file with Dragonfly scheduler keys
-    #[arg(long, value_name = "FILE")]
+    /// YAML config file with Dragonfly scheduler keys [default: /etc/dragonfly/scheduler.yaml
+    /// when it exists]
+    #[arg(short = 'c', long, value_name = "FILE", env = "DFSCHEDULER_CONFIG")]
     config: Option<PathBuf>,
     /// Metrics + /healthy address, `:PORT`, or `none` [default: <listen ip>:8000]
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
-    /// Log filter (RUST_LOG wins when set)
-    #[arg(long, default_value = "info")]
-    log_level: String,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 impl Args {
-    fn load_config(&self) -> anyhow::Result<SchedulerConfig> {
-        let mut config = match &self.config {
-            Some(path) => SchedulerConfig::from_file(path)?,
-            None => SchedulerConfig::default(),
+    /// The configuration, and the keys of its file that Damselfly ignores.
+    fn load_config(&self) -> anyhow::Result<(SchedulerConfig, Vec<String>)> {
+        let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+        let file = self
+            .config
+            .clone()
+            .or_else(|| default.exists().then_some(default));
+        let (mut config, ignored) = match &file {
+            Some(path) => {
+                tracing::info!(file = %path.display(), "reading the configuration");
+                SchedulerConfig::load(path)?
+            }
+            None => (SchedulerConfig::default(), Vec::new()),
         };
         if let Some(listen) = self.listen {
             config.server.listen = Some(listen);
@@ -55,22 +67,17 @@ impl Args {
             }
         }
         config.validate()?;
-        Ok(config)
+        Ok((config, ignored))
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&args.log_level))
-        .context("invalid --log-level")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: daemons usually log to files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let config = args.load_config().context("loading the configuration")?;
+    args.log.init("dfscheduler")?;
+    let (config, ignored) = args.load_config().context("loading the configuration")?;
+    for key in ignored {
+        tracing::warn!(%key, "config key not implemented by Damselfly; ignored");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
