@@ -1,4 +1,5 @@
-//! Piece digests (`crc32:<decimal>`) and whole-file digests (reference: ids-and-vectors.md §6).
+//! Piece digests (`crc32:<decimal>`) and whole-file digests, as the Dragonfly client
+//! (`dragonflyoss/client`) computes them.
 
 use crate::error::CoreError;
 use sha2::{Digest as _, Sha256, Sha512};

@@ -1,4 +1,4 @@
-//! Host, peer and task identifiers (reference: ids-and-vectors.md §2-§3).
+//! Host, peer and task identifiers, as the Dragonfly client (`dragonflyoss/client`) derives them.
 
 use crate::error::CoreError;
 use regex::Regex;

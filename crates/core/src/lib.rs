@@ -8,11 +8,13 @@ pub mod digest;
 pub mod error;
 pub mod extensions;
 pub mod id;
+pub mod limits;
 pub mod piece;
 pub mod ring;
 
 pub use digest::{piece_digest, Digest, DigestAlgorithm, DigestHasher};
 pub use error::CoreError;
 pub use id::{host_id, peer_id, TaskIdRule, TaskIdSpec, DEFAULT_FILTERED_QUERY_PARAMS};
+pub use limits::MAX_GRPC_MESSAGE_SIZE;
 pub use piece::{PieceLayout, PieceSpan, MAX_PIECE_LENGTH, MIN_PIECE_LENGTH};
 pub use ring::SchedulerRing;

@@ -1,4 +1,4 @@
-//! Piece length and layout (reference: ids-and-vectors.md §6.5).
+//! Piece length and layout, by the Dragonfly client's piece length rule (`dragonflyoss/client`).
 
 use crate::error::CoreError;
 

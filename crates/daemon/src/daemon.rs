@@ -343,8 +343,8 @@ fn spawn_servers(
     let mut tasks = Vec::new();
 
     let upload = DfdaemonUploadServer::new(UploadService::new(engine.clone()))
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+        .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
+        .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(
         async move {
@@ -369,8 +369,8 @@ fn spawn_servers(
     ));
 
     let download = DfdaemonDownloadServer::new(DownloadService::new(engine.clone()))
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+        .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
+        .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(
         async move {

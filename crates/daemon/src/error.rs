@@ -34,9 +34,6 @@ pub enum DaemonError {
     #[error("cannot download {url}: {reason}, and back-to-source is disabled")]
     BackToSourceDisabled { url: String, reason: String },
 
-    #[error("origin for {url} did not report a content length")]
-    NoContentLength { url: String },
-
     #[error("scheduler {addr}: {status}")]
     Scheduler { addr: SocketAddr, status: Status },
 
@@ -55,9 +52,6 @@ pub enum DaemonError {
         context: String,
         source: std::io::Error,
     },
-
-    #[error("embedded scheduler: {0}")]
-    EmbeddedScheduler(String),
 
     #[error("the daemon is shutting down")]
     ShuttingDown,
@@ -90,11 +84,10 @@ impl DaemonError {
             DaemonError::Timeout { .. } => Code::DeadlineExceeded,
             // Not an origin failure: the user forbade the origin and no peer had the task.
             DaemonError::BackToSourceDisabled { .. } => Code::Aborted,
-            DaemonError::NoContentLength { .. } => Code::FailedPrecondition,
             DaemonError::Scheduler { status, .. } => status.code(),
             DaemonError::NoScheduler(_) | DaemonError::ShuttingDown => Code::Unavailable,
             DaemonError::Io { source, .. } => io_code(source),
-            DaemonError::Bind { .. } | DaemonError::EmbeddedScheduler(_) => Code::Internal,
+            DaemonError::Bind { .. } => Code::Internal,
             DaemonError::Status(status) => status.code(),
         }
     }

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod conversation;
 pub mod daemon;
 pub mod dispatch;
 pub mod dynconfig;

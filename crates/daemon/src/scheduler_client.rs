@@ -337,8 +337,8 @@ impl Schedulers {
 /// Decisions carry whole peer lists; the default 4 MiB message limit is not ours to impose.
 fn new_client(channel: Channel) -> SchedulerClient<Channel> {
     SchedulerClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
+        .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
 }
 
 /// Connect errors surface as `Unavailable` (or `Unknown` with a transport error inside).

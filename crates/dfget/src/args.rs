@@ -1,4 +1,5 @@
-//! dfget's command line (reference: dragonfly-v2.md §2.1), and the parsers for its values.
+//! dfget's command line (Dragonfly's dfget flags, `dragonflyoss/client`), and the parsers for
+//! its values.
 //!
 //! Every value is parsed into its final type here, so a bad URL, digest, size or header is a
 //! usage error (exit 2) before anything talks to a daemon.

@@ -169,8 +169,8 @@ pub async fn download(
     progress: &Progress,
 ) -> Result<Traffic, DfgetError> {
     let mut client = DfdaemonDownloadClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+        .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
+        .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
     let mut stream = client
         .download_task(spec.to_request())
         .await

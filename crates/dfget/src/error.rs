@@ -48,9 +48,6 @@ pub enum DfgetError {
 
     #[error("interrupted")]
     Interrupted,
-
-    #[error("{0}")]
-    Other(String),
 }
 
 impl DfgetError {
@@ -63,7 +60,6 @@ impl DfgetError {
             Self::ConnectionLost { .. } => exit::FAILURE,
             Self::Timeout(_) => exit::TIMEOUT,
             Self::Interrupted => exit::INTERRUPTED,
-            Self::Other(_) => exit::FAILURE,
         }
     }
 

@@ -116,9 +116,14 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A bar on stderr when `visible`, nothing otherwise.
     pub fn new(visible: bool) -> Self {
-        let bar = visible.then(|| {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        Self::drawing_to(visible.then(ProgressDrawTarget::stderr))
+    }
+
+    fn drawing_to(target: Option<ProgressDrawTarget>) -> Self {
+        let bar = target.map(|target| {
+            let bar = ProgressBar::with_draw_target(None, target);
             bar.set_style(spinner_style());
             bar.set_message("waiting for dfdaemon");
             bar.enable_steady_tick(Duration::from_millis(200));
@@ -301,9 +306,122 @@ mod tests {
         assert!(ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
     }
 
+    /// A terminal that keeps what its user sees: one string per row and the cursor's row while
+    /// a frame is drawn, and the text of the last frame drawn completely (at its flush), so a
+    /// test never reads a half-drawn frame of the bar's ticker thread.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(std::sync::Arc<std::sync::Mutex<Frame>>);
+
+    #[derive(Debug, Default)]
+    struct Frame {
+        rows: Vec<String>,
+        at: usize,
+        shown: String,
+    }
+
+    impl Screen {
+        fn text(&self) -> String {
+            self.0.lock().unwrap().shown.clone()
+        }
+
+        fn with<T>(&self, f: impl FnOnce(&mut Frame) -> T) -> T {
+            f(&mut self.0.lock().unwrap())
+        }
+
+        fn with_row(&self, f: impl FnOnce(&mut String)) {
+            self.with(|frame| {
+                if frame.rows.len() <= frame.at {
+                    frame.rows.resize(frame.at + 1, String::new());
+                }
+                f(&mut frame.rows[frame.at]);
+            })
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+            self.with(|frame| frame.at = frame.at.saturating_sub(n));
+            Ok(())
+        }
+        fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+            self.with(|frame| frame.at += n);
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(s)?;
+            self.with(|frame| frame.at += 1);
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            // A carriage return starts the row again; what follows overwrites it.
+            for (i, part) in s.split('\r').enumerate() {
+                self.with_row(|row| {
+                    if i > 0 {
+                        row.clear();
+                    }
+                    row.push_str(part);
+                });
+            }
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            self.with_row(String::clear);
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            self.with(|frame| {
+                let rows: Vec<&str> = frame.rows.iter().map(|row| row.trim_end()).collect();
+                frame.shown = rows.join("\n").trim().to_string();
+            });
+            Ok(())
+        }
+    }
+
     #[test]
-    fn hidden_progress_is_inert() {
+    fn the_bar_shows_bytes_and_sources_then_clears() {
+        let screen = Screen::default();
+        let target = ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let progress = Progress::drawing_to(Some(target));
+        assert!(
+            screen.text().contains("waiting for dfdaemon"),
+            "{:?}",
+            screen.text()
+        );
+
+        let mut t = Traffic {
+            content_length: Some(4096),
+            ..Default::default()
+        };
+        progress.started(&t);
+        assert!(
+            screen.text().starts_with("0 B/4.00 KiB"),
+            "{:?}",
+            screen.text()
+        );
+        t.record(&piece(0, 1024, Some(TrafficType::RemotePeer), Some("p")));
+        progress.update(&t);
+        let shown = screen.text();
+        assert!(shown.starts_with("1.00 KiB/4.00 KiB"), "{shown:?}");
+        assert!(shown.ends_with("peers 1.00 KiB origin 0 B"), "{shown:?}");
+        assert!(!shown.contains('\n'), "the bar takes one row: {shown:?}");
+
+        drop(progress);
+        assert_eq!(screen.text(), "", "dropping the bar clears it");
+    }
+
+    #[test]
+    fn hidden_progress_has_no_bar() {
         let p = Progress::new(false);
+        assert!(p.bar.is_none());
         let t = Traffic::default();
         p.started(&t);
         p.update(&t);

@@ -1,7 +1,5 @@
 //! The one error type of the scheduler library.
 
-use std::net::SocketAddr;
-
 /// Everything that can stop the scheduler from starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -15,13 +13,6 @@ pub enum SchedulerError {
     /// The gRPC server failed.
     #[error("scheduler gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// Binding or serving a socket failed.
-    #[error("scheduler I/O error on {addr}: {source}")]
-    Io {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
     /// A Prometheus metric could not be registered or encoded.
     #[error("scheduler metrics error: {0}")]
     Metrics(#[from] prometheus::Error),

@@ -58,7 +58,9 @@ async fn run(job: &SeedJob) -> Result<u64, String> {
         .connect()
         .await
         .map_err(|e| format!("cannot connect to seed {}: {e}", job.endpoint))?;
-    let mut client = DfdaemonUploadClient::new(channel);
+    let mut client = DfdaemonUploadClient::new(channel)
+        .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
+        .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
     let request = DownloadTaskRequest {
         download: Some(job.download.clone()),
     };

@@ -34,7 +34,9 @@ pub async fn serve(
         .await;
 
     let gc = tokio::spawn(gc_loop(shared.clone()));
-    let scheduler = SchedulerServer::new(SchedulerService::new(shared.clone()));
+    let scheduler = SchedulerServer::new(SchedulerService::new(shared.clone()))
+        .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
+        .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
     tracing::info!(addr = ?local, "scheduler serving");
 
     let signal = async move {

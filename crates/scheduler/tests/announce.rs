@@ -197,8 +197,12 @@ async fn bad_parent_by_piece_costs_is_not_offered() {
     fast.piece_from_source(0, Duration::from_millis(10)).await;
     fast.piece_from_source(1, Duration::from_millis(12)).await;
     fast.piece_from_source(2, Duration::from_millis(11)).await;
-    // Let the reports land before scheduling children.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both finish: the scheduler closes a stream only after it took in every report before
+    // the end, so the piece costs are known when the children are scheduled.
+    for parent in [&mut slow, &mut fast] {
+        parent.back_to_source_finished().await;
+        parent.expect_closed().await;
+    }
 
     let mut child =
         PeerStream::register(&mut client, "h2", "fast", "f2", download(other, SIZE)).await;

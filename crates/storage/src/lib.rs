@@ -617,7 +617,15 @@ impl Storage {
     /// TTL eviction, then quota eviction of finished tasks (LRU); returns evicted task IDs.
     /// Tasks in `in_use` are never evicted.
     pub async fn gc(&self, in_use: &HashSet<String>) -> Result<Vec<String>, StorageError> {
-        let now = SystemTime::now();
+        self.gc_at(in_use, SystemTime::now()).await
+    }
+
+    /// [`Storage::gc`] as if the time were `now` (ages and TTLs are measured up to it).
+    pub async fn gc_at(
+        &self,
+        in_use: &HashSet<String>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StorageError> {
         let mut tasks = self.list_tasks()?;
         tasks.retain(|t| !in_use.contains(&t.id));
         let mut evicted = Vec::new();

@@ -1,6 +1,7 @@
 //! Moving piece bytes: the Vortex TCP piece server and client, the origin HTTP backend,
 //! bandwidth limits, and the SyncPieces server stream.
 
+pub mod admission;
 mod backend;
 mod error;
 mod limiter;
@@ -20,6 +21,6 @@ pub use plain_http::PLAIN_READ_BUFFER;
 pub use sync::sync_pieces_stream;
 pub use vortex::{
     download_piece_vortex, serve_vortex, serve_vortex_with, UploadHook, VortexServerConfig,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT, MAX_FRAME_VALUE_LENGTH,
-    SEND_CHUNK_SIZE,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_OPEN_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT, MAX_FRAME_VALUE_LENGTH, SEND_CHUNK_SIZE,
 };

@@ -2,6 +2,7 @@
 //! connection, answered by a `PieceContent` frame followed by exactly `length` raw piece
 //! bytes (the header's length covers only the frame value), or by an `Error` frame.
 
+use crate::admission::ConnectionLimits;
 use crate::error::TransferError;
 use crate::limiter::{RateLimiter, ThrottledReader};
 use crate::metrics::{UPLOAD_PIECE_TOTAL, UPLOAD_TRAFFIC_BYTES};
@@ -23,10 +24,18 @@ use vortex_protocol::tlv::piece_metadata::PieceMetadata as WireMetadata;
 use vortex_protocol::tlv::{Tag, PIECE_NUMBER_SIZE, TASK_ID_SIZE};
 use vortex_protocol::{Header, Message, HEADER_SIZE};
 
-/// Connections served at once; further peers wait in the listen backlog.
+/// Pieces sent at once; further requests wait for a turn with their request read.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
-/// Time a peer gets to send its whole request; stops slowloris peers from pinning permits.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sockets one address may hold open. A child fetches `concurrentPieceCount` (8) pieces per
+/// download at once; 64 leave room for several downloads while one flooding address cannot
+/// take the server's sockets from everyone else.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// Sockets open at once over all addresses, idle ones included; past this a new
+/// connection is closed at once.
+pub const DEFAULT_MAX_OPEN_CONNECTIONS: usize = 1024;
+/// Time a peer gets to send its whole request (about 100 bytes, sent right after connecting);
+/// stops idle and slowloris peers from holding sockets.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a single send may make no progress before the peer is dropped.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes per send step: the granularity of the upload limiter and the traffic counter.
@@ -46,7 +55,10 @@ pub type UploadHook = Arc<dyn Fn(&str, u32) + Send + Sync>;
 /// Tunables of the Vortex server.
 #[derive(Clone)]
 pub struct VortexServerConfig {
+    /// Pieces being sent at once.
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub max_open_connections: usize,
     pub request_timeout: Duration,
     pub send_timeout: Duration,
     /// Told about every completed upload (a seed's rationing uses it).
@@ -57,6 +69,11 @@ impl std::fmt::Debug for VortexServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VortexServerConfig")
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            )
+            .field("max_open_connections", &self.max_open_connections)
             .field("request_timeout", &self.request_timeout)
             .field("send_timeout", &self.send_timeout)
             .field("on_uploaded", &self.on_uploaded.is_some())
@@ -68,6 +85,8 @@ impl Default for VortexServerConfig {
     fn default() -> Self {
         Self {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_open_connections: DEFAULT_MAX_OPEN_CONNECTIONS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             on_uploaded: None,
@@ -92,7 +111,9 @@ pub async fn serve_vortex(
     .await
 }
 
-/// [`serve_vortex`] with explicit limits.
+/// [`serve_vortex`] with explicit limits. A connection is admitted (or closed at once) by
+/// its address's and the server's socket caps, reads its request within the request
+/// timeout without holding a sending turn, then waits for one of `max_connections` turns.
 pub async fn serve_vortex_with(
     listener: TcpListener,
     storage: Storage,
@@ -100,15 +121,12 @@ pub async fn serve_vortex_with(
     shutdown: CancellationToken,
     config: VortexServerConfig,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let turns = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let limits = ConnectionLimits::new(
+        config.max_connections_per_address,
+        config.max_open_connections,
+    );
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -121,11 +139,20 @@ pub async fn serve_vortex_with(
                 continue;
             }
         };
+        let slot = match limits.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                debug!(%peer, ?refused, "vortex connection refused");
+                UPLOAD_PIECE_TOTAL.with_label_values(&["refused"]).inc();
+                continue;
+            }
+        };
         let connection = Connection {
             storage: storage.clone(),
             limiter: upload_limiter.clone(),
             config: config.clone(),
             peer,
+            turns: Arc::clone(&turns),
         };
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -133,7 +160,7 @@ pub async fn serve_vortex_with(
                 _ = shutdown.cancelled() => {}
                 _ = connection.serve(stream) => {}
             }
-            drop(permit);
+            drop(slot);
         });
     }
     debug!("vortex server stopped");
@@ -152,6 +179,8 @@ struct Connection {
     limiter: RateLimiter,
     config: VortexServerConfig,
     peer: SocketAddr,
+    /// Turns to send a piece; taken only once the request has been read.
+    turns: Arc<Semaphore>,
 }
 
 impl Connection {
@@ -167,7 +196,10 @@ impl Connection {
             Err(_) => Err(Refusal::Drop("request not received in time".to_string())),
         };
         let outcome = match request {
-            Ok(request) => self.send_piece(&mut stream, &request).await,
+            Ok(request) => match Arc::clone(&self.turns).acquire_owned().await {
+                Ok(_turn) => self.send_piece(&mut stream, &request).await,
+                Err(_) => Err(Refusal::Drop("server stopping".to_string())),
+            },
             Err(refusal) => Err(refusal),
         };
         let result = match outcome {

@@ -49,28 +49,20 @@ async fn existing_pieces_first_then_pieces_as_they_land() {
     assert_eq!(first.ip, "127.0.0.9");
     assert_eq!(first.tcp_port, Some(4005));
 
-    let writer = tokio::spawn({
-        let (storage, id) = (storage.clone(), id.clone());
-        async move {
-            for n in [0, 3, 1] {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                write(&storage, &id, &data, spans[n]).await;
-            }
-        }
-    });
-    let mut later = Vec::new();
-    while let Some(item) = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .unwrap()
-    {
-        later.push(item.unwrap().number);
+    // Each piece written is the stream's next item, in the order written.
+    let wait = Duration::from_secs(5);
+    for n in [0, 3, 1] {
+        write(&storage, &id, &data, spans[n]).await;
+        let item = tokio::time::timeout(wait, stream.next()).await.unwrap();
+        assert_eq!(item.unwrap().unwrap().number, n as u32);
     }
-    assert_eq!(
-        later,
-        vec![0, 3, 1],
+    assert!(
+        tokio::time::timeout(wait, stream.next())
+            .await
+            .unwrap()
+            .is_none(),
         "ends by itself once every piece was sent"
     );
-    writer.await.unwrap();
 }
 
 #[tokio::test]

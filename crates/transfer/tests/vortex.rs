@@ -240,9 +240,9 @@ async fn garbage_gets_an_error_or_a_close_and_the_server_keeps_serving() {
     // DownloadPiece claiming a 4 GiB value.
     let answer = exchange(addr, &[1, 0, 0xff, 0xff, 0xff, 0xff, 0, 0], false).await;
     assert_eq!(answer.get(1), Some(&TAG_ERROR), "{answer:?}");
-    // Truncated request, then the client gives up writing.
+    // Truncated request, then the client gives up writing: closed without an answer.
     let answer = exchange(addr, &[1, 0, 0, 0, 0, 68, b'a', b'b'], true).await;
-    assert!(answer.is_empty() || answer[1] == TAG_ERROR, "{answer:?}");
+    assert!(answer.is_empty(), "{answer:?}");
     // Non-UTF-8 task ID.
     let mut bad_id = vec![1, 0, 0, 0, 0, 68];
     bad_id.extend([0xffu8; 68]);
@@ -367,5 +367,84 @@ async fn uploads_are_counted() {
         .encode_to_string(&prometheus::gather())
         .unwrap();
     assert!(text.contains("damselfly_upload_traffic_bytes_total"));
+    shutdown.cancel();
+}
+
+/// Opens `count` TCP connections from `source` to `addr` and sends nothing on them.
+async fn idle_connections(source: &str, addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        streams.push(socket.connect(addr).await.unwrap());
+    }
+    streams
+}
+
+/// Whether the server closed `stream` (a read returns end of file or an error).
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn an_idle_flood_from_one_address_does_not_starve_other_peers() {
+    let (seed_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id = task_id(9);
+    let data = content(4 * PIECE as usize, 9);
+    let (seed, layout) = seeded(seed_dir.path(), &id, &data).await;
+    let config = VortexServerConfig {
+        // Long enough that the flood is still open while the honest peer downloads.
+        request_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let (addr, shutdown) = start_server(seed, config).await;
+    let mut flood = idle_connections("127.0.0.77", addr, 300).await;
+
+    // Everything past the per-address cap is closed at once, not left in the backlog.
+    let over_cap = flood.split_off(damselfly_transfer::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS);
+    for mut stream in over_cap {
+        assert!(
+            closed_by_server(&mut stream).await,
+            "an over-cap connection stayed open"
+        );
+    }
+
+    let child = storage(child_dir.path());
+    child
+        .prepare_task(&id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    for span in layout.spans() {
+        download_piece_vortex(addr, &id, span, "seed", &child, &[], TIMEOUT)
+            .await
+            .expect("a peer from another address is served during the flood");
+    }
+    child.finish_task(&id).unwrap();
+    let output = child_dir.path().join("out");
+    child.export(&id, &output, false, false).await.unwrap();
+    assert_eq!(sha256(&std::fs::read(&output).unwrap()), sha256(&data));
+    drop(flood);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_request_timeout() {
+    let seed_dir = tempfile::tempdir().unwrap();
+    let (seed, _) = seeded(seed_dir.path(), &task_id(10), &content(PIECE as usize, 10)).await;
+    let config = VortexServerConfig {
+        request_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let (addr, shutdown) = start_server(seed, config).await;
+    for mut stream in idle_connections("127.0.0.78", addr, 3).await {
+        assert!(
+            closed_by_server(&mut stream).await,
+            "an idle peer kept its socket"
+        );
+    }
     shutdown.cancel();
 }

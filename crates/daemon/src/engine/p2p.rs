@@ -1,27 +1,36 @@
 //! The AnnouncePeer conversation of one download (reference §1.4):
 //! Register → decision → Started → pieces from parents (reported one by one) → Reschedule …
 //! → Finished, or back-to-source with its own Started/Finished pair.
+//!
+//! The decisions are made by [`crate::conversation`]; this is its async shell. It opens the
+//! session, carries out the conversation's actions (scheduler reports here, parent streams
+//! and fetches through [`Links`]) and feeds back what happens, until a terminal action:
+//! finished, failed, or back to source through [`origin`].
 
 use super::job::JobCtx;
-use super::{origin, parents};
+use super::origin;
+use super::parents::Links;
+use super::piece_proto;
+use crate::conversation::{Action, Conversation, Event, SchedulerLink, Settings};
 use crate::error::DaemonError;
-use crate::scheduler_client::{Decision, PeerIds, PeerSession};
+use crate::scheduler_client::{PeerIds, PeerSession};
 use damselfly_core::{PieceLayout, PieceSpan};
-use dragonfly_api::common::v2::{Download, Peer};
+use damselfly_storage::PieceMetadata;
+use damselfly_transfer::TransferError;
+use dragonfly_api::common::v2::{Download, Peer, TrafficType};
 use dragonfly_api::scheduler::v2::announce_peer_request::Request as PeerRequest;
 use dragonfly_api::scheduler::v2::{
     DownloadPeerBackToSourceFailedRequest, DownloadPeerBackToSourceFinishedRequest,
     DownloadPeerBackToSourceStartedRequest, DownloadPeerFailedRequest, DownloadPeerFinishedRequest,
-    DownloadPeerStartedRequest, RegisterPeerRequest, ReschedulePeerRequest,
+    DownloadPeerStartedRequest, DownloadPieceFailedRequest, DownloadPieceFinishedRequest,
+    RegisterPeerRequest, ReschedulePeerRequest,
 };
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// How long to wait for the scheduler to close the stream after our terminal request.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
-/// Early re-scheduling rounds to get off seed-only parents (see `parents::round`).
-const MAX_SEED_ONLY_REFRESHES: u32 = 1;
 
 pub async fn download(
     job: &JobCtx<'_>,
@@ -50,113 +59,189 @@ pub async fn download(
         Ok(session) => session,
         Err(error) => return without_scheduler(job, &mut pending, &error.to_string()).await,
     };
-    converse(job, session, &mut pending).await
+    converse(job, session, pending).await
 }
 
-/// The decision loop, as a small state machine over the session.
+/// Drives the download's [`Conversation`]: carries out its actions and feeds it what the
+/// scheduler, the parents, the clock and the daemon's shutdown bring, until an action ends
+/// the conversation.
 async fn converse(
     job: &JobCtx<'_>,
     mut session: PeerSession,
-    pending: &mut BTreeMap<u32, PieceSpan>,
+    pending: BTreeMap<u32, PieceSpan>,
 ) -> Result<(), DaemonError> {
-    let config = &job.ctx.config.scheduler;
-    let mut decisions = 0u32;
-    let mut refreshes = 0u32;
-    let mut started = false;
-    // A decision that arrived in the middle of a round, to act on instead of asking again.
-    let mut interrupt: Option<Decision> = None;
-    // Parents pushed while no round listened; they join the next round.
-    let mut pushed: Vec<Peer> = Vec::new();
+    let (mut core, first) =
+        Conversation::start(Instant::now(), settings(job), pending, rand::random());
+    let mut shell = Shell {
+        links: Links::new(job),
+        wake: wake_of(&first),
+    };
+    let mut actions = VecDeque::from(first);
     loop {
-        let next = match interrupt.take() {
-            Some(decision) => Ok(decision),
-            None => session.next_decision(config.schedule_timeout).await,
-        };
-        let decision = match next {
-            Ok(decision) => decision,
-            Err(error) => return without_scheduler(job, pending, &error.to_string()).await,
-        };
-        decisions += 1;
-        let parents = match decision {
-            Decision::BackToSource(description) => {
-                let reason = description.unwrap_or_else(|| "scheduler asked for it".into());
-                return back_to_source(job, session, pending, &reason).await;
+        while let Some(action) = actions.pop_front() {
+            if action.is_terminal() {
+                let missing = core.missing().clone();
+                let fatal = shell.links.take_fatal();
+                return conclude(job, session, missing, action, fatal).await;
             }
-            Decision::Empty | Decision::MetadataOnly if pending.is_empty() => {
-                session.send(started_request()).await;
-                session.finish(finished_request(), CLOSE_WAIT).await;
-                return Ok(());
-            }
-            Decision::Empty | Decision::MetadataOnly => {
-                // The scheduler thinks the task is empty but the origin said otherwise.
-                return back_to_source(job, session, pending, "scheduler sent no parents").await;
-            }
-            Decision::Normal(mut parents) => {
-                for peer in pushed.drain(..) {
-                    if !parents.iter().any(|p| p.id == peer.id) {
-                        parents.push(peer);
-                    }
-                }
-                parents
-            }
-        };
-        if !started {
-            session.send(started_request()).await;
-            started = true;
+            shell
+                .perform(&mut session, &mut core, action, &mut actions)
+                .await;
         }
-        // One early refresh per download, and never with the last decision.
-        let may_refresh =
-            refreshes < MAX_SEED_ONLY_REFRESHES && decisions + 1 < config.max_schedule_count;
-        let outcome = parents::round(job, &mut session, &parents, pending, may_refresh).await;
-        if let Some(error) = outcome.fatal {
+        let event = shell.next_event(job, &mut session, &core).await;
+        actions.extend(shell.feed(&mut core, event));
+    }
+}
+
+/// The limits of this download.
+fn settings(job: &JobCtx<'_>) -> Settings {
+    let config = &job.ctx.config;
+    let concurrency = job
+        .request
+        .concurrent_piece_count
+        .unwrap_or(config.download.concurrent_piece_count);
+    Settings {
+        concurrency: concurrency.max(1) as usize,
+        collected_piece_timeout: config.download.collected_piece_timeout,
+        schedule_timeout: config.scheduler.schedule_timeout,
+        max_schedule_count: config.scheduler.max_schedule_count,
+    }
+}
+
+/// The deadline a batch of actions asks for.
+fn wake_of(actions: &[Action]) -> Option<Instant> {
+    actions.iter().find_map(|action| match action {
+        Action::WakeAt(at) => Some(*at),
+        _ => None,
+    })
+}
+
+/// What the conversation needs of the outside world between its actions.
+struct Shell<'a, 'j> {
+    links: Links<'a, 'j>,
+    /// When to send the conversation a tick: the deadline of its latest batch.
+    wake: Option<Instant>,
+}
+
+impl Shell<'_, '_> {
+    /// Feeds one event, remembering the deadline the answer asks for.
+    fn feed(&mut self, core: &mut Conversation, event: Event) -> Vec<Action> {
+        let actions = core.on(Instant::now(), event);
+        self.wake = wake_of(&actions);
+        actions
+    }
+
+    /// Carries out an action that does not end the conversation; follow-up actions (those
+    /// of the scheduler's buffered messages) go to `queue`.
+    async fn perform(
+        &mut self,
+        session: &mut PeerSession,
+        core: &mut Conversation,
+        action: Action,
+        queue: &mut VecDeque<Action>,
+    ) {
+        match action {
+            Action::ReportStarted => session.send(started_request()).await,
+            Action::OpenParent {
+                parent,
+                grpc,
+                interested,
+            } => self.links.open(parent, grpc, interested),
+            Action::DropParent { parent } => self.links.drop_parent(parent),
+            Action::Fetch {
+                parent,
+                parent_id,
+                seed,
+                span,
+                vortex,
+            } => self.links.fetch(parent, parent_id, seed, span, vortex),
+            Action::ReportPieceFinished { number } => {
+                if let Some(piece) = self.links.take_landed(number) {
+                    session.send(piece_finished(&piece)).await;
+                }
+            }
+            Action::ReportPieceFailed { number, parent_id } => {
+                session.send(piece_failed(number, parent_id)).await
+            }
+            Action::EndRound => self.links.end_round(),
+            Action::DrainScheduler => {
+                for decision in session.take_buffered() {
+                    queue.extend(self.feed(core, Event::Scheduler(decision)));
+                }
+                queue.extend(self.feed(core, Event::SchedulerDrained));
+            }
+            Action::Reschedule {
+                failed,
+                description,
+            } => session.send(reschedule_request(failed, description)).await,
+            // Taken when the batch was fed; terminal actions never get here.
+            Action::WakeAt(_)
+            | Action::BackToSource { .. }
+            | Action::Finish
+            | Action::Fail { .. } => {}
+        }
+    }
+
+    /// Waits for what happens next: news of the round, a scheduler message, the deadline,
+    /// or the daemon's shutdown.
+    async fn next_event(
+        &mut self,
+        job: &JobCtx<'_>,
+        session: &mut PeerSession,
+        core: &Conversation,
+    ) -> Event {
+        let shutdown = &job.ctx.shutdown;
+        tokio::select! {
+            event = self.links.next_event() => event,
+            message = session.next_message(), if core.listens_to_scheduler() => match message {
+                Ok(decision) => Event::Scheduler(decision),
+                Err(error) => Event::SchedulerLost { reason: error.to_string() },
+            },
+            _ = sleep_until_opt(self.wake) => Event::Tick,
+            _ = shutdown.cancelled(), if core.awaits_shutdown() => Event::Shutdown,
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carries out the action that ends the conversation.
+async fn conclude(
+    job: &JobCtx<'_>,
+    session: PeerSession,
+    mut missing: BTreeMap<u32, PieceSpan>,
+    action: Action,
+    fatal: Option<TransferError>,
+) -> Result<(), DaemonError> {
+    match action {
+        Action::BackToSource {
+            reason,
+            link: SchedulerLink::Reachable,
+        } => back_to_source(job, session, &mut missing, &reason).await,
+        Action::BackToSource {
+            reason,
+            link: SchedulerLink::Lost,
+        } => without_scheduler(job, &mut missing, &reason).await,
+        Action::Fail { description } => {
             let failed = PeerRequest::DownloadPeerFailedRequest(DownloadPeerFailedRequest {
-                description: Some(error.to_string()),
+                description: Some(description.clone()),
             });
             session.finish(failed, CLOSE_WAIT).await;
-            return Err(error.into());
+            Err(match fatal {
+                Some(error) => error.into(),
+                None => DaemonError::io(description, std::io::Error::other("local failure")),
+            })
         }
-        if pending.is_empty() {
+        _ => {
             session.finish(finished_request(), CLOSE_WAIT).await;
-            return Ok(());
+            Ok(())
         }
-        if let Some(decision) = outcome.interrupt {
-            interrupt = Some(decision);
-            continue;
-        }
-        for decision in session.take_buffered() {
-            match decision {
-                Decision::Normal(peers) => pushed.extend(peers),
-                other => interrupt = Some(other),
-            }
-        }
-        if interrupt.is_some() {
-            continue;
-        }
-        if decisions >= config.max_schedule_count {
-            let reason = format!("{decisions} scheduling decisions left pieces missing");
-            return back_to_source(job, session, pending, &reason).await;
-        }
-        let description = if outcome.refresh {
-            refreshes += 1;
-            format!(
-                "{} pieces missing; looking for non-seed parents",
-                pending.len()
-            )
-        } else {
-            format!("{} pieces missing after a parent round", pending.len())
-        };
-        info!(
-            remaining = pending.len(),
-            failed_parents = outcome.failed.len(),
-            refresh = outcome.refresh,
-            "asking the scheduler for other parents"
-        );
-        session
-            .send(PeerRequest::ReschedulePeerRequest(ReschedulePeerRequest {
-                candidate_parents: outcome.failed,
-                description: Some(description),
-            }))
-            .await;
     }
 }
 
@@ -226,6 +311,27 @@ fn started_request() -> PeerRequest {
 
 fn finished_request() -> PeerRequest {
     PeerRequest::DownloadPeerFinishedRequest(DownloadPeerFinishedRequest {})
+}
+
+fn piece_finished(piece: &PieceMetadata) -> PeerRequest {
+    PeerRequest::DownloadPieceFinishedRequest(DownloadPieceFinishedRequest {
+        piece: Some(piece_proto(piece, TrafficType::RemotePeer)),
+    })
+}
+
+fn piece_failed(number: u32, parent_id: String) -> PeerRequest {
+    PeerRequest::DownloadPieceFailedRequest(DownloadPieceFailedRequest {
+        piece_number: Some(number),
+        parent_id,
+        temporary: true,
+    })
+}
+
+fn reschedule_request(failed: Vec<Peer>, description: String) -> PeerRequest {
+    PeerRequest::ReschedulePeerRequest(ReschedulePeerRequest {
+        candidate_parents: failed,
+        description: Some(description),
+    })
 }
 
 /// The caller's Download plus what we learned from the origin, as the official client sends.

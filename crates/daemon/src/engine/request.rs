@@ -79,52 +79,10 @@ impl TaskRequest {
     pub fn parse(request: DownloadRequest) -> Result<Self, DaemonError> {
         let download = request.download;
         let url = check_url(&download.url)?;
-        let filtered = if download.filtered_query_params.is_empty() {
-            default_filtered_query_params()
-        } else {
-            download.filtered_query_params.clone()
-        };
         let piece_length = download.piece_length.filter(|&l| l > 0);
-        let revision = download
-            .hugging_face
-            .as_ref()
-            .map(|h| h.revision.as_str())
-            .or_else(|| download.model_scope.as_ref().map(|m| m.revision.as_str()))
-            .or_else(|| download.open_csg.as_ref().map(|o| o.revision.as_str()))
-            .filter(|r| !r.is_empty());
-        let task_id = TaskIdSpec {
-            url: &download.url,
-            tag: download.tag.as_deref().filter(|t| !t.is_empty()),
-            application: download.application.as_deref().filter(|a| !a.is_empty()),
-            revision,
-            piece_length,
-            filtered_query_params: &filtered,
-            content_for_calculating_task_id: download.content_for_calculating_task_id.as_deref(),
-            enable_task_id_based_blob_digest: download.enable_task_id_based_blob_digest,
-        }
-        .task_id()
-        .map_err(|e| DaemonError::InvalidArgument(format!("invalid URL {}: {e}", download.url)))?;
-        let digest = match download.digest.as_deref().filter(|d| !d.is_empty()) {
-            None => None,
-            Some(text) => Some(Digest::from_str(text).map_err(|_| {
-                DaemonError::InvalidArgument(format!(
-                    "invalid digest {text:?}: expected sha256:<64 hex>, sha512:<128 hex> or crc32:<digits>"
-                ))
-            })?),
-        };
-        let output = match download.output_path.as_deref().filter(|p| !p.is_empty()) {
-            None => None,
-            Some(path) => {
-                let path = PathBuf::from(path);
-                if !path.is_absolute() {
-                    return Err(DaemonError::InvalidArgument(format!(
-                        "output path {} must be absolute",
-                        path.display()
-                    )));
-                }
-                Some(path)
-            }
-        };
+        let task_id = task_id_of(&download, piece_length)?;
+        let digest = parse_digest(download.digest.as_deref())?;
+        let output = parse_output(download.output_path.as_deref())?;
         let timeout = download
             .timeout
             .and_then(|t| Duration::try_from(t).ok())
@@ -153,6 +111,62 @@ impl TaskRequest {
             download,
         })
     }
+}
+
+/// The task ID of a download, as Dragonfly computes it (see `damselfly_core::id`).
+fn task_id_of(download: &Download, piece_length: Option<u64>) -> Result<String, DaemonError> {
+    let filtered = if download.filtered_query_params.is_empty() {
+        default_filtered_query_params()
+    } else {
+        download.filtered_query_params.clone()
+    };
+    let revision = download
+        .hugging_face
+        .as_ref()
+        .map(|h| h.revision.as_str())
+        .or_else(|| download.model_scope.as_ref().map(|m| m.revision.as_str()))
+        .or_else(|| download.open_csg.as_ref().map(|o| o.revision.as_str()))
+        .filter(|r| !r.is_empty());
+    TaskIdSpec {
+        url: &download.url,
+        tag: download.tag.as_deref().filter(|t| !t.is_empty()),
+        application: download.application.as_deref().filter(|a| !a.is_empty()),
+        revision,
+        piece_length,
+        filtered_query_params: &filtered,
+        content_for_calculating_task_id: download.content_for_calculating_task_id.as_deref(),
+        enable_task_id_based_blob_digest: download.enable_task_id_based_blob_digest,
+    }
+    .task_id()
+    .map_err(|e| DaemonError::InvalidArgument(format!("invalid URL {}: {e}", download.url)))
+}
+
+/// The expected digest, if one is given.
+fn parse_digest(text: Option<&str>) -> Result<Option<Digest>, DaemonError> {
+    let Some(text) = text.filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    Digest::from_str(text).map(Some).map_err(|_| {
+        DaemonError::InvalidArgument(format!(
+            "invalid digest {text:?}: expected sha256:<64 hex>, sha512:<128 hex> or crc32:<digits>"
+        ))
+    })
+}
+
+/// The output path, if one is given; it must be absolute (the daemon's working directory is
+/// not the caller's).
+fn parse_output(path: Option<&str>) -> Result<Option<PathBuf>, DaemonError> {
+    let Some(path) = path.filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    if !path.is_absolute() {
+        return Err(DaemonError::InvalidArgument(format!(
+            "output path {} must be absolute",
+            path.display()
+        )));
+    }
+    Ok(Some(path))
 }
 
 /// Only HTTP(S) origins have a backend here; anything else is refused up front.

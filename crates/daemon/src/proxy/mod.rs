@@ -24,16 +24,18 @@ use crate::engine::Engine;
 use crate::error::DaemonError;
 use body::ProxyBody;
 use config::{BasicAuth, ProxyConfig};
+use damselfly_transfer::admission::ConnectionLimits;
 use guard::{Kind, RequestLimiter};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use regex::Regex;
 use route::{Route, Router};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -229,22 +231,47 @@ pub async fn bind(
     }
 }
 
+/// Sockets one client address may hold on the proxy. A node's container runtime pulls
+/// many layers at once from one address (loopback), so the cap is wide; it still stops one
+/// client from taking every socket.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 512;
+/// Sockets held on the proxy over all clients.
+const MAX_CONNECTIONS: usize = 2048;
+/// Time a client gets to send a request's headers; idle keep-alive and slowloris clients
+/// are closed. Bodies (long layer downloads) are not bounded by it.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// Accepts proxy connections until shutdown.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    let limits = ConnectionLimits::new(MAX_CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     debug!(%error, "proxy accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
             _ = proxy.shutdown.cancelled() => return,
         };
+        let Ok(slot) = limits.admit(peer.ip()) else {
+            debug!(%peer, "too many proxy connections; closed");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let span = tracing::debug_span!("proxy_connection", %peer);
-        tokio::spawn(serve_connection(proxy.clone(), stream, None).instrument(span));
+        let connection = serve_connection(proxy.clone(), stream, None);
+        tokio::spawn(
+            async move {
+                connection.await;
+                drop(slot);
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -279,6 +306,8 @@ where
             future
         });
         let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         tokio::select! {

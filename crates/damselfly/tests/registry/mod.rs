@@ -1,7 +1,8 @@
 //! Real registry components for the registry-mirror tests: Debian's `docker-registry`
 //! (distribution) as the origin, a counting / tampering / token-guarding front in the test
 //! process between the daemons and that registry, OCI images written by the test, and `skopeo`
-//! as the pulling client. A missing tool makes a test skip with a message, never fail.
+//! as the pulling client. A missing tool makes a test skip with a `SKIP:` line, except under CI
+//! (see [`skip`]), where it fails.
 
 #![allow(dead_code)]
 
@@ -21,7 +22,34 @@ pub const TOKEN: &str = "damselfly-test-token";
 pub const REPO: &str = "test/img";
 pub const TAG: &str = "v1";
 
-/// Path of a tool on PATH (or in /usr/sbin), or None with a SKIP line printed.
+/// Whether a test that cannot run here must fail instead of skipping: `DAMSELFLY_REQUIRE_TOOLS=1`
+/// (`=0` opts out), else whenever `CI` is set to anything but `false` or `0` (`.ci/run` runs
+/// with `CI=true` and installs the tools).
+pub fn tools_required() -> bool {
+    let set = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| !matches!(v.trim(), "0" | "false"))
+    };
+    set("DAMSELFLY_REQUIRE_TOOLS")
+        .or_else(|| set("CI"))
+        .unwrap_or(false)
+}
+
+/// The one rule for a test that cannot run here: prints `SKIP: <reason>` (the caller then
+/// returns and the test passes), or panics with the reason when [`tools_required`].
+pub fn skip(reason: impl std::fmt::Display) {
+    if tools_required() {
+        panic!(
+            "{reason}\n(a skip is a failure under CI or with DAMSELFLY_REQUIRE_TOOLS=1; \
+             set DAMSELFLY_REQUIRE_TOOLS=0 to skip)"
+        );
+    }
+    eprintln!("SKIP: {reason}");
+}
+
+/// Path of a tool on PATH (or in /usr/sbin), or [`skip`] when it is not installed.
 pub fn tool(name: &str) -> Option<PathBuf> {
     for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
         "/usr/sbin",
@@ -33,7 +61,9 @@ pub fn tool(name: &str) -> Option<PathBuf> {
             return Some(path);
         }
     }
-    eprintln!("SKIP: `{name}` is not installed (.ci/run installs it with apt-get)");
+    skip(format!(
+        "`{name}` is not installed (.ci/run installs it with apt-get)"
+    ));
     None
 }
 

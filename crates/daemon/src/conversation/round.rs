@@ -1,0 +1,472 @@
+//! One round of downloading from the parents of one scheduling decision.
+//!
+//! Each parent's SyncPieces stream tells which pieces it has (and, for a parent still
+//! downloading, each piece as it lands). The round keeps up to `concurrency` pieces in
+//! flight, choosing piece and parent with [`crate::dispatch`]. A failed piece is reported and
+//! retried from another parent; a parent that keeps failing is dropped. Parents the scheduler
+//! pushes while the round runs (the mesh's reverse edges) join at once.
+
+use super::parent::{Parent, ParentKind, ParentState, MAX_PARENT_FAILURES};
+use super::{Action, ParentKey, Settings};
+use crate::dispatch::{next_assignment, seed_budget, ParentLoad, SeedGrace};
+use crate::scheduler_client::Decision;
+use damselfly_core::PieceSpan;
+use dragonfly_api::common::v2::Peer;
+use rand::rngs::StdRng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tracing::{debug, info};
+
+/// A round fed only by seed parents ends early after this long, so the scheduler can add the
+/// normal peers that meanwhile hold pieces: the swarm then trades among itself instead of
+/// every peer pulling the whole task through the seed's uplink.
+pub(super) const SEED_ONLY_REFRESH_AFTER: Duration = Duration::from_millis(500);
+/// Below this many missing pieces a refresh is not worth a scheduling round.
+pub(super) const MIN_PENDING_FOR_REFRESH: usize = 8;
+
+/// Where a round is.
+#[derive(Debug)]
+pub(super) enum RoundState {
+    /// Starting pieces and waiting for news.
+    Fetching,
+    /// About to end: the pieces in flight may land, no new ones start.
+    Draining(DrainReason),
+    /// Ends at once, its fetches aborted (the daemon is stopping).
+    Cancelled,
+}
+
+/// Why a round drains.
+#[derive(Debug)]
+pub(super) enum DrainReason {
+    /// Only seeds fed it: ask the scheduler for normal parents.
+    Refresh,
+    /// The scheduler decided something other than more parents, to act on afterwards.
+    Interrupt(Decision),
+}
+
+/// How a round ended.
+#[derive(Debug, Default)]
+pub(super) struct RoundEnd {
+    /// Parents that failed us, for the ReschedulePeerRequest.
+    pub failed: Vec<Peer>,
+    /// The round ended early to look for non-seed parents.
+    pub refresh: bool,
+    /// A local failure that no other parent can fix.
+    pub fatal: Option<String>,
+    /// A decision that arrived mid-round, to act on instead of asking for a new one.
+    pub interrupt: Option<Decision>,
+}
+
+impl RoundEnd {
+    /// The end of a round that could not start: every candidate counts as failed.
+    pub fn unusable(candidates: Vec<Peer>) -> Self {
+        Self {
+            failed: candidates,
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Round {
+    state: RoundState,
+    parents: Vec<Parent>,
+    /// Missing pieces nobody is fetching right now.
+    idle: BTreeSet<u32>,
+    /// Which live parents have which missing piece.
+    holders: BTreeMap<u32, Vec<usize>>,
+    /// Pieces in flight, and from whom.
+    fetching: BTreeMap<u32, usize>,
+    fatal: Option<String>,
+    grace: SeedGrace,
+    concurrency: usize,
+    stall_limit: Duration,
+    /// The last offer, landed piece or joined parent: the round stalls this long after it.
+    last_news: Instant,
+    /// When a seed-only round asks for better parents, if it may.
+    refresh_at: Option<Instant>,
+    /// Breaks ties in the dispatch policy; seeded by the caller, so tests are repeatable.
+    rng: StdRng,
+}
+
+impl Round {
+    /// A round over `candidates`, opening their streams; `None` when no candidate has a
+    /// usable address.
+    pub fn start(
+        now: Instant,
+        candidates: &[Peer],
+        missing: &BTreeMap<u32, PieceSpan>,
+        settings: &Settings,
+        may_refresh: bool,
+        rng: StdRng,
+        out: &mut Vec<Action>,
+    ) -> Option<Self> {
+        let parents: Vec<Parent> = candidates.iter().filter_map(Parent::from_peer).collect();
+        if parents.is_empty() {
+            return None;
+        }
+        let seeds_only = parents.iter().all(|p| p.load.seed);
+        let mut round = Self {
+            state: RoundState::Fetching,
+            parents: Vec::new(),
+            idle: missing.keys().copied().collect(),
+            holders: BTreeMap::new(),
+            fetching: BTreeMap::new(),
+            fatal: None,
+            grace: SeedGrace::default(),
+            concurrency: settings.concurrency.max(1),
+            stall_limit: settings.collected_piece_timeout,
+            last_news: now,
+            refresh_at: (may_refresh && seeds_only).then(|| now + SEED_ONLY_REFRESH_AFTER),
+            rng,
+        };
+        for parent in parents {
+            round.add_parent(parent, missing, out);
+        }
+        Some(round)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        matches!(self.state, RoundState::Draining(_))
+    }
+
+    /// Whether a decision already waits for the round's end.
+    pub fn interrupted(&self) -> bool {
+        matches!(self.state, RoundState::Draining(DrainReason::Interrupt(_)))
+    }
+
+    /// Stop starting pieces; end once the ones in flight landed.
+    pub fn drain(&mut self, reason: DrainReason) {
+        self.state = RoundState::Draining(reason);
+    }
+
+    /// End at the next step without waiting for the pieces in flight. A draining round is
+    /// already ending and finishes its fetches.
+    pub fn cancel(&mut self) {
+        if matches!(self.state, RoundState::Fetching) {
+            self.state = RoundState::Cancelled;
+        }
+    }
+
+    fn add_parent(
+        &mut self,
+        parent: Parent,
+        missing: &BTreeMap<u32, PieceSpan>,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(Action::OpenParent {
+            parent: ParentKey(self.parents.len()),
+            grpc: parent.grpc,
+            interested: missing.keys().copied().collect(),
+        });
+        self.parents.push(parent);
+    }
+
+    /// Parents pushed by the scheduler join the round; ones we already have are skipped.
+    pub fn join(
+        &mut self,
+        now: Instant,
+        peers: &[Peer],
+        missing: &BTreeMap<u32, PieceSpan>,
+        out: &mut Vec<Action>,
+    ) {
+        for peer in peers {
+            if self.parents.iter().any(|p| p.peer.id == peer.id) {
+                continue;
+            }
+            if let Some(parent) = Parent::from_peer(peer) {
+                debug!(parent = %peer.id, "pushed parent joins the round");
+                self.add_parent(parent, missing, out);
+            }
+        }
+        self.last_news = now;
+    }
+
+    /// A seed said it rations what it shows us.
+    pub fn ration_exclusive(&mut self, parent: ParentKey) {
+        if let Some(p) = self.parents.get_mut(parent.0) {
+            p.heard_from();
+            if p.kind == ParentKind::Seed {
+                p.kind = ParentKind::RationingSeed;
+            }
+        }
+    }
+
+    /// A parent has a piece.
+    pub fn learn(
+        &mut self,
+        now: Instant,
+        parent: ParentKey,
+        number: u32,
+        vortex: SocketAddr,
+        missing: &BTreeMap<u32, PieceSpan>,
+    ) {
+        // Any offer counts against the stall, even one we cannot use.
+        self.last_news = now;
+        let Some(p) = self.parents.get_mut(parent.0).filter(|p| p.is_alive()) else {
+            return;
+        };
+        p.heard_from();
+        p.vortex = Some(vortex);
+        match p.kind {
+            ParentKind::RationingSeed => self.grace.offered_exclusively(number, now),
+            ParentKind::Seed => self.grace.seen_at_seed(number, now),
+            ParentKind::Normal if missing.contains_key(&number) => self.grace.normal_progress(now),
+            ParentKind::Normal => {}
+        }
+        if missing.contains_key(&number) {
+            let holders = self.holders.entry(number).or_default();
+            if !holders.contains(&parent.0) {
+                holders.push(parent.0);
+            }
+        }
+    }
+
+    /// A parent's SyncPieces stream ended; with an error the parent is dropped.
+    pub fn sync_ended(&mut self, parent: ParentKey, error: Option<String>, out: &mut Vec<Action>) {
+        let Some(p) = self.parents.get_mut(parent.0) else {
+            return;
+        };
+        match error {
+            Some(error) => {
+                debug!(parent = %p.peer.id, %error, "SyncPieces failed");
+                self.drop_parent(parent.0, out);
+            }
+            None if p.is_streaming() => p.state = ParentState::Ended,
+            None => {}
+        }
+    }
+
+    /// The fetch of `number` from `parent` ended; `None` for a fetch we did not start.
+    fn settle_fetch(
+        &mut self,
+        now: Instant,
+        parent: ParentKey,
+        number: u32,
+    ) -> Option<&mut Parent> {
+        if self.fetching.get(&number) != Some(&parent.0) {
+            return None;
+        }
+        self.fetching.remove(&number);
+        self.last_news = now;
+        let p = self.parents.get_mut(parent.0)?;
+        p.load.in_flight = p.load.in_flight.saturating_sub(1);
+        Some(p)
+    }
+
+    /// A piece is stored.
+    pub fn fetched(
+        &mut self,
+        now: Instant,
+        parent: ParentKey,
+        number: u32,
+        cost: Duration,
+        missing: &mut BTreeMap<u32, PieceSpan>,
+        out: &mut Vec<Action>,
+    ) {
+        if self.settle_fetch(now, parent, number).is_none() {
+            return;
+        }
+        missing.remove(&number);
+        self.holders.remove(&number);
+        self.grace.piece_took(cost);
+        out.push(Action::ReportPieceFinished { number });
+    }
+
+    /// A piece failed on our side (disk, storage): no other parent can fix it, the round
+    /// ends.
+    pub fn failed_locally(&mut self, now: Instant, parent: ParentKey, number: u32, error: String) {
+        if self.settle_fetch(now, parent, number).is_some() {
+            self.fatal = Some(error);
+        }
+    }
+
+    /// A parent failed a piece: the piece goes to another holder, and a parent that failed
+    /// repeatedly is dropped.
+    pub fn parent_failed(
+        &mut self,
+        now: Instant,
+        (parent, number): (ParentKey, u32),
+        error: String,
+        missing: &BTreeMap<u32, PieceSpan>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(p) = self.settle_fetch(now, parent, number) else {
+            return;
+        };
+        p.failures += 1;
+        let parent_id = p.peer.id.clone();
+        let failures = p.failures;
+        debug!(piece = number, parent = %parent_id, %error, "piece from parent failed");
+        out.push(Action::ReportPieceFailed { number, parent_id });
+        if let Some(holders) = self.holders.get_mut(&number) {
+            holders.retain(|&h| h != parent.0);
+        }
+        if failures >= MAX_PARENT_FAILURES {
+            self.drop_parent(parent.0, out);
+        }
+        if missing.contains_key(&number) {
+            self.idle.insert(number);
+        }
+    }
+
+    fn drop_parent(&mut self, parent: usize, out: &mut Vec<Action>) {
+        let Some(p) = self.parents.get_mut(parent) else {
+            return;
+        };
+        if p.state != ParentState::Dropped {
+            p.state = ParentState::Dropped;
+            out.push(Action::DropParent {
+                parent: ParentKey(parent),
+            });
+        }
+        for holders in self.holders.values_mut() {
+            holders.retain(|&h| h != parent);
+        }
+    }
+
+    /// Starts what can start and says whether the round is over.
+    pub fn step(
+        &mut self,
+        now: Instant,
+        missing: &BTreeMap<u32, PieceSpan>,
+        out: &mut Vec<Action>,
+    ) -> Option<RoundEnd> {
+        if matches!(self.state, RoundState::Fetching) {
+            self.check_refresh(now, missing);
+        }
+        if self.is_draining() {
+            return self.fetching.is_empty().then(|| self.end(missing));
+        }
+        if matches!(self.state, RoundState::Cancelled) || self.fatal.is_some() {
+            return Some(self.end(missing));
+        }
+        self.dispatch(now, missing, out);
+        if missing.is_empty() || !self.parents.iter().any(Parent::is_alive) {
+            return Some(self.end(missing));
+        }
+        if self.fetching.is_empty() && !self.parents.iter().any(Parent::is_streaming) {
+            return Some(self.end(missing)); // nobody can tell us about more pieces
+        }
+        if self.fetching.is_empty() && now >= self.last_news + self.stall_limit {
+            info!(
+                remaining = missing.len(),
+                "parents offered no missing piece in time"
+            );
+            return Some(self.end(missing));
+        }
+        None
+    }
+
+    /// A seed-only round past its refresh time drains, unless too little is missing to
+    /// be worth a scheduling round. Checked once.
+    fn check_refresh(&mut self, now: Instant, missing: &BTreeMap<u32, PieceSpan>) {
+        if self.refresh_at.is_some_and(|at| at <= now) {
+            self.refresh_at = None;
+            if missing.len() >= MIN_PENDING_FOR_REFRESH {
+                debug!(
+                    remaining = missing.len(),
+                    "only seed parents; asking for more"
+                );
+                self.drain(DrainReason::Refresh);
+            }
+        }
+    }
+
+    /// Starts fetches until the concurrency limit or until no piece can start.
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        missing: &BTreeMap<u32, PieceSpan>,
+        out: &mut Vec<Action>,
+    ) {
+        while self.fetching.len() < self.concurrency {
+            let Some((number, parent)) = self.next_assignment(now) else {
+                return;
+            };
+            self.idle.remove(&number);
+            let Some(span) = missing.get(&number) else {
+                continue;
+            };
+            let p = &mut self.parents[parent];
+            let Some(vortex) = p.vortex else {
+                // Cannot happen (a holder always told us its address); never lose the piece.
+                self.idle.insert(number);
+                self.drop_parent(parent, out);
+                continue;
+            };
+            p.load.in_flight += 1;
+            self.fetching.insert(number, parent);
+            out.push(Action::Fetch {
+                parent: ParentKey(parent),
+                parent_id: p.peer.id.clone(),
+                seed: p.load.seed,
+                span: *span,
+                vortex,
+            });
+        }
+    }
+
+    /// The next (piece, parent) pair, within the seed budget and the seed grace.
+    fn next_assignment(&mut self, now: Instant) -> Option<(u32, usize)> {
+        let loads: Vec<ParentLoad> = self.parents.iter().map(|p| p.load.clone()).collect();
+        let alive: Vec<bool> = self.parents.iter().map(Parent::is_alive).collect();
+        let seed_in_flight: usize = loads
+            .iter()
+            .filter(|l| l.seed)
+            .map(|l| l.in_flight as usize)
+            .sum();
+        let seed_slots_free = seed_in_flight < seed_budget(&loads, &alive, self.concurrency);
+        let normal_alive = loads.iter().zip(&alive).any(|(l, &a)| a && !l.seed);
+        let grace = &self.grace;
+        let seed_may_serve =
+            |number: u32| seed_slots_free && (!normal_alive || grace.is_ripe(number, now));
+        next_assignment(
+            &self.idle,
+            &self.holders,
+            &loads,
+            &seed_may_serve,
+            &mut self.rng,
+        )
+    }
+
+    /// When the round wants to look again: the stall deadline, a held-back piece ripening,
+    /// the seed-only refresh. A draining round waits for its fetches only.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if self.is_draining() {
+            return None;
+        }
+        let stall = self
+            .fetching
+            .is_empty()
+            .then(|| self.last_news + self.stall_limit);
+        let ripening = (self.fetching.len() < self.concurrency)
+            .then(|| self.grace.next_ripening(&self.idle, now))
+            .flatten();
+        [stall, ripening, self.refresh_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The round's outcome; what it held is forgotten.
+    pub fn end(&mut self, missing: &BTreeMap<u32, PieceSpan>) -> RoundEnd {
+        let (refresh, interrupt) = match std::mem::replace(&mut self.state, RoundState::Fetching) {
+            RoundState::Draining(DrainReason::Refresh) => (!missing.is_empty(), None),
+            RoundState::Draining(DrainReason::Interrupt(decision)) => (false, Some(decision)),
+            RoundState::Fetching | RoundState::Cancelled => (false, None),
+        };
+        RoundEnd {
+            failed: self
+                .parents
+                .iter()
+                .filter(|p| p.failed_us())
+                .map(|p| p.peer.clone())
+                .collect(),
+            refresh,
+            fatal: self.fatal.take(),
+            interrupt,
+        }
+    }
+}

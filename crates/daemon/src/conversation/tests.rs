@@ -1,0 +1,547 @@
+//! The conversation in virtual time: each test is a script of events at instants given as
+//! offsets from a base, with the actions expected back. No sockets, no sleeps.
+
+use super::round::{MIN_PENDING_FOR_REFRESH, SEED_ONLY_REFRESH_AFTER};
+use super::*;
+use crate::dispatch::INITIAL_PIECE_TIME;
+use dragonfly_api::common::v2::Host;
+use std::collections::BTreeMap;
+
+const PIECE: u64 = 4 << 20;
+const STALL: Duration = Duration::from_secs(30);
+const SCHEDULE: Duration = Duration::from_secs(10);
+
+/// A conversation and a virtual clock.
+struct Script {
+    conversation: Conversation,
+    base: Instant,
+    now: Instant,
+}
+
+impl Script {
+    /// A download of `pieces` pieces, registered at the base instant; returns the script and
+    /// the first actions.
+    fn new(pieces: u32, concurrency: usize, max_schedule_count: u32) -> (Self, Vec<Action>) {
+        let settings = Settings {
+            concurrency,
+            collected_piece_timeout: STALL,
+            schedule_timeout: SCHEDULE,
+            max_schedule_count,
+        };
+        let missing: BTreeMap<u32, PieceSpan> = (0..pieces)
+            .map(|number| {
+                let offset = u64::from(number) * PIECE;
+                let length = PIECE;
+                (
+                    number,
+                    PieceSpan {
+                        number,
+                        offset,
+                        length,
+                    },
+                )
+            })
+            .collect();
+        let base = Instant::now();
+        let (conversation, first) = Conversation::start(base, settings, missing, 7);
+        let script = Self {
+            conversation,
+            base,
+            now: base,
+        };
+        (script, first)
+    }
+
+    /// Moves the clock to `ms` milliseconds after the base.
+    fn at(&mut self, ms: u64) -> &mut Self {
+        self.now = self.base + Duration::from_millis(ms);
+        self
+    }
+
+    fn feed(&mut self, event: Event) -> Vec<Action> {
+        self.conversation.on(self.now, event)
+    }
+
+    fn decide(&mut self, parents: &[Peer]) -> Vec<Action> {
+        self.feed(Event::Scheduler(Decision::Normal(parents.to_vec())))
+    }
+
+    fn offer(&mut self, parent: usize, number: u32) -> Vec<Action> {
+        self.feed(Event::PieceAvailable {
+            parent: ParentKey(parent),
+            number,
+            vortex: vortex(parent),
+        })
+    }
+
+    fn land(&mut self, parent: usize, number: u32) -> Vec<Action> {
+        self.feed(Event::PieceFetched {
+            parent: ParentKey(parent),
+            number,
+            cost: Duration::from_millis(100),
+        })
+    }
+
+    fn fail(&mut self, parent: usize, number: u32, fault: Fault) -> Vec<Action> {
+        self.feed(Event::PieceFailed {
+            parent: ParentKey(parent),
+            number,
+            fault,
+            error: "connection reset".into(),
+        })
+    }
+
+    fn drained(&mut self) -> Vec<Action> {
+        self.feed(Event::SchedulerDrained)
+    }
+
+    fn ms(&self, ms: u64) -> Instant {
+        self.base + Duration::from_millis(ms)
+    }
+}
+
+fn peer(id: &str, index: u16, host_type: u32) -> Peer {
+    Peer {
+        id: id.into(),
+        host: Some(Host {
+            ip: "127.0.0.1".into(),
+            port: i32::from(4000 + index),
+            r#type: host_type,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn normal(id: &str, index: u16) -> Peer {
+    peer(id, index, 0)
+}
+
+fn seed(id: &str, index: u16) -> Peer {
+    peer(id, index, 1)
+}
+
+fn vortex(parent: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5000 + parent as u16))
+}
+
+/// The (parent, piece) pairs of the Fetch actions.
+fn fetches(actions: &[Action]) -> Vec<(usize, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Fetch { parent, span, .. } => Some((parent.0, span.number)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The parents opened.
+fn opened(actions: &[Action]) -> Vec<usize> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::OpenParent { parent, .. } => Some(parent.0),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reschedule_of(actions: &[Action]) -> Option<(Vec<String>, String)> {
+    actions.iter().find_map(|a| match a {
+        Action::Reschedule {
+            failed,
+            description,
+        } => Some((
+            failed.iter().map(|p| p.id.clone()).collect(),
+            description.clone(),
+        )),
+        _ => None,
+    })
+}
+
+fn open(parent: usize, interested: Vec<u32>) -> Action {
+    Action::OpenParent {
+        parent: ParentKey(parent),
+        grpc: SocketAddr::from(([127, 0, 0, 1], 4000 + parent as u16)),
+        interested,
+    }
+}
+
+#[test]
+fn waits_for_the_first_decision_then_downloads_and_finishes() {
+    let (mut s, first) = Script::new(1, 4, 3);
+    assert_eq!(first, vec![Action::WakeAt(s.ms(10_000))]);
+    let actions = s.at(5).decide(&[normal("a", 0)]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::ReportStarted,
+            open(0, vec![0]),
+            Action::WakeAt(s.ms(5) + STALL)
+        ]
+    );
+    assert_eq!(fetches(&s.at(10).offer(0, 0)), vec![(0, 0)]);
+    assert_eq!(
+        s.at(20).land(0, 0),
+        vec![
+            Action::ReportPieceFinished { number: 0 },
+            Action::EndRound,
+            Action::Finish
+        ]
+    );
+    assert!(s.at(30).feed(Event::Tick).is_empty(), "done is done");
+}
+
+#[test]
+fn no_decision_in_time_goes_to_the_origin_unreported() {
+    let (mut s, _) = Script::new(2, 4, 3);
+    assert_eq!(
+        s.at(9_999).feed(Event::Tick),
+        vec![Action::WakeAt(s.ms(10_000))]
+    );
+    assert_eq!(
+        s.at(10_000).feed(Event::Tick),
+        vec![Action::BackToSource {
+            reason: "no scheduling decision within 10s".into(),
+            link: SchedulerLink::Lost,
+        }]
+    );
+}
+
+#[test]
+fn collected_piece_timeout_asks_for_a_reschedule() {
+    let (mut s, _) = Script::new(3, 4, 3);
+    s.at(0).decide(&[normal("a", 0)]);
+    let stall_ms = STALL.as_millis() as u64;
+    assert_eq!(
+        s.at(stall_ms - 1).feed(Event::Tick),
+        vec![Action::WakeAt(s.ms(stall_ms))]
+    );
+    assert_eq!(
+        s.at(stall_ms).feed(Event::Tick),
+        vec![Action::EndRound, Action::DrainScheduler]
+    );
+    assert_eq!(
+        s.drained(),
+        vec![
+            Action::Reschedule {
+                failed: vec![],
+                description: "3 pieces missing after a parent round".into()
+            },
+            Action::WakeAt(s.ms(stall_ms) + SCHEDULE)
+        ]
+    );
+}
+
+#[test]
+fn back_to_source_after_max_schedule_count() {
+    let (mut s, _) = Script::new(3, 4, 2);
+    s.at(0).decide(&[normal("a", 0)]);
+    let stall_ms = STALL.as_millis() as u64;
+    s.at(stall_ms).feed(Event::Tick);
+    assert!(reschedule_of(&s.drained()).is_some());
+    let second = s.at(stall_ms + 1).decide(&[normal("a", 0)]);
+    assert!(!second.contains(&Action::ReportStarted), "Started once");
+    assert_eq!(opened(&second), vec![0]);
+    assert_eq!(
+        s.at(2 * stall_ms + 1).feed(Event::Tick),
+        vec![Action::EndRound, Action::DrainScheduler]
+    );
+    assert_eq!(
+        s.drained(),
+        vec![Action::BackToSource {
+            reason: "2 scheduling decisions left pieces missing".into(),
+            link: SchedulerLink::Reachable,
+        }]
+    );
+}
+
+#[test]
+fn a_parent_lost_mid_piece_hands_the_piece_to_another() {
+    let (mut s, _) = Script::new(1, 4, 3);
+    s.at(0).decide(&[normal("a", 0), normal("b", 1)]);
+    assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
+    assert!(
+        fetches(&s.at(2).offer(1, 0)).is_empty(),
+        "already in flight"
+    );
+    // a's stream breaks while its piece is in flight: a is dropped, the piece keeps going.
+    let broken = s.at(3).feed(Event::SyncEnded {
+        parent: ParentKey(0),
+        error: Some("reset".into()),
+    });
+    assert!(broken.contains(&Action::DropParent {
+        parent: ParentKey(0)
+    }));
+    // Then the piece fails: reported, and fetched from b.
+    let failed = s.at(4).fail(0, 0, Fault::Parent);
+    assert!(failed.contains(&Action::ReportPieceFailed {
+        number: 0,
+        parent_id: "a".into()
+    }));
+    assert_eq!(fetches(&failed), vec![(1, 0)]);
+    assert_eq!(
+        s.at(5).land(1, 0),
+        vec![
+            Action::ReportPieceFinished { number: 0 },
+            Action::EndRound,
+            Action::Finish
+        ]
+    );
+}
+
+#[test]
+fn every_parent_failing_ends_the_round_with_all_of_them_reported() {
+    let (mut s, _) = Script::new(2, 1, 3);
+    s.at(0).decide(&[normal("a", 0), normal("b", 1)]);
+    let offers = [s.offer(0, 0), s.offer(1, 0), s.offer(0, 1), s.offer(1, 1)].concat();
+    let mut in_flight = fetches(&offers);
+    let mut last = Vec::new();
+    // Each failure sends the piece to another holder; two failures drop a parent.
+    for step in 0..4 {
+        let &[(parent, number)] = &in_flight[..] else {
+            panic!("one piece in flight at step {step}: {in_flight:?}");
+        };
+        last = s.at(10 + step).fail(parent, number, Fault::Parent);
+        in_flight = fetches(&last);
+    }
+    assert_eq!(
+        last.iter()
+            .filter(|a| matches!(a, Action::DropParent { .. }))
+            .count(),
+        1
+    );
+    assert!(last.ends_with(&[Action::EndRound, Action::DrainScheduler]));
+    let (failed, description) = reschedule_of(&s.drained()).expect("a reschedule");
+    assert_eq!(failed, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(description, "2 pieces missing after a parent round");
+}
+
+#[test]
+fn a_local_failure_fails_the_download() {
+    let (mut s, _) = Script::new(2, 4, 3);
+    s.at(0).decide(&[normal("a", 0)]);
+    s.offer(0, 0);
+    assert_eq!(
+        s.at(1).fail(0, 0, Fault::Local),
+        vec![
+            Action::EndRound,
+            Action::Fail {
+                description: "connection reset".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_seed_only_piece_is_held_back_while_normal_parents_progress() {
+    let (mut s, _) = Script::new(4, 4, 3);
+    s.at(0).decide(&[normal("n", 0), seed("s", 1)]);
+    assert_eq!(fetches(&s.offer(0, 0)), vec![(0, 0)]);
+    // The seed alone has piece 1: held back two piece times after the normal news.
+    let grace = (INITIAL_PIECE_TIME * 2).as_millis() as u64;
+    let held = s.offer(1, 1);
+    assert!(fetches(&held).is_empty());
+    assert_eq!(held.last(), Some(&Action::WakeAt(s.ms(grace))));
+    assert!(fetches(&s.at(grace - 1).feed(Event::Tick)).is_empty());
+    assert_eq!(fetches(&s.at(grace).feed(Event::Tick)), vec![(1, 1)]);
+}
+
+#[test]
+fn a_rationing_seed_s_exclusive_pieces_go_first() {
+    let (mut s, _) = Script::new(4, 4, 3);
+    s.at(0).decide(&[normal("n", 0), seed("s", 1)]);
+    s.feed(Event::RationExclusive {
+        parent: ParentKey(1),
+    });
+    assert_eq!(fetches(&s.offer(0, 0)), vec![(0, 0)]);
+    // Offered to us alone: no grace, though the normal parent is making progress.
+    assert_eq!(fetches(&s.offer(1, 1)), vec![(1, 1)]);
+    // The seed budget (a quarter of 4 slots) is spent: the next exclusive piece waits.
+    assert!(fetches(&s.offer(1, 2)).is_empty());
+    assert_eq!(fetches(&s.at(50).land(1, 1)), vec![(1, 2)]);
+}
+
+#[test]
+fn a_pushed_parent_joins_the_running_round() {
+    let (mut s, _) = Script::new(2, 4, 3);
+    s.at(0).decide(&[normal("a", 0)]);
+    let joined = s.at(1).decide(&[normal("b", 1), normal("a", 0)]);
+    assert_eq!(
+        joined,
+        vec![open(1, vec![0, 1]), Action::WakeAt(s.ms(1) + STALL)]
+    );
+    assert_eq!(fetches(&s.at(2).offer(1, 1)), vec![(1, 1)]);
+}
+
+#[test]
+fn a_push_racing_a_reschedule_joins_the_next_round() {
+    let pieces = MIN_PENDING_FOR_REFRESH as u32 + 2;
+    let (mut s, _) = Script::new(pieces, 1, 3);
+    s.at(0).decide(&[seed("s", 0)]);
+    assert_eq!(fetches(&s.offer(0, 0)), vec![(0, 0)]);
+    // Only a seed feeds the round: at the refresh time it drains to ask for normal parents.
+    let refresh_ms = SEED_ONLY_REFRESH_AFTER.as_millis() as u64;
+    assert!(s.at(refresh_ms).feed(Event::Tick).is_empty());
+    // A parent pushed now cannot join a round that is ending: it waits for the next one.
+    assert!(s.at(refresh_ms + 1).decide(&[normal("p", 1)]).is_empty());
+    let ended = s.at(refresh_ms + 2).land(0, 0);
+    assert!(ended.ends_with(&[Action::EndRound, Action::DrainScheduler]));
+    // Another push was already on its way when the round ended: read before the reschedule,
+    // so the reschedule's answer is not mistaken for it.
+    assert!(s.decide(&[normal("q", 3)]).is_empty());
+    let (failed, description) = reschedule_of(&s.drained()).expect("a reschedule");
+    assert!(failed.is_empty());
+    assert_eq!(
+        description,
+        format!(
+            "{} pieces missing; looking for non-seed parents",
+            pieces - 1
+        )
+    );
+    // The answer brings another parent; the pushed ones join it.
+    let next = s.at(refresh_ms + 3).decide(&[normal("c", 2)]);
+    let ports: Vec<u16> = next
+        .iter()
+        .filter_map(|a| match a {
+            Action::OpenParent { grpc, .. } => Some(grpc.port()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ports, vec![4002, 4001, 4003], "c, then p and q");
+}
+
+#[test]
+fn a_decision_mid_round_waits_for_the_pieces_in_flight() {
+    let (mut s, _) = Script::new(3, 1, 3);
+    s.at(0).decide(&[normal("a", 0)]);
+    s.offer(0, 0);
+    let back = Decision::BackToSource(Some("load".into()));
+    assert!(s.at(1).feed(Event::Scheduler(back)).is_empty());
+    assert!(fetches(&s.offer(0, 1)).is_empty(), "no new piece starts");
+    assert_eq!(
+        s.at(2).land(0, 0),
+        vec![
+            Action::ReportPieceFinished { number: 0 },
+            Action::EndRound,
+            Action::BackToSource {
+                reason: "load".into(),
+                link: SchedulerLink::Reachable
+            }
+        ]
+    );
+}
+
+#[test]
+fn shutdown_during_a_round_ends_it_and_later_rounds_at_once() {
+    let (mut s, _) = Script::new(3, 4, 2);
+    s.at(0).decide(&[normal("a", 0)]);
+    s.offer(0, 0);
+    let stopped = s.at(1).feed(Event::Shutdown);
+    assert_eq!(stopped, vec![Action::EndRound, Action::DrainScheduler]);
+    assert!(reschedule_of(&s.drained()).is_some());
+    assert!(!s.conversation.awaits_shutdown());
+    // The piece in flight was aborted with the round; its late result is ignored.
+    assert!(s
+        .at(2)
+        .land(0, 0)
+        .last()
+        .is_some_and(|a| matches!(a, Action::WakeAt(_))));
+    // The next round opens no stream and ends at once.
+    assert_eq!(
+        s.at(3).decide(&[normal("a", 0)]),
+        vec![Action::EndRound, Action::DrainScheduler]
+    );
+    assert_eq!(
+        s.drained(),
+        vec![Action::BackToSource {
+            reason: "2 scheduling decisions left pieces missing".into(),
+            link: SchedulerLink::Reachable
+        }]
+    );
+}
+
+#[test]
+fn a_lost_scheduler_lets_the_round_finish_then_goes_to_the_origin() {
+    let (mut s, _) = Script::new(2, 4, 5);
+    s.at(0).decide(&[normal("a", 0)]);
+    s.offer(0, 0);
+    s.at(1).feed(Event::SchedulerLost {
+        reason: "stream closed".into(),
+    });
+    assert!(!s.conversation.listens_to_scheduler());
+    let ended = s.at(2).feed(Event::SyncEnded {
+        parent: ParentKey(0),
+        error: None,
+    });
+    assert!(ended.is_empty() || matches!(ended[..], [Action::WakeAt(_)]));
+    assert_eq!(
+        s.at(3).land(0, 0),
+        vec![
+            Action::ReportPieceFinished { number: 0 },
+            Action::EndRound,
+            Action::BackToSource {
+                reason: "stream closed".into(),
+                link: SchedulerLink::Lost
+            }
+        ]
+    );
+}
+
+#[test]
+fn an_empty_task_finishes_without_parents() {
+    let (mut s, _) = Script::new(0, 4, 3);
+    assert_eq!(
+        s.feed(Event::Scheduler(Decision::Empty)),
+        vec![Action::ReportStarted, Action::Finish]
+    );
+}
+
+#[test]
+fn a_seed_only_round_refreshes_once_and_not_for_a_few_pieces() {
+    let pieces = MIN_PENDING_FOR_REFRESH as u32;
+    let (mut s, _) = Script::new(pieces, 4, 5);
+    s.at(0).decide(&[seed("s", 0)]);
+    let refresh_ms = SEED_ONLY_REFRESH_AFTER.as_millis() as u64;
+    // Nothing in flight: the refresh ends the round at once.
+    assert_eq!(
+        s.at(refresh_ms).feed(Event::Tick),
+        vec![Action::EndRound, Action::DrainScheduler]
+    );
+    let (_, description) = reschedule_of(&s.drained()).expect("a reschedule");
+    assert!(description.contains("looking for non-seed parents"));
+    // The next seed-only round has no refresh left: its only deadline is the stall.
+    let second = s.at(refresh_ms + 1).decide(&[seed("s", 0)]);
+    assert_eq!(
+        second.last(),
+        Some(&Action::WakeAt(s.ms(refresh_ms + 1) + STALL))
+    );
+    // A first round with fewer missing pieces than a refresh is worth does not refresh.
+    let (mut few, _) = Script::new(pieces - 1, 4, 5);
+    few.at(0).decide(&[seed("s", 0)]);
+    assert_eq!(
+        few.at(refresh_ms).feed(Event::Tick),
+        vec![Action::WakeAt(few.ms(0) + STALL)]
+    );
+}
+
+#[test]
+fn stray_news_from_the_shell_changes_nothing() {
+    let (mut s, first) = Script::new(2, 4, 3);
+    // Before any round: parent news and a drain report are ignored.
+    assert_eq!(s.offer(3, 0), first);
+    assert_eq!(s.drained(), first);
+    s.at(1).decide(&[normal("a", 0)]);
+    // A result for a fetch never started, from a parent that does not exist.
+    let wake = vec![Action::WakeAt(s.ms(1) + STALL)];
+    assert_eq!(s.at(2).land(9, 0), wake);
+    assert_eq!(s.fail(9, 1, Fault::Parent), wake);
+    assert_eq!(
+        s.feed(Event::SyncEnded {
+            parent: ParentKey(9),
+            error: Some("gone".into())
+        }),
+        wake
+    );
+}

@@ -1,0 +1,257 @@
+//! The scheduler's in-memory world: hosts, tasks, peers and the per-task graph of parent→child
+//! edges (a mesh by default, a DAG with `parentGraph: dag`). Everything here is synchronous and
+//! runs under one mutex held by the service; no method awaits, so the lock is never held across
+//! a suspension point.
+//!
+//! One [`State`], its methods grouped by concept:
+//! - `hosts`: AnnounceHost, ListHosts, DeleteHost;
+//! - `registration`: a peer joins a task; the priority rules of a first download;
+//! - `seeding`: whether a task needs a seed peer, which seed host gets the job, its outcome;
+//! - `scheduling`: one scheduling decision (back to source, or ranked candidate parents);
+//! - `graph`: edges and the bandwidth they reserve, mesh back-edges, the outbox of pushes;
+//! - `reports`: what a peer's stream reports (state events, pieces, reschedule, the end);
+//! - `queries`: StatPeer, StatTask, deletes, and the protobuf views they answer with;
+//! - `expiry`: the GC of hosts, peers and tasks.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
+
+use dragonfly_api::common::v2 as pb;
+use rand::seq::SliceRandom;
+use tonic::Status;
+
+use crate::fsm::{PeerEvent, PeerState, SizeScope, TaskEvent, TaskState};
+pub use crate::model::*;
+use crate::scoring::{self, ChildFeatures, HostKind, ParentFeatures};
+
+mod expiry;
+mod graph;
+mod hosts;
+mod queries;
+mod registration;
+mod reports;
+mod scheduling;
+mod seeding;
+
+/// Hosts, tasks and peers.
+#[derive(Debug)]
+pub struct State {
+    policy: Policy,
+    hosts: HashMap<String, Host>,
+    tasks: HashMap<String, Task>,
+    peers: HashMap<String, Peer>,
+    /// Mesh edges made by the last decisions, for the service to push to their peers.
+    outbox: Vec<Push>,
+}
+
+fn not_found_peer(peer_id: &str) -> Status {
+    Status::not_found(format!("peer {peer_id} is not known to this scheduler"))
+}
+
+fn not_found_task(task_id: &str) -> Status {
+    Status::not_found(format!("task {task_id} is not known to this scheduler"))
+}
+
+fn not_found_host(host_id: &str) -> Status {
+    Status::not_found(format!(
+        "host {host_id} is not known to this scheduler; call AnnounceHost first"
+    ))
+}
+
+/// `http://ip:port` with IPv6 brackets.
+pub fn host_endpoint(ip: &str, port: i32) -> String {
+    if ip.contains(':') && !ip.starts_with('[') {
+        format!("http://[{ip}]:{port}")
+    } else {
+        format!("http://{ip}:{port}")
+    }
+}
+
+/// FNV-1a: a stable hash so a task keeps mapping to the same seed host across restarts.
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl State {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            hosts: HashMap::new(),
+            tasks: HashMap::new(),
+            peers: HashMap::new(),
+            outbox: Vec::new(),
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            hosts: self.hosts.len(),
+            tasks: self.tasks.len(),
+            peers: self.peers.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SchedulingConfig;
+
+    fn state() -> State {
+        State::new(Policy::new(&SchedulingConfig::default(), true))
+    }
+
+    fn host(id: &str, host_type: u32) -> pb::Host {
+        pb::Host {
+            id: id.into(),
+            r#type: host_type,
+            ip: "127.0.0.1".into(),
+            port: 4000,
+            download_port: 4000,
+            ..Default::default()
+        }
+    }
+
+    fn download() -> pb::Download {
+        pb::Download {
+            url: "http://o/f".into(),
+            actual_content_length: Some(64 << 20),
+            actual_piece_length: Some(4 << 20),
+            actual_piece_count: Some(16),
+            concurrent_piece_count: Some(8),
+            ..Default::default()
+        }
+    }
+
+    fn with_peers(n: usize) -> State {
+        let mut s = state();
+        let now = Instant::now();
+        for i in 0..n {
+            s.announce_host(host(&format!("h{i}"), 0), now).unwrap();
+            s.register(&format!("h{i}"), "t", &format!("p{i}"), download(), now)
+                .unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn cycle_is_detected() {
+        let mut s = with_peers(3);
+        s.add_edge("p0", "p1");
+        s.add_edge("p1", "p2");
+        assert!(s.creates_cycle("p2", "p0"));
+        assert!(s.creates_cycle("p1", "p0"));
+        assert!(!s.creates_cycle("p0", "p2"));
+    }
+
+    #[test]
+    fn edges_reserve_and_release_bandwidth() {
+        let mut s = with_peers(3);
+        let per_edge = scoring::edge_bandwidth(4 << 20, 8);
+        s.add_edge("p0", "p1");
+        s.add_edge("p0", "p2");
+        assert_eq!(s.host("h0").unwrap().assigned_tx_bandwidth, 2 * per_edge);
+        assert_eq!(s.host("h0").unwrap().active_children, 2);
+        s.peer_event("p1", PeerEvent::Download).unwrap();
+        s.finish("p1", Terminal::Finished, Instant::now()).unwrap();
+        assert_eq!(s.host("h0").unwrap().assigned_tx_bandwidth, per_edge);
+        s.delete_peer("p2").unwrap();
+        assert_eq!(s.host("h0").unwrap().assigned_tx_bandwidth, 0);
+        assert_eq!(s.host("h0").unwrap().active_children, 0);
+    }
+
+    #[test]
+    fn first_peer_goes_to_source_without_seed() {
+        let mut s = state();
+        s.announce_host(host("h0", 0), Instant::now()).unwrap();
+        s.announce_host(host("h1", 0), Instant::now()).unwrap();
+        s.register("h0", "t", "p0", download(), Instant::now())
+            .unwrap();
+        assert!(s.peer("p0").unwrap().need_back_to_source);
+        s.register("h1", "t", "p1", download(), Instant::now())
+            .unwrap();
+        assert!(!s.peer("p1").unwrap().need_back_to_source);
+    }
+
+    #[test]
+    fn seed_host_gets_a_job_once() {
+        let mut s = state();
+        let now = Instant::now();
+        s.announce_host(host("seed", 1), now).unwrap();
+        s.announce_host(host("h0", 0), now).unwrap();
+        s.announce_host(host("h1", 0), now).unwrap();
+        let job = s
+            .register("h0", "t", "p0", download(), now)
+            .unwrap()
+            .seed_job;
+        let job = job.unwrap();
+        assert_eq!(job.endpoint, "http://127.0.0.1:4000");
+        assert!(job.download.need_back_to_source);
+        assert!(!s.peer("p0").unwrap().need_back_to_source);
+        assert!(s.seed_on_its_way("t", now));
+        // The task is running now; the second peer neither triggers nor goes to the origin.
+        let second = s.register("h1", "t", "p1", download(), now).unwrap();
+        assert!(second.seed_job.is_none());
+        assert!(matches!(s.schedule_once("p1", 0, now), Step::Wait));
+        s.seed_trigger_failed("t", "seed", now);
+        // First one to ask after the failure becomes the source; the next one waits for it.
+        assert!(matches!(
+            s.schedule_once("p1", 0, now),
+            Step::Decided(Decision::BackToSource(_))
+        ));
+        assert!(matches!(
+            s.schedule_once("p0", 0, now),
+            Step::Decided(Decision::Normal(_))
+        ));
+    }
+
+    #[test]
+    fn concurrent_registrations_send_one_peer_to_the_origin() {
+        let mut s = with_peers(2);
+        let now = Instant::now();
+        // p1 runs its scheduling round before p0 (registered first) ran its own.
+        assert!(matches!(s.schedule_once("p1", 0, now), Step::Retry));
+        assert!(matches!(
+            s.schedule_once("p0", 0, now),
+            Step::Decided(Decision::BackToSource(_))
+        ));
+        match s.schedule_once("p1", 1, now) {
+            Step::Decided(Decision::Normal(parents)) => assert_eq!(parents[0].id, "p0"),
+            other => panic!("expected p0 as parent, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn priority_rules_for_first_download() {
+        let mut s = state();
+        let now = Instant::now();
+        s.announce_host(host("seed", 1), now).unwrap();
+        s.announce_host(host("h0", 0), now).unwrap();
+        let level = |p: pb::Priority| pb::Download {
+            priority: p as i32,
+            ..download()
+        };
+        let err = s
+            .register("h0", "t", "p0", level(pb::Priority::Level1), now)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let err = s
+            .register("h0", "t", "p0", level(pb::Priority::Level2), now)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(s.task("t").is_none());
+        let r = s
+            .register("h0", "t", "p0", level(pb::Priority::Level3), now)
+            .unwrap();
+        assert!(r.seed_job.is_none());
+        assert!(s.peer("p0").unwrap().need_back_to_source);
+    }
+
+    #[test]
+    fn ipv6_endpoint_is_bracketed() {
+        assert_eq!(host_endpoint("::1", 4000), "http://[::1]:4000");
+        assert_eq!(host_endpoint("10.0.0.1", 4000), "http://10.0.0.1:4000");
+    }
+}

@@ -1,0 +1,108 @@
+//! Registration: a peer joins a task, and the priority rules of a first download.
+
+use super::*;
+
+/// How the first download of a task is done, from the peer's priority (Dragonfly semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstDownload {
+    /// LEVEL0 and LEVEL4–6: a seed peer fetches it first when one is known.
+    SeedFirst,
+    /// LEVEL3: this peer goes to the origin itself.
+    BackToSource,
+}
+
+/// LEVEL1 forbids the download; LEVEL2 refuses a first download that would need the origin.
+fn first_download_rule(priority: i32, task_id: &str) -> Result<FirstDownload, Status> {
+    match pb::Priority::try_from(priority) {
+        Ok(pb::Priority::Level1) => Err(Status::failed_precondition(format!(
+            "priority LEVEL1 forbids downloading task {task_id}"
+        ))),
+        Ok(pb::Priority::Level2) => Err(Status::not_found(format!(
+            "task {task_id} is not in the P2P network and priority LEVEL2 forbids a first download from the origin"
+        ))),
+        Ok(pb::Priority::Level3) => Ok(FirstDownload::BackToSource),
+        _ => Ok(FirstDownload::SeedFirst),
+    }
+}
+
+impl State {
+    /// Creates the task (or refreshes it) and the peer, and decides whether this peer must go
+    /// to the origin or a seed peer should be triggered.
+    pub fn register(
+        &mut self,
+        host_id: &str,
+        task_id: &str,
+        peer_id: &str,
+        download: pb::Download,
+        now: Instant,
+    ) -> Result<Registered, Status> {
+        let host_type = self
+            .hosts
+            .get(host_id)
+            .map(|h| h.host_type)
+            .ok_or_else(|| not_found_host(host_id))?;
+        if download.r#type != pb::TaskType::Standard as i32 {
+            return Err(Status::invalid_argument(format!(
+                "RegisterPeerRequest: task type {} is not served by AnnouncePeer; only STANDARD tasks are",
+                download.r#type
+            )));
+        }
+        if self.peers.contains_key(peer_id) {
+            // A re-registration (the daemon retried on a new stream) starts the peer afresh.
+            self.remove_peer(peer_id);
+        }
+        let wall = SystemTime::now();
+        let task = self
+            .tasks
+            .entry(task_id.to_string())
+            .or_insert_with(|| Task::new(task_id, wall));
+        task.update_from(&download, wall);
+        let scope = SizeScope::classify(task.content_length, task.piece_count);
+
+        let mut peer = Peer::new(peer_id, task_id, host_id, &download, wall, now);
+        peer.state = peer
+            .state
+            .on(PeerEvent::Register(scope))
+            .map_err(|e| Status::internal(e.to_string()))?;
+
+        let mut seed_job = None;
+        if scope != SizeScope::Empty {
+            if download.need_back_to_source || host_type.is_seed() {
+                peer.need_back_to_source = true;
+            } else if self.task_needs_source(task_id) {
+                match first_download_rule(download.priority, task_id) {
+                    Err(status) => {
+                        self.drop_task_if_unused(task_id);
+                        return Err(status);
+                    }
+                    Ok(FirstDownload::BackToSource) => peer.need_back_to_source = true,
+                    Ok(FirstDownload::SeedFirst) => {
+                        seed_job = self.plan_seed(task_id, host_id, &download, now);
+                        if seed_job.is_none() && !self.seed_on_its_way(task_id, now) {
+                            // No seed to fetch it: this first peer is the task's source.
+                            peer.need_back_to_source = true;
+                        }
+                    }
+                }
+            }
+        }
+        if host_type.is_seed() {
+            self.note_seed_registered(task_id, host_id);
+        }
+        if let Some(task) = self.tasks.get_mut(task_id) {
+            task.state = task.state.on(TaskEvent::Download);
+            task.peers.insert(peer_id.to_string());
+        }
+        if let Some(host) = self.hosts.get_mut(host_id) {
+            host.peers.insert(peer_id.to_string());
+        }
+        self.peers.insert(peer_id.to_string(), peer);
+        Ok(Registered { scope, seed_job })
+    }
+
+    fn drop_task_if_unused(&mut self, task_id: &str) {
+        if self.tasks.get(task_id).is_some_and(|t| t.peers.is_empty()) {
+            self.tasks.remove(task_id);
+        }
+    }
+}

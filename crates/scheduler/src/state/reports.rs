@@ -1,0 +1,155 @@
+//! Reports from a peer's stream: state events, pieces, reschedules, the end of a download.
+
+use super::*;
+
+impl State {
+    fn peer_mut(&mut self, peer_id: &str) -> Result<&mut Peer, Status> {
+        self.peers
+            .get_mut(peer_id)
+            .ok_or_else(|| not_found_peer(peer_id))
+    }
+
+    /// Applies a state event and refreshes the peer's clock.
+    pub fn peer_event(&mut self, peer_id: &str, event: PeerEvent) -> Result<(), Status> {
+        let peer = self.peer_mut(peer_id)?;
+        peer.state = peer
+            .state
+            .on(event)
+            .map_err(|e| Status::failed_precondition(format!("peer {peer_id}: {e}")))?;
+        peer.touch();
+        let deferred = std::mem::take(&mut peer.deferred_pushes);
+        if event == PeerEvent::Download {
+            // Its round runs now: the mesh parents made meanwhile can reach it, those whose
+            // edge still stands.
+            let still: Vec<Push> = deferred
+                .into_iter()
+                .filter(|p| peer.parents.contains_key(&p.id))
+                .map(|parent| Push {
+                    to: peer_id.to_string(),
+                    parent,
+                })
+                .collect();
+            self.outbox.extend(still);
+        } else {
+            for parent in deferred {
+                self.remove_edge(&parent.id, peer_id);
+            }
+        }
+        if event == PeerEvent::DownloadBackToSource {
+            let task_id = self.peer_mut(peer_id)?.task_id.clone();
+            if let Some(task) = self.tasks.get_mut(&task_id) {
+                task.back_to_source_peers.insert(peer_id.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a finished piece (its number and cost).
+    pub fn piece_finished(&mut self, peer_id: &str, piece: &pb::Piece) -> Result<(), Status> {
+        let peer = self.peer_mut(peer_id)?;
+        if peer.state.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "peer {peer_id} is {} and cannot report pieces",
+                peer.state.name()
+            )));
+        }
+        peer.finished_pieces.insert(piece.number);
+        let cost = piece
+            .cost
+            .and_then(|c| Duration::try_from(c).ok())
+            .unwrap_or_default();
+        peer.piece_costs.push_back(cost);
+        while peer.piece_costs.len() > scoring::PIECE_COST_WINDOW {
+            peer.piece_costs.pop_front();
+        }
+        peer.touch();
+        Ok(())
+    }
+
+    /// A piece from a parent failed. A non-temporary failure blocklists that parent; a
+    /// temporary one (the parent simply does not have the piece yet) does not.
+    pub fn piece_failed(
+        &mut self,
+        peer_id: &str,
+        parent_id: &str,
+        temporary: bool,
+    ) -> Result<(), Status> {
+        let peer = self.peer_mut(peer_id)?;
+        if !temporary && !parent_id.is_empty() {
+            peer.blocklist.insert(parent_id.to_string());
+        }
+        peer.touch();
+        Ok(())
+    }
+
+    /// Touches the peer (piece reports from the origin that failed).
+    pub fn touch_peer(&mut self, peer_id: &str) -> Result<(), Status> {
+        self.peer_mut(peer_id)?.touch();
+        Ok(())
+    }
+
+    /// Blocklists the parents the peer gave up on and drops all its in-edges before the next
+    /// scheduling round.
+    pub fn prepare_reschedule(&mut self, peer_id: &str, give_up: &[String]) -> Result<(), Status> {
+        let peer = self.peer_mut(peer_id)?;
+        if peer.state.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "peer {peer_id} is {}; it cannot be rescheduled",
+                peer.state.name()
+            )));
+        }
+        peer.blocklist.extend(give_up.iter().cloned());
+        peer.touch();
+        self.release_parents(peer_id);
+        Ok(())
+    }
+
+    /// Ends the download: state, task state, seed bookkeeping, released bandwidth.
+    pub fn finish(
+        &mut self,
+        peer_id: &str,
+        terminal: Terminal,
+        now: Instant,
+    ) -> Result<(), Status> {
+        let event = match terminal {
+            Terminal::Finished | Terminal::BackToSourceFinished => PeerEvent::Succeed,
+            Terminal::Failed | Terminal::BackToSourceFailed => PeerEvent::Fail,
+        };
+        self.peer_event(peer_id, event)?;
+        self.release_parents(peer_id);
+        let Some(peer) = self.peers.get(peer_id) else {
+            return Ok(());
+        };
+        let (task_id, host_id) = (peer.task_id.clone(), peer.host_id.clone());
+        let task_event = match terminal {
+            Terminal::Finished | Terminal::BackToSourceFinished => Some(TaskEvent::Succeed),
+            Terminal::BackToSourceFailed => Some(TaskEvent::Fail),
+            Terminal::Failed => None,
+        };
+        let seed_failed = event == PeerEvent::Fail && self.is_seed_host(&host_id);
+        if let Some(task) = self.tasks.get_mut(&task_id) {
+            if let Some(task_event) = task_event {
+                task.state = task.state.on(task_event);
+            }
+            task.updated_at = SystemTime::now();
+        }
+        if seed_failed {
+            self.seed_trigger_failed(&task_id, &host_id, now);
+        }
+        Ok(())
+    }
+
+    /// The stream ended without a terminal request: the peer cannot be relied on as a parent.
+    pub fn abandon(&mut self, peer_id: &str) {
+        let Some(peer) = self.peers.get_mut(peer_id) else {
+            return;
+        };
+        if peer.state.is_terminal() {
+            return;
+        }
+        if let Ok(next) = peer.state.on(PeerEvent::Fail) {
+            peer.state = next;
+        }
+        self.release_parents(peer_id);
+    }
+}

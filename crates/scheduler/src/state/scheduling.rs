@@ -1,0 +1,210 @@
+//! Scheduling decisions: back to source, or candidate parents ranked by the scoring model.
+
+use super::*;
+
+impl State {
+    /// One round of Dragonfly's `ScheduleCandidateParents`. `rounds` counts earlier rounds
+    /// that found nothing (waiting for a seed does not count).
+    pub fn schedule_once(&mut self, peer_id: &str, rounds: u32, now: Instant) -> Step {
+        let Some(peer) = self.peers.get(peer_id) else {
+            return Step::Decided(Decision::Fail(not_found_peer(peer_id)));
+        };
+        if peer.state.is_terminal() {
+            return Step::Decided(Decision::Fail(Status::failed_precondition(format!(
+                "peer {peer_id} is {}; it cannot be scheduled",
+                peer.state.name()
+            ))));
+        }
+        let task_id = peer.task_id.clone();
+        let can_back_to_source =
+            !peer.disable_back_to_source && self.task_has_source_slot(&task_id);
+        if can_back_to_source && peer.need_back_to_source {
+            return self.send_back_to_source(peer_id, "peer needs back-to-source");
+        }
+        if can_back_to_source && rounds >= self.policy.retry_back_to_source_limit {
+            return self.send_back_to_source(
+                peer_id,
+                &format!("no parent found in {rounds} scheduling rounds"),
+            );
+        }
+        if rounds >= self.policy.retry_limit {
+            return Step::Decided(Decision::Fail(Status::failed_precondition(format!(
+                "scheduling exceeded retryLimit: no parent found for peer {peer_id} in {rounds} rounds"
+            ))));
+        }
+        let parents = self.find_candidate_parents(peer_id);
+        if !parents.is_empty() {
+            let chosen = self.attach_parents(peer_id, &parents);
+            if self.policy.mesh {
+                self.link_back(peer_id, &parents);
+            }
+            return Step::Decided(Decision::Normal(chosen));
+        }
+        if self.seed_on_its_way(&task_id, now) {
+            return Step::Wait;
+        }
+        let nobody_has_it = self
+            .tasks
+            .get(&task_id)
+            .is_some_and(|t| !self.has_provider(t, Some(peer_id)));
+        if can_back_to_source && nobody_has_it {
+            return self.send_back_to_source(peer_id, "no peer holds or fetches the task");
+        }
+        Step::Retry
+    }
+
+    /// The task may still send another peer to the origin (`backToSourceCount`).
+    fn task_has_source_slot(&self, task_id: &str) -> bool {
+        self.tasks
+            .get(task_id)
+            .is_some_and(|t| t.back_to_source_peers.len() < self.policy.back_to_source_count)
+    }
+
+    fn send_back_to_source(&mut self, peer_id: &str, why: &str) -> Step {
+        let Some(peer) = self.peers.get_mut(peer_id) else {
+            return Step::Decided(Decision::Fail(not_found_peer(peer_id)));
+        };
+        match peer.state.on(PeerEvent::DownloadBackToSource) {
+            Ok(next) => peer.state = next,
+            Err(e) => {
+                return Step::Decided(Decision::Fail(Status::failed_precondition(e.to_string())))
+            }
+        }
+        peer.need_back_to_source = true;
+        let task_id = peer.task_id.clone();
+        if let Some(task) = self.tasks.get_mut(&task_id) {
+            task.back_to_source_peers.insert(peer_id.to_string());
+            task.state = task.state.on(TaskEvent::Download);
+        }
+        Step::Decided(Decision::BackToSource(why.to_string()))
+    }
+
+    /// Filter, sample, score and cut to `candidateParentLimit`. Returns parent ids, best first.
+    ///
+    /// In a DAG (Dragonfly's rule) seeds are parents of last resort: a seed usually sits next
+    /// to the origin, and its uplink is the swarm's scarcest link, so when a normal peer can
+    /// feed the child the seed serves only children that have no one else. In a mesh the
+    /// child gets the best seed on top of its normal parents: a Damselfly seed shows each
+    /// child different pieces (`daemon::ration`) and the mesh spreads them, so each piece
+    /// still leaves the seed about once, while the seed feeds many peers at a time.
+    pub fn find_candidate_parents(&self, peer_id: &str) -> Vec<String> {
+        let Some(child) = self.peers.get(peer_id) else {
+            return Vec::new();
+        };
+        let Some(task) = self.tasks.get(&child.task_id) else {
+            return Vec::new();
+        };
+        let (seeds, normal): (Vec<&Peer>, Vec<&Peer>) = task
+            .peers
+            .iter()
+            .filter_map(|id| self.peers.get(id))
+            .filter(|p| self.is_eligible_parent(child, p))
+            .partition(|p| self.is_seed_host(&p.host_id));
+        let limit = self.policy.candidate_parent_limit;
+        if self.policy.mesh {
+            let mut chosen = self.rank_parents(child, task, normal, limit);
+            chosen.extend(self.rank_parents(child, task, seeds, 1));
+            return chosen;
+        }
+        let pool = if normal.is_empty() { seeds } else { normal };
+        self.rank_parents(child, task, pool, limit)
+    }
+
+    /// Samples `filterParentLimit` of `pool`, scores them, and keeps the best `limit`.
+    fn rank_parents(
+        &self,
+        child: &Peer,
+        task: &Task,
+        mut pool: Vec<&Peer>,
+        limit: usize,
+    ) -> Vec<String> {
+        pool.shuffle(&mut rand::rng());
+        pool.truncate(self.policy.filter_parent_limit);
+        let total_pieces = task.piece_count.unwrap_or(0);
+        let features: Vec<ParentFeatures> = pool
+            .iter()
+            .map(|p| self.parent_features(p, total_pieces))
+            .collect();
+        scoring::rank(&features, &self.child_features(child), limit)
+            .into_iter()
+            .filter_map(|i| pool.get(i).map(|p| p.id.clone()))
+            .collect()
+    }
+
+    /// Dragonfly's filter: one rule per line, each with its reason.
+    pub(super) fn is_eligible_parent(&self, child: &Peer, parent: &Peer) -> bool {
+        let Some(host) = self.hosts.get(&parent.host_id) else {
+            return false;
+        };
+        parent.id != child.id
+            && !child.blocklist.contains(&parent.id)
+            // Same host: the child already has whatever that host has.
+            && parent.host_id != child.host_id
+            && !host.announced.disable_shared
+            // A peer that was just given parents has not reported Started yet, but it will
+            // within milliseconds: peers registering together should see each other.
+            && (!parent.state.cannot_serve()
+                || (matches!(parent.state, PeerState::Received(_)) && !parent.parents.is_empty()))
+            // A normal peer without parents that is neither fetching the origin nor done has
+            // nothing to give yet. Seeds are fine while running.
+            && (host.host_type.is_seed()
+                || !parent.parents.is_empty()
+                || matches!(parent.state, PeerState::BackToSource | PeerState::Succeeded))
+            && !scoring::is_bad_by_costs(&cost_samples(parent))
+            // A mesh lets peers feed each other both ways; a DAG does not.
+            && (self.policy.mesh || !self.creates_cycle(&parent.id, &child.id))
+    }
+
+    /// Adding parent→child closes a cycle when the parent already descends from the child.
+    pub(super) fn creates_cycle(&self, parent_id: &str, child_id: &str) -> bool {
+        let mut stack = vec![child_id];
+        let mut seen = HashSet::new();
+        while let Some(id) = stack.pop() {
+            if id == parent_id {
+                return true;
+            }
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(peer) = self.peers.get(id) {
+                stack.extend(peer.children.iter().map(String::as_str));
+            }
+        }
+        false
+    }
+
+    fn parent_features(&self, parent: &Peer, total_pieces: u32) -> ParentFeatures {
+        let host = self.hosts.get(&parent.host_id);
+        let host_kind = match host.map(|h| h.host_type) {
+            Some(HostType::Seed(_)) => match parent.state {
+                PeerState::Running | PeerState::BackToSource | PeerState::Succeeded => {
+                    HostKind::ActiveSeed
+                }
+                _ => HostKind::IdleSeed,
+            },
+            _ => HostKind::Normal,
+        };
+        let finished = match parent.state {
+            PeerState::Succeeded if total_pieces > 0 => total_pieces,
+            _ => u32::try_from(parent.finished_pieces.len()).unwrap_or(u32::MAX),
+        };
+        ParentFeatures {
+            max_tx_bandwidth: host.map_or(0, Host::max_tx_bandwidth),
+            assigned_tx_bandwidth: host.map_or(0, |h| h.assigned_tx_bandwidth),
+            active_children: host.map_or(0, |h| h.active_children),
+            finished_pieces: finished,
+            total_pieces,
+            host_kind,
+            idc: host.and_then(Host::idc),
+            location: host.and_then(Host::location),
+        }
+    }
+
+    fn child_features(&self, child: &Peer) -> ChildFeatures {
+        let host = self.hosts.get(&child.host_id);
+        ChildFeatures {
+            idc: host.and_then(Host::idc),
+            location: host.and_then(Host::location),
+        }
+    }
+}
