@@ -340,86 +340,85 @@ fn spawn_servers(
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let ctx = engine.context().clone();
-    let mut tasks = Vec::new();
+    vec![
+        tokio::spawn(
+            serve_upload(engine.clone(), listeners.upload, shutdown.clone())
+                .instrument(tracing::info_span!("upload_server")),
+        ),
+        tokio::spawn(
+            serve_download(engine.clone(), listeners.socket, shutdown.clone())
+                .instrument(tracing::info_span!("download_server")),
+        ),
+        tokio::spawn(damselfly_transfer::serve_vortex_with(
+            listeners.piece,
+            ctx.storage.clone(),
+            ctx.limits.upload.clone(),
+            shutdown.clone(),
+            VortexServerConfig {
+                on_uploaded: upload_hook(&ctx),
+                ..VortexServerConfig::default()
+            },
+        )),
+        tokio::spawn(http::serve(
+            listeners.metrics,
+            http::Endpoint::Metrics,
+            shutdown.clone(),
+        )),
+        tokio::spawn(http::serve(
+            listeners.health,
+            http::Endpoint::Health,
+            shutdown.clone(),
+        )),
+    ]
+}
 
-    let upload = DfdaemonUploadServer::new(UploadService::new(engine.clone()))
+/// `DfdaemonUpload` (and gRPC health) for peers and schedulers, on TCP.
+async fn serve_upload(engine: Arc<Engine>, listener: TcpListener, stop: CancellationToken) {
+    let upload = DfdaemonUploadServer::new(UploadService::new(engine))
         .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
         .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
-    let stop = shutdown.clone();
-    tasks.push(tokio::spawn(
-        async move {
-            let (reporter, health) = tonic_health::server::health_reporter();
-            reporter
-                .set_serving::<DfdaemonUploadServer<UploadService>>()
-                .await;
-            let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(health)
-                .add_service(upload)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listeners.upload),
-                    stop.cancelled_owned(),
-                )
-                .await;
-            if let Err(error) = result {
-                warn!(%error, "upload gRPC server failed");
-            }
-        }
-        .instrument(tracing::info_span!("upload_server")),
-    ));
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<DfdaemonUploadServer<UploadService>>()
+        .await;
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(upload)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+        .await;
+    if let Err(error) = result {
+        warn!(%error, "upload gRPC server failed");
+    }
+}
 
-    let download = DfdaemonDownloadServer::new(DownloadService::new(engine.clone()))
+/// `DfdaemonDownload` (and gRPC health) for dfget, on the unix socket.
+async fn serve_download(engine: Arc<Engine>, listener: UnixListener, stop: CancellationToken) {
+    let download = DfdaemonDownloadServer::new(DownloadService::new(engine))
         .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
         .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
-    let stop = shutdown.clone();
-    tasks.push(tokio::spawn(
-        async move {
-            let (reporter, health) = tonic_health::server::health_reporter();
-            reporter
-                .set_serving::<DfdaemonDownloadServer<DownloadService>>()
-                .await;
-            let result = tonic::transport::Server::builder()
-                .add_service(health)
-                .add_service(download)
-                .serve_with_incoming_shutdown(
-                    UnixListenerStream::new(listeners.socket),
-                    stop.cancelled_owned(),
-                )
-                .await;
-            if let Err(error) = result {
-                warn!(%error, "download gRPC server failed");
-            }
-        }
-        .instrument(tracing::info_span!("download_server")),
-    ));
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<DfdaemonDownloadServer<DownloadService>>()
+        .await;
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(download)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop.cancelled_owned())
+        .await;
+    if let Err(error) = result {
+        warn!(%error, "download gRPC server failed");
+    }
+}
 
-    let on_uploaded = ctx.ration.clone().map(|ration| {
+/// A rationing seed learns of every completed upload from the piece server.
+fn upload_hook(ctx: &Context) -> Option<UploadHook> {
+    ctx.ration.clone().map(|ration| {
         let hook: UploadHook = Arc::new(move |task_id: &str, number: u32| {
             ration.uploaded(task_id, number);
         });
         hook
-    });
-    tasks.push(tokio::spawn(damselfly_transfer::serve_vortex_with(
-        listeners.piece,
-        ctx.storage.clone(),
-        ctx.limits.upload.clone(),
-        shutdown.clone(),
-        VortexServerConfig {
-            on_uploaded,
-            ..VortexServerConfig::default()
-        },
-    )));
-    tasks.push(tokio::spawn(http::serve(
-        listeners.metrics,
-        http::Endpoint::Metrics,
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(http::serve(
-        listeners.health,
-        http::Endpoint::Health,
-        shutdown.clone(),
-    )));
-    tasks
+    })
 }
 
 async fn start_embedded_scheduler(
