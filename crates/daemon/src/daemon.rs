@@ -111,13 +111,7 @@ impl Daemon {
         };
         let ctx = match build_context(config, host_ip, &addrs, shutdown.clone()).await {
             Ok(ctx) => ctx,
-            Err(error) => {
-                remove_socket(&addrs.socket);
-                if let Some((_, token, _)) = &scheduler {
-                    token.cancel();
-                }
-                return Err(error);
-            }
+            Err(error) => return Err(abandon(error, &addrs, &scheduler)),
         };
         info!(host_id = %ctx.host.id, upload = %addrs.upload, piece = %addrs.piece, socket = %addrs.socket.display(), "dfdaemon starting");
         let engine = Engine::new(ctx.clone());
@@ -127,13 +121,7 @@ impl Daemon {
                 match crate::proxy::Proxy::new(engine.clone(), &ctx.config.proxy, shutdown.clone())
                 {
                     Ok(proxy) => Some((proxy, listener)),
-                    Err(error) => {
-                        remove_socket(&addrs.socket);
-                        if let Some((_, token, _)) = &scheduler {
-                            token.cancel();
-                        }
-                        return Err(error);
-                    }
+                    Err(error) => return Err(abandon(error, &addrs, &scheduler)),
                 }
             }
         };
@@ -145,14 +133,7 @@ impl Daemon {
             ));
         }
         join_schedulers(&ctx).await;
-        tasks.push(tokio::spawn(announce_loop(ctx.clone())));
-        if ctx.config.scheduler_source().is_dynamic() {
-            tasks.push(tokio::spawn(dynconfig_loop(ctx.clone())));
-        }
-        tasks.push(tokio::spawn(gc_loop(engine.clone())));
-        if let Some(idle) = ctx.config.idle_exit {
-            tasks.push(tokio::spawn(idle_watch(ctx.clone(), idle)));
-        }
+        tasks.extend(spawn_background(&engine));
         info!(host_id = %ctx.host.id, "dfdaemon ready");
         Ok(Daemon {
             addrs,
@@ -332,6 +313,36 @@ async fn build_context(
         ration,
         shutdown,
     }))
+}
+
+/// A start that failed half-way: the socket file and the embedded scheduler must not
+/// outlive it.
+fn abandon(
+    error: DaemonError,
+    addrs: &BoundAddrs,
+    scheduler: &Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
+) -> DaemonError {
+    remove_socket(&addrs.socket);
+    if let Some((_, token, _)) = scheduler {
+        token.cancel();
+    }
+    error
+}
+
+/// The loops beside the servers: announcing, scheduler refresh, GC, idle exit.
+fn spawn_background(engine: &Arc<Engine>) -> Vec<JoinHandle<()>> {
+    let ctx = engine.context().clone();
+    let mut tasks = vec![
+        tokio::spawn(announce_loop(ctx.clone())),
+        tokio::spawn(gc_loop(engine.clone())),
+    ];
+    if ctx.config.scheduler_source().is_dynamic() {
+        tasks.push(tokio::spawn(dynconfig_loop(ctx.clone())));
+    }
+    if let Some(idle) = ctx.config.idle_exit {
+        tasks.push(tokio::spawn(idle_watch(ctx.clone(), idle)));
+    }
+    tasks
 }
 
 fn spawn_servers(
