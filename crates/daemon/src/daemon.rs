@@ -329,12 +329,14 @@ fn abandon(
     error
 }
 
-/// The loops beside the servers: announcing, scheduler refresh, GC, idle exit.
+/// The loops beside the servers: announcing (and re-announcing held tasks to schedulers that
+/// come back), scheduler refresh, GC, idle exit.
 fn spawn_background(engine: &Arc<Engine>) -> Vec<JoinHandle<()>> {
     let ctx = engine.context().clone();
     let mut tasks = vec![
         tokio::spawn(announce_loop(ctx.clone())),
         tokio::spawn(gc_loop(engine.clone())),
+        tokio::spawn(crate::held::watch_schedulers(ctx.clone())),
     ];
     if ctx.config.scheduler_source().is_dynamic() {
         tasks.push(tokio::spawn(dynconfig_loop(ctx.clone())));

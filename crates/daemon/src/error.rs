@@ -75,6 +75,18 @@ impl DaemonError {
         Status::new(self.code(), message)
     }
 
+    /// The disk (or cache quota) is full: the task's partial content should go, so the next
+    /// download finds room.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            DaemonError::Storage(e) | DaemonError::Transfer(TransferError::Storage(e)) => {
+                e.is_no_space()
+            }
+            DaemonError::Io { source, .. } => io_code(source) == Code::ResourceExhausted,
+            _ => false,
+        }
+    }
+
     pub fn code(&self) -> Code {
         match self {
             DaemonError::Config(_) | DaemonError::InvalidArgument(_) => Code::InvalidArgument,
@@ -117,7 +129,7 @@ fn io_code(error: &std::io::Error) -> Code {
 /// loss; the rest is ours.
 pub fn storage_code(error: &StorageError) -> Code {
     match error {
-        StorageError::NoSpace(_) => Code::ResourceExhausted,
+        StorageError::NoSpace(_) | StorageError::NotEnoughSpace { .. } => Code::ResourceExhausted,
         StorageError::OutputExists(_) => Code::AlreadyExists,
         StorageError::InvalidTaskId(_) => Code::InvalidArgument,
         StorageError::TaskNotFound(_) | StorageError::PieceNotFound { .. } => Code::NotFound,

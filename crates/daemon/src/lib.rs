@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod dynconfig;
 pub mod engine;
 pub mod error;
+pub mod held;
 pub mod host;
 pub mod http;
 pub mod metrics;

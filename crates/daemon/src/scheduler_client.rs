@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
+use tonic_health::pb::health_client::HealthClient;
 use tracing::{debug, info, warn};
 
 /// Connection setup limit: a scheduler that does not accept within this is treated as down.
@@ -110,13 +111,35 @@ impl Schedulers {
             .collect()
     }
 
+    /// The scheduler that owns the task on the ring (before any failover).
+    pub fn owner(&self, task_id: &str) -> Option<SocketAddr> {
+        self.ring().owner(task_id)
+    }
+
+    /// Forgets that `addr` accepted this host: its connection broke, so it may have restarted
+    /// without us; the host (and what it holds) is announced again once it answers.
+    pub fn forget_announced(&self, addr: SocketAddr) {
+        if let Ok(mut announced) = self.announced.lock() {
+            announced.remove(&addr);
+        }
+    }
+
+    /// The gRPC health service of a scheduler, on the same connection as its other calls.
+    pub fn health_client(&self, addr: SocketAddr) -> Result<HealthClient<Channel>, DaemonError> {
+        Ok(HealthClient::new(self.channel(addr)?))
+    }
+
     fn client(&self, addr: SocketAddr) -> Result<SchedulerClient<Channel>, DaemonError> {
+        Ok(new_client(self.channel(addr)?))
+    }
+
+    fn channel(&self, addr: SocketAddr) -> Result<Channel, DaemonError> {
         let mut channels = self
             .channels
             .lock()
             .map_err(|_| DaemonError::NoScheduler("channel cache poisoned".into()))?;
         if let Some(channel) = channels.get(&addr) {
-            return Ok(new_client(channel.clone()));
+            return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| DaemonError::NoScheduler(format!("{addr}: {e}")))?
@@ -126,7 +149,7 @@ impl Schedulers {
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         channels.insert(addr, channel.clone());
-        Ok(new_client(channel))
+        Ok(channel)
     }
 
     /// AnnounceHost to one scheduler.

@@ -36,6 +36,8 @@ pub const DECISION_NORMAL: &str = "normal";
 pub const DECISION_BACK_TO_SOURCE: &str = "back_to_source";
 pub const DECISION_EMPTY: &str = "empty";
 pub const DECISION_FAILED: &str = "failed";
+/// A peer that holds the whole task registered only to report it (Download.metadata_only).
+pub const DECISION_METADATA_ONLY: &str = "metadata_only";
 /// A mesh parent pushed to a peer in the middle of its download.
 pub const DECISION_PUSHED: &str = "pushed";
 

@@ -330,6 +330,7 @@ impl PeerSession {
                 "RegisterPeerRequest.download is missing",
             ));
         };
+        let metadata_only = download.metadata_only;
         let now = Instant::now();
         let outcome = self
             .shared
@@ -349,6 +350,13 @@ impl PeerSession {
             metrics().seed_trigger("started");
             let timeout = self.shared.config.seed_peer.task_download_timeout;
             seed::spawn_trigger(self.shared.clone(), job, timeout);
+        }
+        if metadata_only {
+            // It reports pieces it holds and finishes; scheduling it would only waste a round.
+            metrics().decision(metrics::DECISION_METADATA_ONLY);
+            return self
+                .send(PeerResponse::MetadataOnlyResponse(MetadataOnlyResponse {}))
+                .await;
         }
         if registered.scope == SizeScope::Empty {
             metrics().decision(metrics::DECISION_EMPTY);

@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use dragonfly_api::common::v2::Download;
 use dragonfly_api::scheduler::v2::announce_peer_response::Response as PeerResponse;
 use dragonfly_api::scheduler::v2::{StatPeerRequest, StatTaskRequest};
 
@@ -385,5 +386,45 @@ async fn dag_graph_pushes_nothing() {
     p2.expect_quiet(Duration::from_millis(200)).await;
     drop((p2, p3));
     p1.complete_from_source(3).await;
+    scheduler.shutdown().await;
+}
+
+/// A daemon telling a restarted scheduler what it holds: a metadata-only peer is answered
+/// MetadataOnly at once (no origin, no seed), its pieces make it a parent, and a second
+/// announcement of the same host and task replaces the first instead of listing it twice.
+#[tokio::test]
+async fn metadata_only_peer_becomes_a_parent_without_any_origin_fetch() {
+    let scheduler = TestScheduler::start(fast_config()).await;
+    let mut client = scheduler.client().await;
+    announce_normal_hosts(&mut client, 3).await;
+    let held = || Download {
+        metadata_only: true,
+        ..download(URL, SIZE)
+    };
+    for peer_id in ["held-old", "held"] {
+        let mut peer = PeerStream::register(&mut client, "h1", "t", peer_id, held()).await;
+        assert!(
+            matches!(peer.next().await, PeerResponse::MetadataOnlyResponse(_)),
+            "a holder is not scheduled"
+        );
+        peer.complete_from_parent("local", 3).await;
+    }
+    let task = client
+        .stat_task(StatTaskRequest {
+            host_id: "h1".into(),
+            task_id: "t".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.state, "Succeeded");
+    assert_eq!(
+        task.peer_count, 1,
+        "the re-announcement replaced the old peer"
+    );
+
+    let mut new = PeerStream::register(&mut client, "h2", "t", "new", download(URL, SIZE)).await;
+    assert_eq!(parents(&new.next().await), vec!["held"]);
+    new.complete_from_parent("held", 3).await;
     scheduler.shutdown().await;
 }

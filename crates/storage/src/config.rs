@@ -10,10 +10,12 @@ pub const DEFAULT_STORAGE_DIR: &str = "/var/lib/dragonfly";
 /// a restart does not throw away gigabytes that peers could still use).
 pub const DEFAULT_KEEP: bool = true;
 
-/// No own quota: only TTL eviction runs unless the operator sets one.
+/// No byte quota: as in Dragonfly (`gc.policy.diskThreshold` 0), the quota is then a share of
+/// the whole file system, and the watermarks below apply to its used space.
 pub const DEFAULT_QUOTA_BYTES: u64 = 0;
 
-/// Quota eviction starts when usage exceeds this share of the quota (`diskHighThresholdPercent`).
+/// Quota eviction starts when usage exceeds this share of the quota, or of the file system
+/// without one (`diskHighThresholdPercent`).
 pub const DEFAULT_HIGH_WATERMARK_PERCENT: u8 = 80;
 
 /// Quota eviction stops once usage is at or below this share of the quota
@@ -33,7 +35,7 @@ pub struct StorageConfig {
     pub dir: PathBuf,
     /// true: keep the cache across restarts; false: wipe our files in `dir` on open.
     pub keep: bool,
-    /// Own cache quota in bytes; 0 = no quota.
+    /// Own cache quota in bytes; 0 = a share of the whole file system.
     pub quota_bytes: u64,
     pub high_watermark_percent: u8,
     pub low_watermark_percent: u8,
@@ -61,23 +63,5 @@ impl StorageConfig {
             dir: dir.into(),
             ..Self::default()
         }
-    }
-
-    /// Usage above which quota eviction starts; None without a quota.
-    pub(crate) fn high_watermark_bytes(&self) -> Option<u64> {
-        self.watermark_bytes(self.high_watermark_percent)
-    }
-
-    /// Usage quota eviction brings the cache down to.
-    pub(crate) fn low_watermark_bytes(&self) -> Option<u64> {
-        self.watermark_bytes(self.low_watermark_percent.min(self.high_watermark_percent))
-    }
-
-    fn watermark_bytes(&self, percent: u8) -> Option<u64> {
-        if self.quota_bytes == 0 {
-            return None;
-        }
-        let percent = u128::from(percent.min(100));
-        Some((u128::from(self.quota_bytes) * percent / 100) as u64)
     }
 }

@@ -13,8 +13,8 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
@@ -33,7 +33,9 @@ pub(crate) enum Commit {
 }
 
 pub(crate) struct MetadataDb {
-    db: Database,
+    /// None after a failed reopen; the next access tries again.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
     last_durable_commit: Mutex<Instant>,
 }
 
@@ -72,7 +74,8 @@ impl MetadataDb {
     pub(crate) fn open(path: &Path) -> Result<Self, StorageError> {
         let database = Database::create(path).map_err(db)?;
         let this = Self {
-            db: database,
+            db: RwLock::new(Some(database)),
+            path: path.to_path_buf(),
             last_durable_commit: Mutex::new(Instant::now()),
         };
         // Tables exist from the start so read transactions never see "table missing".
@@ -90,17 +93,57 @@ impl MetadataDb {
         commit: Commit,
         body: impl FnOnce(&WriteTransaction) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        let mut txn = self.db.begin_write().map_err(db)?;
         let durable = self.take_durable_slot(commit);
-        let durability = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
+        self.with_db(|database| {
+            let mut txn = database.begin_write().map_err(db)?;
+            let durability = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            txn.set_durability(durability).map_err(db)?;
+            let value = body(&txn)?;
+            txn.commit().map_err(db)?;
+            Ok(value)
+        })
+    }
+
+    /// Runs `access` on the open database. After an I/O failure (a full disk under the
+    /// metadata file) redb refuses every later transaction until the database is reopened,
+    /// which turned one full-disk error into a daemon that could never record anything again;
+    /// so such a failure reopens it, and the next call works once there is room.
+    fn with_db<T>(
+        &self,
+        access: impl FnOnce(&Database) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let result = {
+            let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+            match guard.as_ref() {
+                Some(database) => access(database),
+                None => Err(StorageError::Db(redb::Error::DatabaseClosed)),
+            }
         };
-        txn.set_durability(durability).map_err(db)?;
-        let value = body(&txn)?;
-        txn.commit().map_err(db)?;
-        Ok(value)
+        if let Err(error) = &result {
+            if needs_reopen(error) {
+                self.reopen();
+            }
+        }
+        result
+    }
+
+    fn reopen(&self) {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // The old handle holds the file lock, so it must be closed before opening again.
+        drop(guard.take());
+        match Database::create(&self.path) {
+            Ok(database) => {
+                tracing::info!(path = %self.path.display(), "metadata database reopened after an I/O error");
+                *guard = Some(database);
+            }
+            Err(error) => {
+                tracing::warn!(%error, path = %self.path.display(), "cannot reopen the metadata database");
+            }
+        }
     }
 
     fn take_durable_slot(&self, commit: Commit) -> bool {
@@ -116,21 +159,25 @@ impl MetadataDb {
     }
 
     pub(crate) fn task(&self, task_id: &str) -> Result<Option<TaskMetadata>, StorageError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(TASKS).map_err(db)?;
-        let value = table.get(task_id).map_err(db)?;
-        value.map(|v| decode(task_id, v.value())).transpose()
+        self.with_db(|database| {
+            let txn = database.begin_read().map_err(db)?;
+            let table = txn.open_table(TASKS).map_err(db)?;
+            let value = table.get(task_id).map_err(db)?;
+            value.map(|v| decode(task_id, v.value())).transpose()
+        })
     }
 
     pub(crate) fn tasks(&self) -> Result<Vec<TaskMetadata>, StorageError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(TASKS).map_err(db)?;
-        let mut tasks = Vec::new();
-        for entry in table.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            tasks.push(decode(key.value(), value.value())?);
-        }
-        Ok(tasks)
+        self.with_db(|database| {
+            let txn = database.begin_read().map_err(db)?;
+            let table = txn.open_table(TASKS).map_err(db)?;
+            let mut tasks = Vec::new();
+            for entry in table.iter().map_err(db)? {
+                let (key, value) = entry.map_err(db)?;
+                tasks.push(decode(key.value(), value.value())?);
+            }
+            Ok(tasks)
+        })
     }
 
     pub(crate) fn piece(
@@ -139,39 +186,46 @@ impl MetadataDb {
         number: u32,
     ) -> Result<Option<PieceMetadata>, StorageError> {
         let key = piece_key(task_id, number);
-        let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(PIECES).map_err(db)?;
-        let value = table.get(key.as_str()).map_err(db)?;
-        value.map(|v| decode(&key, v.value())).transpose()
+        self.with_db(|database| {
+            let txn = database.begin_read().map_err(db)?;
+            let table = txn.open_table(PIECES).map_err(db)?;
+            let value = table.get(key.as_str()).map_err(db)?;
+            value.map(|v| decode(&key, v.value())).transpose()
+        })
     }
 
     /// The task's recorded pieces, sorted by number.
     pub(crate) fn pieces(&self, task_id: &str) -> Result<Vec<PieceMetadata>, StorageError> {
         let (start, end) = piece_key_bounds(task_id);
-        let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(PIECES).map_err(db)?;
-        let mut pieces: Vec<PieceMetadata> = Vec::new();
-        for entry in table.range(start.as_str()..end.as_str()).map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            if is_piece_of(key.value(), task_id) {
-                pieces.push(decode(key.value(), value.value())?);
+        let mut pieces: Vec<PieceMetadata> = self.with_db(|database| {
+            let txn = database.begin_read().map_err(db)?;
+            let table = txn.open_table(PIECES).map_err(db)?;
+            let mut pieces = Vec::new();
+            for entry in table.range(start.as_str()..end.as_str()).map_err(db)? {
+                let (key, value) = entry.map_err(db)?;
+                if is_piece_of(key.value(), task_id) {
+                    pieces.push(decode(key.value(), value.value())?);
+                }
             }
-        }
+            Ok(pieces)
+        })?;
         pieces.sort_by_key(|p| p.number);
         Ok(pieces)
     }
 
     /// Sum of recorded piece lengths over all tasks: the cache's own usage.
     pub(crate) fn recorded_bytes(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(PIECES).map_err(db)?;
-        let mut total = 0u64;
-        for entry in table.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            let piece: PieceMetadata = decode(key.value(), value.value())?;
-            total = total.saturating_add(piece.length);
-        }
-        Ok(total)
+        self.with_db(|database| {
+            let txn = database.begin_read().map_err(db)?;
+            let table = txn.open_table(PIECES).map_err(db)?;
+            let mut total = 0u64;
+            for entry in table.iter().map_err(db)? {
+                let (key, value) = entry.map_err(db)?;
+                let piece: PieceMetadata = decode(key.value(), value.value())?;
+                total = total.saturating_add(piece.length);
+            }
+            Ok(total)
+        })
     }
 
     pub(crate) fn put_task(&self, task: &TaskMetadata, commit: Commit) -> Result<(), StorageError> {
@@ -253,6 +307,16 @@ impl MetadataDb {
     pub(crate) fn flush(&self) -> Result<(), StorageError> {
         self.write(Commit::Durable, |_| Ok(()))
     }
+}
+
+/// redb latches an I/O failure (`PreviousIo`) until the database is reopened.
+fn needs_reopen(error: &StorageError) -> bool {
+    matches!(
+        error,
+        StorageError::NoSpace(_)
+            | StorageError::Db(redb::Error::PreviousIo)
+            | StorageError::Db(redb::Error::Io(_))
+    )
 }
 
 fn remove_pieces_in(txn: &WriteTransaction, task_id: &str) -> Result<u64, StorageError> {

@@ -49,6 +49,15 @@ pub enum StorageError {
     #[error("no space left on device: {0}")]
     NoSpace(String),
 
+    /// Checked before a download starts: the task cannot fit even after evicting every
+    /// finished task not in use.
+    #[error("not enough disk space: need {need} bytes, free {free} bytes (task {task_id})")]
+    NotEnoughSpace {
+        task_id: String,
+        need: u64,
+        free: u64,
+    },
+
     #[error("output {0} already exists")]
     OutputExists(PathBuf),
 
@@ -83,15 +92,29 @@ impl From<io::Error> for StorageError {
     }
 }
 
+impl StorageError {
+    /// The disk (or the cache quota) is full: freeing space, not retrying, is the remedy.
+    pub fn is_no_space(&self) -> bool {
+        matches!(
+            self,
+            StorageError::NoSpace(_) | StorageError::NotEnoughSpace { .. }
+        )
+    }
+}
+
 /// Disk full and quota exceeded both mean "free some space", so both map to NoSpace.
 fn is_no_space(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT)
         || error.kind() == io::ErrorKind::StorageFull
 }
 
-/// Any redb error type into ours, so call sites can use `map_err(db)`.
+/// Any redb error type into ours, so call sites can use `map_err(db)`. A full disk under the
+/// metadata file is reported as such, so the user sees the same remedy as for content.
 pub(crate) fn db(error: impl Into<redb::Error>) -> StorageError {
-    StorageError::Db(error.into())
+    match error.into() {
+        redb::Error::Io(io) if is_no_space(&io) => StorageError::NoSpace(io.to_string()),
+        other => StorageError::Db(other),
+    }
 }
 
 #[cfg(test)]

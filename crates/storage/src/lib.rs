@@ -9,8 +9,10 @@ mod config;
 mod content;
 mod db;
 mod error;
+mod eviction;
 mod metadata;
 mod notify;
+mod space;
 
 pub use config::{
     StorageConfig, ABANDONED_TASK_AGE, DEFAULT_HIGH_WATERMARK_PERCENT, DEFAULT_KEEP,
@@ -21,6 +23,7 @@ pub use db::DURABLE_COMMIT_INTERVAL;
 pub use error::StorageError;
 pub use metadata::{ExportMethod, PieceEvent, PieceMetadata, TaskMetadata};
 pub use notify::PIECE_EVENT_CAPACITY;
+pub use space::{DiskSpace, SpaceProbe, Statvfs, RESERVED_FREE_BYTES};
 
 use content::{remove_if_exists, stream_into_file, temporary_sibling, BufferPool, Streamed};
 use damselfly_core::digest::format_crc32;
@@ -67,6 +70,8 @@ struct Inner {
     /// Sum of recorded piece lengths: the cache's own usage, independent of the disk's.
     usage: AtomicU64,
     buffers: BufferPool,
+    /// Reads the file system's free space (injected so tests need no full disk).
+    space: Arc<dyn SpaceProbe>,
 }
 
 impl Drop for Inner {
@@ -80,6 +85,14 @@ impl Drop for Inner {
 
 impl Storage {
     pub fn open(config: StorageConfig) -> Result<Storage, StorageError> {
+        Self::open_with_probe(config, Arc::new(Statvfs))
+    }
+
+    /// [`Storage::open`] with another reading of the disk's free space.
+    pub fn open_with_probe(
+        config: StorageConfig,
+        space: Arc<dyn SpaceProbe>,
+    ) -> Result<Storage, StorageError> {
         std::fs::create_dir_all(&config.dir)?;
         if !config.keep {
             wipe_own_files(&config.dir)?;
@@ -95,6 +108,7 @@ impl Storage {
                 notifier: Notifier::default(),
                 usage: AtomicU64::new(0),
                 buffers: BufferPool::default(),
+                space,
             }),
         };
         storage.forget_tasks_without_content()?;
@@ -178,6 +192,7 @@ impl Storage {
             accessed_at: now,
             finished_at: None,
             failed_at: None,
+            url: existing.and_then(|t| t.url),
         };
         self.inner.db.put_task(&task, Commit::Lazy)?;
         debug!(task_id, content_length, piece_length, "task prepared");
@@ -202,8 +217,9 @@ impl Storage {
         Ok(task)
     }
 
-    /// Marks the task finished (every piece of its layout must be recorded), commits the
-    /// metadata durably and notifies `TaskFinished`.
+    /// Marks the task finished (every piece of its layout must be recorded) once its content
+    /// is synced to disk, commits the metadata durably and notifies `TaskFinished`. Blocks
+    /// for the fsync.
     pub fn finish_task(&self, task_id: &str) -> Result<TaskMetadata, StorageError> {
         let task = self.require_task(task_id)?;
         let missing = self.missing_piece_count(&task)?;
@@ -213,10 +229,11 @@ impl Storage {
                 missing,
             });
         }
+        // "Finished" lets a restarted daemon serve the task to peers without checking it, so
+        // the bytes and the file's directory entry reach the disk before the record does:
+        // a power loss can then cost the task, never serve holes as content.
+        sync_content(&self.content_path(task_id))?;
         let now = SystemTime::now();
-        // Durable: "finished" is what lets a restarted daemon serve the task without a
-        // download, so it must not be lost. Content bytes are not fsynced (that would cost
-        // seconds per GiB); a power loss right after may need the task downloaded again.
         let task = self
             .inner
             .db
@@ -261,9 +278,24 @@ impl Storage {
         Ok(())
     }
 
+    /// Remembers where the task's content comes from (see [`TaskMetadata::url`]).
+    pub fn set_task_url(&self, task_id: &str, url: &str) -> Result<(), StorageError> {
+        self.inner.db.update_task(task_id, Commit::Lazy, |task| {
+            if task.url.as_deref() != Some(url) {
+                task.url = Some(url.to_string());
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// accessed_at = now, which keeps the task away from TTL and LRU eviction.
     pub fn touch_task(&self, task_id: &str) -> Result<(), StorageError> {
-        let now = SystemTime::now();
+        self.touch_task_at(task_id, SystemTime::now())
+    }
+
+    /// [`Storage::touch_task`] as if the time were `now`.
+    pub fn touch_task_at(&self, task_id: &str, now: SystemTime) -> Result<(), StorageError> {
         self.inner.db.update_task(task_id, Commit::Lazy, |task| {
             task.accessed_at = now;
             Ok(())
@@ -273,6 +305,11 @@ impl Storage {
 
     /// Forgets the task and removes its content; subscribers see `TaskFailed`.
     pub async fn delete_task(&self, task_id: &str) -> Result<(), StorageError> {
+        self.remove_task(task_id).await.map(|_| ())
+    }
+
+    /// [`Storage::delete_task`], returning the recorded bytes it released.
+    async fn remove_task(&self, task_id: &str) -> Result<u64, StorageError> {
         let (task, bytes) = self.inner.db.remove_task(task_id, Commit::Lazy)?;
         self.release_usage(bytes);
         let path = self.content_path(task_id);
@@ -285,7 +322,7 @@ impl Storage {
             return Err(StorageError::TaskNotFound(task_id.to_string()));
         }
         debug!(task_id, bytes, "task deleted");
-        Ok(())
+        Ok(bytes)
     }
 
     /// `{dir}/content/tasks/{id[0..3]}/{id}`. Characters that could leave the content dir
@@ -610,84 +647,10 @@ impl Storage {
         Ok(method)
     }
 
-    pub fn usage_bytes(&self) -> u64 {
-        self.inner.usage.load(Ordering::Relaxed)
-    }
-
-    /// TTL eviction, then quota eviction of finished tasks (LRU); returns evicted task IDs.
-    /// Tasks in `in_use` are never evicted.
-    pub async fn gc(&self, in_use: &HashSet<String>) -> Result<Vec<String>, StorageError> {
-        self.gc_at(in_use, SystemTime::now()).await
-    }
-
-    /// [`Storage::gc`] as if the time were `now` (ages and TTLs are measured up to it).
-    pub async fn gc_at(
-        &self,
-        in_use: &HashSet<String>,
-        now: SystemTime,
-    ) -> Result<Vec<String>, StorageError> {
-        let mut tasks = self.list_tasks()?;
-        tasks.retain(|t| !in_use.contains(&t.id));
-        let mut evicted = Vec::new();
-
-        let ttl = self.inner.config.task_ttl;
-        let (expired, mut kept): (Vec<_>, Vec<_>) =
-            tasks.into_iter().partition(|t| idle_for(t, now) >= ttl);
-        for task in expired {
-            self.evict(&task.id, "ttl", &mut evicted).await?;
-        }
-
-        if let (Some(high), Some(low)) = (
-            self.inner.config.high_watermark_bytes(),
-            self.inner.config.low_watermark_bytes(),
-        ) {
-            if self.usage_bytes() > high {
-                kept.retain(|t| is_evictable_by_quota(t, now));
-                kept.sort_by_key(|t| t.accessed_at);
-                for task in kept {
-                    if self.usage_bytes() <= low {
-                        break;
-                    }
-                    self.evict(&task.id, "quota", &mut evicted).await?;
-                }
-            }
-        }
-        if !evicted.is_empty() {
-            self.inner.db.flush()?;
-        }
-        Ok(evicted)
-    }
-
-    async fn evict(
-        &self,
-        task_id: &str,
-        reason: &str,
-        evicted: &mut Vec<String>,
-    ) -> Result<(), StorageError> {
-        match self.delete_task(task_id).await {
-            Ok(()) | Err(StorageError::TaskNotFound(_)) => {
-                info!(task_id, reason, "task evicted");
-                evicted.push(task_id.to_string());
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// Makes every metadata change so far durable.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.inner.db.flush()
     }
-}
-
-fn idle_for(task: &TaskMetadata, now: SystemTime) -> Duration {
-    now.duration_since(task.accessed_at).unwrap_or_default()
-}
-
-/// Finished and failed tasks, and unfinished ones nobody touched for a day, may go to make
-/// room; a download in progress must not lose its pieces.
-fn is_evictable_by_quota(task: &TaskMetadata, now: SystemTime) -> bool {
-    task.is_finished() || task.is_failed() || idle_for(task, now) >= ABANDONED_TASK_AGE
 }
 
 fn piece_offset(task: &TaskMetadata, number: u32) -> Result<u64, StorageError> {
@@ -786,6 +749,16 @@ async fn create_sparse_file(path: &Path, length: u64) -> Result<(), StorageError
     })
     .await
     .map_err(|e| io::Error::other(e.to_string()))??;
+    Ok(())
+}
+
+/// fsync of the content file and of the directory holding its name. Blocking: callers on an
+/// async runtime run [`Storage::finish_task`] on a blocking thread.
+fn sync_content(path: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(path)?.sync_all()?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
     Ok(())
 }
 

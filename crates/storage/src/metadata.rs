@@ -15,6 +15,10 @@ pub struct TaskMetadata {
     pub accessed_at: SystemTime,
     pub finished_at: Option<SystemTime>,
     pub failed_at: Option<SystemTime>,
+    /// The URL the task was downloaded from, so a scheduler that restarted can be told what
+    /// this host holds; None for records written before it was kept.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 impl TaskMetadata {

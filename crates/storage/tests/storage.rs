@@ -2,7 +2,9 @@
 
 use damselfly_core::digest::piece_digest;
 use damselfly_core::PieceLayout;
-use damselfly_storage::{ExportMethod, PieceEvent, Storage, StorageConfig, StorageError};
+use damselfly_storage::{
+    DiskSpace, ExportMethod, PieceEvent, Storage, StorageConfig, StorageError,
+};
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -316,7 +318,12 @@ async fn gc_evicts_by_ttl_but_spares_tasks_in_use() {
         task_ttl: Duration::from_millis(50),
         ..StorageConfig::with_dir(dir.path())
     };
-    let storage = Storage::open(config).unwrap();
+    // An empty disk, so only the TTL can evict whatever this machine's disk holds.
+    let empty_disk = DiskSpace {
+        total: 1 << 40,
+        available: 1 << 40,
+    };
+    let storage = Storage::open_with_probe(config, std::sync::Arc::new(empty_disk)).unwrap();
     let (old, busy) = (task_id(8), task_id(9));
     let data = content(PIECE as usize, 8);
     let before = SystemTime::now();

@@ -8,7 +8,7 @@ use crate::error::DaemonError;
 use crate::metrics;
 use damselfly_core::{PieceLayout, PieceSpan};
 use damselfly_transfer::RateLimiter;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,6 +68,8 @@ pub struct JobCtx<'a> {
     /// The origin answers Range requests (learned from the stat); without, back-to-source
     /// streams the whole body once and cuts the pieces from it in order.
     pub origin_ranges: AtomicBool,
+    /// Tasks with a running job when this one started; making room never evicts them.
+    pub in_use: &'a HashSet<String>,
 }
 
 impl JobCtx<'_> {
@@ -96,10 +98,12 @@ pub async fn run(
     request: &TaskRequest,
     handle: &JobHandle,
     cancel: &CancellationToken,
+    in_use: &HashSet<String>,
 ) {
     let job = JobCtx {
         ctx,
         request,
+        in_use,
         peer_id: &handle.peer_id,
         task_limiter: limiter(request.rate_limit.unwrap_or(0)),
         origin_ranges: AtomicBool::new(true),
@@ -132,13 +136,48 @@ pub async fn run(
         Err(error) => {
             metrics::task_failed();
             warn!(%error, "task failed");
-            if let Err(e) = ctx.storage.fail_task(&request.task_id) {
-                // A task that never got prepared has nothing to mark.
-                tracing::debug!(error = %e, "cannot mark task failed");
-            }
+            record_failure(ctx, &request.task_id, &error).await;
             handle.state.send_replace(JobState::Failed(error.into()));
         }
     }
+}
+
+/// A full disk drops the task's partial pieces, so they do not keep the disk full for the
+/// next download; any other failure keeps them for a retry to resume.
+async fn record_failure(ctx: &Context, task_id: &str, error: &DaemonError) {
+    if error.is_no_space() {
+        match ctx.storage.delete_task(task_id).await {
+            Ok(()) => ctx.schedulers.delete_task(&ctx.host.id, task_id).await,
+            Err(e) => warn!(error = %e, "cannot free the pieces of a task that filled the disk"),
+        }
+        return;
+    }
+    if let Err(e) = ctx.storage.fail_task(task_id) {
+        // A task that never got prepared has nothing to mark.
+        tracing::debug!(error = %e, "cannot mark task failed");
+    }
+}
+
+/// Makes room for the task before its bytes flow, evicting old finished tasks if needed;
+/// schedulers are told the evicted tasks are gone from this host.
+async fn make_room(job: &JobCtx<'_>) -> Result<(), DaemonError> {
+    let ctx = job.ctx;
+    let evicted = ctx.storage.ensure_space(job.task_id(), job.in_use).await?;
+    for task_id in evicted {
+        info!(%task_id, "evicted to make room");
+        ctx.schedulers.delete_task(&ctx.host.id, &task_id).await;
+    }
+    Ok(())
+}
+
+/// fsyncs the content before recording the task finished, off the async workers.
+async fn finish(job: &JobCtx<'_>) -> Result<(), DaemonError> {
+    let storage = job.ctx.storage.clone();
+    let task_id = job.task_id().to_string();
+    tokio::task::spawn_blocking(move || storage.finish_task(&task_id))
+        .await
+        .map_err(|e| DaemonError::io("finishing the task", std::io::Error::other(e)))??;
+    Ok(())
 }
 
 /// Stat, prepare, fetch the missing pieces (P2P or origin), finish.
@@ -165,6 +204,7 @@ async fn download(
                     stat.headers.clone(),
                 )
                 .await?;
+            ctx.storage.set_task_url(job.task_id(), &request.url)?;
             let shape = TaskShape {
                 content_length,
                 piece_length: task.piece_length,
@@ -174,13 +214,14 @@ async fn download(
             let layout = task.layout();
             let missing = missing_pieces(job, &layout)?;
             if !missing.is_empty() {
+                make_room(job).await?;
                 fetch_missing(job, layout, missing).await?;
             }
             shape
         }
         None => whole_body(job, state, &stat.headers).await?,
     };
-    ctx.storage.finish_task(job.task_id())?;
+    finish(job).await?;
     Ok(shape)
 }
 
@@ -237,6 +278,8 @@ async fn whole_body(
         .storage
         .prepare_task(job.task_id(), 0, piece_length, headers.to_vec())
         .await?;
+    job.ctx.storage.set_task_url(job.task_id(), &request.url)?;
+    make_room(job).await?;
     let (content_length, pieces) = job
         .ctx
         .backend

@@ -117,7 +117,8 @@ impl Engine {
         tokio::spawn(
             async move {
                 let _busy = engine.ctx.activity.begin();
-                job::run(&engine.ctx, &request, &handle, &engine.cancel).await;
+                let in_use = engine.in_flight_tasks();
+                job::run(&engine.ctx, &request, &handle, &engine.cancel, &in_use).await;
                 engine.forget(&request.task_id, &handle);
             }
             .instrument(span),

@@ -51,6 +51,9 @@ impl State {
             // A re-registration (the daemon retried on a new stream) starts the peer afresh.
             self.remove_peer(peer_id);
         }
+        if download.metadata_only {
+            self.remove_host_peers_of_task(host_id, task_id);
+        }
         let wall = SystemTime::now();
         let task = self
             .tasks
@@ -66,7 +69,9 @@ impl State {
             .map_err(|e| Status::internal(e.to_string()))?;
 
         let mut seed_job = None;
-        if scope != SizeScope::Empty {
+        // A metadata-only peer already holds the whole task (a daemon telling a restarted
+        // scheduler what it has): nothing to fetch, so no seed and no origin.
+        if scope != SizeScope::Empty && !download.metadata_only {
             if download.need_back_to_source || host_type.is_seed() {
                 peer.need_back_to_source = true;
             } else if self.task_needs_source(task_id) {
@@ -98,6 +103,25 @@ impl State {
         }
         self.peers.insert(peer_id.to_string(), peer);
         Ok(Registered { scope, seed_job })
+    }
+
+    /// A host re-announcing what it holds replaces its earlier peers of that task, so a link
+    /// that broke without a restart does not leave the host listed twice.
+    fn remove_host_peers_of_task(&mut self, host_id: &str, task_id: &str) {
+        let stale: Vec<String> = self
+            .hosts
+            .get(host_id)
+            .map(|host| {
+                host.peers
+                    .iter()
+                    .filter(|id| self.peers.get(*id).is_some_and(|p| p.task_id == task_id))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for peer_id in stale {
+            self.remove_peer(&peer_id);
+        }
     }
 
     fn drop_task_if_unused(&mut self, task_id: &str) {
