@@ -310,13 +310,20 @@ impl Storage {
 
     /// [`Storage::delete_task`], returning the recorded bytes it released.
     async fn remove_task(&self, task_id: &str) -> Result<u64, StorageError> {
-        let (task, bytes) = self.inner.db.remove_task(task_id, Commit::Lazy)?;
-        self.release_usage(bytes);
         let path = self.content_path(task_id);
         let file_existed = path.exists();
-        tokio::task::spawn_blocking(move || remove_if_exists(&path))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))??;
+        let removed = match self.inner.db.remove_task(task_id, Commit::Lazy) {
+            // On a full disk even the delete's commit needs a page: the content goes first
+            // to make room, then the record (a record without content is dropped at open).
+            Err(error) if error.is_no_space() => {
+                remove_content(path.clone()).await?;
+                self.inner.db.remove_task(task_id, Commit::Lazy)?
+            }
+            other => other?,
+        };
+        let (task, bytes) = removed;
+        self.release_usage(bytes);
+        remove_content(path).await?;
         self.inner.notifier.publish(task_id, PieceEvent::TaskFailed);
         if task.is_none() && !file_existed {
             return Err(StorageError::TaskNotFound(task_id.to_string()));
@@ -749,6 +756,13 @@ async fn create_sparse_file(path: &Path, length: u64) -> Result<(), StorageError
     })
     .await
     .map_err(|e| io::Error::other(e.to_string()))??;
+    Ok(())
+}
+
+async fn remove_content(path: PathBuf) -> Result<(), StorageError> {
+    tokio::task::spawn_blocking(move || remove_if_exists(&path))
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))??;
     Ok(())
 }
 

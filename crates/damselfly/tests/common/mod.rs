@@ -671,6 +671,8 @@ pub struct DaemonOpts {
     pub scheduler: Option<String>,
     pub extra: Vec<String>,
     pub log_level: String,
+    /// `--storage-dir`; `None` = `{name}-storage` in the cluster's directory.
+    pub storage: Option<PathBuf>,
 }
 
 impl Default for DaemonOpts {
@@ -680,6 +682,7 @@ impl Default for DaemonOpts {
             scheduler: None,
             extra: Vec::new(),
             log_level: std::env::var("DAMSELFLY_E2E_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+            storage: None,
         }
     }
 }
@@ -880,6 +883,41 @@ impl Cluster {
         info
     }
 
+    /// SIGKILLs the scheduler and starts it again on the same addresses, with no state.
+    pub fn restart_scheduler(&mut self) -> SchedulerInfo {
+        let old = self.scheduler.clone().expect("no scheduler");
+        self.kill(old.pid);
+        let args = vec![
+            "--listen".to_string(),
+            old.addr.to_string(),
+            "--metrics".to_string(),
+            old.metrics.to_string(),
+        ];
+        let n = self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with("dfscheduler-restart"))
+            .count()
+            + 1;
+        let name = format!("dfscheduler-restart{n}");
+        let pid = self.spawn(&name, &bin("dfscheduler"), &args);
+        let ready = wait_until(READY_TIMEOUT, || {
+            TcpStream::connect_timeout(&old.addr, Duration::from_millis(200)).is_ok()
+        });
+        assert!(
+            ready,
+            "restarted dfscheduler did not listen on {}",
+            old.addr
+        );
+        let info = SchedulerInfo {
+            pid,
+            log: self.root.join(format!("{name}.log")),
+            ..old
+        };
+        self.scheduler = Some(info.clone());
+        info
+    }
+
     pub fn scheduler_metrics(&self) -> Metrics {
         Metrics::scrape(self.scheduler.as_ref().expect("no scheduler").metrics)
     }
@@ -895,7 +933,10 @@ impl Cluster {
         } else {
             format!("peer{host}")
         };
-        let storage = self.root.join(format!("{name}-storage"));
+        let storage = opts
+            .storage
+            .clone()
+            .unwrap_or_else(|| self.root.join(format!("{name}-storage")));
         let socket = self.root.join(format!("{name}.sock"));
         fs::create_dir_all(&storage).unwrap();
         let scheduler = opts.scheduler.clone().unwrap_or_else(|| {
