@@ -194,3 +194,75 @@ async fn without_a_quota_gc_keeps_the_whole_disk_under_its_high_watermark() {
     let evicted = storage.gc_at(&HashSet::new(), base).await.unwrap();
     assert_eq!(evicted, ids[..3].to_vec());
 }
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped, also on failure.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn mount_tmpfs(path: &Path, size: &str) -> Option<Tmpfs> {
+    // SAFETY: geteuid has no preconditions.
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        "mounting a tmpfs needs root".to_string()
+    } else {
+        match std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+        {
+            Ok(s) if s.success() => return Some(Tmpfs(path.to_path_buf())),
+            other => format!("cannot mount a tmpfs: {other:?}"),
+        }
+    };
+    let required = ["DAMSELFLY_REQUIRE_TOOLS", "CI"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        .is_some_and(|v| !matches!(v.trim(), "0" | "false"));
+    assert!(!required, "{reason} (a skip is a failure under CI)");
+    eprintln!("SKIP: {reason}");
+    None
+}
+
+/// The measured bug: once a metadata commit failed with ENOSPC, redb refused every later
+/// transaction ("Previous I/O error"), so every later download failed even after space came
+/// back. The database is now reopened after such a failure.
+#[tokio::test]
+async fn metadata_commits_work_again_once_a_full_disk_has_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_mount) = mount_tmpfs(dir.path(), "4m") else {
+        return;
+    };
+    let storage = Storage::open(StorageConfig::with_dir(dir.path().join("cache"))).unwrap();
+    let filler = dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        while file.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
+    }
+    // Task records until the database cannot grow any more.
+    let mut failure = None;
+    for n in 0..=255u8 {
+        let id = format!("{}{n:02x}", "ab".repeat(31));
+        let headers = vec![("x-padding".to_string(), "p".repeat(16 * 1024))];
+        if let Err(e) = storage.prepare_task(&id, PIECE, PIECE, headers).await {
+            failure = Some(e);
+            break;
+        }
+    }
+    let failure = failure.expect("a full disk never failed a metadata commit");
+    assert!(failure.is_no_space(), "{failure:?}");
+    std::fs::remove_file(&filler).unwrap();
+    let id = task_id(200);
+    storage
+        .prepare_task(&id, PIECE, PIECE, vec![])
+        .await
+        .expect("the metadata database stays unusable after the disk had room again");
+    assert!(storage.task(&id).unwrap().is_some());
+}
