@@ -49,11 +49,12 @@ pub const DEFAULT_MAX_SCHEDULE_COUNT: u32 = 5;
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// Finished tasks not accessed for this long are evicted, as Dragonfly.
 pub const DEFAULT_TASK_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Own cache quota; 0 = no quota.
+/// Own cache quota; 0 = the whole file system of the cache, as Dragonfly (the thresholds
+/// below then apply to its used space).
 pub const DEFAULT_DISK_THRESHOLD: ByteSize = ByteSize::b(0);
-/// Quota eviction starts above this share of the quota, as Dragonfly.
+/// Quota eviction starts above this share of the quota (or file system), as Dragonfly.
 pub const DEFAULT_DISK_HIGH_THRESHOLD_PERCENT: u8 = 80;
-/// Quota eviction stops below this share of the quota, as Dragonfly.
+/// Quota eviction stops below this share of the quota (or file system), as Dragonfly.
 pub const DEFAULT_DISK_LOW_THRESHOLD_PERCENT: u8 = 60;
 
 /// The whole configuration. Every section is optional in the file.
