@@ -7,7 +7,8 @@
 //! host and then, for every finished task the scheduler owns on the ring, registers a peer
 //! with Dragonfly's `Download.metadata_only` flag ("the peer only reports the metadata of
 //! what it holds, no need to schedule it"), reports its pieces and finishes it. The same
-//! happens when the daemon starts, so a restarted daemon is known as a parent at once.
+//! happens when the daemon starts, so a restarted daemon is known as a parent at once, and
+//! when a registration finds that the scheduler no longer knows this host.
 
 use crate::config::SchedulerSource;
 use crate::context::Context;
@@ -101,9 +102,10 @@ async fn watch_one(ctx: Context, addr: SocketAddr) {
                         info!(scheduler = %addr, "scheduler connection broke; will tell it what this host holds when it is back");
                     }
                     WatchEnd::Unsupported => {
-                        debug!(scheduler = %addr, "scheduler has no health Watch; restarts are not detected");
-                        ctx.shutdown.cancelled().await;
-                        return;
+                        debug!(scheduler = %addr, "scheduler has no health Watch; only 'unknown host' answers reveal a restart");
+                        if !host_lost_or_shutdown(&ctx, addr).await {
+                            return;
+                        }
                     }
                     WatchEnd::Shutdown => return,
                 }
@@ -115,6 +117,19 @@ async fn watch_one(ctx: Context, addr: SocketAddr) {
             _ = ctx.shutdown.cancelled() => return,
         }
         backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+    }
+}
+
+/// Waits until a registration finds that `addr` lost this host (true) or shutdown (false).
+async fn host_lost_or_shutdown(ctx: &Context, addr: SocketAddr) -> bool {
+    loop {
+        if ctx.schedulers.take_host_lost(addr) {
+            return true;
+        }
+        tokio::select! {
+            _ = ctx.schedulers.host_lost() => {}
+            _ = ctx.shutdown.cancelled() => return false,
+        }
     }
 }
 
@@ -135,11 +150,17 @@ async fn watch_until_broken(ctx: &Context, addr: SocketAddr) -> WatchEnd {
         Err(_) => return WatchEnd::Broken,
     };
     loop {
+        if ctx.schedulers.take_host_lost(addr) {
+            return WatchEnd::Broken;
+        }
         tokio::select! {
             message = stream.message() => match message {
                 Ok(Some(_)) => continue,
                 Ok(None) | Err(_) => return WatchEnd::Broken,
             },
+            // A registration found the scheduler did not know this host: it restarted
+            // behind a link that stayed up (a proxy, or a quick restart).
+            _ = ctx.schedulers.host_lost() => continue,
             _ = ctx.shutdown.cancelled() => return WatchEnd::Shutdown,
         }
     }

@@ -46,6 +46,10 @@ pub struct Schedulers {
     /// Schedulers that accepted this host's AnnounceHost; the others are tried again at each
     /// scheduler refresh instead of waiting for the next `announceInterval`.
     announced: Mutex<HashSet<SocketAddr>>,
+    /// Schedulers that answered "unknown host" (they restarted without the link breaking
+    /// where a watcher saw it); their watchers announce what this host holds again.
+    lost_host: Mutex<HashSet<SocketAddr>>,
+    host_lost: tokio::sync::Notify,
 }
 
 impl Schedulers {
@@ -54,6 +58,8 @@ impl Schedulers {
             ring: RwLock::new(Arc::new(SchedulerRing::new(addrs))),
             channels: Mutex::new(HashMap::new()),
             announced: Mutex::new(HashSet::new()),
+            lost_host: Mutex::new(HashSet::new()),
+            host_lost: tokio::sync::Notify::new(),
         }
     }
 
@@ -122,6 +128,27 @@ impl Schedulers {
         if let Ok(mut announced) = self.announced.lock() {
             announced.remove(&addr);
         }
+    }
+
+    /// Notes that `addr` did not know this host any more, and wakes the watchers.
+    fn note_host_lost(&self, addr: SocketAddr) {
+        if let Ok(mut lost) = self.lost_host.lock() {
+            lost.insert(addr);
+        }
+        self.host_lost.notify_waiters();
+    }
+
+    /// Whether `addr` lost this host since the last call (clears the mark).
+    pub fn take_host_lost(&self, addr: SocketAddr) -> bool {
+        self.lost_host
+            .lock()
+            .map(|mut lost| lost.remove(&addr))
+            .unwrap_or(false)
+    }
+
+    /// Resolves when some scheduler answered "unknown host"; see [`Self::take_host_lost`].
+    pub async fn host_lost(&self) {
+        self.host_lost.notified().await;
     }
 
     /// The gRPC health service of a scheduler, on the same connection as its other calls.
@@ -301,6 +328,7 @@ impl Schedulers {
                     Ok(session) => return Ok(session),
                     Err(status) if status.code() == Code::NotFound && attempt == 0 => {
                         debug!(scheduler = %addr, "scheduler does not know this host; re-announcing");
+                        self.note_host_lost(addr);
                         if let Err(e) = self
                             .announce_host_to(addr, host.clone(), announce_interval)
                             .await
