@@ -191,6 +191,29 @@ mod tests {
         );
     }
 
+    /// Only a full disk (however it is wrapped) drops a failed task's partial pieces.
+    #[test]
+    fn full_disk_is_recognised_through_every_wrapper() {
+        let refused = StorageError::NotEnoughSpace {
+            task_id: "t".into(),
+            need: 2,
+            free: 1,
+        };
+        assert_eq!(code_of(refused.into()), Code::ResourceExhausted);
+        let full = || StorageError::NoSpace("disk".into());
+        assert!(DaemonError::from(full()).is_no_space());
+        assert!(DaemonError::from(TransferError::Storage(full())).is_no_space());
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(DaemonError::io("write", enospc).is_no_space());
+        let other = StorageError::ShortRead {
+            task_id: "t".into(),
+            number: 0,
+            expected: 2,
+            received: 1,
+        };
+        assert!(!DaemonError::from(other).is_no_space());
+    }
+
     #[test]
     fn origin_errors_map_to_user_codes() {
         let not_found = TransferError::OriginStatus {
