@@ -2,7 +2,7 @@
 //! States: Preparing → Running(shape) → Finished | Failed(status).
 
 use super::request::TaskRequest;
-use super::{origin, p2p};
+use super::{finish, origin, p2p};
 use crate::context::{limiter, Context};
 use crate::error::DaemonError;
 use crate::metrics;
@@ -10,7 +10,7 @@ use damselfly_core::{PieceLayout, PieceSpan};
 use damselfly_transfer::RateLimiter;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,14 @@ pub struct JobCtx<'a> {
     /// The origin answers Range requests (learned from the stat); without, back-to-source
     /// streams the whole body once and cuts the pieces from it in order.
     pub origin_ranges: AtomicBool,
+    /// Set once the assembled content matched the request's whole-file digest (or there
+    /// is none), so it is hashed once.
+    pub content_verified: OnceLock<ContentVerified>,
 }
+
+/// The content matched the request's digest.
+#[derive(Debug)]
+pub struct ContentVerified;
 
 impl JobCtx<'_> {
     pub fn task_id(&self) -> &str {
@@ -103,6 +110,7 @@ pub async fn run(
         peer_id: &handle.peer_id,
         task_limiter: limiter(request.rate_limit.unwrap_or(0)),
         origin_ranges: AtomicBool::new(true),
+        content_verified: OnceLock::new(),
     };
     let started = Instant::now();
     metrics::task_started();
@@ -132,7 +140,10 @@ pub async fn run(
         Err(error) => {
             metrics::task_failed();
             warn!(%error, "task failed");
-            if let Err(e) = ctx.storage.fail_task(&request.task_id) {
+            if matches!(error, DaemonError::DigestMismatch { .. }) {
+                // Content that is not what the caller asked for is never kept or served.
+                finish::discard(ctx, &request.task_id).await;
+            } else if let Err(e) = ctx.storage.fail_task(&request.task_id) {
                 // A task that never got prepared has nothing to mark.
                 tracing::debug!(error = %e, "cannot mark task failed");
             }
@@ -180,6 +191,11 @@ async fn download(
         }
         None => whole_body(job, state, &stat.headers).await?,
     };
+    // The whole-file digest is checked before the task is recorded finished (P2P downloads
+    // checked it before they told the scheduler).
+    if job.content_verified.get().is_none() {
+        finish::verify_content(ctx, request).await?;
+    }
     ctx.storage.finish_task(job.task_id())?;
     Ok(shape)
 }
