@@ -18,13 +18,20 @@ pub fn check_output(request: &TaskRequest) -> Result<(), DaemonError> {
 }
 
 /// Verifies the caller's digest (a mismatch deletes the task and leaves no output), then
-/// exports. The job already checked its own request's digest before it recorded the task
-/// finished; this check covers a caller that joined with another digest, and a local hit
-/// whose content file may have changed on disk since.
-pub async fn complete(ctx: &Context, request: &TaskRequest) -> Result<(), DaemonError> {
-    if let Err(error) = verify_content(ctx, request).await {
-        discard(ctx, &request.task_id).await;
-        return Err(error);
+/// exports. `checked` is the digest the job already verified before it recorded the task
+/// finished: the same digest is not hashed twice. A caller that joined with another digest,
+/// and a local hit (whose content file may have changed on disk since), are checked here.
+pub async fn complete(
+    ctx: &Context,
+    request: &TaskRequest,
+    checked: Option<&Digest>,
+) -> Result<(), DaemonError> {
+    let already_checked = request.digest.is_some() && request.digest.as_ref() == checked;
+    if !already_checked {
+        if let Err(error) = verify_content(ctx, request).await {
+            discard(ctx, &request.task_id).await;
+            return Err(error);
+        }
     }
     if let Some(output) = &request.output {
         let method = ctx

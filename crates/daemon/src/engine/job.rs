@@ -6,7 +6,7 @@ use super::{finish, origin, p2p};
 use crate::context::{limiter, Context};
 use crate::error::DaemonError;
 use crate::metrics;
-use damselfly_core::{PieceLayout, PieceSpan};
+use damselfly_core::{Digest, PieceLayout, PieceSpan};
 use damselfly_transfer::RateLimiter;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,13 +29,14 @@ pub struct TaskShape {
 pub enum JobState {
     Preparing,
     Running(TaskShape),
-    Finished(TaskShape),
+    /// With the whole-file digest the job checked, if its request named one.
+    Finished(TaskShape, Option<Digest>),
     Failed(Status),
 }
 
 impl JobState {
     pub fn is_done(&self) -> bool {
-        matches!(self, JobState::Finished(_) | JobState::Failed(_))
+        matches!(self, JobState::Finished(..) | JobState::Failed(_))
     }
 }
 
@@ -135,7 +136,10 @@ pub async fn run(
                 seconds = elapsed.as_secs_f64(),
                 "task finished"
             );
-            handle.state.send_replace(JobState::Finished(shape));
+            let checked = request.digest.clone();
+            handle
+                .state
+                .send_replace(JobState::Finished(shape, checked));
         }
         Err(error) => {
             metrics::task_failed();
