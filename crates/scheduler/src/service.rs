@@ -496,13 +496,7 @@ impl PeerSession {
                 self.piece(peer_id, finished.piece, "remote_peer")
             }
             PeerRequest::DownloadPieceBackToSourceFinishedRequest(finished) => {
-                if let Some(piece) = &finished.piece {
-                    let kept = self
-                        .shared
-                        .with_state(|s| s.piece_digest_reported(peer_id, piece));
-                    tracing::debug!(number = piece.number, ?kept, "piece digest from the origin");
-                }
-                self.piece(peer_id, finished.piece, "back_to_source")
+                self.piece_from_origin(peer_id, finished.piece)
             }
             PeerRequest::DownloadPieceFailedRequest(failed) => {
                 tracing::debug!(piece = ?failed.piece_number, parent_id = %failed.parent_id, temporary = failed.temporary, "piece failed");
@@ -530,6 +524,18 @@ impl PeerSession {
         metrics().download_peer(label);
         tracing::info!(result = label, "peer download ended; closing the stream");
         Ok(Flow::Close)
+    }
+
+    /// A piece the peer fetched from the origin: its digest may become the piece's trusted
+    /// digest (`state/digests.rs`).
+    fn piece_from_origin(&self, peer_id: &str, piece: Option<pb::Piece>) -> Result<Flow, Status> {
+        if let Some(piece) = &piece {
+            let kept = self
+                .shared
+                .with_state(|s| s.piece_digest_reported(peer_id, piece));
+            tracing::debug!(number = piece.number, ?kept, "piece digest from the origin");
+        }
+        self.piece(peer_id, piece, "back_to_source")
     }
 
     fn piece(

@@ -496,21 +496,7 @@ async fn download_piece(
         )));
     }
     let started = Instant::now();
-    let mut stream =
-        TcpStream::connect(addr)
-            .await
-            .map_err(|e| TransferError::PeerUnreachable {
-                addr,
-                reason: e.to_string(),
-            })?;
-    stream.set_nodelay(true).ok();
-    let mut request = BytesMut::new();
-    DownloadPiece::new(task_id.to_string(), span.number).encode_packet(&mut request);
-    stream
-        .write_all(&request)
-        .await
-        .map_err(|e| peer_io(addr, e))?;
-
+    let mut stream = request_piece(addr, task_id, span.number).await?;
     let metadata = read_piece_content(&mut stream, addr, task_id, span).await?;
     let check = match source.trusted_digest {
         Some(trusted) => PieceCheck::Trusted(trusted),
@@ -542,6 +528,29 @@ async fn download_piece(
         "piece downloaded from parent"
     );
     Ok(piece)
+}
+
+/// Connects to the parent and sends the DownloadPiece request.
+async fn request_piece(
+    addr: SocketAddr,
+    task_id: &str,
+    number: u32,
+) -> Result<TcpStream, TransferError> {
+    let mut stream =
+        TcpStream::connect(addr)
+            .await
+            .map_err(|e| TransferError::PeerUnreachable {
+                addr,
+                reason: e.to_string(),
+            })?;
+    stream.set_nodelay(true).ok();
+    let mut request = BytesMut::new();
+    DownloadPiece::new(task_id.to_string(), number).encode_packet(&mut request);
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| peer_io(addr, e))?;
+    Ok(stream)
 }
 
 /// Reads the answer frame; returns the piece metadata, which must match the requested span.
