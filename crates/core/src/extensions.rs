@@ -11,6 +11,13 @@ pub const FEATURES_METADATA_KEY: &str = "x-damselfly-features";
 /// their peers to the running round, instead of reading them only after a reschedule.
 pub const FEATURE_PARENT_PUSH: &str = "parent-push";
 
+/// Trusted piece digests (DESIGN.md "Pieces nobody can forge"). A daemon lists it in its
+/// AnnouncePeer and StatTask metadata; a scheduler that keeps piece digests answers
+/// AnnouncePeer with it in the response metadata. Only then does the daemon report its
+/// back-to-source pieces with a `sha256:` digest, and only then does StatTask list the
+/// task's trusted piece digests; official peers never see either.
+pub const FEATURE_PIECE_DIGESTS: &str = "piece-digests";
+
 /// SyncPieces response metadata of a seed peer that rations its announcements (super-seeding):
 /// each piece it announces was given to this child alone, or left the seed long enough ago
 /// that the swarm should have brought it, so the child should take it from the seed without

@@ -37,6 +37,7 @@ struct Metrics {
     traffic: IntCounterVec,
     tasks: IntCounterVec,
     pieces: IntCounterVec,
+    rejected: IntCounterVec,
     duration: Histogram,
 }
 
@@ -68,6 +69,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "Downloaded pieces by result and source",
         &["result", "source"],
     ),
+    rejected: counter_vec(
+        "damselfly_download_piece_rejected_total",
+        "Pieces from parents refused because their bytes failed a digest check",
+        &["check"],
+    ),
     duration: register(
         Histogram::with_opts(
             HistogramOpts::new(
@@ -93,6 +99,21 @@ pub fn piece_done(traffic: Traffic, ok: bool) {
         .pieces
         .with_label_values(&[result, traffic.source()])
         .inc();
+}
+
+/// What a refused piece failed: the trusted `sha256:` digest, or the parent's own `crc32:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceCheckKind {
+    Trusted,
+    Crc32,
+}
+
+pub fn piece_rejected(check: PieceCheckKind) {
+    let label = match check {
+        PieceCheckKind::Trusted => "trusted",
+        PieceCheckKind::Crc32 => "crc32",
+    };
+    METRICS.rejected.with_label_values(&[label]).inc();
 }
 
 pub fn task_started() {

@@ -3,7 +3,10 @@
 //! (connect error or `Unavailable`) hands over to the next one in failover order.
 
 use crate::error::DaemonError;
-use damselfly_core::extensions::{FEATURES_METADATA_KEY, FEATURE_PARENT_PUSH};
+use damselfly_core::digest::is_trusted_piece_digest;
+use damselfly_core::extensions::{
+    has_feature, FEATURES_METADATA_KEY, FEATURE_PARENT_PUSH, FEATURE_PIECE_DIGESTS,
+};
 use damselfly_core::SchedulerRing;
 use dragonfly_api::common::v2::{Host, Peer, Task};
 use dragonfly_api::scheduler::v2::announce_peer_request::Request as PeerRequest;
@@ -293,6 +296,34 @@ impl Schedulers {
         .await
     }
 
+    /// The task's trusted piece digests (piece number → `sha256:` digest) from the
+    /// scheduler that keeps them; empty from a scheduler that keeps none.
+    pub async fn trusted_piece_digests(
+        &self,
+        host_id: &str,
+        task_id: &str,
+    ) -> Result<HashMap<u32, String>, DaemonError> {
+        let task = self
+            .call_with_failover(task_id, |mut client| {
+                let mut request = tonic::Request::new(StatTaskRequest {
+                    host_id: host_id.to_string(),
+                    task_id: task_id.to_string(),
+                });
+                request.set_timeout(REQUEST_TIMEOUT);
+                request
+                    .metadata_mut()
+                    .insert(FEATURES_METADATA_KEY, features_value());
+                async move { client.stat_task(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(task
+            .pieces
+            .into_iter()
+            .filter(|p| is_trusted_piece_digest(&p.digest))
+            .map(|p| (p.number, p.digest))
+            .collect())
+    }
+
     async fn call_with_failover<T, F, Fut>(&self, task_id: &str, call: F) -> Result<T, DaemonError>
     where
         F: Fn(SchedulerClient<Channel>) -> Fut,
@@ -367,22 +398,52 @@ impl Schedulers {
             .map_err(|_| Status::internal("request queue closed"))?;
         // Official schedulers ignore the metadata; ours then pushes mesh parents mid-round.
         let mut call = tonic::Request::new(ReceiverStream::new(rx));
-        call.metadata_mut().insert(
-            FEATURES_METADATA_KEY,
-            tonic::metadata::MetadataValue::from_static(FEATURE_PARENT_PUSH),
-        );
+        call.metadata_mut()
+            .insert(FEATURES_METADATA_KEY, features_value());
         let call = client.announce_peer(call);
         let response = tokio::time::timeout(REQUEST_TIMEOUT, call)
             .await
             .map_err(|_| Status::unavailable("AnnouncePeer: no response headers in time"))??;
+        let digests = if offers(response.metadata(), FEATURE_PIECE_DIGESTS) {
+            PieceDigests::Kept
+        } else {
+            PieceDigests::Unknown
+        };
         Ok(PeerSession {
             ids: ids.clone(),
             scheduler: addr,
             tx: Some(tx),
             responses: response.into_inner(),
             send_failed: false,
+            digests,
         })
     }
+}
+
+/// The extensions this daemon speaks, for the `x-damselfly-features` metadata.
+fn features_value() -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+    // Both names are ASCII constants, so the value always parses.
+    format!("{FEATURE_PARENT_PUSH},{FEATURE_PIECE_DIGESTS}")
+        .parse()
+        .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static(FEATURE_PARENT_PUSH))
+}
+
+/// Whether the scheduler's response metadata lists `feature`.
+fn offers(metadata: &tonic::metadata::MetadataMap, feature: &str) -> bool {
+    metadata
+        .get(FEATURES_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|list| has_feature(list, feature))
+}
+
+/// Whether the scheduler of a session keeps trusted piece digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceDigests {
+    /// A Damselfly scheduler: report back-to-source pieces with their `sha256:` digest, and
+    /// ask it for the digests of pieces from parents.
+    Kept,
+    /// An official scheduler (or one that did not say): `crc32:` only, as before.
+    Unknown,
 }
 
 /// Decisions carry whole peer lists; the default 4 MiB message limit is not ours to impose.
@@ -435,11 +496,17 @@ pub struct PeerSession {
     tx: Option<mpsc::Sender<AnnouncePeerRequest>>,
     responses: Streaming<AnnouncePeerResponse>,
     send_failed: bool,
+    digests: PieceDigests,
 }
 
 impl PeerSession {
     pub fn scheduler(&self) -> SocketAddr {
         self.scheduler
+    }
+
+    /// Whether the scheduler keeps trusted piece digests.
+    pub fn piece_digests(&self) -> PieceDigests {
+        self.digests
     }
 
     /// Sends a report. A scheduler that went away must not fail the download, so errors are

@@ -132,6 +132,8 @@ pub struct Task {
     pub piece_count: Option<u32>,
     pub peers: BTreeSet<String>,
     pub back_to_source_peers: HashSet<String>,
+    /// Piece number → its `sha256:` digest from a peer that fetched it from the origin.
+    pub piece_digests: BTreeMap<u32, crate::state::TrustedDigest>,
     pub seed: SeedTrigger,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
@@ -243,6 +245,7 @@ impl Task {
             piece_count: None,
             peers: BTreeSet::new(),
             back_to_source_peers: HashSet::new(),
+            piece_digests: BTreeMap::new(),
             seed: SeedTrigger::Idle,
             created_at: now,
             updated_at: now,

@@ -21,7 +21,9 @@ use crate::fsm::{PeerEvent, SizeScope};
 use crate::metrics::{self, metrics};
 use crate::seed;
 use crate::state::{Decision, Policy, Push, State, Step, Terminal};
-use damselfly_core::extensions::{has_feature, FEATURES_METADATA_KEY, FEATURE_PARENT_PUSH};
+use damselfly_core::extensions::{
+    has_feature, FEATURES_METADATA_KEY, FEATURE_PARENT_PUSH, FEATURE_PIECE_DIGESTS,
+};
 
 type ResponseSender = mpsc::Sender<Result<AnnouncePeerResponse, Status>>;
 
@@ -502,7 +504,7 @@ impl PeerSession {
                 self.piece(peer_id, finished.piece, "remote_peer")
             }
             PeerRequest::DownloadPieceBackToSourceFinishedRequest(finished) => {
-                self.piece(peer_id, finished.piece, "back_to_source")
+                self.piece_from_origin(peer_id, finished.piece)
             }
             PeerRequest::DownloadPieceFailedRequest(failed) => {
                 tracing::debug!(piece = ?failed.piece_number, parent_id = %failed.parent_id, temporary = failed.temporary, "piece failed");
@@ -530,6 +532,18 @@ impl PeerSession {
         metrics().download_peer(label);
         tracing::info!(result = label, "peer download ended; closing the stream");
         Ok(Flow::Close)
+    }
+
+    /// A piece the peer fetched from the origin: its digest may become the piece's trusted
+    /// digest (`state/digests.rs`).
+    fn piece_from_origin(&self, peer_id: &str, piece: Option<pb::Piece>) -> Result<Flow, Status> {
+        if let Some(piece) = &piece {
+            let kept = self
+                .shared
+                .with_state(|s| s.piece_digest_reported(peer_id, piece));
+            tracing::debug!(number = piece.number, ?kept, "piece digest from the origin");
+        }
+        self.piece(peer_id, piece, "back_to_source")
     }
 
     fn piece(
@@ -588,7 +602,14 @@ impl Scheduler for SchedulerService {
             peer_id = tracing::field::Empty
         );
         tokio::spawn(session.run(request.into_inner()).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let mut response = Response::new(ReceiverStream::new(rx));
+        // Tells a Damselfly daemon it may report `sha256:` piece digests; official clients
+        // ignore response metadata.
+        response.metadata_mut().insert(
+            FEATURES_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static(FEATURE_PIECE_DIGESTS),
+        );
+        Ok(response)
     }
 
     #[instrument(skip_all, fields(host_id = %request.get_ref().host_id, task_id = %request.get_ref().task_id, peer_id = %request.get_ref().peer_id))]
@@ -621,10 +642,22 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<StatTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
+        let wants_digests = request
+            .metadata()
+            .get(FEATURES_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|list| has_feature(list, FEATURE_PIECE_DIGESTS));
         let request = request.into_inner();
         require("task_id", &request.task_id)?;
         self.shared
-            .with_state(|s| s.stat_task(&request.task_id))
+            .with_state(|s| {
+                let mut task = s.stat_task(&request.task_id)?;
+                // Only for daemons that asked: official peers keep seeing no pieces here.
+                if wants_digests {
+                    task.pieces = s.trusted_pieces(&request.task_id);
+                }
+                Ok(task)
+            })
             .map(Response::new)
     }
 

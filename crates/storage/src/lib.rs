@@ -364,6 +364,27 @@ impl Storage {
         parent_id: Option<&str>,
         cost: Duration,
     ) -> Result<PieceMetadata, StorageError> {
+        let check = match expected_digest {
+            Some(digest) => PieceCheck::Crc32(digest),
+            None => PieceCheck::Nothing,
+        };
+        self.write_piece_checked(task_id, span, reader, check, parent_id, cost)
+            .await
+    }
+
+    /// [`Storage::write_piece`] with the piece's check spelled out: with
+    /// [`PieceCheck::Trusted`], the bytes written are read back and hashed before the piece is
+    /// recorded, so a piece that does not match is never recorded, announced or served (its
+    /// unrecorded bytes in the content file are overwritten by the next attempt).
+    pub async fn write_piece_checked<R: AsyncRead + Unpin>(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        reader: R,
+        check: PieceCheck<'_>,
+        parent_id: Option<&str>,
+        cost: Duration,
+    ) -> Result<PieceMetadata, StorageError> {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         check_span(&task, span)?;
@@ -387,7 +408,16 @@ impl Storage {
             });
         }
         let digest = format_crc32(streamed.crc32);
-        check_digest(task_id, span.number, expected_digest, &digest)?;
+        match check {
+            PieceCheck::Nothing => {}
+            PieceCheck::Crc32(expected) => {
+                check_digest(task_id, span.number, Some(expected), &digest)?
+            }
+            PieceCheck::Trusted(expected) => {
+                let actual = self.trusted_digest(task_id, span).await?;
+                check_digest(task_id, span.number, Some(expected), &actual)?
+            }
+        }
         let piece = PieceMetadata {
             number: span.number,
             offset: span.offset,
@@ -398,6 +428,35 @@ impl Storage {
             created_at: SystemTime::now(),
         };
         self.record_piece(task_id, piece)
+    }
+
+    /// The trusted (`sha256:`) digest of what the content file holds at `span`: computed by
+    /// a back-to-source peer for its report, and by a child before it records a piece.
+    pub async fn trusted_digest(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+    ) -> Result<String, StorageError> {
+        let path = self.content_path(task_id);
+        tokio::task::spawn_blocking(move || -> io::Result<String> {
+            use damselfly_core::digest::{DigestAlgorithm, DigestHasher};
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&path)?;
+            let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
+            let mut buffer = vec![0u8; WRITE_BUFFER_SIZE];
+            let mut done = 0u64;
+            while done < span.length {
+                let want = usize::try_from(span.length - done)
+                    .map_or(buffer.len(), |left| left.min(buffer.len()));
+                file.read_exact_at(&mut buffer[..want], span.offset + done)?;
+                hasher.update(&buffer[..want]);
+                done += want as u64;
+            }
+            Ok(hasher.finalize().to_string())
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("piece hash task failed: {e}")))?
+        .map_err(StorageError::from)
     }
 
     /// Writes piece `span` with `fill`, a blocking function that gets the task's content file
@@ -699,6 +758,18 @@ fn check_span(task: &TaskMetadata, span: PieceSpan) -> Result<(), StorageError> 
         )));
     }
     Ok(())
+}
+
+/// What a piece must match before it is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceCheck<'a> {
+    /// Nothing (bytes from the origin, which is the source of truth).
+    Nothing,
+    /// The `crc32:` digest the parent sent with the piece: catches corruption, not a liar.
+    Crc32(&'a str),
+    /// A `sha256:` digest from a source the child trusts (the back-to-source peer, relayed by
+    /// the scheduler): a parent cannot forge bytes to fit it.
+    Trusted(&'a str),
 }
 
 /// Digests are compared as strings, as Dragonfly does; an empty expected digest is accepted

@@ -20,7 +20,8 @@ pub use metrics::register_metrics;
 pub use plain_http::PLAIN_READ_BUFFER;
 pub use sync::sync_pieces_stream;
 pub use vortex::{
-    download_piece_vortex, serve_vortex, serve_vortex_with, UploadHook, VortexServerConfig,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_OPEN_CONNECTIONS,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT, MAX_FRAME_VALUE_LENGTH, SEND_CHUNK_SIZE,
+    download_piece_from, download_piece_vortex, serve_vortex, serve_vortex_with, PieceSource,
+    UploadHook, VortexServerConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_OPEN_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT,
+    MAX_FRAME_VALUE_LENGTH, SEND_CHUNK_SIZE,
 };

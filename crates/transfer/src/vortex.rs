@@ -8,7 +8,7 @@ use crate::limiter::{RateLimiter, ThrottledReader};
 use crate::metrics::{UPLOAD_PIECE_TOTAL, UPLOAD_TRAFFIC_BYTES};
 use bytes::BytesMut;
 use damselfly_core::PieceSpan;
-use damselfly_storage::{PieceMetadata, Storage, StorageError};
+use damselfly_storage::{PieceCheck, PieceMetadata, Storage, StorageError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -429,6 +429,17 @@ async fn send_file_chunk(
     Ok(n)
 }
 
+/// Where a piece comes from: a parent's Vortex server, and the trusted digest it must match
+/// when the child has one.
+#[derive(Debug, Clone, Copy)]
+pub struct PieceSource<'a> {
+    pub addr: SocketAddr,
+    pub parent_id: &'a str,
+    /// `sha256:` digest from a source the child trusts; without one, the `crc32:` digest the
+    /// parent itself sends is all there is to check.
+    pub trusted_digest: Option<&'a str>,
+}
+
 /// Fetches one piece from a parent's Vortex server into storage (verifies the crc32 digest
 /// the parent sends, records parent_id).
 pub async fn download_piece_vortex(
@@ -440,24 +451,44 @@ pub async fn download_piece_vortex(
     limiters: &[RateLimiter],
     timeout: Duration,
 ) -> Result<PieceMetadata, TransferError> {
-    let download = download_piece(addr, task_id, span, parent_id, storage, limiters);
+    let source = PieceSource {
+        addr,
+        parent_id,
+        trusted_digest: None,
+    };
+    download_piece_from(source, task_id, span, storage, limiters, timeout).await
+}
+
+/// Fetches one piece from `source` into storage. The piece is recorded only if it matches the
+/// trusted digest when one is given, else the parent's crc32.
+pub async fn download_piece_from(
+    source: PieceSource<'_>,
+    task_id: &str,
+    span: PieceSpan,
+    storage: &Storage,
+    limiters: &[RateLimiter],
+    timeout: Duration,
+) -> Result<PieceMetadata, TransferError> {
+    let download = download_piece(source, task_id, span, storage, limiters);
     match tokio::time::timeout(timeout, download).await {
         Ok(result) => result,
         Err(_) => Err(TransferError::Timeout(format!(
-            "piece {} of task {task_id} from parent {parent_id} at {addr} after {timeout:?}",
-            span.number
+            "piece {} of task {task_id} from parent {} at {} after {timeout:?}",
+            span.number, source.parent_id, source.addr
         ))),
     }
 }
 
 async fn download_piece(
-    addr: SocketAddr,
+    source: PieceSource<'_>,
     task_id: &str,
     span: PieceSpan,
-    parent_id: &str,
     storage: &Storage,
     limiters: &[RateLimiter],
 ) -> Result<PieceMetadata, TransferError> {
+    let PieceSource {
+        addr, parent_id, ..
+    } = source;
     if task_id.len() != TASK_ID_SIZE {
         return Err(TransferError::Protocol(format!(
             "vortex task IDs are {TASK_ID_SIZE} bytes, {task_id:?} is {}",
@@ -465,29 +496,19 @@ async fn download_piece(
         )));
     }
     let started = Instant::now();
-    let mut stream =
-        TcpStream::connect(addr)
-            .await
-            .map_err(|e| TransferError::PeerUnreachable {
-                addr,
-                reason: e.to_string(),
-            })?;
-    stream.set_nodelay(true).ok();
-    let mut request = BytesMut::new();
-    DownloadPiece::new(task_id.to_string(), span.number).encode_packet(&mut request);
-    stream
-        .write_all(&request)
-        .await
-        .map_err(|e| peer_io(addr, e))?;
-
+    let mut stream = request_piece(addr, task_id, span.number).await?;
     let metadata = read_piece_content(&mut stream, addr, task_id, span).await?;
+    let check = match source.trusted_digest {
+        Some(trusted) => PieceCheck::Trusted(trusted),
+        None => PieceCheck::Crc32(&metadata.digest),
+    };
     let mut body = ThrottledReader::new((&mut stream).take(span.length), limiters);
     let written = storage
-        .write_piece(
+        .write_piece_checked(
             task_id,
             span,
             &mut body,
-            Some(&metadata.digest),
+            check,
             Some(parent_id),
             started.elapsed(),
         )
@@ -503,9 +524,33 @@ async fn download_piece(
         offset = span.offset,
         length = span.length,
         source = parent_id,
+        trusted = source.trusted_digest.is_some(),
         "piece downloaded from parent"
     );
     Ok(piece)
+}
+
+/// Connects to the parent and sends the DownloadPiece request.
+async fn request_piece(
+    addr: SocketAddr,
+    task_id: &str,
+    number: u32,
+) -> Result<TcpStream, TransferError> {
+    let mut stream =
+        TcpStream::connect(addr)
+            .await
+            .map_err(|e| TransferError::PeerUnreachable {
+                addr,
+                reason: e.to_string(),
+            })?;
+    stream.set_nodelay(true).ok();
+    let mut request = BytesMut::new();
+    DownloadPiece::new(task_id.to_string(), number).encode_packet(&mut request);
+    stream
+        .write_all(&request)
+        .await
+        .map_err(|e| peer_io(addr, e))?;
+    Ok(stream)
 }
 
 /// Reads the answer frame; returns the piece metadata, which must match the requested span.

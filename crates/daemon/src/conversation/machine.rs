@@ -8,7 +8,7 @@ use damselfly_core::PieceSpan;
 use dragonfly_api::common::v2::Peer;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 use tracing::info;
 
@@ -45,6 +45,8 @@ pub struct Conversation {
     refreshes: u32,
     /// Parents pushed while no round could take them; they join the next round.
     pushed: Vec<Peer>,
+    /// Parents whose pieces failed a digest check: never a parent again in this download.
+    banned: BTreeSet<String>,
     /// Why the scheduler session is gone, once it is.
     scheduler_lost: Option<String>,
     /// The daemon is stopping: a running round ends, new ones end at once.
@@ -71,6 +73,7 @@ impl Conversation {
             rounds: 0,
             refreshes: 0,
             pushed: Vec::new(),
+            banned: BTreeSet::new(),
             scheduler_lost: None,
             shutdown_requested: false,
             rng: StdRng::seed_from_u64(rng_seed),
@@ -129,7 +132,10 @@ impl Conversation {
         match decision {
             // A pushed parent joins a running round, or waits for the next one.
             Decision::Normal(peers) if round.is_draining() => self.pushed.extend(peers),
-            Decision::Normal(peers) => round.join(now, &peers, &self.missing, out),
+            Decision::Normal(peers) => {
+                let peers = without(&self.banned, peers);
+                round.join(now, &peers, &self.missing, out)
+            }
             // Another decision is final; the pieces in flight land first.
             other if round.is_draining() => {
                 if !round.interrupted() {
@@ -213,6 +219,15 @@ impl Conversation {
                 fault: Fault::Parent,
                 error,
             } => round.parent_failed(now, (parent, number), error, &self.missing, out),
+            Event::PieceFailed {
+                parent,
+                number,
+                fault: Fault::Forged,
+                error,
+            } => {
+                let forger = round.parent_forged(now, (parent, number), error, &self.missing, out);
+                self.banned.extend(forger);
+            }
             _ => {}
         }
     }
@@ -314,6 +329,7 @@ impl Conversation {
                 parents.push(peer);
             }
         }
+        let parents = without(&self.banned, parents);
         if self.rounds == 0 {
             out.push(Action::ReportStarted);
         }
@@ -370,6 +386,12 @@ impl Conversation {
         };
         out.extend(wake.map(Action::WakeAt));
     }
+}
+
+/// `peers` less the banned ones.
+fn without(banned: &BTreeSet<String>, mut peers: Vec<Peer>) -> Vec<Peer> {
+    peers.retain(|p| !banned.contains(&p.id));
+    peers
 }
 
 fn back_to_source(reason: String, link: SchedulerLink) -> Action {

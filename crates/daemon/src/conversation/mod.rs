@@ -56,10 +56,23 @@ pub struct Settings {
 /// Whose fault a failed piece was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The parent (refused, reset, sent a bad digest): another parent may do better.
+    /// The parent (refused, reset, timed out): another parent may do better.
     Parent,
+    /// The parent's bytes failed a digest check (a liar, or a corrupted disk): it is
+    /// reported as a bad parent and kept out of this download.
+    Forged,
     /// Our own disk or storage: no other parent can fix it, the download fails.
     Local,
+}
+
+/// How a parent failed a piece, as reported to the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceFailure {
+    /// It may serve it later (`temporary: true`).
+    Temporary,
+    /// It sent bytes that failed a digest check (`temporary: false`: the scheduler blocklists
+    /// the parent for this peer).
+    Forged,
 }
 
 /// Something that happened; fed to [`Conversation::on`] with the instant it happened at.
@@ -139,7 +152,11 @@ pub enum Action {
     /// Tell the scheduler a piece is stored (`DownloadPieceFinishedRequest`).
     ReportPieceFinished { number: u32 },
     /// Tell the scheduler a parent failed a piece (`DownloadPieceFailedRequest`).
-    ReportPieceFailed { number: u32, parent_id: String },
+    ReportPieceFailed {
+        number: u32,
+        parent_id: String,
+        failure: PieceFailure,
+    },
     /// The round is over: close every SyncPieces stream and abort the fetches still running.
     EndRound,
     /// Feed every message the scheduler already sent (without waiting for more), then

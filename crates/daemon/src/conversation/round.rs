@@ -7,7 +7,7 @@
 //! pushes while the round runs (the mesh's reverse edges) join at once.
 
 use super::parent::{Parent, ParentKind, ParentState, MAX_PARENT_FAILURES};
-use super::{Action, ParentKey, Settings};
+use super::{Action, ParentKey, PieceFailure, Settings};
 use crate::dispatch::{next_assignment, seed_budget, ParentLoad, SeedGrace};
 use crate::scheduler_client::Decision;
 use damselfly_core::PieceSpan;
@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// A round fed only by seed parents ends early after this long, so the scheduler can add the
 /// normal peers that meanwhile hold pieces: the swarm then trades among itself instead of
@@ -299,7 +299,11 @@ impl Round {
         let parent_id = p.peer.id.clone();
         let failures = p.failures;
         debug!(piece = number, parent = %parent_id, %error, "piece from parent failed");
-        out.push(Action::ReportPieceFailed { number, parent_id });
+        out.push(Action::ReportPieceFailed {
+            number,
+            parent_id,
+            failure: PieceFailure::Temporary,
+        });
         if let Some(holders) = self.holders.get_mut(&number) {
             holders.retain(|&h| h != parent.0);
         }
@@ -309,6 +313,33 @@ impl Round {
         if missing.contains_key(&number) {
             self.idle.insert(number);
         }
+    }
+
+    /// A parent sent bytes that failed a digest check: it is reported as a bad parent and
+    /// dropped at once, and the piece goes to another holder. Returns the parent's ID, to keep
+    /// it out of later rounds.
+    pub fn parent_forged(
+        &mut self,
+        now: Instant,
+        (parent, number): (ParentKey, u32),
+        error: String,
+        missing: &BTreeMap<u32, PieceSpan>,
+        out: &mut Vec<Action>,
+    ) -> Option<String> {
+        let p = self.settle_fetch(now, parent, number)?;
+        p.failures += 1;
+        let parent_id = p.peer.id.clone();
+        warn!(piece = number, parent = %parent_id, %error, "parent sent a piece that failed its digest; dropping it");
+        out.push(Action::ReportPieceFailed {
+            number,
+            parent_id: parent_id.clone(),
+            failure: PieceFailure::Forged,
+        });
+        self.drop_parent(parent.0, out);
+        if missing.contains_key(&number) {
+            self.idle.insert(number);
+        }
+        Some(parent_id)
     }
 
     fn drop_parent(&mut self, parent: usize, out: &mut Vec<Action>) {

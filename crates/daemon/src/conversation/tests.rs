@@ -278,7 +278,8 @@ fn a_parent_lost_mid_piece_hands_the_piece_to_another() {
     let failed = s.at(4).fail(0, 0, Fault::Parent);
     assert!(failed.contains(&Action::ReportPieceFailed {
         number: 0,
-        parent_id: "a".into()
+        parent_id: "a".into(),
+        failure: PieceFailure::Temporary,
     }));
     assert_eq!(fetches(&failed), vec![(1, 0)]);
     assert_eq!(
@@ -289,6 +290,61 @@ fn a_parent_lost_mid_piece_hands_the_piece_to_another() {
             Action::Finish
         ]
     );
+}
+
+#[test]
+fn a_forged_piece_reports_and_drops_its_parent_at_once() {
+    let (mut s, _) = Script::new(2, 4, 3);
+    s.at(0).decide(&[normal("liar", 0), normal("honest", 1)]);
+    assert_eq!(
+        fetches(&[s.offer(0, 0), s.offer(0, 1)].concat()),
+        vec![(0, 0), (0, 1)]
+    );
+    s.offer(1, 0);
+    s.offer(1, 1);
+    // One bad piece is enough: reported as not temporary, parent dropped, piece refetched
+    // from the honest parent.
+    let forged = s.at(1).fail(0, 0, Fault::Forged);
+    assert!(forged.contains(&Action::ReportPieceFailed {
+        number: 0,
+        parent_id: "liar".into(),
+        failure: PieceFailure::Forged,
+    }));
+    assert!(forged.contains(&Action::DropParent {
+        parent: ParentKey(0)
+    }));
+    assert_eq!(fetches(&forged), vec![(1, 0)]);
+    // The liar's other piece in flight may land only if it passed its check; it fails too.
+    let second = s.at(2).fail(0, 1, Fault::Forged);
+    assert_eq!(fetches(&second), vec![(1, 1)]);
+    s.at(3).land(1, 0);
+    assert!(s
+        .at(4)
+        .land(1, 1)
+        .ends_with(&[Action::EndRound, Action::Finish]));
+}
+
+#[test]
+fn a_forger_is_kept_out_of_later_rounds_and_pushes() {
+    let (mut s, _) = Script::new(2, 1, 5);
+    s.at(0).decide(&[normal("liar", 0)]);
+    assert_eq!(fetches(&s.offer(0, 0)), vec![(0, 0)]);
+    let forged = s.at(1).fail(0, 0, Fault::Forged);
+    assert!(forged.ends_with(&[Action::EndRound, Action::DrainScheduler]));
+    let (failed, _) = reschedule_of(&s.drained()).expect("a reschedule");
+    assert_eq!(failed, vec!["liar".to_string()]);
+    // The scheduler offers it again with another parent: only the other one is opened.
+    let next = s.at(2).decide(&[normal("liar", 0), normal("other", 1)]);
+    assert_eq!(opened(&next), vec![0]);
+    let Some(Action::OpenParent { grpc, .. }) =
+        next.iter().find(|a| matches!(a, Action::OpenParent { .. }))
+    else {
+        panic!("a parent opened: {next:?}");
+    };
+    assert_eq!(grpc.port(), 4001, "the other parent, not the liar");
+    // A push of the liar mid-round is ignored too.
+    let pushed = s.at(3).decide(&[normal("liar", 0)]);
+    assert!(opened(&pushed).is_empty(), "{pushed:?}");
 }
 
 #[test]

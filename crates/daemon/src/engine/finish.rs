@@ -17,10 +17,21 @@ pub fn check_output(request: &TaskRequest) -> Result<(), DaemonError> {
     }
 }
 
-/// Verifies the digest (a mismatch deletes the task and leaves no output), then exports.
-pub async fn complete(ctx: &Context, request: &TaskRequest) -> Result<(), DaemonError> {
-    if let Some(expected) = &request.digest {
-        verify(ctx, request, expected).await?;
+/// Verifies the caller's digest (a mismatch deletes the task and leaves no output), then
+/// exports. `checked` is the digest the job already verified before it recorded the task
+/// finished: the same digest is not hashed twice. A caller that joined with another digest,
+/// and a local hit (whose content file may have changed on disk since), are checked here.
+pub async fn complete(
+    ctx: &Context,
+    request: &TaskRequest,
+    checked: Option<&Digest>,
+) -> Result<(), DaemonError> {
+    let already_checked = request.digest.is_some() && request.digest.as_ref() == checked;
+    if !already_checked {
+        if let Err(error) = verify_content(ctx, request).await {
+            discard(ctx, &request.task_id).await;
+            return Err(error);
+        }
     }
     if let Some(output) = &request.output {
         let method = ctx
@@ -40,11 +51,13 @@ pub async fn complete(ctx: &Context, request: &TaskRequest) -> Result<(), Daemon
     Ok(())
 }
 
-async fn verify(
-    ctx: &Context,
-    request: &TaskRequest,
-    expected: &Digest,
-) -> Result<(), DaemonError> {
+/// Checks the assembled content against the request's whole-file digest, if it names one;
+/// `DigestMismatch` otherwise. The content is left as it is: the caller reports who supplied
+/// it before [`discard`]ing it.
+pub async fn verify_content(ctx: &Context, request: &TaskRequest) -> Result<(), DaemonError> {
+    let Some(expected) = &request.digest else {
+        return Ok(());
+    };
     let path = ctx.storage.content_path(&request.task_id);
     let algorithm = expected.algorithm;
     let actual = tokio::task::spawn_blocking(move || digest_file(&path, algorithm))
@@ -54,15 +67,31 @@ async fn verify(
     if same_digest(expected, &actual) {
         return Ok(());
     }
-    // The cached copy is bad: drop it so the next attempt fetches afresh.
-    if let Err(error) = ctx.storage.delete_task(&request.task_id).await {
-        warn!(%error, "cannot delete the task with the wrong digest");
-    }
     Err(DaemonError::DigestMismatch {
         url: request.url.clone(),
         expected: expected.to_string(),
         actual: actual.to_string(),
     })
+}
+
+/// Drops content that failed its digest, so nobody is served it and the next attempt
+/// fetches afresh.
+pub async fn discard(ctx: &Context, task_id: &str) {
+    if let Err(error) = ctx.storage.delete_task(task_id).await {
+        warn!(%error, "cannot delete the task with the wrong digest");
+    }
+}
+
+/// The parents that supplied the task's stored pieces, each with one piece it sent: whom to
+/// report when the whole file fails its digest.
+pub fn suppliers(ctx: &Context, task_id: &str) -> Vec<(String, u32)> {
+    let mut seen = std::collections::BTreeMap::new();
+    for piece in ctx.storage.pieces(task_id).unwrap_or_default() {
+        if let Some(parent) = piece.parent_id {
+            seen.entry(parent).or_insert(piece.number);
+        }
+    }
+    seen.into_iter().collect()
 }
 
 /// crc32 values may be written with or without leading zeros.

@@ -2,15 +2,15 @@
 //! States: Preparing → Running(shape) → Finished | Failed(status).
 
 use super::request::TaskRequest;
-use super::{origin, p2p};
+use super::{finish, origin, p2p};
 use crate::context::{limiter, Context};
 use crate::error::DaemonError;
 use crate::metrics;
-use damselfly_core::{PieceLayout, PieceSpan};
+use damselfly_core::{Digest, PieceLayout, PieceSpan};
 use damselfly_transfer::RateLimiter;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,13 +29,14 @@ pub struct TaskShape {
 pub enum JobState {
     Preparing,
     Running(TaskShape),
-    Finished(TaskShape),
+    /// With the whole-file digest the job checked, if its request named one.
+    Finished(TaskShape, Option<Digest>),
     Failed(Status),
 }
 
 impl JobState {
     pub fn is_done(&self) -> bool {
-        matches!(self, JobState::Finished(_) | JobState::Failed(_))
+        matches!(self, JobState::Finished(..) | JobState::Failed(_))
     }
 }
 
@@ -70,7 +71,14 @@ pub struct JobCtx<'a> {
     pub origin_ranges: AtomicBool,
     /// Tasks with a running job when this one started; making room never evicts them.
     pub in_use: &'a HashSet<String>,
+    /// Set once the assembled content matched the request's whole-file digest (or there
+    /// is none), so it is hashed once.
+    pub content_verified: OnceLock<ContentVerified>,
 }
+
+/// The content matched the request's digest.
+#[derive(Debug)]
+pub struct ContentVerified;
 
 impl JobCtx<'_> {
     pub fn task_id(&self) -> &str {
@@ -107,6 +115,7 @@ pub async fn run(
         peer_id: &handle.peer_id,
         task_limiter: limiter(request.rate_limit.unwrap_or(0)),
         origin_ranges: AtomicBool::new(true),
+        content_verified: OnceLock::new(),
     };
     let started = Instant::now();
     metrics::task_started();
@@ -131,7 +140,10 @@ pub async fn run(
                 seconds = elapsed.as_secs_f64(),
                 "task finished"
             );
-            handle.state.send_replace(JobState::Finished(shape));
+            let checked = request.digest.clone();
+            handle
+                .state
+                .send_replace(JobState::Finished(shape, checked));
         }
         Err(error) => {
             metrics::task_failed();
@@ -145,6 +157,11 @@ pub async fn run(
 /// A full disk drops the task's partial pieces, so they do not keep the disk full for the
 /// next download; any other failure keeps them for a retry to resume.
 async fn record_failure(ctx: &Context, task_id: &str, error: &DaemonError) {
+    if matches!(error, DaemonError::DigestMismatch { .. }) {
+        // Content that is not what the caller asked for is never kept or served.
+        finish::discard(ctx, task_id).await;
+        return;
+    }
     if error.is_no_space() {
         match ctx.storage.delete_task(task_id).await {
             Ok(()) => ctx.schedulers.delete_task(&ctx.host.id, task_id).await,
@@ -221,6 +238,11 @@ async fn download(
         }
         None => whole_body(job, state, &stat.headers).await?,
     };
+    // The whole-file digest is checked before the task is recorded finished (P2P downloads
+    // checked it before they told the scheduler).
+    if job.content_verified.get().is_none() {
+        finish::verify_content(ctx, request).await?;
+    }
     finish(job).await?;
     Ok(shape)
 }

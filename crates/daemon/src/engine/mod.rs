@@ -8,6 +8,7 @@ mod origin;
 mod p2p;
 mod parents;
 pub mod request;
+mod trust;
 mod viewer;
 
 use crate::context::Context;

@@ -5,7 +5,7 @@ use super::job::JobCtx;
 use super::piece_proto;
 use crate::error::DaemonError;
 use crate::metrics::{self, Traffic};
-use crate::scheduler_client::PeerSession;
+use crate::scheduler_client::{PeerSession, PieceDigests};
 use damselfly_core::PieceSpan;
 use damselfly_storage::PieceMetadata;
 use damselfly_transfer::TransferError;
@@ -19,7 +19,7 @@ use dragonfly_api::scheduler::v2::{
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use tokio::task::JoinSet;
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 
 /// Tries per piece for failures that may be transient (connection reset, short body).
 const ORIGIN_PIECE_ATTEMPTS: u32 = 3;
@@ -55,7 +55,7 @@ pub async fn fetch(
         match result {
             Ok(piece) => {
                 pending.remove(&span.number);
-                landed(&piece, session.as_deref_mut()).await;
+                landed(job, &piece, session.as_deref_mut()).await;
             }
             Err(error) => {
                 metrics::piece_done(Traffic::BackToSource, false);
@@ -76,18 +76,37 @@ pub async fn fetch(
     }
 }
 
-/// Counts a piece from the origin and tells the scheduler, so children can fetch it.
-async fn landed(piece: &PieceMetadata, session: Option<&mut PeerSession>) {
+/// Counts a piece from the origin and tells the scheduler, so children can fetch it. A
+/// scheduler that keeps trusted piece digests gets the piece's `sha256:` digest in the report
+/// (children check what parents send against it); others get the stored `crc32:` as before.
+async fn landed(job: &JobCtx<'_>, piece: &PieceMetadata, session: Option<&mut PeerSession>) {
     metrics::add_traffic(Traffic::BackToSource, piece.length);
     metrics::piece_done(Traffic::BackToSource, true);
-    if let Some(session) = session {
-        let piece = piece_proto(piece, TrafficType::BackToSource);
-        session
-            .send(PeerRequest::DownloadPieceBackToSourceFinishedRequest(
-                DownloadPieceBackToSourceFinishedRequest { piece: Some(piece) },
-            ))
-            .await;
+    let Some(session) = session else {
+        return;
+    };
+    let mut report = piece_proto(piece, TrafficType::BackToSource);
+    if session.piece_digests() == PieceDigests::Kept {
+        let span = PieceSpan {
+            number: piece.number,
+            offset: piece.offset,
+            length: piece.length,
+        };
+        match job.ctx.storage.trusted_digest(job.task_id(), span).await {
+            Ok(digest) => report.digest = digest,
+            // The crc32 report still lets children fetch it, checked by crc32 only.
+            Err(error) => {
+                warn!(piece = piece.number, %error, "cannot hash the piece for its report")
+            }
+        }
     }
+    session
+        .send(PeerRequest::DownloadPieceBackToSourceFinishedRequest(
+            DownloadPieceBackToSourceFinishedRequest {
+                piece: Some(report),
+            },
+        ))
+        .await;
 }
 
 /// Origins that ignore Range: one GET of the whole body, cut into pieces in order (pieces we
@@ -154,7 +173,7 @@ async fn stream_pieces(
         };
         if pending.remove(&number).is_some() {
             log_piece(job.task_id(), piece.number, piece.offset, piece.length);
-            landed(&piece, session.as_deref_mut()).await;
+            landed(job, &piece, session.as_deref_mut()).await;
         }
     }
     body.settle().await;

@@ -7,13 +7,15 @@
 //! and fetches through [`Links`]) and feeds back what happens, until a terminal action:
 //! finished, failed, or back to source through [`origin`].
 
-use super::job::JobCtx;
+use super::finish;
+use super::job::{ContentVerified, JobCtx};
 use super::origin;
 use super::parents::Links;
 use super::piece_proto;
-use crate::conversation::{Action, Conversation, Event, SchedulerLink, Settings};
+use super::trust::TrustedDigests;
+use crate::conversation::{Action, Conversation, Event, PieceFailure, SchedulerLink, Settings};
 use crate::error::DaemonError;
-use crate::scheduler_client::{PeerIds, PeerSession};
+use crate::scheduler_client::{PeerIds, PeerSession, PieceDigests};
 use damselfly_core::{PieceLayout, PieceSpan};
 use damselfly_storage::PieceMetadata;
 use damselfly_transfer::TransferError;
@@ -72,8 +74,14 @@ async fn converse(
 ) -> Result<(), DaemonError> {
     let (mut core, first) =
         Conversation::start(Instant::now(), settings(job), pending, rand::random());
+    let trust = match session.piece_digests() {
+        PieceDigests::Kept => {
+            TrustedDigests::from_scheduler(job.ctx.clone(), job.task_id().to_string())
+        }
+        PieceDigests::Unknown => TrustedDigests::none(),
+    };
     let mut shell = Shell {
-        links: Links::new(job),
+        links: Links::new(job, trust),
         wake: wake_of(&first),
     };
     let mut actions = VecDeque::from(first);
@@ -160,9 +168,11 @@ impl Shell<'_, '_> {
                     session.send(piece_finished(&piece)).await;
                 }
             }
-            Action::ReportPieceFailed { number, parent_id } => {
-                session.send(piece_failed(number, parent_id)).await
-            }
+            Action::ReportPieceFailed {
+                number,
+                parent_id,
+                failure,
+            } => session.send(piece_failed(number, parent_id, failure)).await,
             Action::EndRound => self.links.end_round(),
             Action::DrainScheduler => {
                 for decision in session.take_buffered() {
@@ -214,7 +224,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 /// Carries out the action that ends the conversation.
 async fn conclude(
     job: &JobCtx<'_>,
-    session: PeerSession,
+    mut session: PeerSession,
     mut missing: BTreeMap<u32, PieceSpan>,
     action: Action,
     fatal: Option<TransferError>,
@@ -229,19 +239,49 @@ async fn conclude(
             link: SchedulerLink::Lost,
         } => without_scheduler(job, &mut missing, &reason).await,
         Action::Fail { description } => {
-            let failed = PeerRequest::DownloadPeerFailedRequest(DownloadPeerFailedRequest {
-                description: Some(description.clone()),
-            });
-            session.finish(failed, CLOSE_WAIT).await;
+            session
+                .finish(failed_request(description.clone()), CLOSE_WAIT)
+                .await;
             Err(match fatal {
                 Some(error) => error.into(),
                 None => DaemonError::io(description, std::io::Error::other("local failure")),
             })
         }
         _ => {
+            if let Err(error) = verify_before_report(job, &mut session).await {
+                session
+                    .finish(failed_request(error.to_string()), CLOSE_WAIT)
+                    .await;
+                return Err(error);
+            }
             session.finish(finished_request(), CLOSE_WAIT).await;
             Ok(())
         }
+    }
+}
+
+/// Checks the whole-file digest (when the request names one) before the scheduler hears that
+/// this peer holds the task. On a mismatch every parent that supplied pieces is reported as a
+/// bad parent; the content is discarded when the job fails.
+async fn verify_before_report(
+    job: &JobCtx<'_>,
+    session: &mut PeerSession,
+) -> Result<(), DaemonError> {
+    match finish::verify_content(job.ctx, job.request).await {
+        Ok(()) => {
+            let _ = job.content_verified.set(ContentVerified);
+            Ok(())
+        }
+        Err(error @ DaemonError::DigestMismatch { .. }) => {
+            for (parent_id, number) in finish::suppliers(job.ctx, job.task_id()) {
+                warn!(parent = %parent_id, "content failed its digest; reporting the parent");
+                session
+                    .send(piece_failed(number, parent_id, PieceFailure::Forged))
+                    .await;
+            }
+            Err(error)
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -253,10 +293,9 @@ async fn back_to_source(
     reason: &str,
 ) -> Result<(), DaemonError> {
     if job.request.disable_back_to_source {
-        let failed = PeerRequest::DownloadPeerFailedRequest(DownloadPeerFailedRequest {
-            description: Some(reason.to_string()),
-        });
-        session.finish(failed, CLOSE_WAIT).await;
+        session
+            .finish(failed_request(reason.to_string()), CLOSE_WAIT)
+            .await;
         return Err(DaemonError::BackToSourceDisabled {
             url: job.request.url.clone(),
             reason: reason.to_string(),
@@ -274,7 +313,10 @@ async fn back_to_source(
             },
         ))
         .await;
-    let result = origin::fetch(job, pending, Some(&mut session)).await;
+    let mut result = origin::fetch(job, pending, Some(&mut session)).await;
+    if result.is_ok() {
+        result = verify_before_report(job, &mut session).await;
+    }
     let terminal = match &result {
         Ok(()) => PeerRequest::DownloadPeerBackToSourceFinishedRequest(
             DownloadPeerBackToSourceFinishedRequest {},
@@ -319,11 +361,19 @@ fn piece_finished(piece: &PieceMetadata) -> PeerRequest {
     })
 }
 
-fn piece_failed(number: u32, parent_id: String) -> PeerRequest {
+fn failed_request(description: String) -> PeerRequest {
+    PeerRequest::DownloadPeerFailedRequest(DownloadPeerFailedRequest {
+        description: Some(description),
+    })
+}
+
+/// A forged piece is not temporary: Dragonfly's scheduler (and ours) then blocklists the
+/// parent for this peer.
+fn piece_failed(number: u32, parent_id: String, failure: PieceFailure) -> PeerRequest {
     PeerRequest::DownloadPieceFailedRequest(DownloadPieceFailedRequest {
         piece_number: Some(number),
         parent_id,
-        temporary: true,
+        temporary: failure == PieceFailure::Temporary,
     })
 }
 

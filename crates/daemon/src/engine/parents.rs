@@ -6,16 +6,19 @@
 //! [`conversation::Event`]: crate::conversation::Event
 
 use super::job::JobCtx;
+use super::trust::TrustedDigests;
 use crate::conversation::{Event, Fault, ParentKey};
-use crate::metrics::{self, Traffic};
+use crate::metrics::{self, PieceCheckKind, Traffic};
+use damselfly_core::digest::is_trusted_piece_digest;
 use damselfly_core::extensions::{RATION_EXCLUSIVE, RATION_METADATA_KEY};
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceMetadata, StorageError};
-use damselfly_transfer::TransferError;
+use damselfly_transfer::{download_piece_from, PieceSource, TransferError};
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
 use dragonfly_api::dfdaemon::v2::SyncPiecesRequest;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -46,12 +49,15 @@ pub struct Links<'a, 'j> {
     landed: HashMap<u32, PieceMetadata>,
     /// The last local failure, for the error the download returns.
     fatal: Option<TransferError>,
+    /// What parents' pieces are checked against.
+    trust: Arc<TrustedDigests>,
 }
 
 impl<'a, 'j> Links<'a, 'j> {
-    pub fn new(job: &'a JobCtx<'j>) -> Self {
+    pub fn new(job: &'a JobCtx<'j>, trust: TrustedDigests) -> Self {
         let (news_tx, news) = mpsc::channel(SYNC_QUEUE);
         Self {
+            trust: Arc::new(trust),
             job,
             round_stop: job.ctx.shutdown.child_token(),
             parent_stops: HashMap::new(),
@@ -112,12 +118,17 @@ impl<'a, 'j> Links<'a, 'j> {
         let task_id = self.job.task_id().to_string();
         let limiters = self.job.peer_limiters();
         let timeout = self.job.ctx.config.download.piece_timeout;
+        let trust = Arc::clone(&self.trust);
         let span_info = tracing::debug_span!("piece", number = span.number, source = %parent_id);
         let fetch = async move {
-            let result = damselfly_transfer::download_piece_vortex(
-                vortex, &task_id, span, &parent_id, &storage, &limiters, timeout,
-            )
-            .await;
+            let trusted = trust.digest_of(span.number).await;
+            let source = PieceSource {
+                addr: vortex,
+                parent_id: &parent_id,
+                trusted_digest: trusted.as_deref(),
+            };
+            let result =
+                download_piece_from(source, &task_id, span, &storage, &limiters, timeout).await;
             if result.is_ok() {
                 debug!(
                     task_id = %task_id,
@@ -165,11 +176,7 @@ impl<'a, 'j> Links<'a, 'j> {
             }
             Err(error) => {
                 metrics::piece_done(traffic, false);
-                let fault = if is_local_failure(&error) {
-                    Fault::Local
-                } else {
-                    Fault::Parent
-                };
+                let fault = fault_of(&error);
                 let description = error.to_string();
                 if fault == Fault::Local {
                     self.fatal = Some(error);
@@ -195,14 +202,25 @@ impl<'a, 'j> Links<'a, 'j> {
     }
 }
 
-/// Failures of our own disk, which no other parent can fix.
-fn is_local_failure(error: &TransferError) -> bool {
-    matches!(
-        error,
+/// Whose fault a failed fetch was: our own disk (no other parent can fix it), a parent whose
+/// bytes failed a digest check (a liar or a corrupted disk: it is kept out of the task), or a
+/// parent that simply failed this time.
+fn fault_of(error: &TransferError) -> Fault {
+    match error {
         TransferError::Storage(
-            StorageError::NoSpace(_) | StorageError::Io(_) | StorageError::Db(_)
-        )
-    )
+            StorageError::NoSpace(_) | StorageError::Io(_) | StorageError::Db(_),
+        ) => Fault::Local,
+        TransferError::Storage(StorageError::DigestMismatch { expected, .. }) => {
+            let check = if is_trusted_piece_digest(expected) {
+                PieceCheckKind::Trusted
+            } else {
+                PieceCheckKind::Crc32
+            };
+            metrics::piece_rejected(check);
+            Fault::Forged
+        }
+        _ => Fault::Parent,
+    }
 }
 
 /// Streams one parent's piece availability into the round.

@@ -86,7 +86,11 @@ async fn serve_task(
     {
         return Ok(Err(CallerGone));
     }
-    finish::complete(ctx, request).await?;
+    let checked = match &*state.borrow() {
+        JobState::Finished(_, checked) => checked.clone(),
+        _ => None,
+    };
+    finish::complete(ctx, request, checked.as_ref()).await?;
     Ok(Ok(()))
 }
 
@@ -118,14 +122,14 @@ async fn local_hit(
             return Ok(Err(CallerGone));
         }
     }
-    finish::complete(ctx, request).await?;
+    finish::complete(ctx, request, None).await?;
     Ok(Ok(()))
 }
 
 async fn wait_started(state: &mut watch::Receiver<JobState>) -> Result<TaskShape, DaemonError> {
     loop {
         match &*state.borrow_and_update() {
-            JobState::Running(shape) | JobState::Finished(shape) => return Ok(shape.clone()),
+            JobState::Running(shape) | JobState::Finished(shape, _) => return Ok(shape.clone()),
             JobState::Failed(status) => return Err(DaemonError::Status(status.clone())),
             JobState::Preparing => {}
         }
@@ -195,7 +199,7 @@ async fn follow(
 
 fn job_outcome(state: &mut watch::Receiver<JobState>) -> Option<Result<(), DaemonError>> {
     match &*state.borrow_and_update() {
-        JobState::Finished(_) => Some(Ok(())),
+        JobState::Finished(..) => Some(Ok(())),
         JobState::Failed(status) => Some(Err(DaemonError::Status(status.clone()))),
         _ => None,
     }

@@ -10,6 +10,7 @@
 //! - `scheduling`: one scheduling decision (back to source, or ranked candidate parents);
 //! - `graph`: edges and the bandwidth they reserve, mesh back-edges, the outbox of pushes;
 //! - `reports`: what a peer's stream reports (state events, pieces, reschedule, the end);
+//! - `digests`: trusted piece digests from the peers that fetched from the origin;
 //! - `queries`: StatPeer, StatTask, deletes, and the protobuf views they answer with;
 //! - `expiry`: the GC of hosts, peers and tasks.
 
@@ -23,7 +24,9 @@ use tonic::Status;
 use crate::fsm::{PeerEvent, PeerState, SizeScope, TaskEvent, TaskState};
 pub use crate::model::*;
 use crate::scoring::{self, ChildFeatures, HostKind, ParentFeatures};
+pub use digests::{DigestReport, DigestSource, TrustedDigest};
 
+mod digests;
 mod expiry;
 mod graph;
 mod hosts;
