@@ -7,7 +7,7 @@ use crate::context::{limiter, Context};
 use crate::error::DaemonError;
 use crate::metrics;
 use damselfly_core::{PieceLayout, PieceSpan};
-use damselfly_transfer::RateLimiter;
+use damselfly_transfer::{Backend, RateLimiter};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -62,6 +62,8 @@ impl JobHandle {
 pub struct JobCtx<'a> {
     pub ctx: &'a Context,
     pub request: &'a TaskRequest,
+    /// The origin client with this download's certificate trust.
+    pub backend: Backend,
     pub peer_id: &'a str,
     /// This download's own limit (from the caller), on top of the host-wide ones.
     pub task_limiter: RateLimiter,
@@ -97,15 +99,23 @@ pub async fn run(
     handle: &JobHandle,
     cancel: &CancellationToken,
 ) {
+    let started = Instant::now();
+    metrics::task_started();
+    let backend = match ctx.backend.with_trust(&request.trust) {
+        Ok(backend) => backend,
+        Err(error) => return publish_failure(ctx, request, handle, error.into()),
+    };
+    if request.trust.is_insecure() {
+        warn!(url = %request.url, "origin certificate not verified: the download asked for insecure_skip_verify");
+    }
     let job = JobCtx {
         ctx,
         request,
+        backend,
         peer_id: &handle.peer_id,
         task_limiter: limiter(request.rate_limit.unwrap_or(0)),
         origin_ranges: AtomicBool::new(true),
     };
-    let started = Instant::now();
-    metrics::task_started();
     let work = download(&job, &handle.state);
     let outcome = tokio::select! {
         result = async {
@@ -129,16 +139,18 @@ pub async fn run(
             );
             handle.state.send_replace(JobState::Finished(shape));
         }
-        Err(error) => {
-            metrics::task_failed();
-            warn!(%error, "task failed");
-            if let Err(e) = ctx.storage.fail_task(&request.task_id) {
-                // A task that never got prepared has nothing to mark.
-                tracing::debug!(error = %e, "cannot mark task failed");
-            }
-            handle.state.send_replace(JobState::Failed(error.into()));
-        }
+        Err(error) => publish_failure(ctx, request, handle, error),
     }
+}
+
+fn publish_failure(ctx: &Context, request: &TaskRequest, handle: &JobHandle, error: DaemonError) {
+    metrics::task_failed();
+    warn!(%error, "task failed");
+    if let Err(e) = ctx.storage.fail_task(&request.task_id) {
+        // A task that never got prepared has nothing to mark.
+        tracing::debug!(error = %e, "cannot mark task failed");
+    }
+    handle.state.send_replace(JobState::Failed(error.into()));
 }
 
 /// Stat, prepare, fetch the missing pieces (P2P or origin), finish.
@@ -148,7 +160,7 @@ async fn download(
 ) -> Result<TaskShape, DaemonError> {
     let ctx = job.ctx;
     let request = job.request;
-    let stat = ctx.backend.stat(&request.url, &request.headers).await?;
+    let stat = job.backend.stat(&request.url, &request.headers).await?;
     job.origin_ranges
         .store(stat.supports_range, Ordering::Relaxed);
     // A known length is enough for a layout, so peers can share the task even when the
@@ -238,7 +250,6 @@ async fn whole_body(
         .prepare_task(job.task_id(), 0, piece_length, headers.to_vec())
         .await?;
     let (content_length, pieces) = job
-        .ctx
         .backend
         .fetch_all(
             &request.url,

@@ -51,6 +51,8 @@ const FRAMING_HEADERS: &[&str] = &["content-length", "content-range", "accept-ra
 pub struct BlobSettings {
     pub enable_task_id_based_blob_digest: bool,
     pub disable_back_to_source: bool,
+    /// `proxy.registryMirror.cert` as DER, sent as each download's `certificate_chain`.
+    pub certificate_chain: Vec<Vec<u8>>,
 }
 
 /// Why the engine did not serve a request; the caller passes it through instead, so the

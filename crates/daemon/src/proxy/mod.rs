@@ -84,10 +84,21 @@ impl Proxy {
             _ => None,
         };
         guard::init_metrics();
+        let mirror_cas = match &config.registry_mirror.cert {
+            Some(path) => damselfly_transfer::OriginTrust::pem_file_cas(path)?,
+            None => Vec::new(),
+        };
+        let trusted =
+            engine
+                .context()
+                .backend
+                .with_trust(&damselfly_transfer::OriginTrust::with_cas(
+                    mirror_cas.clone(),
+                ))?;
         Ok(Arc::new(Self {
             engine,
             router: Router::new(config)?,
-            upstream: passthrough::Upstream::new()?,
+            upstream: passthrough::Upstream::new(&trusted)?,
             limiter: RequestLimiter::new(config.request_rate_limit()),
             basic_auth: config.server.basic_auth.clone(),
             blob: blob::BlobSettings {
@@ -95,6 +106,7 @@ impl Proxy {
                     .registry_mirror
                     .enable_task_id_based_blob_digest,
                 disable_back_to_source: config.disable_back_to_source,
+                certificate_chain: mirror_cas,
             },
             authority,
             hijack,
