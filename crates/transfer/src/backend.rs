@@ -197,6 +197,17 @@ impl Backend {
         }
     }
 
+    /// The status of one `HEAD` (redirects followed), for asking the origin whether these
+    /// credentials may read the object; nothing is retried or read.
+    pub async fn head_status(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<u16, TransferError> {
+        let response = self.send(Method::HEAD, url, headers, None).await?;
+        Ok(response.status().as_u16())
+    }
+
     /// `GET` with `Range: bytes=0-0`: a 206 reveals the total length and range support.
     async fn probe_range(
         &self,

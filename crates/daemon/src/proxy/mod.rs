@@ -9,6 +9,7 @@
 //! - absolute-form (`GET http://host/...`): a forward-proxy request (`HTTP_PROXY`);
 //! - `CONNECT host:port`: tunnelled, or TLS-terminated for `proxy.hijackHTTPS.hosts`.
 
+mod access;
 mod blob;
 mod body;
 pub mod config;
@@ -52,6 +53,7 @@ pub struct Proxy {
     limiter: RequestLimiter,
     basic_auth: Option<BasicAuth>,
     blob: blob::BlobSettings,
+    access: access::AccessCheck,
     authority: Option<tls::Authority>,
     /// CONNECT targets to terminate, with whether their origin's certificate is unchecked.
     hijack: Vec<(Regex, bool)>,
@@ -99,6 +101,7 @@ impl Proxy {
             engine,
             router: Router::new(config)?,
             upstream: passthrough::Upstream::new(&trusted)?,
+            access: access::AccessCheck::new(trusted),
             limiter: RequestLimiter::new(config.request_rate_limit()),
             basic_auth: config.server.basic_auth.clone(),
             blob: blob::BlobSettings {
@@ -160,6 +163,7 @@ impl Proxy {
                 let served = blob::serve(
                     &self.engine,
                     &self.blob,
+                    &self.access,
                     &parts,
                     &url,
                     filtered_query_params,
