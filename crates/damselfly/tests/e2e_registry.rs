@@ -57,8 +57,19 @@ impl Env {
         self.daemon_for(&front)
     }
 
+    /// [`Env::daemon`] logging at `level`.
+    fn daemon_with_log_level(&mut self, level: &str) -> DaemonInfo {
+        let front = self.front.url();
+        self.daemon_opts(&front, level)
+    }
+
     /// A daemon whose mirror defaults to `registry`.
     fn daemon_for(&mut self, registry: &str) -> DaemonInfo {
+        let level = DaemonOpts::default().log_level;
+        self.daemon_opts(registry, &level)
+    }
+
+    fn daemon_opts(&mut self, registry: &str, log_level: &str) -> DaemonInfo {
         let config = self
             .cluster
             .path(&format!("dfdaemon-{}.yaml", self.cluster.daemons.len()));
@@ -95,6 +106,7 @@ impl Env {
                 "--config".into(),
                 config.display().to_string(),
             ],
+            log_level: log_level.to_string(),
             ..Default::default()
         })
     }
@@ -835,7 +847,7 @@ fn private_layers_reach_only_clients_the_registry_admits() {
     let Some(mut env) = setup("private-layers", true, &[5 * MIB]) else {
         return;
     };
-    let a = env.daemon();
+    let a = env.daemon_with_log_level("debug");
     let (layer, data) = env.image.layers[0].clone();
     let url = proxy_url(&a, &blob_path(&layer));
     let bearer = format!("Bearer {TOKEN}");
@@ -868,6 +880,20 @@ fn private_layers_reach_only_clients_the_registry_admits() {
         gets,
         "the admitted client's second pull must come from the cache"
     );
+    // The token went to the registry only: not into debug logs or metrics, on either side.
+    let scheduler_log = env
+        .cluster
+        .scheduler
+        .as_ref()
+        .map(|s| fs::read_to_string(&s.log).unwrap_or_default())
+        .unwrap_or_default();
+    for (what, text) in [
+        ("daemon log", a.log_text()),
+        ("scheduler log", scheduler_log),
+        ("daemon metrics", a.metrics().raw),
+    ] {
+        assert!(!text.contains(TOKEN), "the token is in the {what}");
+    }
     env.cluster.assert_no_panics();
 }
 
