@@ -11,6 +11,7 @@ pub mod id;
 pub mod limits;
 pub mod piece;
 pub mod ring;
+pub mod secrets;
 
 pub use digest::{piece_digest, Digest, DigestAlgorithm, DigestHasher};
 pub use error::CoreError;
@@ -18,3 +19,4 @@ pub use id::{host_id, peer_id, TaskIdRule, TaskIdSpec, DEFAULT_FILTERED_QUERY_PA
 pub use limits::MAX_GRPC_MESSAGE_SIZE;
 pub use piece::{PieceLayout, PieceSpan, MAX_PIECE_LENGTH, MIN_PIECE_LENGTH};
 pub use ring::SchedulerRing;
+pub use secrets::{is_secret_header, without_secrets, SECRET_HEADERS};

@@ -151,7 +151,9 @@ pub fn transfer_code(error: &TransferError) -> Code {
             Code::Unavailable
         }
         TransferError::Storage(e) => storage_code(e),
-        TransferError::InvalidUrl { .. } => Code::InvalidArgument,
+        TransferError::InvalidUrl { .. } | TransferError::CaFile { .. } => Code::InvalidArgument,
+        // The operator must add the origin's CA; retrying elsewhere will not help.
+        TransferError::OriginCertificate { .. } => Code::FailedPrecondition,
         TransferError::TaskNotFound(_) | TransferError::PieceNotFound { .. } => Code::NotFound,
         TransferError::TaskFailed(_) | TransferError::Protocol(_) | TransferError::Client(_) => {
             Code::Internal

@@ -57,8 +57,19 @@ impl Env {
         self.daemon_for(&front)
     }
 
+    /// [`Env::daemon`] logging at `level`.
+    fn daemon_with_log_level(&mut self, level: &str) -> DaemonInfo {
+        let front = self.front.url();
+        self.daemon_opts(&front, level)
+    }
+
     /// A daemon whose mirror defaults to `registry`.
     fn daemon_for(&mut self, registry: &str) -> DaemonInfo {
+        let level = DaemonOpts::default().log_level;
+        self.daemon_opts(registry, &level)
+    }
+
+    fn daemon_opts(&mut self, registry: &str, log_level: &str) -> DaemonInfo {
         let config = self
             .cluster
             .path(&format!("dfdaemon-{}.yaml", self.cluster.daemons.len()));
@@ -95,6 +106,7 @@ impl Env {
                 "--config".into(),
                 config.display().to_string(),
             ],
+            log_level: log_level.to_string(),
             ..Default::default()
         })
     }
@@ -824,4 +836,169 @@ fn pull_time_of_a_200_mib_image() {
         "| through the mirror, warm (dfdaemon's cache) | {:.2} |",
         median(warm)
     );
+}
+
+/// Private layers: client A (with the registry's token) pulls a blob through the mirror;
+/// client B without a token, or with a wrong one, gets the registry's 401 and its challenge,
+/// not the cached bytes; B with a valid token gets the bytes from the cache, and the registry
+/// answers no further layer GET.
+#[test]
+fn private_layers_reach_only_clients_the_registry_admits() {
+    let Some(mut env) = setup("private-layers", true, &[5 * MIB]) else {
+        return;
+    };
+    let a = env.daemon_with_log_level("debug");
+    let (layer, data) = env.image.layers[0].clone();
+    let url = proxy_url(&a, &blob_path(&layer));
+    let bearer = format!("Bearer {TOKEN}");
+    let first = request("GET", &url, &[("authorization", &bearer)]);
+    assert_eq!(first.status, 200);
+    assert_eq!(sha256_hex(first.bytes()), sha256_hex(&data));
+    let gets = env.layer_gets();
+    assert!(gets > 0, "the first pull must reach the registry");
+
+    for headers in [vec![], vec![("authorization", "Bearer not-the-token")]] {
+        let refused = request("GET", &url, &headers);
+        assert_eq!(refused.status, 401, "{headers:?} must be challenged");
+        let challenge = refused.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer realm="),
+            "challenge: {challenge:?}"
+        );
+        assert_ne!(
+            sha256_hex(refused.bytes()),
+            sha256_hex(&data),
+            "cached layer served without credentials"
+        );
+    }
+
+    let again = request("GET", &url, &[("authorization", &bearer)]);
+    assert_eq!(again.status, 200);
+    assert_eq!(sha256_hex(again.bytes()), sha256_hex(&data));
+    assert_eq!(
+        env.layer_gets(),
+        gets,
+        "the admitted client's second pull must come from the cache"
+    );
+    // The token went to the registry only: not into debug logs or metrics, on either side.
+    let scheduler_log = env
+        .cluster
+        .scheduler
+        .as_ref()
+        .map(|s| fs::read_to_string(&s.log).unwrap_or_default())
+        .unwrap_or_default();
+    for (what, text) in [
+        ("daemon log", a.log_text()),
+        ("scheduler log", scheduler_log),
+        ("daemon metrics", a.metrics().raw),
+    ] {
+        assert!(!text.contains(TOKEN), "the token is in the {what}");
+    }
+    env.cluster.assert_no_panics();
+}
+
+/// A test CA and a leaf certificate for 127.0.0.1, written as PEM files in `dir`.
+fn private_ca(dir: &std::path::Path) -> (PathBuf, RegistryTls) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Damselfly test registry CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    fs::create_dir_all(dir).unwrap();
+    let ca_path = dir.join("ca.pem");
+    fs::write(&ca_path, ca.pem()).unwrap();
+    let tls = RegistryTls {
+        cert: dir.join("registry.pem"),
+        key: dir.join("registry.key"),
+    };
+    fs::write(&tls.cert, leaf.pem()).unwrap();
+    fs::write(&tls.key, leaf_key.serialize_pem()).unwrap();
+    (ca_path, tls)
+}
+
+/// A registry over TLS signed by a private CA: without the CA a download fails with a
+/// certificate error (dfget, and the mirror); with `proxy.registryMirror.cert` the mirror
+/// serves the blob byte for byte; dfget's `--storage-insecure-skip-verify` works and the
+/// daemon logs a warning.
+#[test]
+fn registry_behind_a_private_ca() {
+    let (Some(registry_bin), Some(skopeo_bin)) = (tool("docker-registry"), tool("skopeo")) else {
+        return;
+    };
+    let mut cluster = Cluster::new("private-ca");
+    let (ca, tls) = private_ca(&cluster.path("pki"));
+    let registry = Registry::start_with(&registry_bin, &cluster.root, Some(&tls));
+    let image = build_image(&cluster.path("layout"), &[MIB, MIB + 1, MIB + 2]);
+    push(&skopeo_bin, &cluster.root, &image, registry.addr, REPO);
+    cluster.start_scheduler();
+    let upstream = format!("https://{}", registry.addr);
+    let blob_url = |i: usize| format!("{upstream}{}", blob_path(&image.layers[i].0));
+
+    let plain = cluster.start_daemon(DaemonOpts::default());
+    let out = cluster.path("refused.bin");
+    let refused = cluster.dfget(&plain.socket, &blob_url(0), &out, &[]);
+    assert!(!refused.success(), "an untrusted registry must be refused");
+    assert!(
+        refused.stderr.contains("not trusted"),
+        "stderr: {}",
+        refused.stderr
+    );
+    assert!(!out.exists());
+
+    let out = cluster.path("insecure.bin");
+    let insecure = cluster.dfget(
+        &plain.socket,
+        &blob_url(1),
+        &out,
+        &["--storage-insecure-skip-verify"],
+    );
+    assert!(insecure.success(), "stderr: {}", insecure.stderr);
+    assert_eq!(sha256_file(&out), sha256_hex(&image.layers[1].1));
+    assert!(
+        plain.log_text().contains("insecure_skip_verify"),
+        "the insecure download must be logged"
+    );
+
+    let through_plain = request(
+        "GET",
+        &proxy_url(&plain, &blob_path(&image.layers[2].0)),
+        &[(REGISTRY_HEADER_NAME, upstream.as_str())],
+    );
+    assert_eq!(
+        through_plain.status, 502,
+        "a mirror without the CA must not serve the blob"
+    );
+
+    let config = cluster.path("dfdaemon-ca.yaml");
+    fs::write(
+        &config,
+        format!(
+            "proxy:\n  registryMirror:\n    addr: {upstream}\n    cert: {}\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let trusting = cluster.start_daemon(DaemonOpts {
+        extra: vec!["--config".into(), config.display().to_string()],
+        ..Default::default()
+    });
+    let served = request(
+        "GET",
+        &proxy_url(&trusting, &blob_path(&image.layers[2].0)),
+        &[],
+    );
+    assert_eq!(served.status, 200);
+    assert_eq!(sha256_hex(served.bytes()), sha256_hex(&image.layers[2].1));
+    drop(registry);
+    cluster.assert_no_panics();
 }

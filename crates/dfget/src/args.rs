@@ -67,6 +67,11 @@ pub struct Args {
     #[arg(long)]
     pub disable_back_to_source: bool,
 
+    /// Accept any certificate from the origin (Dragonfly's flag; for test registries only:
+    /// the daemon logs a warning for each such download).
+    #[arg(long)]
+    pub storage_insecure_skip_verify: bool,
+
     /// Give up after this long (e.g. 30m, 2h).
     #[arg(long, default_value = "2h", env = "DFGET_TIMEOUT", value_parser = parse_timeout)]
     pub timeout: Duration,

@@ -3,7 +3,7 @@
 
 use crate::error::DfgetError;
 use crate::progress::{Progress, Traffic};
-use dragonfly_api::common::v2::{Download, TaskType};
+use dragonfly_api::common::v2::{Download, ObjectStorage, TaskType};
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_client::DfdaemonDownloadClient;
 use dragonfly_api::dfdaemon::v2::download_task_response::Response;
 use dragonfly_api::dfdaemon::v2::{DownloadTaskRequest, DownloadTaskResponse};
@@ -93,6 +93,8 @@ pub struct DownloadSpec {
     pub piece_length: Option<u64>,
     pub priority: i32,
     pub disable_back_to_source: bool,
+    /// Sent as `object_storage.insecure_skip_verify`, where Dragonfly's dfget puts it.
+    pub insecure_skip_verify: bool,
     pub timeout: Duration,
     pub rate_limit: Option<u64>,
     pub overwrite: bool,
@@ -117,6 +119,10 @@ impl DownloadSpec {
             force_hard_link: self.force_hard_link,
             content_for_calculating_task_id: self.content_for_calculating_task_id.clone(),
             overwrite: self.overwrite,
+            object_storage: self.insecure_skip_verify.then(|| ObjectStorage {
+                insecure_skip_verify: Some(true),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -234,6 +240,7 @@ mod tests {
             piece_length: Some(8 << 20),
             priority: 3,
             disable_back_to_source: true,
+            insecure_skip_verify: true,
             timeout: Duration::from_millis(1500),
             rate_limit: Some(1234),
             overwrite: true,
@@ -253,6 +260,8 @@ mod tests {
         assert_eq!(d.piece_length, Some(8 << 20));
         assert_eq!(d.filtered_query_params, vec!["Expires"]);
         assert!(d.disable_back_to_source && d.overwrite && !d.force_hard_link);
+        let storage = d.object_storage.clone().unwrap_or_default();
+        assert_eq!(storage.insecure_skip_verify, Some(true));
         let timeout = d.timeout.unwrap_or_default();
         assert_eq!((timeout.seconds, timeout.nanos), (1, 500_000_000));
         assert_eq!(

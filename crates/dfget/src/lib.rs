@@ -138,6 +138,7 @@ pub fn download_spec(args: &Args) -> Result<DownloadSpec, DfgetError> {
         piece_length: args.piece_length,
         priority: args.priority,
         disable_back_to_source: args.disable_back_to_source,
+        insecure_skip_verify: args.storage_insecure_skip_verify,
         timeout: args.timeout,
         rate_limit: args.rate_limit,
         overwrite: args.overwrite,

@@ -170,12 +170,24 @@ pub struct Peer {
 }
 
 /// A seed download the service must start outside the lock.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SeedJob {
     pub task_id: String,
     pub host_id: String,
     pub endpoint: String,
     pub download: pb::Download,
+}
+
+/// Without the download's headers: they may hold the requester's credentials.
+impl std::fmt::Debug for SeedJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeedJob")
+            .field("task_id", &self.task_id)
+            .field("host_id", &self.host_id)
+            .field("endpoint", &self.endpoint)
+            .field("url", &self.download.url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Result of a successful registration.
@@ -261,7 +273,11 @@ impl Task {
         self.tag = download.tag.clone();
         self.application = download.application.clone();
         self.filtered_query_params = download.filtered_query_params.clone();
-        self.request_header = download.request_header.clone();
+        // Credentials are for the seed the scheduler triggers (it gets the peer's own
+        // request); the stored task is answered to anyone who asks, so it keeps none.
+        self.request_header = damselfly_core::without_secrets(&download.request_header)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if download.actual_content_length.is_some() {
             self.content_length = download.actual_content_length;
         }

@@ -5,6 +5,7 @@ use crate::error::TransferError;
 use crate::limiter::{RateLimiter, ThrottledReader};
 use crate::metrics::{result_label, BACKEND_REQUEST_TOTAL};
 use crate::plain_http::{PlainHttp, RangeRequest, Target};
+use crate::trust::{self, ClientCache, OriginTrust};
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceMetadata, Storage, StorageError};
 use futures::TryStreamExt;
@@ -13,6 +14,7 @@ use reqwest::header::{
 };
 use reqwest::{Method, Response, StatusCode};
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -40,6 +42,9 @@ pub struct BackendConfig {
     pub user_agent: String,
     /// Honour HTTP(S)_PROXY / NO_PROXY from the environment.
     pub use_env_proxy: bool,
+    /// The system CA bundle; None: `SSL_CERT_FILE`, else the first of
+    /// [`crate::SYSTEM_CA_FILES`] that exists.
+    pub system_ca_file: Option<PathBuf>,
 }
 
 impl Default for BackendConfig {
@@ -51,6 +56,7 @@ impl Default for BackendConfig {
             retry_backoff: DEFAULT_RETRY_BACKOFF,
             user_agent: DEFAULT_USER_AGENT.to_string(),
             use_env_proxy: true,
+            system_ca_file: None,
         }
     }
 }
@@ -67,28 +73,37 @@ pub struct ObjectStat {
     pub supports_range: bool,
 }
 
-/// Origin (HTTP/HTTPS) access. Cheap to clone: the connection pool is shared.
+/// Origin (HTTP/HTTPS) access with one trust setting. Cheap to clone: the connection pools
+/// are shared.
 #[derive(Clone, Debug)]
 pub struct Backend {
     client: reqwest::Client,
+    trust: OriginTrust,
+    shared: Arc<Shared>,
     config: BackendConfig,
     /// Ranged GETs from plain-http origins; None when a proxy is configured.
     plain: Option<Arc<PlainHttp>>,
 }
 
+/// What every trust setting's backend shares.
+#[derive(Debug)]
+struct Shared {
+    /// The system CA bundle, read once.
+    system_roots: Vec<reqwest::Certificate>,
+    clients: ClientCache,
+}
+
 impl Backend {
+    /// A backend trusting the system store and the web roots.
     pub fn new(config: BackendConfig) -> Result<Backend, TransferError> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
-            .user_agent(config.user_agent.clone())
-            .tcp_nodelay(true);
-        if !config.use_env_proxy {
-            builder = builder.no_proxy();
-        }
-        let client = builder
-            .build()
-            .map_err(|e| TransferError::Client(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            system_roots: trust::system_roots(config.system_ca_file.as_deref()),
+            clients: ClientCache::default(),
+        });
+        let trust = OriginTrust::System;
+        let client = shared
+            .clients
+            .get_or_build(&trust, || build_client(&config, &shared, &trust))?;
         let proxied = config.use_env_proxy && proxy_in_environment();
         let plain = (!proxied).then(|| {
             Arc::new(PlainHttp::new(
@@ -99,9 +114,41 @@ impl Backend {
         });
         Ok(Backend {
             client,
+            trust,
+            shared,
             config,
             plain,
         })
+    }
+
+    /// The same backend with another trust setting; its client is built the first time that
+    /// setting is asked for and shared from then on.
+    pub fn with_trust(&self, trust: &OriginTrust) -> Result<Backend, TransferError> {
+        if *trust == self.trust {
+            return Ok(self.clone());
+        }
+        let client = self
+            .shared
+            .clients
+            .get_or_build(trust, || build_client(&self.config, &self.shared, trust))?;
+        Ok(Backend {
+            client,
+            trust: trust.clone(),
+            ..self.clone()
+        })
+    }
+
+    pub fn trust(&self) -> &OriginTrust {
+        &self.trust
+    }
+
+    /// Gives another reqwest client (the proxy's pass-through) this backend's trust: the
+    /// system roots and its own setting.
+    pub fn trusting(
+        &self,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, TransferError> {
+        trust::apply(with_system_roots(builder, &self.shared), &self.trust)
     }
 
     pub fn config(&self) -> &BackendConfig {
@@ -148,6 +195,17 @@ impl Backend {
                 Ok(head_stat)
             }
         }
+    }
+
+    /// The status of one `HEAD` (redirects followed), for asking the origin whether these
+    /// credentials may read the object; nothing is retried or read.
+    pub async fn head_status(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<u16, TransferError> {
+        let response = self.send(Method::HEAD, url, headers, None).await?;
+        Ok(response.status().as_u16())
     }
 
     /// `GET` with `Range: bytes=0-0`: a 206 reveals the total length and range support.
@@ -382,6 +440,30 @@ impl Backend {
     }
 }
 
+fn build_client(
+    config: &BackendConfig,
+    shared: &Shared,
+    trust: &OriginTrust,
+) -> Result<reqwest::Client, TransferError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.read_timeout)
+        .user_agent(config.user_agent.clone())
+        .tcp_nodelay(true);
+    if !config.use_env_proxy {
+        builder = builder.no_proxy();
+    }
+    trust::apply(with_system_roots(builder, shared), trust)?
+        .build()
+        .map_err(|e| TransferError::Client(error_chain(&e)))
+}
+
+fn with_system_roots(builder: reqwest::ClientBuilder, shared: &Shared) -> reqwest::ClientBuilder {
+    shared.system_roots.iter().fold(builder, |builder, root| {
+        builder.add_root_certificate(root.clone())
+    })
+}
+
 /// reqwest honours these; the plain-http path does not speak to proxies, so it steps aside.
 fn proxy_in_environment() -> bool {
     ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
@@ -523,10 +605,27 @@ fn request_error(error: reqwest::Error, url: &str) -> TransferError {
             reason: error.to_string(),
         };
     }
+    if trust::is_certificate_error(&error) {
+        return TransferError::OriginCertificate {
+            url: url.to_string(),
+            reason: certificate_reason(&error),
+        };
+    }
     TransferError::OriginUnreachable {
         url: url.to_string(),
         reason: error_chain(&error),
     }
+}
+
+/// The innermost message: rustls's own words ("invalid peer certificate: UnknownIssuer").
+fn certificate_reason(error: &dyn std::error::Error) -> String {
+    let mut last = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        last = cause.to_string();
+        source = cause.source();
+    }
+    last
 }
 
 /// reqwest's top-level message is generic ("error sending request"); the cause says why.
@@ -562,9 +661,12 @@ fn to_header_map(headers: &[(String, String)], url: &str) -> Result<HeaderMap, T
     Ok(map)
 }
 
+/// The origin's response headers worth keeping with the task: stored, answered to Stat and
+/// handed to every later client, so a session cookie the origin set for one client stays out.
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
+        .filter(|(name, _)| !damselfly_core::is_secret_header(name.as_str()))
         .filter_map(|(k, v)| {
             v.to_str()
                 .ok()

@@ -11,6 +11,18 @@ pub enum TransferError {
     #[error("origin {url} unreachable: {reason}")]
     OriginUnreachable { url: String, reason: String },
 
+    /// The origin's TLS certificate is not trusted: the connection was refused before any
+    /// request, and a retry would fail the same way.
+    #[error("origin {url} presented a certificate that is not trusted ({reason}); add its CA to the system trust store, proxy.registryMirror.cert or the download's certificate_chain")]
+    OriginCertificate { url: String, reason: String },
+
+    /// A CA file named in the configuration cannot be used.
+    #[error("CA certificate file {}: {reason}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+
     #[error("invalid origin URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
 

@@ -8,6 +8,7 @@ mod limiter;
 pub mod metrics;
 mod plain_http;
 mod sync;
+mod trust;
 mod vortex;
 
 pub use backend::{
@@ -19,6 +20,7 @@ pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
 pub use plain_http::PLAIN_READ_BUFFER;
 pub use sync::sync_pieces_stream;
+pub use trust::{OriginTrust, CLIENT_CACHE_LIMIT, SSL_CERT_FILE_ENV, SYSTEM_CA_FILES};
 pub use vortex::{
     download_piece_from, download_piece_vortex, serve_vortex, serve_vortex_with, PieceSource,
     UploadHook, VortexServerConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,

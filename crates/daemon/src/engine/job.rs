@@ -7,7 +7,7 @@ use crate::context::{limiter, Context};
 use crate::error::DaemonError;
 use crate::metrics;
 use damselfly_core::{Digest, PieceLayout, PieceSpan};
-use damselfly_transfer::RateLimiter;
+use damselfly_transfer::{Backend, RateLimiter};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -63,6 +63,8 @@ impl JobHandle {
 pub struct JobCtx<'a> {
     pub ctx: &'a Context,
     pub request: &'a TaskRequest,
+    /// The origin client with this download's certificate trust.
+    pub backend: Backend,
     pub peer_id: &'a str,
     /// This download's own limit (from the caller), on top of the host-wide ones.
     pub task_limiter: RateLimiter,
@@ -108,17 +110,25 @@ pub async fn run(
     cancel: &CancellationToken,
     in_use: &HashSet<String>,
 ) {
+    let started = Instant::now();
+    metrics::task_started();
+    let backend = match ctx.backend.with_trust(&request.trust) {
+        Ok(backend) => backend,
+        Err(error) => return publish_failure(ctx, request, handle, error.into()).await,
+    };
+    if request.trust.is_insecure() {
+        warn!(url = %request.url, "origin certificate not verified: the download asked for insecure_skip_verify");
+    }
     let job = JobCtx {
         ctx,
         request,
         in_use,
+        backend,
         peer_id: &handle.peer_id,
         task_limiter: limiter(request.rate_limit.unwrap_or(0)),
         origin_ranges: AtomicBool::new(true),
         content_verified: OnceLock::new(),
     };
-    let started = Instant::now();
-    metrics::task_started();
     let work = download(&job, &handle.state);
     let outcome = tokio::select! {
         result = async {
@@ -145,13 +155,20 @@ pub async fn run(
                 .state
                 .send_replace(JobState::Finished(shape, checked));
         }
-        Err(error) => {
-            metrics::task_failed();
-            warn!(%error, "task failed");
-            record_failure(ctx, &request.task_id, &error).await;
-            handle.state.send_replace(JobState::Failed(error.into()));
-        }
+        Err(error) => publish_failure(ctx, request, handle, error).await,
     }
+}
+
+async fn publish_failure(
+    ctx: &Context,
+    request: &TaskRequest,
+    handle: &JobHandle,
+    error: DaemonError,
+) {
+    metrics::task_failed();
+    warn!(%error, "task failed");
+    record_failure(ctx, &request.task_id, &error).await;
+    handle.state.send_replace(JobState::Failed(error.into()));
 }
 
 /// A full disk drops the task's partial pieces, so they do not keep the disk full for the
@@ -204,7 +221,7 @@ async fn download(
 ) -> Result<TaskShape, DaemonError> {
     let ctx = job.ctx;
     let request = job.request;
-    let stat = ctx.backend.stat(&request.url, &request.headers).await?;
+    let stat = job.backend.stat(&request.url, &request.headers).await?;
     job.origin_ranges
         .store(stat.supports_range, Ordering::Relaxed);
     // A known length is enough for a layout, so peers can share the task even when the
@@ -303,7 +320,6 @@ async fn whole_body(
     job.ctx.storage.set_task_url(job.task_id(), &request.url)?;
     make_room(job).await?;
     let (content_length, pieces) = job
-        .ctx
         .backend
         .fetch_all(
             &request.url,

@@ -148,7 +148,6 @@ async fn stream_pieces(
     let request = job.request;
     let storage = &job.ctx.storage;
     let mut body = job
-        .ctx
         .backend
         .open_body(&request.url, &request.headers, &job.origin_limiters())
         .await?;
@@ -196,7 +195,7 @@ fn spawn_piece(
     span: PieceSpan,
     attempt: u32,
 ) {
-    let backend = job.ctx.backend.clone();
+    let backend = job.backend.clone();
     let storage = job.ctx.storage.clone();
     let url = job.request.url.clone();
     let headers = job.request.headers.clone();

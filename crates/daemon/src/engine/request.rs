@@ -2,6 +2,7 @@
 
 use crate::error::DaemonError;
 use damselfly_core::{id::default_filtered_query_params, Digest, TaskIdSpec};
+use damselfly_transfer::OriginTrust;
 use dragonfly_api::common::v2::{Download, Range};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -12,7 +13,7 @@ use std::time::Duration;
 pub const RATE_LIMIT_METADATA: &str = "x-damselfly-rate-limit";
 
 /// What one caller asked for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DownloadRequest {
     pub download: Download,
     /// Bytes/s for this download only, on top of the host-wide limit.
@@ -54,7 +55,7 @@ impl DownloadRequest {
 }
 
 /// A validated download.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TaskRequest {
     pub task_id: String,
     pub url: String,
@@ -71,6 +72,8 @@ pub struct TaskRequest {
     pub need_back_to_source: bool,
     pub concurrent_piece_count: Option<u32>,
     pub rate_limit: Option<u64>,
+    /// Which origin certificates this download accepts.
+    pub trust: OriginTrust,
     /// The original message, forwarded to the scheduler in RegisterPeerRequest.
     pub download: Download,
 }
@@ -108,8 +111,61 @@ impl TaskRequest {
             need_back_to_source: download.need_back_to_source,
             concurrent_piece_count: download.concurrent_piece_count.filter(|&c| c > 0),
             rate_limit: request.rate_limit,
+            trust: origin_trust(&download),
             download,
         })
+    }
+}
+
+/// Dragonfly's fields: `certificate_chain` holds CA certificates (DER) for the origin, and
+/// `object_storage.insecure_skip_verify` (dfget `--storage-insecure-skip-verify`) turns
+/// verification off; we honour it for HTTPS origins too, since it is the only switch a caller has.
+fn origin_trust(download: &Download) -> OriginTrust {
+    let insecure = download
+        .object_storage
+        .as_ref()
+        .and_then(|o| o.insecure_skip_verify)
+        .unwrap_or(false);
+    if insecure {
+        OriginTrust::Insecure
+    } else {
+        OriginTrust::with_cas(download.certificate_chain.clone())
+    }
+}
+
+/// Debug output ends up in logs: header names only, never their values (credentials).
+impl std::fmt::Debug for DownloadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadRequest")
+            .field("url", &self.download.url)
+            .field("header_names", &self.download.request_header.keys())
+            .field("rate_limit", &self.rate_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TaskRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRequest")
+            .field("task_id", &self.task_id)
+            .field("url", &self.url)
+            .field(
+                "header_names",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("piece_length", &self.piece_length)
+            .field("trust", &self.trust_label())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskRequest {
+    fn trust_label(&self) -> &'static str {
+        match self.trust {
+            OriginTrust::System => "system",
+            OriginTrust::WithCas(_) => "system+download CAs",
+            OriginTrust::Insecure => "insecure",
+        }
     }
 }
 
@@ -229,6 +285,40 @@ mod tests {
             "http://h/x?X-Amz-Signature=2",
         )));
         assert_eq!(a.unwrap().task_id, b.unwrap().task_id);
+    }
+
+    #[test]
+    fn trust_comes_from_dragonfly_fields() {
+        let plain = TaskRequest::parse(DownloadRequest::new(download("https://h/x"))).unwrap();
+        assert_eq!(plain.trust, OriginTrust::System);
+        let with_ca = Download {
+            certificate_chain: vec![vec![1, 2], vec![1, 2]],
+            ..download("https://h/x")
+        };
+        let parsed = TaskRequest::parse(DownloadRequest::new(with_ca)).unwrap();
+        assert_eq!(parsed.trust, OriginTrust::WithCas(vec![vec![1, 2]]));
+        let insecure = Download {
+            object_storage: Some(dragonfly_api::common::v2::ObjectStorage {
+                insecure_skip_verify: Some(true),
+                ..Default::default()
+            }),
+            ..download("https://h/x")
+        };
+        let parsed = TaskRequest::parse(DownloadRequest::new(insecure)).unwrap();
+        assert!(parsed.trust.is_insecure());
+    }
+
+    #[test]
+    fn debug_output_has_no_credentials() {
+        let mut d = download("https://h/x");
+        d.request_header
+            .insert("Authorization".into(), "Bearer secret-token".into());
+        let request = DownloadRequest::new(d);
+        let parsed = TaskRequest::parse(request.clone()).unwrap();
+        for text in [format!("{request:?}"), format!("{parsed:?}")] {
+            assert!(text.contains("Authorization"), "{text}");
+            assert!(!text.contains("secret-token"), "{text}");
+        }
     }
 
     #[test]

@@ -111,7 +111,11 @@ async fn local_hit(
             .storage
             .task(&request.task_id)?
             .map(|t| t.response_header)
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into_iter()
+            // Caches written before secrets were dropped at the source may hold a Set-Cookie.
+            .filter(|(name, _)| !damselfly_core::is_secret_header(name))
+            .collect(),
     };
     if viewer.started(&shape, &[], true).await.is_err() {
         return Ok(Err(CallerGone));

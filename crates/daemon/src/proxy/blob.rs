@@ -7,6 +7,7 @@
 //! digest (named by its URL): on a mismatch the connection is cut short, so the client sees an
 //! error instead of a complete body, and the engine drops the cached copy.
 
+use super::access::{Access, AccessCheck};
 use super::body::{self, ProxyBody};
 use super::guard::Kind;
 use super::headers;
@@ -51,6 +52,8 @@ const FRAMING_HEADERS: &[&str] = &["content-length", "content-range", "accept-ra
 pub struct BlobSettings {
     pub enable_task_id_based_blob_digest: bool,
     pub disable_back_to_source: bool,
+    /// `proxy.registryMirror.cert` as DER, sent as each download's `certificate_chain`.
+    pub certificate_chain: Vec<Vec<u8>>,
 }
 
 /// Why the engine did not serve a request; the caller passes it through instead, so the
@@ -65,6 +68,7 @@ pub enum NotServed {
 pub async fn serve(
     engine: &Arc<Engine>,
     settings: &BlobSettings,
+    access: &AccessCheck,
     parts: &Parts,
     url: &Url,
     filtered_query_params: Vec<String>,
@@ -95,6 +99,16 @@ pub async fn serve(
             Kind::BadRequest,
         )
     })?;
+    // The task may be here already, or in flight for another client: only bytes this client
+    // may read leave the cache.
+    let credentials: Vec<(String, String)> = download
+        .request_header
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Access::Refused(reason) = access.check(url, &credentials).await {
+        return Err(NotServed::Fallback(reason));
+    }
     let mut stream = engine.download(DownloadRequest::new(download));
     let (task_id, started) = wait_started(&mut stream, settings).await?;
     let storage = engine.context().storage.clone();

@@ -85,6 +85,10 @@ pub struct ProxyRule {
 pub struct RegistryMirrorConfig {
     /// Default upstream of mirror requests.
     pub addr: String,
+    /// PEM file of the CA(s) that sign the upstream registry's certificate, trusted on top of
+    /// the system store for requests through the proxy. Sent with each download (Dragonfly's
+    /// `certificate_chain`), so the seed that fetches the blob trusts it too.
+    pub cert: Option<PathBuf>,
     #[serde(
         rename = "enableTaskIDBasedBlobDigest",
         alias = "enableTaskIdBasedBlobDigest"
@@ -99,6 +103,7 @@ impl Default for RegistryMirrorConfig {
     fn default() -> Self {
         Self {
             addr: DEFAULT_REGISTRY_MIRROR_ADDR.to_string(),
+            cert: None,
             enable_task_id_based_blob_digest: DEFAULT_ENABLE_TASK_ID_BASED_BLOB_DIGEST,
             registries: Vec::new(),
         }
@@ -222,6 +227,7 @@ rules:
     redirect: 127.0.0.1:5000
 registryMirror:
   addr: http://127.0.0.1:5000
+  cert: /etc/registry/ca.crt
   enableTaskIDBasedBlobDigest: false
   registries:
     - {regx: 'local\.test', schema: http, host: '127.0.0.1:5000'}
@@ -234,6 +240,10 @@ hijackHTTPS:
         assert_eq!(c.request_rate_limit(), 10);
         assert!(c.rules[0].use_tls);
         assert!(!c.registry_mirror.enable_task_id_based_blob_digest);
+        assert_eq!(
+            c.registry_mirror.cert.as_deref(),
+            Some(std::path::Path::new("/etc/registry/ca.crt"))
+        );
         assert_eq!(c.registry_mirror.registries[0].host, "127.0.0.1:5000");
         assert!(c.hijack_https.hosts[0].insecure);
     }

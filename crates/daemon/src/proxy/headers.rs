@@ -50,6 +50,7 @@ pub fn download(
         content_for_calculating_task_id: text(headers, CONTENT_FOR_TASK_ID),
         enable_task_id_based_blob_digest,
         disable_back_to_source: settings.disable_back_to_source,
+        certificate_chain: settings.certificate_chain.clone(),
         ..Default::default()
     })
 }
@@ -96,6 +97,7 @@ mod tests {
     const SETTINGS: BlobSettings = BlobSettings {
         enable_task_id_based_blob_digest: true,
         disable_back_to_source: false,
+        certificate_chain: Vec::new(),
     };
 
     #[test]

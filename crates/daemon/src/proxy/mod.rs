@@ -9,6 +9,7 @@
 //! - absolute-form (`GET http://host/...`): a forward-proxy request (`HTTP_PROXY`);
 //! - `CONNECT host:port`: tunnelled, or TLS-terminated for `proxy.hijackHTTPS.hosts`.
 
+mod access;
 mod blob;
 mod body;
 pub mod config;
@@ -52,6 +53,7 @@ pub struct Proxy {
     limiter: RequestLimiter,
     basic_auth: Option<BasicAuth>,
     blob: blob::BlobSettings,
+    access: access::AccessCheck,
     authority: Option<tls::Authority>,
     /// CONNECT targets to terminate, with whether their origin's certificate is unchecked.
     hijack: Vec<(Regex, bool)>,
@@ -84,10 +86,22 @@ impl Proxy {
             _ => None,
         };
         guard::init_metrics();
+        let mirror_cas = match &config.registry_mirror.cert {
+            Some(path) => damselfly_transfer::OriginTrust::pem_file_cas(path)?,
+            None => Vec::new(),
+        };
+        let trusted =
+            engine
+                .context()
+                .backend
+                .with_trust(&damselfly_transfer::OriginTrust::with_cas(
+                    mirror_cas.clone(),
+                ))?;
         Ok(Arc::new(Self {
             engine,
             router: Router::new(config)?,
-            upstream: passthrough::Upstream::new()?,
+            upstream: passthrough::Upstream::new(&trusted)?,
+            access: access::AccessCheck::new(trusted),
             limiter: RequestLimiter::new(config.request_rate_limit()),
             basic_auth: config.server.basic_auth.clone(),
             blob: blob::BlobSettings {
@@ -95,6 +109,7 @@ impl Proxy {
                     .registry_mirror
                     .enable_task_id_based_blob_digest,
                 disable_back_to_source: config.disable_back_to_source,
+                certificate_chain: mirror_cas,
             },
             authority,
             hijack,
@@ -148,6 +163,7 @@ impl Proxy {
                 let served = blob::serve(
                     &self.engine,
                     &self.blob,
+                    &self.access,
                     &parts,
                     &url,
                     filtered_query_params,

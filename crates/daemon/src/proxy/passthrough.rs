@@ -35,7 +35,8 @@ const HOP_BY_HOP: &[&str] = &[
 /// Our request headers start with this; they are for the proxy, not the upstream.
 const DRAGONFLY_HEADER_PREFIX: &str = "x-dragonfly-";
 
-/// HTTP clients towards upstreams: one that verifies certificates, one that does not (for
+/// HTTP clients towards upstreams: one that verifies certificates (against the download
+/// engine's roots: system store, web roots, `registryMirror.cert`), one that does not (for
 /// `hijackHTTPS.hosts[].insecure`). Neither follows redirects: the client sees them.
 pub struct Upstream {
     verified: reqwest::Client,
@@ -43,22 +44,26 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new() -> Result<Self, crate::error::DaemonError> {
-        let build = |insecure: bool| {
+    pub fn new(trust: &damselfly_transfer::Backend) -> Result<Self, crate::error::DaemonError> {
+        let builder = || {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
                 .connect_timeout(UPSTREAM_CONNECT_TIMEOUT)
                 .read_timeout(UPSTREAM_READ_TIMEOUT)
                 .tcp_nodelay(true)
-                .danger_accept_invalid_certs(insecure)
-                .build()
-                .map_err(|e| crate::error::DaemonError::Config(format!("proxy HTTP client: {e}")))
         };
-        Ok(Self {
-            verified: build(false)?,
-            insecure: build(true)?,
-        })
+        let client_error =
+            |e: String| crate::error::DaemonError::Config(format!("proxy HTTP client: {e}"));
+        let verified = trust
+            .trusting(builder())?
+            .build()
+            .map_err(|e| client_error(e.to_string()))?;
+        let insecure = builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .map_err(|e| client_error(e.to_string()))?;
+        Ok(Self { verified, insecure })
     }
 
     /// Sends the request upstream and streams the answer back; transport failures are 502.

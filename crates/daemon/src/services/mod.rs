@@ -57,7 +57,8 @@ pub(crate) fn stat_local(task: &TaskMetadata) -> StatLocalTaskResponse {
         task_id: task.id.clone(),
         piece_length: Some(task.piece_length),
         content_length: Some(task.content_length),
-        response_header: task.response_header.iter().cloned().collect(),
+        response_header: damselfly_core::without_secrets(task.response_header.iter().cloned())
+            .collect(),
         uploading_count: 0,
         uploaded_count: 0,
         created_at: Some(task.created_at.into()),

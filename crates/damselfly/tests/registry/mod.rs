@@ -74,8 +74,20 @@ pub struct Registry {
     child: std::process::Child,
 }
 
+/// PEM files for a registry served over TLS.
+pub struct RegistryTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 impl Registry {
     pub fn start(binary: &Path, dir: &Path) -> Registry {
+        Self::start_with(binary, dir, None)
+    }
+
+    /// Over TLS with `tls` when given (readiness is then a listening port: the test's plain
+    /// HTTP probe cannot speak to it).
+    pub fn start_with(binary: &Path, dir: &Path, tls: Option<&RegistryTls>) -> Registry {
         let ip: IpAddr = Ipv4Addr::LOCALHOST.into();
         let addr = SocketAddr::new(ip, free_port(ip));
         let storage = dir.join("registry-storage");
@@ -84,8 +96,14 @@ impl Registry {
         fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                storage.display()
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{}",
+                storage.display(),
+                tls.map(|t| format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    t.cert.display(),
+                    t.key.display()
+                ))
+                .unwrap_or_default()
             ),
         )
         .unwrap();
@@ -100,8 +118,9 @@ impl Registry {
             .spawn()
             .expect("start docker-registry");
         let registry = Registry { addr, log, child };
-        let ready = wait_until(Duration::from_secs(30), || {
-            matches!(http_get(addr, "/v2/"), Ok((200, _)))
+        let ready = wait_until(Duration::from_secs(30), || match tls {
+            None => matches!(http_get(addr, "/v2/"), Ok((200, _))),
+            Some(_) => listening(addr),
         });
         assert!(ready, "docker-registry did not come up on {addr}");
         registry

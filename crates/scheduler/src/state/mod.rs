@@ -211,6 +211,45 @@ mod tests {
     }
 
     #[test]
+    fn credentials_reach_the_seed_but_not_stat_answers() {
+        let mut s = state();
+        let now = Instant::now();
+        s.announce_host(host("seed", 1), now).unwrap();
+        s.announce_host(host("h0", 0), now).unwrap();
+        let mut with_token = download();
+        with_token.request_header = [
+            ("Authorization", "Bearer secret-token"),
+            ("Cookie", "session=secret"),
+            ("Accept", "application/octet-stream"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let job = s
+            .register("h0", "t", "p0", with_token, now)
+            .unwrap()
+            .seed_job
+            .unwrap();
+        // The seed fetches from the origin for the task, with the requester's credentials.
+        assert_eq!(
+            job.download
+                .request_header
+                .get("Authorization")
+                .map(String::as_str),
+            Some("Bearer secret-token")
+        );
+        for answer in [
+            format!("{:?}", s.stat_task("t").unwrap()),
+            format!("{:?}", s.stat_peer("p0").unwrap()),
+            format!("{job:?}"),
+        ] {
+            assert!(!answer.contains("secret"), "{answer}");
+        }
+        let task = s.stat_task("t").unwrap();
+        assert_eq!(task.request_header.len(), 1, "{:?}", task.request_header);
+    }
+
+    #[test]
     fn concurrent_registrations_send_one_peer_to_the_origin() {
         let mut s = with_peers(2);
         let now = Instant::now();

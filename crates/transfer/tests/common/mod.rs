@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+mod tls;
+#[allow(unused_imports)]
+pub use tls::{start_tls_origin, TestCa};
+
 /// How the test origin misbehaves.
 #[derive(Default)]
 pub struct OriginBehaviour {
@@ -33,11 +37,13 @@ pub struct Origin {
     pub addr: SocketAddr,
     pub data: Bytes,
     pub requests: Arc<AtomicUsize>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
 }
 
 impl Origin {
     pub fn url(&self) -> String {
-        format!("http://{}/blob", self.addr)
+        format!("{}://{}/blob", self.scheme, self.addr)
     }
 }
 
@@ -68,6 +74,7 @@ pub async fn start_origin(data: Vec<u8>, behaviour: OriginBehaviour) -> Origin {
         addr,
         data,
         requests,
+        scheme: "http",
     }
 }
 
