@@ -1,4 +1,4 @@
-//! Moving piece bytes: the Vortex TCP piece server and client, the origin HTTP backend,
+//! Moving piece bytes: the Vortex TCP and QUIC piece servers and clients, the origin HTTP backend,
 //! bandwidth limits, and the SyncPieces server stream.
 
 pub mod admission;
@@ -7,6 +7,7 @@ mod error;
 mod limiter;
 pub mod metrics;
 mod plain_http;
+mod quic;
 mod sync;
 mod vortex;
 
@@ -18,6 +19,10 @@ pub use error::TransferError;
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
 pub use plain_http::PLAIN_READ_BUFFER;
+pub use quic::{
+    bind_quic, serve_quic, QuicListener, QuicPieceClient, QuicSecurity, UnverifiedPeers,
+    CLIENT_STREAM_WINDOW, DRAGONFLY_SERVER_NAME, MAX_STREAMS_PER_CONNECTION, QUIC_IDLE_TIMEOUT,
+};
 pub use sync::sync_pieces_stream;
 pub use vortex::{
     download_piece_vortex, serve_vortex, serve_vortex_with, UploadHook, VortexServerConfig,
