@@ -6,6 +6,7 @@ mod backend;
 mod error;
 mod limiter;
 pub mod metrics;
+mod piece_server;
 mod plain_http;
 mod quic;
 mod sync;
@@ -18,6 +19,7 @@ pub use backend::{
 pub use error::TransferError;
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
+pub use piece_server::{PieceFetcher, PieceServer};
 pub use plain_http::PLAIN_READ_BUFFER;
 pub use quic::{
     bind_quic, serve_quic, QuicListener, QuicPieceClient, QuicSecurity, UnverifiedPeers,
