@@ -59,6 +59,10 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "PORT")]
     pub piece_port: Option<u16>,
 
+    /// Vortex QUIC piece port, UDP (0 = any free port).
+    #[arg(long, value_name = "PORT")]
+    pub quic_port: Option<u16>,
+
     /// Prometheus metrics port (0 = any free port).
     #[arg(long, value_name = "PORT")]
     pub metrics_port: Option<u16>,
@@ -202,6 +206,9 @@ impl DaemonArgs {
         }
         if let Some(port) = self.piece_port {
             config.storage.server.tcp_port = port;
+        }
+        if let Some(port) = self.quic_port {
+            config.storage.server.quic_port = port;
         }
         if let Some(port) = self.metrics_port {
             config.metrics.server.port = port;

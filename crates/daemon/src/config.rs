@@ -15,6 +15,13 @@ use std::time::Duration;
 pub const DEFAULT_UPLOAD_PORT: u16 = 4000;
 /// Vortex TCP piece server port, as Dragonfly's `storage.server.tcpPort`.
 pub const DEFAULT_PIECE_PORT: u16 = 4005;
+/// Vortex QUIC piece server port, as Dragonfly's `storage.server.quicPort`.
+pub const DEFAULT_QUIC_PORT: u16 = 4006;
+/// How pieces are fetched from parents, as Dragonfly's `download.protocol` default.
+pub const DEFAULT_PIECE_PROTOCOL: PieceProtocol = PieceProtocol::Tcp;
+/// A verifying QUIC client refuses parents without a cluster certificate unless the
+/// operator turns on `download.quic.allowUnverifiedPeers`.
+pub const DEFAULT_ALLOW_UNVERIFIED_PEERS: bool = false;
 /// Prometheus `/metrics` port, as Dragonfly.
 pub const DEFAULT_METRICS_PORT: u16 = 4002;
 /// `/healthy` port, as Dragonfly.
@@ -122,6 +129,36 @@ pub struct DownloadConfig {
     pub piece_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub collected_piece_timeout: Duration,
+    /// Transport for pieces from parents (`tcp` | `quic`), as Dragonfly's.
+    pub protocol: PieceProtocol,
+    /// Damselfly: how the QUIC client treats parents.
+    pub quic: DownloadQuicConfig,
+}
+
+/// `download.protocol`: Vortex over TCP or over QUIC. QUIC is used only with parents that
+/// advertise a QUIC port; others are fetched from over TCP.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PieceProtocol {
+    Tcp,
+    Quic,
+}
+
+/// `download.quic:` (Damselfly).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DownloadQuicConfig {
+    /// With cluster certificates configured, still fetch (as Dragonfly does, encrypted but
+    /// unauthenticated) from parents whose certificate the cluster CA did not sign.
+    pub allow_unverified_peers: bool,
+}
+
+impl Default for DownloadQuicConfig {
+    fn default() -> Self {
+        Self {
+            allow_unverified_peers: DEFAULT_ALLOW_UNVERIFIED_PEERS,
+        }
+    }
 }
 
 impl Default for DownloadConfig {
@@ -134,6 +171,8 @@ impl Default for DownloadConfig {
             back_to_source_concurrency: DEFAULT_BACK_TO_SOURCE_CONCURRENCY,
             piece_timeout: DEFAULT_PIECE_TIMEOUT,
             collected_piece_timeout: DEFAULT_COLLECTED_PIECE_TIMEOUT,
+            protocol: DEFAULT_PIECE_PROTOCOL,
+            quic: DownloadQuicConfig::default(),
         }
     }
 }
@@ -277,6 +316,7 @@ impl Default for StorageSection {
 pub struct PieceServerConfig {
     pub ip: Option<IpAddr>,
     pub tcp_port: u16,
+    pub quic_port: u16,
 }
 
 impl Default for PieceServerConfig {
@@ -284,6 +324,7 @@ impl Default for PieceServerConfig {
         Self {
             ip: None,
             tcp_port: DEFAULT_PIECE_PORT,
+            quic_port: DEFAULT_QUIC_PORT,
         }
     }
 }
@@ -472,6 +513,14 @@ impl DaemonConfig {
         SocketAddr::new(
             self.storage.server.ip.unwrap_or(host_ip),
             self.storage.server.tcp_port,
+        )
+    }
+
+    /// The QUIC piece server's UDP address (same IP as the TCP one).
+    pub fn quic_addr(&self, host_ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(
+            self.storage.server.ip.unwrap_or(host_ip),
+            self.storage.server.quic_port,
         )
     }
 
@@ -714,11 +763,12 @@ network:
         );
         assert_eq!(c.gc.policy.disk_low_threshold_percent, 70);
         assert_eq!(c.storage.dir, PathBuf::from("/var/lib/dragonfly/"));
+        assert_eq!(c.download.protocol, PieceProtocol::Tcp);
+        assert_eq!(c.storage.server.quic_port, 4006);
         for key in [
             "manager",
             "server",
             "host.schedulerClusterID",
-            "download.protocol",
             "scheduler.enableBackToSource",
             "proxy.prefetch",
             "stats",
@@ -742,6 +792,22 @@ network:
             .to_string();
         assert!(error.contains("scheduler.caCert"), "{error}");
         DaemonConfig::from_yaml("scheduler:\n  caCert: ''\n").unwrap();
+    }
+
+    #[test]
+    fn quic_keys_are_read() {
+        let c = DaemonConfig::from_yaml(
+            "download: {protocol: quic, quic: {allowUnverifiedPeers: true}}\nstorage: {server: {quicPort: 4106}}\n",
+        )
+        .unwrap();
+        assert_eq!(c.download.protocol, PieceProtocol::Quic);
+        assert!(c.download.quic.allow_unverified_peers);
+        assert_eq!(c.storage.server.quic_port, 4106);
+        let d = DaemonConfig::default();
+        assert_eq!(d.download.protocol, PieceProtocol::Tcp);
+        assert!(!d.download.quic.allow_unverified_peers);
+        assert_eq!(d.storage.server.quic_port, DEFAULT_QUIC_PORT);
+        assert!(DaemonConfig::from_yaml("download: {protocol: udp}").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::host::HostInfo;
 use crate::ration::SeedRation;
 use crate::scheduler_client::Schedulers;
 use damselfly_storage::Storage;
-use damselfly_transfer::{Backend, RateLimiter};
+use damselfly_transfer::{Backend, PieceFetcher, RateLimiter};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +36,8 @@ pub struct DaemonContext {
     pub host: HostInfo,
     pub storage: Storage,
     pub backend: Backend,
+    /// Fetches pieces from parents over `download.protocol`.
+    pub pieces: PieceFetcher,
     pub schedulers: Schedulers,
     pub limits: Limits,
     pub activity: Arc<Activity>,

@@ -14,7 +14,9 @@ use crate::services::download::DownloadService;
 use crate::services::upload::UploadService;
 use crate::{http, metrics};
 use damselfly_storage::{Storage, StorageConfig};
-use damselfly_transfer::{Backend, BackendConfig, UploadHook, VortexServerConfig};
+use damselfly_transfer::{
+    Backend, BackendConfig, QuicListener, QuicSecurity, UploadHook, VortexServerConfig,
+};
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_server::DfdaemonDownloadServer;
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_server::DfdaemonUploadServer;
 use std::future::Future;
@@ -40,6 +42,8 @@ const IDLE_CHECK_MAX: Duration = Duration::from_secs(5);
 pub struct BoundAddrs {
     pub upload: SocketAddr,
     pub piece: SocketAddr,
+    /// The Vortex QUIC server (UDP).
+    pub quic: SocketAddr,
     pub metrics: SocketAddr,
     pub health: SocketAddr,
     pub socket: PathBuf,
@@ -76,6 +80,7 @@ pub async fn run(
 struct Listeners {
     upload: TcpListener,
     piece: TcpListener,
+    quic: QuicListener,
     metrics: TcpListener,
     health: TcpListener,
     socket: UnixListener,
@@ -99,20 +104,26 @@ impl Daemon {
         };
         let host_ip = config.host_ip();
         let proxy_listener = crate::proxy::bind(&config.proxy, host_ip).await?;
-        let listeners = bind_all(&config, host_ip).await?;
+        let quic_security = crate::quic::quic_security(&config)?;
+        let listeners = bind_all(&config, host_ip, &quic_security).await?;
         let addrs = BoundAddrs {
             upload: local_addr(&listeners.upload)?,
             piece: local_addr(&listeners.piece)?,
+            quic: listeners
+                .quic
+                .local_addr()
+                .map_err(|e| DaemonError::io("reading a bound address", e))?,
             metrics: local_addr(&listeners.metrics)?,
             health: local_addr(&listeners.health)?,
             socket: config.download.server.socket_path.clone(),
             proxy: proxy_listener.as_ref().and_then(|l| l.local_addr().ok()),
             embedded_scheduler: scheduler.as_ref().map(|(addr, _, _)| *addr),
         };
-        let ctx = match build_context(config, host_ip, &addrs, shutdown.clone()).await {
-            Ok(ctx) => ctx,
-            Err(error) => return Err(abandon(error, &addrs, &scheduler)),
-        };
+        let ctx =
+            match build_context(config, host_ip, &addrs, &quic_security, shutdown.clone()).await {
+                Ok(ctx) => ctx,
+                Err(error) => return Err(abandon(error, &addrs, &scheduler)),
+            };
         info!(host_id = %ctx.host.id, upload = %addrs.upload, piece = %addrs.piece, socket = %addrs.socket.display(), "dfdaemon starting");
         let engine = Engine::new(ctx.clone());
         let proxy = match proxy_listener {
@@ -211,14 +222,34 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Daemo
 async fn bind_all(
     config: &DaemonConfig,
     host_ip: std::net::IpAddr,
+    quic: &QuicSecurity,
 ) -> Result<Listeners, DaemonError> {
     Ok(Listeners {
         upload: bind("upload gRPC server", config.upload_addr(host_ip)).await?,
         piece: bind("piece server", config.piece_addr(host_ip)).await?,
+        quic: bind_quic(
+            config.quic_addr(host_ip),
+            quic,
+            &VortexServerConfig::default(),
+        )?,
         metrics: bind("metrics server", config.metrics_addr(host_ip)).await?,
         health: bind("health server", config.health_addr(host_ip)).await?,
         socket: bind_socket(&config.download.server.socket_path).await?,
     })
+}
+
+/// The QUIC piece server's UDP socket, with its certificate set up.
+fn bind_quic(
+    addr: SocketAddr,
+    security: &QuicSecurity,
+    config: &VortexServerConfig,
+) -> Result<QuicListener, DaemonError> {
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| DaemonError::Bind {
+        what: "QUIC piece server",
+        addr: addr.to_string(),
+        source,
+    })?;
+    Ok(damselfly_transfer::bind_quic(socket, security, config)?)
 }
 
 /// Creates the socket's directory and replaces a stale socket file; refuses to steal the
@@ -263,6 +294,7 @@ async fn build_context(
     config: DaemonConfig,
     host_ip: std::net::IpAddr,
     addrs: &BoundAddrs,
+    quic: &QuicSecurity,
     shutdown: CancellationToken,
 ) -> Result<Context, DaemonError> {
     let policy = &config.gc.policy;
@@ -278,6 +310,7 @@ async fn build_context(
         .await
         .map_err(|e| DaemonError::Config(format!("opening storage: {e}")))??;
     let backend = Backend::new(BackendConfig::default())?;
+    let pieces = crate::quic::piece_fetcher(&config, quic)?;
     let hostname = config.hostname();
     let seed = config.seed_peer.enable;
     let host = HostInfo {
@@ -288,6 +321,7 @@ async fn build_context(
         host_type: config.seed_peer.host_type(),
         upload_port: addrs.upload.port(),
         piece_port: addrs.piece.port(),
+        quic_port: addrs.quic.port(),
         idc: config.host.idc.clone(),
         location: config.host.location.clone(),
         max_tx_bandwidth: config.upload.bandwidth_limit.as_u64(),
@@ -308,6 +342,7 @@ async fn build_context(
         host,
         storage,
         backend,
+        pieces,
         limits,
         activity: Arc::new(Activity::default()),
         ration,
@@ -367,10 +402,14 @@ fn spawn_servers(
             ctx.storage.clone(),
             ctx.limits.upload.clone(),
             shutdown.clone(),
-            VortexServerConfig {
-                on_uploaded: upload_hook(&ctx),
-                ..VortexServerConfig::default()
-            },
+            piece_server_config(&ctx),
+        )),
+        tokio::spawn(damselfly_transfer::serve_quic(
+            listeners.quic,
+            ctx.storage.clone(),
+            ctx.limits.upload.clone(),
+            shutdown.clone(),
+            piece_server_config(&ctx),
         )),
         tokio::spawn(http::serve(
             listeners.metrics,
@@ -424,7 +463,15 @@ async fn serve_download(engine: Arc<Engine>, listener: UnixListener, stop: Cance
     }
 }
 
-/// A rationing seed learns of every completed upload from the piece server.
+/// Limits of the TCP and of the QUIC piece server (each has its own caps and turns).
+fn piece_server_config(ctx: &Context) -> VortexServerConfig {
+    VortexServerConfig {
+        on_uploaded: upload_hook(ctx),
+        ..VortexServerConfig::default()
+    }
+}
+
+/// A rationing seed learns of every completed upload from the piece servers.
 fn upload_hook(ctx: &Context) -> Option<UploadHook> {
     ctx.ration.clone().map(|ration| {
         let hook: UploadHook = Arc::new(move |task_id: &str, number: u32| {

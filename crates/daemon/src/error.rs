@@ -147,17 +147,18 @@ pub fn transfer_code(error: &TransferError) -> Code {
         TransferError::OriginStatus { status: 404, .. } => Code::NotFound,
         TransferError::OriginStatus { .. } => Code::FailedPrecondition,
         TransferError::OriginUnreachable { .. } | TransferError::Timeout(_) => Code::Unavailable,
-        TransferError::PeerUnreachable { .. } | TransferError::PeerError { .. } => {
-            Code::Unavailable
-        }
+        TransferError::PeerUnreachable { .. }
+        | TransferError::PeerError { .. }
+        | TransferError::PeerUntrusted { .. } => Code::Unavailable,
         TransferError::Storage(e) => storage_code(e),
         TransferError::InvalidUrl { .. } | TransferError::CaFile { .. } => Code::InvalidArgument,
         // The operator must add the origin's CA; retrying elsewhere will not help.
         TransferError::OriginCertificate { .. } => Code::FailedPrecondition,
         TransferError::TaskNotFound(_) | TransferError::PieceNotFound { .. } => Code::NotFound,
-        TransferError::TaskFailed(_) | TransferError::Protocol(_) | TransferError::Client(_) => {
-            Code::Internal
-        }
+        TransferError::TaskFailed(_)
+        | TransferError::Protocol(_)
+        | TransferError::Client(_)
+        | TransferError::Quic(_) => Code::Internal,
     }
 }
 

@@ -16,6 +16,8 @@ pub struct HostInfo {
     pub host_type: u32,
     pub upload_port: u16,
     pub piece_port: u16,
+    /// The Vortex QUIC server's UDP port, advertised in SyncPieces.
+    pub quic_port: u16,
     pub idc: Option<String>,
     pub location: Option<String>,
     /// Announced bandwidth limits in bytes/s.

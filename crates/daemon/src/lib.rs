@@ -1,7 +1,7 @@
 //! dfdaemon: the Damselfly peer daemon, wire-compatible with Dragonfly v2's dfdaemon.
 //!
 //! [`run`] (or [`Daemon::start`]) brings up, on the configured IP: the `DfdaemonUpload` gRPC
-//! service for peers and schedulers, the Vortex TCP piece server, the `DfdaemonDownload` gRPC
+//! service for peers and schedulers, the Vortex TCP and QUIC piece servers, the `DfdaemonDownload` gRPC
 //! service on a unix socket for dfget, and the metrics and health HTTP servers. Every
 //! download, whoever asks for it, goes through the one [`Engine`].
 
@@ -19,6 +19,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod quic;
 pub mod ration;
 pub mod scheduler_client;
 pub mod services;

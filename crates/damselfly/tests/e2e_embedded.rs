@@ -47,6 +47,7 @@ fn dfget_starts_an_embedded_daemon() {
     let busy: Vec<u16> = [4000, 4002, 4003, 4005]
         .into_iter()
         .filter(|p| TcpListener::bind(("0.0.0.0", *p)).is_err())
+        .chain((std::net::UdpSocket::bind(("0.0.0.0", 4006)).is_err()).then_some(4006))
         .collect();
     if !busy.is_empty() {
         let wrapper = c.path("dfdaemon-wrapper.sh");

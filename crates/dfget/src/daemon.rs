@@ -137,7 +137,14 @@ fn spawn(
         // A private daemon: loopback only, any free ports, so it never collides with (or is
         // reachable like) a real node's dfdaemon.
         .args(["--ip", EMBEDDED_DAEMON_IP])
-        .args(["--upload-port", "0", "--piece-port", "0"])
+        .args([
+            "--upload-port",
+            "0",
+            "--piece-port",
+            "0",
+            "--quic-port",
+            "0",
+        ])
         .args(["--metrics-port", "0", "--health-port", "0"])
         .arg("--socket")
         .arg(socket)

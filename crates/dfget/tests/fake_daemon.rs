@@ -562,7 +562,7 @@ async fn a_daemon_that_cannot_start_exits_8_and_points_at_its_log() {
     let argv = std::fs::read_to_string(&argv_file).expect("the script ran");
     let expected = format!(
         "--config /dev/null --embedded-scheduler --idle-exit 1m 30s --ip 127.0.0.1 --upload-port 0 --piece-port 0 \
-         --metrics-port 0 --health-port 0 --socket {} --storage-dir {}",
+         --quic-port 0 --metrics-port 0 --health-port 0 --socket {} --storage-dir {}",
         s.socket.display(),
         storage.display()
     );

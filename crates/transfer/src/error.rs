@@ -58,6 +58,15 @@ pub enum TransferError {
 
     #[error("HTTP client setup failed: {0}")]
     Client(String),
+
+    /// A QUIC endpoint or its TLS configuration could not be set up.
+    #[error("QUIC setup failed: {0}")]
+    Quic(String),
+
+    /// The QUIC handshake with a parent failed on certificates: we rejected its
+    /// certificate, or it rejected ours.
+    #[error("parent {addr} not trusted: {reason}")]
+    PeerUntrusted { addr: SocketAddr, reason: String },
 }
 
 impl TransferError {

@@ -1,4 +1,4 @@
-//! Moving piece bytes: the Vortex TCP piece server and client, the origin HTTP backend,
+//! Moving piece bytes: the Vortex TCP and QUIC piece servers and clients, the origin HTTP backend,
 //! bandwidth limits, and the SyncPieces server stream.
 
 pub mod admission;
@@ -6,7 +6,9 @@ mod backend;
 mod error;
 mod limiter;
 pub mod metrics;
+mod piece_server;
 mod plain_http;
+mod quic;
 mod sync;
 mod trust;
 mod vortex;
@@ -18,7 +20,12 @@ pub use backend::{
 pub use error::TransferError;
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
+pub use piece_server::{PieceFetcher, PieceServer};
 pub use plain_http::PLAIN_READ_BUFFER;
+pub use quic::{
+    bind_quic, serve_quic, QuicListener, QuicPieceClient, QuicSecurity, UnverifiedPeers,
+    CLIENT_STREAM_WINDOW, DRAGONFLY_SERVER_NAME, MAX_STREAMS_PER_CONNECTION, QUIC_IDLE_TIMEOUT,
+};
 pub use sync::sync_pieces_stream;
 pub use trust::{OriginTrust, CLIENT_CACHE_LIMIT, SSL_CERT_FILE_ENV, SYSTEM_CA_FILES};
 pub use vortex::{

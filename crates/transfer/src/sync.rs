@@ -13,13 +13,14 @@ use tracing::debug;
 /// Yields a SyncPiecesResponse for each interested piece the task has (now, then as they
 /// land), ends when all interested pieces were sent or the task finished/failed. Empty
 /// `interested` means every piece. Err(TaskNotFound) if the task is unknown, Err(TaskFailed)
-/// if it failed.
+/// if it failed. Each answer carries our Vortex TCP port and, if we serve QUIC, its port.
 pub fn sync_pieces_stream(
     storage: Storage,
     task_id: String,
     interested: Vec<u32>,
     advertise_ip: String,
     vortex_port: u16,
+    quic_port: Option<u16>,
 ) -> Result<
     impl Stream<Item = Result<SyncPiecesResponse, tonic::Status>> + Send + 'static,
     TransferError,
@@ -50,6 +51,7 @@ pub fn sync_pieces_stream(
         ended: task.is_finished(),
         advertise_ip,
         vortex_port,
+        quic_port,
     };
     state.relist()?;
     Ok(futures::stream::unfold(state, |mut state| async move {
@@ -71,6 +73,7 @@ struct SyncState {
     ended: bool,
     advertise_ip: String,
     vortex_port: u16,
+    quic_port: Option<u16>,
 }
 
 impl SyncState {
@@ -148,7 +151,7 @@ impl SyncState {
             length: piece.length,
             ip: self.advertise_ip.clone(),
             tcp_port: Some(i32::from(self.vortex_port)),
-            quic_port: None,
+            quic_port: self.quic_port.map(i32::from),
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Vortex TCP piece transport (dragonfly-v2.md §3.3): one `DownloadPiece` request per
 //! connection, answered by a `PieceContent` frame followed by exactly `length` raw piece
 //! bytes (the header's length covers only the frame value), or by an `Error` frame.
+//!
+//! The frame reading and writing here is shared with the QUIC transport (`crate::quic`),
+//! which carries the same frames on one bidirectional stream per piece.
 
 use crate::admission::ConnectionLimits;
 use crate::error::TransferError;
@@ -12,7 +15,7 @@ use damselfly_storage::{PieceCheck, PieceMetadata, Storage, StorageError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -167,7 +170,7 @@ pub async fn serve_vortex_with(
 }
 
 /// Why a request could not be answered with piece content.
-enum Refusal {
+pub(crate) enum Refusal {
     /// Answer with an Error frame.
     Frame(Code, String),
     /// The connection is unusable (closed, timed out): just drop it.
@@ -202,24 +205,19 @@ impl Connection {
             },
             Err(refusal) => Err(refusal),
         };
-        let result = match outcome {
-            Ok(()) => "success",
+        let result = outcome_label(&outcome);
+        match outcome {
+            Ok(()) => {}
             Err(Refusal::Frame(code, message)) => {
                 debug!(peer = %self.peer, ?code, message, "refusing vortex request");
                 self.send_error(&mut stream, code, message).await;
                 stream.shutdown().await.ok();
                 discard_unread(&mut stream).await;
-                if code == Code::NotFound {
-                    "not_found"
-                } else {
-                    "failure"
-                }
             }
             Err(Refusal::Drop(reason)) => {
                 debug!(peer = %self.peer, reason, "dropping vortex connection");
-                "failure"
             }
-        };
+        }
         UPLOAD_PIECE_TOTAL.with_label_values(&[result]).inc();
         stream.shutdown().await.ok();
     }
@@ -236,8 +234,7 @@ impl Connection {
             .open_piece(task_id, number)
             .map_err(storage_refusal)?;
         let started = Instant::now();
-        let mut packet = BytesMut::new();
-        piece_content(&piece).encode_packet(&mut packet);
+        let packet = piece_content_packet(&piece);
         self.timed(stream.write_all(&packet)).await?;
         self.send_body(stream, &file, &piece).await?;
         if let Some(hook) = &self.config.on_uploaded {
@@ -274,8 +271,7 @@ impl Connection {
     }
 
     async fn send_error(&self, stream: &mut TcpStream, code: Code, message: String) {
-        let mut packet = BytesMut::new();
-        ErrorFrame::new(code, message).encode_packet(&mut packet);
+        let packet = error_packet(code, message);
         self.timed(stream.write_all(&packet)).await.ok();
     }
 
@@ -308,8 +304,33 @@ async fn discard_unread(stream: &mut TcpStream) {
     tokio::time::timeout(DISCARD_TIMEOUT, drain).await.ok();
 }
 
+/// The `UPLOAD_PIECE_TOTAL` label of a served request.
+pub(crate) fn outcome_label(outcome: &Result<(), Refusal>) -> &'static str {
+    match outcome {
+        Ok(()) => "success",
+        Err(Refusal::Frame(Code::NotFound, _)) => "not_found",
+        Err(_) => "failure",
+    }
+}
+
+/// An Error frame, header included.
+pub(crate) fn error_packet(code: Code, message: String) -> BytesMut {
+    let mut packet = BytesMut::new();
+    ErrorFrame::new(code, message).encode_packet(&mut packet);
+    packet
+}
+
+/// The PieceContent frame announcing `piece`, header included; the raw bytes follow it.
+pub(crate) fn piece_content_packet(piece: &PieceMetadata) -> BytesMut {
+    let mut packet = BytesMut::new();
+    piece_content(piece).encode_packet(&mut packet);
+    packet
+}
+
 /// Reads one DownloadPiece request; anything else is refused without reading further.
-async fn read_request(stream: &mut TcpStream) -> Result<DownloadPiece, Refusal> {
+pub(crate) async fn read_request<R: AsyncRead + Unpin>(
+    stream: &mut R,
+) -> Result<DownloadPiece, Refusal> {
     let mut header = [0u8; HEADER_SIZE];
     stream
         .read_exact(&mut header)
@@ -344,7 +365,7 @@ async fn read_request(stream: &mut TcpStream) -> Result<DownloadPiece, Refusal> 
     DownloadPiece::decode(&value).map_err(|e| Refusal::Frame(Code::InvalidArgument, e.to_string()))
 }
 
-fn storage_refusal(error: StorageError) -> Refusal {
+pub(crate) fn storage_refusal(error: StorageError) -> Refusal {
     match error {
         StorageError::TaskNotFound(_) | StorageError::PieceNotFound { .. } => {
             Refusal::Frame(Code::NotFound, error.to_string())
@@ -487,55 +508,12 @@ async fn download_piece(
     limiters: &[RateLimiter],
 ) -> Result<PieceMetadata, TransferError> {
     let PieceSource {
-        addr, parent_id, ..
+        addr,
+        parent_id,
+        trusted_digest,
     } = source;
-    if task_id.len() != TASK_ID_SIZE {
-        return Err(TransferError::Protocol(format!(
-            "vortex task IDs are {TASK_ID_SIZE} bytes, {task_id:?} is {}",
-            task_id.len()
-        )));
-    }
+    check_task_id(task_id)?;
     let started = Instant::now();
-    let mut stream = request_piece(addr, task_id, span.number).await?;
-    let metadata = read_piece_content(&mut stream, addr, task_id, span).await?;
-    let check = match source.trusted_digest {
-        Some(trusted) => PieceCheck::Trusted(trusted),
-        None => PieceCheck::Crc32(&metadata.digest),
-    };
-    let mut body = ThrottledReader::new((&mut stream).take(span.length), limiters);
-    let written = storage
-        .write_piece_checked(
-            task_id,
-            span,
-            &mut body,
-            check,
-            Some(parent_id),
-            started.elapsed(),
-        )
-        .await;
-    body.settle().await;
-    let piece = written.map_err(|e| match e {
-        StorageError::SourceRead(io) => peer_io(addr, io),
-        other => TransferError::Storage(other),
-    })?;
-    debug!(
-        task_id,
-        number = span.number,
-        offset = span.offset,
-        length = span.length,
-        source = parent_id,
-        trusted = source.trusted_digest.is_some(),
-        "piece downloaded from parent"
-    );
-    Ok(piece)
-}
-
-/// Connects to the parent and sends the DownloadPiece request.
-async fn request_piece(
-    addr: SocketAddr,
-    task_id: &str,
-    number: u32,
-) -> Result<TcpStream, TransferError> {
     let mut stream =
         TcpStream::connect(addr)
             .await
@@ -544,18 +522,100 @@ async fn request_piece(
                 reason: e.to_string(),
             })?;
     stream.set_nodelay(true).ok();
-    let mut request = BytesMut::new();
-    DownloadPiece::new(task_id.to_string(), number).encode_packet(&mut request);
     stream
-        .write_all(&request)
+        .write_all(&request_packet(task_id, span.number))
         .await
         .map_err(|e| peer_io(addr, e))?;
-    Ok(stream)
+    let piece = PieceSink {
+        addr,
+        task_id,
+        span,
+        parent_id,
+        trusted_digest,
+        storage,
+        limiters,
+    };
+    piece.receive(&mut stream, started).await
+}
+
+/// Refuses a task ID the 64-byte Vortex field cannot carry.
+pub(crate) fn check_task_id(task_id: &str) -> Result<(), TransferError> {
+    if task_id.len() != TASK_ID_SIZE {
+        return Err(TransferError::Protocol(format!(
+            "vortex task IDs are {TASK_ID_SIZE} bytes, {task_id:?} is {}",
+            task_id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A DownloadPiece request, header included.
+pub(crate) fn request_packet(task_id: &str, number: u32) -> BytesMut {
+    let mut request = BytesMut::new();
+    DownloadPiece::new(task_id.to_string(), number).encode_packet(&mut request);
+    request
+}
+
+/// Where an answered request's piece goes: the span asked for, from whom, into which storage.
+pub(crate) struct PieceSink<'a> {
+    pub addr: SocketAddr,
+    pub task_id: &'a str,
+    pub span: PieceSpan,
+    pub parent_id: &'a str,
+    /// `sha256:` digest from a source the child trusts; without one, the parent's own
+    /// `crc32:` claim is checked.
+    pub trusted_digest: Option<&'a str>,
+    pub storage: &'a Storage,
+    pub limiters: &'a [RateLimiter],
+}
+
+impl PieceSink<'_> {
+    /// Reads the answer to a sent request and stores the piece (digest checked, parent
+    /// recorded); the request was sent at `started`.
+    pub(crate) async fn receive<R: AsyncRead + Unpin>(
+        &self,
+        stream: &mut R,
+        started: Instant,
+    ) -> Result<PieceMetadata, TransferError> {
+        let (addr, task_id, span, parent_id) = (self.addr, self.task_id, self.span, self.parent_id);
+        let metadata = read_piece_content(stream, addr, task_id, span).await?;
+        let check = match self.trusted_digest {
+            Some(trusted) => PieceCheck::Trusted(trusted),
+            None => PieceCheck::Crc32(&metadata.digest),
+        };
+        let mut body = ThrottledReader::new(stream.take(span.length), self.limiters);
+        let written = self
+            .storage
+            .write_piece_checked(
+                task_id,
+                span,
+                &mut body,
+                check,
+                Some(parent_id),
+                started.elapsed(),
+            )
+            .await;
+        body.settle().await;
+        let piece = written.map_err(|e| match e {
+            StorageError::SourceRead(io) => peer_io(addr, io),
+            other => TransferError::Storage(other),
+        })?;
+        debug!(
+            task_id,
+            number = span.number,
+            offset = span.offset,
+            length = span.length,
+            source = parent_id,
+            trusted = self.trusted_digest.is_some(),
+            "piece downloaded from parent"
+        );
+        Ok(piece)
+    }
 }
 
 /// Reads the answer frame; returns the piece metadata, which must match the requested span.
-async fn read_piece_content(
-    stream: &mut TcpStream,
+async fn read_piece_content<R: AsyncRead + Unpin>(
+    stream: &mut R,
     addr: SocketAddr,
     task_id: &str,
     span: PieceSpan,
@@ -612,7 +672,7 @@ async fn read_piece_content(
     }
 }
 
-fn peer_io(addr: SocketAddr, error: std::io::Error) -> TransferError {
+pub(crate) fn peer_io(addr: SocketAddr, error: std::io::Error) -> TransferError {
     if error.kind() == std::io::ErrorKind::TimedOut {
         return TransferError::Timeout(format!("parent {addr}: {error}"));
     }

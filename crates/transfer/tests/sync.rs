@@ -38,6 +38,7 @@ async fn existing_pieces_first_then_pieces_as_they_land() {
         vec![],
         "127.0.0.9".into(),
         4005,
+        Some(4006),
     )
     .unwrap();
     let mut stream = Box::pin(stream);
@@ -48,6 +49,7 @@ async fn existing_pieces_first_then_pieces_as_they_land() {
     );
     assert_eq!(first.ip, "127.0.0.9");
     assert_eq!(first.tcp_port, Some(4005));
+    assert_eq!(first.quic_port, Some(4006));
 
     // Each piece written is the stream's next item, in the order written.
     let wait = Duration::from_secs(5);
@@ -75,8 +77,15 @@ async fn interested_pieces_only_and_end_when_the_task_finishes() {
         .prepare_task(&id, data.len() as u64, PIECE, vec![])
         .await
         .unwrap();
-    let stream =
-        sync_pieces_stream(storage.clone(), id.clone(), vec![1, 2, 99], "ip".into(), 1).unwrap();
+    let stream = sync_pieces_stream(
+        storage.clone(),
+        id.clone(),
+        vec![1, 2, 99],
+        "ip".into(),
+        1,
+        None,
+    )
+    .unwrap();
     let mut stream = Box::pin(stream);
     for span in task.layout().spans() {
         let bytes = &data[span.offset as usize..span.end() as usize];
@@ -101,7 +110,7 @@ async fn interested_pieces_only_and_end_when_the_task_finishes() {
         .await
         .unwrap();
     let mut waiting = Box::pin(
-        sync_pieces_stream(storage.clone(), other.clone(), vec![], "ip".into(), 1).unwrap(),
+        sync_pieces_stream(storage.clone(), other.clone(), vec![], "ip".into(), 1, None).unwrap(),
     );
     storage.fail_task(&other).unwrap();
     assert!(tokio::time::timeout(Duration::from_secs(5), waiting.next())
@@ -109,7 +118,7 @@ async fn interested_pieces_only_and_end_when_the_task_finishes() {
         .unwrap()
         .is_none());
     assert!(matches!(
-        sync_pieces_stream(storage.clone(), other, vec![], "ip".into(), 1),
+        sync_pieces_stream(storage.clone(), other, vec![], "ip".into(), 1, None),
         Err(TransferError::TaskFailed(_))
     ));
 }
@@ -118,6 +127,6 @@ async fn interested_pieces_only_and_end_when_the_task_finishes() {
 async fn unknown_task_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage(dir.path());
-    let result = sync_pieces_stream(storage, task_id(9), vec![], "ip".into(), 1);
+    let result = sync_pieces_stream(storage, task_id(9), vec![], "ip".into(), 1, None);
     assert!(matches!(result, Err(TransferError::TaskNotFound(_))));
 }

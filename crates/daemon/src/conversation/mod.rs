@@ -30,6 +30,7 @@ pub use parent::{ParentKind, ParentState};
 
 use crate::scheduler_client::Decision;
 use damselfly_core::PieceSpan;
+use damselfly_transfer::PieceServer;
 use dragonfly_api::common::v2::Peer;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -92,7 +93,7 @@ pub enum Event {
     PieceAvailable {
         parent: ParentKey,
         number: u32,
-        vortex: SocketAddr,
+        vortex: PieceServer,
     },
     /// A parent's SyncPieces stream ended, cleanly or with an error.
     SyncEnded {
@@ -147,7 +148,7 @@ pub enum Action {
         parent_id: String,
         seed: bool,
         span: PieceSpan,
-        vortex: SocketAddr,
+        vortex: PieceServer,
     },
     /// Tell the scheduler a piece is stored (`DownloadPieceFinishedRequest`).
     ReportPieceFinished { number: u32 },

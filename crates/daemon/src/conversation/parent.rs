@@ -36,8 +36,8 @@ pub(super) struct Parent {
     pub peer: Peer,
     /// Its gRPC upload server, for SyncPieces.
     pub grpc: SocketAddr,
-    /// Its Vortex piece server, learned from SyncPieces (`ip` + `tcp_port`).
-    pub vortex: Option<SocketAddr>,
+    /// Its Vortex piece server, learned from SyncPieces (`ip` + `tcp_port` or `quic_port`).
+    pub vortex: Option<damselfly_transfer::PieceServer>,
     pub load: ParentLoad,
     pub kind: ParentKind,
     pub state: ParentState,

@@ -14,7 +14,6 @@ use damselfly_core::PieceSpan;
 use dragonfly_api::common::v2::Peer;
 use rand::rngs::StdRng;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -199,7 +198,7 @@ impl Round {
         now: Instant,
         parent: ParentKey,
         number: u32,
-        vortex: SocketAddr,
+        vortex: damselfly_transfer::PieceServer,
         missing: &BTreeMap<u32, PieceSpan>,
     ) {
         // Any offer counts against the stall, even one we cannot use.

@@ -121,8 +121,8 @@ fn seed(id: &str, index: u16) -> Peer {
     peer(id, index, 1)
 }
 
-fn vortex(parent: usize) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 5000 + parent as u16))
+fn vortex(parent: usize) -> damselfly_transfer::PieceServer {
+    damselfly_transfer::PieceServer::Tcp(SocketAddr::from(([127, 0, 0, 1], 5000 + parent as u16)))
 }
 
 /// The (parent, piece) pairs of the Fetch actions.

@@ -13,7 +13,7 @@ use damselfly_core::digest::is_trusted_piece_digest;
 use damselfly_core::extensions::{RATION_EXCLUSIVE, RATION_METADATA_KEY};
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceMetadata, StorageError};
-use damselfly_transfer::{download_piece_from, PieceSource, TransferError};
+use damselfly_transfer::{PieceFetcher, PieceServer, TransferError};
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
 use dragonfly_api::dfdaemon::v2::SyncPiecesRequest;
 use std::collections::HashMap;
@@ -82,6 +82,7 @@ impl<'a, 'j> Links<'a, 'j> {
             parent,
             grpc,
             request,
+            self.job.ctx.pieces.clone(),
             self.news_tx.clone(),
             stop,
         ));
@@ -105,15 +106,16 @@ impl<'a, 'j> Links<'a, 'j> {
         self.running = JoinSet::new();
     }
 
-    /// Fetches a piece from a parent's Vortex server into storage.
+    /// Fetches a piece from a parent's Vortex server (TCP or QUIC) into storage.
     pub fn fetch(
         &mut self,
         parent: ParentKey,
         parent_id: String,
         seed: bool,
         span: PieceSpan,
-        vortex: SocketAddr,
+        vortex: PieceServer,
     ) {
+        let pieces = self.job.ctx.pieces.clone();
         let storage = self.job.ctx.storage.clone();
         let task_id = self.job.task_id().to_string();
         let limiters = self.job.peer_limiters();
@@ -122,13 +124,18 @@ impl<'a, 'j> Links<'a, 'j> {
         let span_info = tracing::debug_span!("piece", number = span.number, source = %parent_id);
         let fetch = async move {
             let trusted = trust.digest_of(span.number).await;
-            let source = PieceSource {
-                addr: vortex,
-                parent_id: &parent_id,
-                trusted_digest: trusted.as_deref(),
-            };
-            let result =
-                download_piece_from(source, &task_id, span, &storage, &limiters, timeout).await;
+            let result = pieces
+                .download_piece(
+                    vortex,
+                    &parent_id,
+                    trusted.as_deref(),
+                    &task_id,
+                    span,
+                    &storage,
+                    &limiters,
+                    timeout,
+                )
+                .await;
             if result.is_ok() {
                 debug!(
                     task_id = %task_id,
@@ -228,11 +235,12 @@ async fn sync_parent(
     parent: ParentKey,
     grpc: SocketAddr,
     request: SyncPiecesRequest,
+    pieces: PieceFetcher,
     news: mpsc::Sender<Event>,
     stop: CancellationToken,
 ) {
     let error = tokio::select! {
-        result = stream_pieces(parent, grpc, request, &news) => result.err(),
+        result = stream_pieces(parent, grpc, request, &pieces, &news) => result.err(),
         _ = stop.cancelled() => return,
     };
     let _ = news.send(Event::SyncEnded { parent, error }).await;
@@ -243,6 +251,7 @@ async fn stream_pieces(
     parent: ParentKey,
     grpc: SocketAddr,
     request: SyncPiecesRequest,
+    pieces: &PieceFetcher,
     news: &mpsc::Sender<Event>,
 ) -> Result<(), String> {
     let channel = Endpoint::from_shared(format!("http://{grpc}"))
@@ -269,13 +278,14 @@ async fn stream_pieces(
     let mut stream = response.into_inner();
     while let Some(piece) = stream.message().await.map_err(|s| s.to_string())? {
         let ip = piece.ip.parse::<IpAddr>().unwrap_or(grpc.ip());
-        let Some(port) = piece.tcp_port.and_then(|p| u16::try_from(p).ok()) else {
-            return Err(format!("parent {grpc} announced no TCP piece port"));
+        let port = |p: Option<i32>| p.and_then(|p| u16::try_from(p).ok());
+        let Some(vortex) = pieces.choose(ip, port(piece.tcp_port), port(piece.quic_port)) else {
+            return Err(format!("parent {grpc} announced no usable piece port"));
         };
         let event = Event::PieceAvailable {
             parent,
             number: piece.number,
-            vortex: SocketAddr::new(ip, port),
+            vortex,
         };
         if news.send(event).await.is_err() {
             return Ok(());

@@ -109,6 +109,7 @@ impl DfdaemonUpload for UploadService {
             request.interested_piece_numbers,
             ctx.host.ip.to_string(),
             ctx.host.piece_port,
+            Some(ctx.host.quic_port),
         )
         .map_err(|e| Status::from(DaemonError::from(e)))?;
         match &ctx.ration {

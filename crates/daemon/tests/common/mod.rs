@@ -104,6 +104,7 @@ pub fn daemon_config(ip: &str, name: &str, dir: &Path, scheduler: SocketAddr) ->
     c.host.hostname = Some(name.to_string());
     c.upload.server.port = 0;
     c.storage.server.tcp_port = 0;
+    c.storage.server.quic_port = 0;
     c.metrics.server.port = 0;
     c.health.server.port = 0;
     c.storage.dir = dir.join(name).join("cache");

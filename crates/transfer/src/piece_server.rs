@@ -1,0 +1,89 @@
+//! Where a parent serves pieces (SyncPieces' `ip` with `tcp_port` or `quic_port`,
+//! dragonfly-v2.md §3.3) and fetching one piece over the transport chosen for it.
+
+use crate::error::TransferError;
+use crate::limiter::RateLimiter;
+use crate::quic::QuicPieceClient;
+use crate::vortex::{download_piece_from, PieceSource};
+use damselfly_core::PieceSpan;
+use damselfly_storage::{PieceMetadata, Storage};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// A parent's piece server and the transport it speaks there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PieceServer {
+    Tcp(SocketAddr),
+    Quic(SocketAddr),
+}
+
+impl PieceServer {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            PieceServer::Tcp(addr) | PieceServer::Quic(addr) => *addr,
+        }
+    }
+}
+
+/// How this daemon fetches from parents: Vortex over TCP only, or over QUIC from every
+/// parent that advertises a QUIC port (TCP from the others).
+#[derive(Debug, Clone)]
+pub enum PieceFetcher {
+    Tcp,
+    Quic(QuicPieceClient),
+}
+
+impl PieceFetcher {
+    /// The server to fetch from, given what the parent advertised; `None` when it offers
+    /// no port this fetcher can use.
+    pub fn choose(
+        &self,
+        ip: IpAddr,
+        tcp_port: Option<u16>,
+        quic_port: Option<u16>,
+    ) -> Option<PieceServer> {
+        let usable = |port: Option<u16>| port.filter(|p| *p != 0);
+        match (self, usable(quic_port), usable(tcp_port)) {
+            (PieceFetcher::Quic(_), Some(port), _) => {
+                Some(PieceServer::Quic(SocketAddr::new(ip, port)))
+            }
+            (_, _, Some(port)) => Some(PieceServer::Tcp(SocketAddr::new(ip, port))),
+            _ => None,
+        }
+    }
+
+    /// Fetches one piece from `server` into storage, recorded only if it matches
+    /// `trusted_digest` when given, else the parent's crc32 (parent recorded).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn download_piece(
+        &self,
+        server: PieceServer,
+        parent_id: &str,
+        trusted_digest: Option<&str>,
+        task_id: &str,
+        span: PieceSpan,
+        storage: &Storage,
+        limiters: &[RateLimiter],
+        timeout: Duration,
+    ) -> Result<PieceMetadata, TransferError> {
+        let source = PieceSource {
+            addr: server.addr(),
+            parent_id,
+            trusted_digest,
+        };
+        match (server, self) {
+            (PieceServer::Tcp(_), _) => {
+                download_piece_from(source, task_id, span, storage, limiters, timeout).await
+            }
+            (PieceServer::Quic(_), PieceFetcher::Quic(client)) => {
+                client
+                    .download_piece_from(source, task_id, span, storage, limiters, timeout)
+                    .await
+            }
+            // `choose` never picks QUIC for a TCP-only fetcher.
+            (PieceServer::Quic(addr), PieceFetcher::Tcp) => Err(TransferError::Quic(format!(
+                "{addr} is a QUIC piece server and download.protocol is tcp"
+            ))),
+        }
+    }
+}
