@@ -45,14 +45,17 @@ pub struct Schedulers {
     /// Schedulers that accepted this host's AnnounceHost; the others are tried again at each
     /// scheduler refresh instead of waiting for the next `announceInterval`.
     announced: Mutex<HashSet<SocketAddr>>,
+    /// `scheduler.caCert/cert/key`; `None`: plain text.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Schedulers {
-    pub fn new(addrs: &[SocketAddr]) -> Self {
+    pub fn new(addrs: &[SocketAddr], tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         Self {
             ring: RwLock::new(Arc::new(SchedulerRing::new(addrs))),
             channels: Mutex::new(HashMap::new()),
             announced: Mutex::new(HashSet::new()),
+            tls,
         }
     }
 
@@ -124,7 +127,7 @@ impl Schedulers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let channel = damselfly_tls::grpc::lazy_channel(endpoint, self.tls.as_ref());
         channels.insert(addr, channel.clone());
         Ok(new_client(channel))
     }
