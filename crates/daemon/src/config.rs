@@ -813,7 +813,10 @@ network:
 
     #[test]
     fn tls_keys_partly_set_or_not_implemented_refuse_to_start() {
+        // A partial triple parses, and startup (validate) refuses it naming what is missing.
         let error = DaemonConfig::from_yaml("scheduler:\n  caCert: /etc/ca.pem\n")
+            .unwrap()
+            .validate()
             .unwrap_err()
             .to_string();
         assert!(error.contains("scheduler.cert, scheduler.key"), "{error}");
@@ -824,6 +827,7 @@ network:
         assert!(error.contains("manager.caCert"), "{error}");
         let full = "upload:\n  client: {caCert: /a, cert: /b, key: /c}\n  server: {caCert: /a, cert: /b, key: /c}\nscheduler: {caCert: /a, cert: /b, key: /c}\n";
         let config = DaemonConfig::from_yaml(full).unwrap();
+        config.validate().unwrap();
         let links = config.tls_files().unwrap();
         assert!(links.upload_server.is_some() && links.upload_client.is_some());
         assert_eq!(links.scheduler.unwrap().key, Path::new("/c"));
