@@ -261,8 +261,7 @@ fn mtls_refuses_what_a_certificate_does_not_allow() {
                 download: Some(download.clone()),
             })
             .await
-            .err()
-            .expect("DownloadTask from a peer must be refused");
+            .expect_err("DownloadTask from a peer must be refused");
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
         assert!(
             status.message().contains("only from schedulers"),
@@ -282,8 +281,7 @@ fn mtls_refuses_what_a_certificate_does_not_allow() {
                 download: Some(chosen),
             })
             .await
-            .err()
-            .expect("a chosen task ID must be refused");
+            .expect_err("a chosen task ID must be refused");
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
         assert!(
             status.message().contains("content_for_calculating_task_id"),
