@@ -45,7 +45,9 @@ pub struct Parsed<T> {
 
 /// Leaf names that carry TLS material or switch verification on. Ignoring one of these when
 /// it is set would run the link in plain text or unauthenticated while the operator believes
-/// otherwise. `insecureSkipVerify`-style keys are absent on purpose: ignoring them is stricter.
+/// otherwise. Keys a program implements (the mTLS triples of the scheduler's `server.tls` and
+/// `seedPeer.tls`, dfdaemon's `scheduler.*`, `upload.server.*`, `upload.client.*`) are read by
+/// its config structs, so they are never ignored and never reach this check. `insecureSkipVerify`-style keys are absent on purpose: ignoring them is stricter.
 const SECURITY_LEAVES: &[&str] = &[
     "caCert",
     "caKey",

@@ -6,6 +6,7 @@
 pub use crate::dynconfig::{SchedulerEndpoint, SchedulerSource};
 use crate::error::DaemonError;
 use bytesize::ByteSize;
+use damselfly_tls::{TlsFiles, TlsKeys};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -64,6 +65,14 @@ pub const DEFAULT_DISK_HIGH_THRESHOLD_PERCENT: u8 = 80;
 /// Quota eviction stops below this share of the quota (or file system), as Dragonfly.
 pub const DEFAULT_DISK_LOW_THRESHOLD_PERCENT: u8 = 60;
 
+/// The TLS files of each gRPC link; `None`: that link is plain text.
+#[derive(Debug, Clone, Default)]
+pub struct LinkFiles {
+    pub upload_server: Option<TlsFiles>,
+    pub upload_client: Option<TlsFiles>,
+    pub scheduler: Option<TlsFiles>,
+}
+
 /// The whole configuration. Every section is optional in the file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
@@ -103,15 +112,46 @@ pub struct HostConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct UploadConfig {
-    pub server: ListenConfig<UploadPort>,
+    pub server: UploadServerConfig,
+    /// `upload.client.{caCert, cert, key}`: mTLS towards parents' upload ports (SyncPieces),
+    /// Dragonfly's keys. Unset (the default): plain text.
+    pub client: TlsKeys,
     pub bandwidth_limit: ByteSize,
 }
 
 impl Default for UploadConfig {
     fn default() -> Self {
         Self {
-            server: ListenConfig::default(),
+            server: UploadServerConfig::default(),
+            client: TlsKeys::default(),
             bandwidth_limit: DEFAULT_BANDWIDTH_LIMIT,
+        }
+    }
+}
+
+/// `upload.server`: where the DfdaemonUpload gRPC server listens, and its mTLS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct UploadServerConfig {
+    /// Unset: the host IP.
+    pub ip: Option<IpAddr>,
+    /// 0: any free port.
+    pub port: u16,
+    /// `caCert` / `cert` / `key` (Dragonfly's keys): all three set, every caller (peers, the
+    /// scheduler) must present a certificate signed by `caCert`. Unset (the default): plain.
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Default for UploadServerConfig {
+    fn default() -> Self {
+        Self {
+            ip: None,
+            port: DEFAULT_UPLOAD_PORT,
+            ca_cert: None,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -223,6 +263,12 @@ pub struct SchedulerConfig {
     #[serde(with = "humantime_serde")]
     pub schedule_timeout: Duration,
     pub max_schedule_count: u32,
+    /// `scheduler.caCert` / `cert` / `key` (Dragonfly's keys): all three set, every
+    /// scheduler connection is mTLS and the scheduler must present a certificate signed by
+    /// `caCert` naming the address dialled. Unset (the default): plain text.
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Default for SchedulerConfig {
@@ -232,6 +278,9 @@ impl Default for SchedulerConfig {
             announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
             schedule_timeout: DEFAULT_SCHEDULE_TIMEOUT,
             max_schedule_count: DEFAULT_MAX_SCHEDULE_COUNT,
+            ca_cert: None,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -447,6 +496,12 @@ impl DaemonConfig {
 
     /// Rejects values that would make the daemon misbehave later rather than fail now.
     pub fn validate(&self) -> Result<(), DaemonError> {
+        let links = self.tls_files()?;
+        if self.embedded_scheduler && links.scheduler.is_some() {
+            return Err(DaemonError::Config(
+                "the embedded scheduler serves plain text on loopback; unset scheduler.caCert/cert/key to use it".into(),
+            ));
+        }
         if self.seed_peer.ration.pieces_in_flight == 0 {
             return Err(DaemonError::Config(
                 "seedPeer.ration.piecesInFlight must be at least 1".into(),
@@ -499,6 +554,28 @@ impl DaemonConfig {
 
     pub fn hostname(&self) -> String {
         self.host.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    /// The TLS triples of the three gRPC links; a partly set triple is an error naming the
+    /// missing keys.
+    pub fn tls_files(&self) -> Result<LinkFiles, DaemonError> {
+        let (server, client, scheduler) =
+            (&self.upload.server, &self.upload.client, &self.scheduler);
+        Ok(LinkFiles {
+            upload_server: TlsFiles::from_section(
+                "upload.server",
+                server.ca_cert.as_deref(),
+                server.cert.as_deref(),
+                server.key.as_deref(),
+            )?,
+            upload_client: client.files("upload.client")?,
+            scheduler: TlsFiles::from_section(
+                "scheduler",
+                scheduler.ca_cert.as_deref(),
+                scheduler.cert.as_deref(),
+                scheduler.key.as_deref(),
+            )?,
+        })
     }
 
     /// Where each server binds: its own IP if set, else the host IP.
@@ -786,12 +863,25 @@ network:
     }
 
     #[test]
-    fn tls_keys_we_do_not_implement_refuse_to_start() {
+    fn tls_keys_partly_set_or_not_implemented_refuse_to_start() {
+        // A partial triple parses, and startup (validate) refuses it naming what is missing.
         let error = DaemonConfig::from_yaml("scheduler:\n  caCert: /etc/ca.pem\n")
+            .unwrap()
+            .validate()
             .unwrap_err()
             .to_string();
-        assert!(error.contains("scheduler.caCert"), "{error}");
+        assert!(error.contains("scheduler.cert, scheduler.key"), "{error}");
         DaemonConfig::from_yaml("scheduler:\n  caCert: ''\n").unwrap();
+        let error = DaemonConfig::from_yaml("manager:\n  caCert: /etc/ca.pem\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("manager.caCert"), "{error}");
+        let full = "upload:\n  client: {caCert: /a, cert: /b, key: /c}\n  server: {caCert: /a, cert: /b, key: /c}\nscheduler: {caCert: /a, cert: /b, key: /c}\n";
+        let config = DaemonConfig::from_yaml(full).unwrap();
+        config.validate().unwrap();
+        let links = config.tls_files().unwrap();
+        assert!(links.upload_server.is_some() && links.upload_client.is_some());
+        assert_eq!(links.scheduler.unwrap().key, Path::new("/c"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Everything a request handler needs, in one place, shared behind one `Arc`.
 
-use crate::config::DaemonConfig;
+use crate::config::{DaemonConfig, LinkFiles};
+use crate::error::DaemonError;
 use crate::host::HostInfo;
 use crate::ration::SeedRation;
 use crate::scheduler_client::Schedulers;
@@ -31,8 +32,38 @@ pub fn limiter(bytes_per_sec: u64) -> RateLimiter {
     }
 }
 
+/// rustls configs of the gRPC links, built once at startup; `None`: plain text.
+#[derive(Clone, Default)]
+pub struct TlsLinks {
+    /// The upload gRPC server (`upload.server.*`).
+    pub upload_server: Option<Arc<rustls::ServerConfig>>,
+    /// SyncPieces to parents (`upload.client.*`).
+    pub upload_client: Option<Arc<rustls::ClientConfig>>,
+    /// Calls to schedulers (`scheduler.caCert/cert/key`).
+    pub scheduler: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl TlsLinks {
+    /// Loads every configured triple, failing on the first unreadable file.
+    pub fn load(files: &LinkFiles) -> Result<Self, DaemonError> {
+        let client = |f: &Option<damselfly_tls::TlsFiles>| {
+            f.as_ref().map(damselfly_tls::client_config).transpose()
+        };
+        Ok(Self {
+            upload_server: files
+                .upload_server
+                .as_ref()
+                .map(damselfly_tls::server_config)
+                .transpose()?,
+            upload_client: client(&files.upload_client)?,
+            scheduler: client(&files.scheduler)?,
+        })
+    }
+}
+
 pub struct DaemonContext {
     pub config: DaemonConfig,
+    pub tls: TlsLinks,
     pub host: HostInfo,
     pub storage: Storage,
     pub backend: Backend,

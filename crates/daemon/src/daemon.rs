@@ -4,7 +4,7 @@
 
 use crate::config::DaemonConfig;
 use crate::config::SchedulerSource;
-use crate::context::{limiter, Activity, Context, DaemonContext, Limits};
+use crate::context::{limiter, Activity, Context, DaemonContext, Limits, TlsLinks};
 use crate::engine::Engine;
 use crate::error::DaemonError;
 use crate::host::HostInfo;
@@ -335,9 +335,11 @@ async fn build_context(
     };
     let ration = (seed && config.seed_peer.ration.enable)
         .then(|| SeedRation::new(config.seed_peer.ration.pieces_in_flight));
+    let tls = TlsLinks::load(&config.tls_files()?)?;
     Ok(Arc::new(DaemonContext {
         // Filled by `join_schedulers` once names are resolved.
-        schedulers: Schedulers::new(&[]),
+        schedulers: Schedulers::new(&[], tls.scheduler.clone()),
+        tls,
         config,
         host,
         storage,
@@ -426,6 +428,7 @@ fn spawn_servers(
 
 /// `DfdaemonUpload` (and gRPC health) for peers and schedulers, on TCP.
 async fn serve_upload(engine: Arc<Engine>, listener: TcpListener, stop: CancellationToken) {
+    let tls = engine.context().tls.upload_server.clone();
     let upload = DfdaemonUploadServer::new(UploadService::new(engine))
         .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
         .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
@@ -433,12 +436,21 @@ async fn serve_upload(engine: Arc<Engine>, listener: TcpListener, stop: Cancella
     reporter
         .set_serving::<DfdaemonUploadServer<UploadService>>()
         .await;
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
-        .add_service(upload)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
-        .await;
+        .add_service(upload);
+    let stopped = stop.cancelled_owned();
+    let result = match tls {
+        Some(tls) => {
+            let incoming = damselfly_tls::grpc::incoming(listener, tls);
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+        None => {
+            let incoming = TcpListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    };
     if let Err(error) = result {
         warn!(%error, "upload gRPC server failed");
     }

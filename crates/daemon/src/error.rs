@@ -56,6 +56,10 @@ pub enum DaemonError {
     #[error("the daemon is shutting down")]
     ShuttingDown,
 
+    /// TLS files unreadable or a TLS triple only partly set.
+    #[error("TLS: {0}")]
+    Tls(#[from] damselfly_tls::TlsError),
+
     /// A status that already carries the right code (e.g. shared by deduplicated downloads).
     #[error("{}", .0.message())]
     Status(Status),
@@ -89,7 +93,9 @@ impl DaemonError {
 
     pub fn code(&self) -> Code {
         match self {
-            DaemonError::Config(_) | DaemonError::InvalidArgument(_) => Code::InvalidArgument,
+            DaemonError::Config(_) | DaemonError::InvalidArgument(_) | DaemonError::Tls(_) => {
+                Code::InvalidArgument
+            }
             DaemonError::Storage(e) => storage_code(e),
             DaemonError::Transfer(e) => transfer_code(e),
             DaemonError::DigestMismatch { .. } => Code::DataLoss,

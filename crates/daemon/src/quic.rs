@@ -7,9 +7,9 @@ use damselfly_transfer::{PieceFetcher, QuicPieceClient, QuicSecurity, Unverified
 use std::sync::Arc;
 use tokio_rustls::rustls;
 
-/// The one place that decides how QUIC peers are authenticated. Verified mode needs the
-/// cluster's TLS configs; until they are loaded from `caCert/cert/key` files, the daemon
-/// speaks exactly what official Dragonfly peers speak.
+/// The one place that decides how QUIC peers are authenticated: verified against the
+/// cluster CA when `upload.server.*` and `upload.client.*` are both set, else exactly what
+/// official Dragonfly peers speak.
 pub fn quic_security(config: &DaemonConfig) -> Result<QuicSecurity, DaemonError> {
     let unverified_peers = match config.download.quic.allow_unverified_peers {
         true => UnverifiedPeers::AllowDragonflyCompatible,
@@ -26,11 +26,18 @@ pub fn quic_security(config: &DaemonConfig) -> Result<QuicSecurity, DaemonError>
 }
 
 /// The cluster's server config (requiring client certificates) and client config (with
-/// this host's certificate), when certificates are configured. Point this at the TLS
-/// files' loader: none is wired yet.
+/// this host's certificate): the upload port's triples, so one certificate proves a host on
+/// every link. Fresh configs, not the gRPC ones, because QUIC sets its own ALPN.
 type ClusterTls = (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>);
-fn cluster_tls(_config: &DaemonConfig) -> Result<Option<ClusterTls>, DaemonError> {
-    Ok(None)
+fn cluster_tls(config: &DaemonConfig) -> Result<Option<ClusterTls>, DaemonError> {
+    let files = config.tls_files()?;
+    match (&files.upload_server, &files.upload_client) {
+        (Some(server), Some(client)) => Ok(Some((
+            damselfly_tls::server_config(server)?,
+            damselfly_tls::client_config(client)?,
+        ))),
+        _ => Ok(None),
+    }
 }
 
 /// How pieces are fetched from parents, from `download.protocol`.

@@ -53,16 +53,19 @@ pub struct Schedulers {
     /// where a watcher saw it); their watchers announce what this host holds again.
     lost_host: Mutex<HashSet<SocketAddr>>,
     host_lost: tokio::sync::Notify,
+    /// `scheduler.caCert/cert/key`; `None`: plain text.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Schedulers {
-    pub fn new(addrs: &[SocketAddr]) -> Self {
+    pub fn new(addrs: &[SocketAddr], tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         Self {
             ring: RwLock::new(Arc::new(SchedulerRing::new(addrs))),
             channels: Mutex::new(HashMap::new()),
             announced: Mutex::new(HashSet::new()),
             lost_host: Mutex::new(HashSet::new()),
             host_lost: tokio::sync::Notify::new(),
+            tls,
         }
     }
 
@@ -177,7 +180,7 @@ impl Schedulers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let channel = damselfly_tls::grpc::lazy_channel(endpoint, self.tls.as_ref());
         channels.insert(addr, channel.clone());
         Ok(channel)
     }

@@ -34,11 +34,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::SchedulerError;
+use damselfly_tls::TlsKeys;
 
 /// Default gRPC listen IP (Dragonfly `server.listenIP`).
 pub const DEFAULT_LISTEN_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -98,6 +100,10 @@ pub struct ServerConfig {
     #[serde(rename = "listenIP")]
     pub listen_ip: IpAddr,
     pub port: u16,
+    /// `server.tls.{caCert, cert, key}`: mTLS on the gRPC server (Dragonfly's keys). All three
+    /// set: every client must present a certificate signed by `caCert`, and announces are
+    /// checked against it. None set (the default): plain text, as in Dragonfly.
+    pub tls: TlsKeys,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +112,7 @@ impl Default for ServerConfig {
             listen: None,
             listen_ip: DEFAULT_LISTEN_IP,
             port: DEFAULT_PORT,
+            tls: TlsKeys::default(),
         }
     }
 }
@@ -208,6 +215,9 @@ pub struct SeedPeerConfig {
     pub enable: bool,
     #[serde(with = "humantime_serde")]
     pub task_download_timeout: Duration,
+    /// `seedPeer.tls.{caCert, cert, key}`: client mTLS for the seed trigger (DownloadTask on
+    /// the seed peer's upload port), Dragonfly's keys. Unset (the default): plain text.
+    pub tls: TlsKeys,
 }
 
 impl Default for SeedPeerConfig {
@@ -215,6 +225,7 @@ impl Default for SeedPeerConfig {
         Self {
             enable: DEFAULT_SEED_PEER_ENABLE,
             task_download_timeout: DEFAULT_SEED_TASK_DOWNLOAD_TIMEOUT,
+            tls: TlsKeys::default(),
         }
     }
 }
@@ -271,8 +282,27 @@ impl SchedulerConfig {
         }
     }
 
+    /// The gRPC server's mTLS config (`server.tls`), `None` for plain text.
+    pub fn server_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, SchedulerError> {
+        match self.server.tls.files("server.tls")? {
+            Some(files) => Ok(Some(damselfly_tls::server_config(&files)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The seed trigger's client mTLS config (`seedPeer.tls`), `None` for plain text.
+    pub fn seed_peer_tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, SchedulerError> {
+        match self.seed_peer.tls.files("seedPeer.tls")? {
+            Some(files) => Ok(Some(damselfly_tls::client_config(&files)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Rejects values that would make scheduling misbehave instead of failing loudly later.
     pub fn validate(&self) -> Result<(), SchedulerError> {
+        // Partly set TLS sections fail here, at startup, naming the missing keys.
+        self.server.tls.files("server.tls")?;
+        self.seed_peer.tls.files("seedPeer.tls")?;
         let s = &self.scheduler;
         if s.algorithm != DEFAULT_ALGORITHM {
             return Err(invalid(format!(
@@ -425,6 +455,30 @@ metrics:
             .unwrap_err()
             .to_string();
         assert!(error.contains("security.caCert"), "{error}");
+    }
+
+    #[test]
+    fn tls_sections_are_read_and_partial_ones_refused() {
+        let full = "server:\n  tls: {caCert: /a, cert: /b, key: /c}\nseedPeer:\n  tls: {caCert: /a, cert: /b, key: /c}\n";
+        let config = SchedulerConfig::from_yaml(full).unwrap();
+        assert_eq!(config.server.tls.key.as_deref(), Some(Path::new("/c")));
+        assert!(config
+            .seed_peer
+            .tls
+            .files("seedPeer.tls")
+            .unwrap()
+            .is_some());
+        let partial = "seedPeer:\n  tls: {caCert: /a}\n";
+        let error = SchedulerConfig::from_yaml(partial).unwrap_err().to_string();
+        assert!(
+            error.contains("seedPeer.tls.cert, seedPeer.tls.key"),
+            "{error}"
+        );
+        let unimplemented = "peer:\n  tls: {caCert: /a, cert: /b, key: /c}\n";
+        let error = SchedulerConfig::from_yaml(unimplemented)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("peer.tls.caCert"), "{error}");
     }
 
     #[test]

@@ -10,6 +10,9 @@ pub enum SchedulerError {
     /// A configuration value is out of range.
     #[error("invalid scheduler config: {0}")]
     InvalidConfig(String),
+    /// A TLS file could not be loaded, or a TLS section is only partly set.
+    #[error("scheduler TLS: {0}")]
+    Tls(#[from] damselfly_tls::TlsError),
     /// The gRPC server failed.
     #[error("scheduler gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),

@@ -9,6 +9,7 @@
 //! - [`serve`] runs the gRPC service (plus `grpc.health.v1`) on a listener and is embeddable;
 //!   [`serve_metrics`] serves `/metrics` and `/healthy`.
 
+pub mod auth;
 pub mod config;
 mod error;
 pub mod fsm;

@@ -2,6 +2,7 @@
 //! `need_back_to_source = true`, run in the background so the registering peer is not held up
 //! by the seed's download.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
@@ -19,11 +20,12 @@ pub const SEED_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts the seed download in a background task; the outcome lands in the task's
 /// [`crate::state::SeedTrigger`].
-pub fn spawn_trigger(shared: std::sync::Arc<Shared>, job: SeedJob, timeout: Duration) {
+pub fn spawn_trigger(shared: Arc<Shared>, job: SeedJob, timeout: Duration) {
     let span = tracing::info_span!("seed_trigger", task_id = %job.task_id, host_id = %job.host_id);
     tokio::spawn(
         async move {
-            let result = tokio::time::timeout(timeout, run(&job)).await;
+            let tls = shared.seed_tls.clone();
+            let result = tokio::time::timeout(timeout, run(&job, tls.as_ref())).await;
             let outcome = match result {
                 Ok(Ok(pieces)) => {
                     tracing::info!(pieces, "seed peer finished the task");
@@ -50,12 +52,12 @@ pub fn spawn_trigger(shared: std::sync::Arc<Shared>, job: SeedJob, timeout: Dura
 }
 
 /// Calls DownloadTask and drains the response stream; returns the pieces reported.
-async fn run(job: &SeedJob) -> Result<u64, String> {
+/// `tls` is `seedPeer.tls`: the seed's certificate must name the address announced.
+async fn run(job: &SeedJob, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<u64, String> {
     let endpoint = Endpoint::from_shared(job.endpoint.clone())
         .map_err(|e| format!("bad seed endpoint {}: {e}", job.endpoint))?
         .connect_timeout(SEED_CONNECT_TIMEOUT);
-    let channel = endpoint
-        .connect()
+    let channel = damselfly_tls::grpc::channel(endpoint, tls)
         .await
         .map_err(|e| format!("cannot connect to seed {}: {e}", job.endpoint))?;
     let mut client = DfdaemonUploadClient::new(channel)

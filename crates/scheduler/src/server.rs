@@ -21,9 +21,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
     config.validate()?;
+    let server_tls = config.server_tls()?;
+    let seed_tls = config.seed_peer_tls()?;
     let local = listener.local_addr().ok();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(Shared::new(config, stop_rx));
+    let shared = Arc::new(Shared::new(config, stop_rx).with_seed_tls(seed_tls));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -37,7 +39,12 @@ pub async fn serve(
     let scheduler = SchedulerServer::new(SchedulerService::new(shared.clone()))
         .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
         .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
-    tracing::info!(addr = ?local, "scheduler serving");
+    let mode = if server_tls.is_some() {
+        "mTLS"
+    } else {
+        "plain text"
+    };
+    tracing::info!(addr = ?local, mode, "scheduler serving");
 
     let signal = async move {
         shutdown.await;
@@ -45,11 +52,19 @@ pub async fn serve(
         // Ends sessions and the GC loop; the gRPC server then drains.
         let _ = stop_tx.send(true);
     };
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(scheduler)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await;
+        .add_service(scheduler);
+    let result = match server_tls {
+        Some(tls) => {
+            let incoming = damselfly_tls::grpc::incoming(listener, tls);
+            router.serve_with_incoming_shutdown(incoming, signal).await
+        }
+        None => {
+            let incoming = TcpListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, signal).await
+        }
+    };
     gc.abort();
     result.map_err(SchedulerError::from)
 }

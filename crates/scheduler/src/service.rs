@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{instrument, Instrument};
 
+use crate::auth::{Authority, Caller};
 use crate::config::SchedulerConfig;
 use crate::fsm::{PeerEvent, SizeScope};
 use crate::metrics::{self, metrics};
@@ -43,6 +44,10 @@ pub struct Shared {
     changed: Notify,
     /// Response streams of the peers that take pushed parents, by peer id.
     pushers: Mutex<HashMap<String, ResponseSender>>,
+    /// Which certificate announced which host (mTLS only).
+    pub authority: Authority,
+    /// Client TLS for the seed trigger (`seedPeer.tls`); `None`: plain text.
+    pub seed_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Shared {
@@ -54,7 +59,15 @@ impl Shared {
             stop,
             changed: Notify::new(),
             pushers: Mutex::new(HashMap::new()),
+            authority: Authority::default(),
+            seed_tls: None,
         }
+    }
+
+    /// Uses `tls` to connect to seed peers.
+    pub fn with_seed_tls(mut self, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        self.seed_tls = tls;
+        self
     }
 
     /// Runs `f` under the state lock and refreshes the gauges. `f` is synchronous, so the lock
@@ -137,6 +150,20 @@ pub struct SchedulerService {
 impl SchedulerService {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    /// A call that acts for `host_id` must come from the identity that announced it.
+    fn authorize<T>(&self, request: &Request<T>, host_id: &str) -> Result<(), Status> {
+        let caller = Caller::of(request)?;
+        self.shared.authority.check_host(&caller, host_id)
+    }
+
+    /// Reads may leave the host out; when they name one, it must be the caller's.
+    fn authorize_stat<T>(&self, request: &Request<T>, host_id: &str) -> Result<(), Status> {
+        if host_id.is_empty() {
+            return Caller::of(request).map(|_| ());
+        }
+        self.authorize(request, host_id)
     }
 }
 
@@ -238,6 +265,8 @@ struct PeerSession {
     ids: Option<PeerIds>,
     /// The daemon said it takes pushed parents (`x-damselfly-features`).
     takes_pushes: bool,
+    /// Who opened the stream; it may register peers only for its own host.
+    caller: Caller,
 }
 
 impl PeerSession {
@@ -300,6 +329,9 @@ impl PeerSession {
             None => match inner {
                 PeerRequest::RegisterPeerRequest(register) => {
                     let ids = PeerIds::from_request(&request)?;
+                    self.shared
+                        .authority
+                        .check_host(&self.caller, &ids.host_id)?;
                     let span = tracing::Span::current();
                     span.record("host_id", ids.host_id.as_str());
                     span.record("task_id", ids.task_id.as_str());
@@ -582,6 +614,7 @@ impl Scheduler for SchedulerService {
         request: Request<Streaming<AnnouncePeerRequest>>,
     ) -> Result<Response<Self::AnnouncePeerStream>, Status> {
         metrics().announce_peer();
+        let caller = Caller::of(&request)?;
         let takes_pushes = request
             .metadata()
             .get(FEATURES_METADATA_KEY)
@@ -594,6 +627,7 @@ impl Scheduler for SchedulerService {
             stop: self.shared.stop_signal(),
             ids: None,
             takes_pushes,
+            caller,
         };
         let span = tracing::info_span!(
             "announce_peer_session",
@@ -617,6 +651,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<StatPeerRequest>,
     ) -> Result<Response<pb::Peer>, Status> {
+        self.authorize_stat(&request, &request.get_ref().host_id)?;
         let request = request.into_inner();
         require("peer_id", &request.peer_id)?;
         self.shared
@@ -629,6 +664,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<DeletePeerRequest>,
     ) -> Result<Response<()>, Status> {
+        self.authorize(&request, &request.get_ref().host_id)?;
         let request = request.into_inner();
         require("peer_id", &request.peer_id)?;
         self.shared
@@ -642,6 +678,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<StatTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
+        self.authorize_stat(&request, &request.get_ref().host_id)?;
         let wants_digests = request
             .metadata()
             .get(FEATURES_METADATA_KEY)
@@ -666,6 +703,7 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<DeleteTaskRequest>,
     ) -> Result<Response<()>, Status> {
+        self.authorize(&request, &request.get_ref().host_id)?;
         let request = request.into_inner();
         require("host_id", &request.host_id)?;
         require("task_id", &request.task_id)?;
@@ -681,11 +719,16 @@ impl Scheduler for SchedulerService {
         request: Request<AnnounceHostRequest>,
     ) -> Result<Response<()>, Status> {
         metrics().announce_host();
+        let caller = Caller::of(&request)?;
         let Some(host) = request.into_inner().host else {
             return Err(Status::invalid_argument(
                 "AnnounceHostRequest.host is missing",
             ));
         };
+        if let Err(status) = self.shared.authority.admit_host(&caller, &host) {
+            tracing::warn!(message = status.message(), "AnnounceHost refused");
+            return Err(status);
+        }
         tracing::Span::current().record("host_id", host.id.as_str());
         let now = Instant::now();
         let (id, ip, port, host_type) = (host.id.clone(), host.ip.clone(), host.port, host.r#type);
@@ -709,10 +752,12 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<DeleteHostRequest>,
     ) -> Result<Response<()>, Status> {
+        self.authorize(&request, &request.get_ref().host_id)?;
         let request = request.into_inner();
         require("host_id", &request.host_id)?;
         self.shared
             .with_state(|s| s.delete_host(&request.host_id))?;
+        self.shared.authority.forget(&request.host_id);
         tracing::info!("host deleted");
         Ok(Response::new(()))
     }

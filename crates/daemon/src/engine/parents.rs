@@ -78,9 +78,13 @@ impl<'a, 'j> Links<'a, 'j> {
             task_id: self.job.task_id().to_string(),
             interested_piece_numbers: interested,
         };
-        tokio::spawn(sync_parent(
+        let link = ParentLink {
             parent,
             grpc,
+            tls: self.job.ctx.tls.upload_client.clone(),
+        };
+        tokio::spawn(sync_parent(
+            link,
             request,
             self.job.ctx.pieces.clone(),
             self.news_tx.clone(),
@@ -230,17 +234,25 @@ fn fault_of(error: &TransferError) -> Fault {
     }
 }
 
-/// Streams one parent's piece availability into the round.
-async fn sync_parent(
+/// Where a parent's upload server is and how to reach it.
+struct ParentLink {
     parent: ParentKey,
     grpc: SocketAddr,
+    /// `upload.client.*`: the parent must prove the address we dial.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// Streams one parent's piece availability into the round.
+async fn sync_parent(
+    link: ParentLink,
     request: SyncPiecesRequest,
     pieces: PieceFetcher,
     news: mpsc::Sender<Event>,
     stop: CancellationToken,
 ) {
+    let parent = link.parent;
     let error = tokio::select! {
-        result = stream_pieces(parent, grpc, request, &pieces, &news) => result.err(),
+        result = stream_pieces(link, request, &pieces, &news) => result.err(),
         _ = stop.cancelled() => return,
     };
     let _ = news.send(Event::SyncEnded { parent, error }).await;
@@ -248,17 +260,17 @@ async fn sync_parent(
 
 /// Forwards the parent's announcements until its stream ends; `Err` with why it broke.
 async fn stream_pieces(
-    parent: ParentKey,
-    grpc: SocketAddr,
+    link: ParentLink,
     request: SyncPiecesRequest,
     pieces: &PieceFetcher,
     news: &mpsc::Sender<Event>,
 ) -> Result<(), String> {
-    let channel = Endpoint::from_shared(format!("http://{grpc}"))
+    let ParentLink { parent, grpc, tls } = link;
+    let endpoint = Endpoint::from_shared(format!("http://{grpc}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(PARENT_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
+        .tcp_nodelay(true);
+    let channel = damselfly_tls::grpc::channel(endpoint, tls.as_ref())
         .await
         .map_err(|e| format!("connect {grpc}: {e}"))?;
     let mut client = DfdaemonUploadClient::new(channel)

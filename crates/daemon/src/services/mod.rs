@@ -2,6 +2,7 @@
 //! for local CLIs (unix socket). Both drive the same engine. RPCs we do not support answer
 //! `Unimplemented`; nothing here panics on a request.
 
+pub mod access;
 pub mod download;
 pub mod upload;
 

@@ -1,6 +1,6 @@
 //! `dfdaemon.v2.DfdaemonUpload` on the upload port: what peers and the scheduler call.
 
-use super::{delete_task, local_task, stat_local, task_from_local, unsupported, BoxStream};
+use super::{access, local_task, stat_local, task_from_local, unsupported, BoxStream};
 use crate::context::Context;
 use crate::engine::{DownloadRequest, Engine};
 use crate::error::DaemonError;
@@ -11,7 +11,7 @@ use dragonfly_api::dfdaemon::v2::*;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, info_span, warn};
 
 /// How often SyncHost sends our host statistics.
 const SYNC_HOST_INTERVAL: Duration = Duration::from_secs(5);
@@ -40,10 +40,14 @@ impl DfdaemonUpload for UploadService {
         &self,
         request: Request<DownloadTaskRequest>,
     ) -> Result<Response<Self::DownloadTaskStream>, Status> {
-        let download = request
-            .into_inner()
-            .download
-            .ok_or_else(|| Status::invalid_argument("DownloadTaskRequest.download is missing"))?;
+        let download =
+            request.get_ref().download.clone().ok_or_else(|| {
+                Status::invalid_argument("DownloadTaskRequest.download is missing")
+            })?;
+        if let Err(status) = access::check_download_task(self.ctx(), &request, &download) {
+            warn!(url = %download.url, message = status.message(), "upload.DownloadTask refused");
+            return Err(status);
+        }
         let span = info_span!("upload.DownloadTask", url = %download.url, need_back_to_source = download.need_back_to_source);
         let _entered = span.enter();
         let mut download = download;
@@ -78,14 +82,14 @@ impl DfdaemonUpload for UploadService {
         ListTaskEntriesResponse
     );
 
+    /// Refused: a remote host must not evict our tasks (the unix socket's DeleteTask does).
     async fn delete_task(
         &self,
         request: Request<DeleteTaskRequest>,
     ) -> Result<Response<()>, Status> {
         let task_id = request.into_inner().task_id;
-        let span = info_span!("upload.DeleteTask", %task_id);
-        delete_task(self.ctx(), &task_id).instrument(span).await?;
-        Ok(Response::new(()))
+        warn!(%task_id, "upload.DeleteTask refused");
+        Err(access::refuse_destructive("DeleteTask"))
     }
 
     type SyncPiecesStream = BoxStream<SyncPiecesResponse>;

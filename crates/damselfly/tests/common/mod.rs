@@ -759,6 +759,7 @@ pub fn bin(name: &str) -> PathBuf {
         "dfscheduler" => PathBuf::from(env!("CARGO_BIN_EXE_dfscheduler")),
         "dfdaemon" => PathBuf::from(env!("CARGO_BIN_EXE_dfdaemon")),
         "dfget" => PathBuf::from(env!("CARGO_BIN_EXE_dfget")),
+        "dfctl" => PathBuf::from(env!("CARGO_BIN_EXE_dfctl")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -848,15 +849,21 @@ impl Cluster {
 
     /// Starts dfscheduler on a free port of 127.0.0.1 and waits until it accepts connections.
     pub fn start_scheduler(&mut self) -> SchedulerInfo {
+        self.start_scheduler_with(&[])
+    }
+
+    /// [`Cluster::start_scheduler`] with extra flags (e.g. `--config FILE`).
+    pub fn start_scheduler_with(&mut self, extra: &[String]) -> SchedulerInfo {
         let ip: IpAddr = Ipv4Addr::LOCALHOST.into();
         let addr = SocketAddr::new(ip, free_port(ip));
         let metrics = SocketAddr::new(ip, free_port(ip));
-        let args = vec![
+        let mut args = vec![
             "--listen".to_string(),
             addr.to_string(),
             "--metrics".to_string(),
             metrics.to_string(),
         ];
+        args.extend(extra.iter().cloned());
         let pid = self.spawn("dfscheduler", &bin("dfscheduler"), &args);
         let log = self.root.join("dfscheduler.log");
         let deadline = Instant::now() + READY_TIMEOUT;
