@@ -62,7 +62,18 @@ pub fn registries_conf(
     search: Option<&SearchRegistries>,
     mirror: &Url,
 ) -> Result<FileChange, DfinitError> {
-    let before = read_optional(path)?;
+    registries_conf_edit(path, read_optional(path)?, registries, search, mirror)
+}
+
+/// [`registries_conf`] on the file's text (`None`: no file); public for the fuzz targets.
+#[doc(hidden)]
+pub fn registries_conf_edit(
+    path: &Path,
+    before: Option<String>,
+    registries: &[ConfRegistry],
+    search: Option<&SearchRegistries>,
+    mirror: &Url,
+) -> Result<FileChange, DfinitError> {
     let mut doc = parse_toml(path, before.as_deref())?;
     match search {
         Some(SearchRegistries::Replace(list)) => set_search(&mut doc, list),
