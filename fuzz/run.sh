@@ -29,7 +29,9 @@ fi
 
 bins=()
 for t in $targets; do bins+=(--bin "$t"); done
-(cd "$here" && nice -n 10 cargo build --quiet --target "$host" "${bins[@]}")
+# FUZZ_CARGO_ARGS=--no-default-features builds only the light targets (dfinit, task IDs).
+# shellcheck disable=SC2086
+(cd "$here" && nice -n 10 cargo build --quiet --target "$host" ${FUZZ_CARGO_ARGS:-} "${bins[@]}")
 
 status=0
 for t in $targets; do
