@@ -186,15 +186,21 @@ static BLOB_URL: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Splits an OCI blob URL into its digest algorithm and encoded value.
 fn split_blob_digest(url: &str) -> Option<(&str, &str)> {
-    let digest_text = BLOB_URL.captures(url)?.get(4)?.as_str();
+    // Matched on the text before the query and fragment: a blob path inside a query string
+    // must not turn a URL into a blob, or a signature parameter would change its task.
+    let head = url.split(['?', '#']).next().unwrap_or_default();
+    let digest_text = BLOB_URL.captures(head)?.get(4)?.as_str();
     let (algorithm, encoded) = digest_text.split_once(':')?;
-    let expected_len = match algorithm {
-        "sha256" => 64,
-        "sha512" => 128,
-        "crc32" => 10,
+    let (expected_len, digit): (usize, fn(&u8) -> bool) = match algorithm {
+        "sha256" => (64, u8::is_ascii_hexdigit),
+        "sha512" => (128, u8::is_ascii_hexdigit),
+        "crc32" => (10, u8::is_ascii_digit),
         _ => return None,
     };
-    (encoded.len() == expected_len).then_some((algorithm, encoded))
+    // Only digest characters: the encoded value becomes the task ID as is, so a URL whose
+    // fragment or path text merely has the right length must not name a task (fuzz finding).
+    (encoded.len() == expected_len && encoded.as_bytes().iter().all(digit))
+        .then_some((algorithm, encoded))
 }
 
 /// Whether the URL names an OCI blob by a digest that can serve as the task ID.
@@ -238,6 +244,23 @@ mod tests {
         }
         .task_id()
         .unwrap()
+    }
+
+    #[test]
+    fn blob_digests_are_digits_only() {
+        let hex = "ab".repeat(32);
+        assert!(is_blob_url(&format!("https://r/v2/a/blobs/sha256:{hex}")));
+        assert!(is_blob_url(&format!(
+            "https://r/v2/a/blobs/sha256:{hex}?ns=r#f"
+        )));
+        for fake in [
+            format!("https://r/v2/a/blobs/sha256:{}zz", "ab".repeat(31)),
+            format!("https://r/v2/a/blobs/sha256:{}/%", "ab".repeat(31)),
+            "https://r/v2/a/blobs/crc32:12345678ab".to_string(),
+            format!("https://r/?q/v2/a/blobs/sha256:{hex}"),
+        ] {
+            assert!(!is_blob_url(&fake), "{fake}");
+        }
     }
 
     #[test]

@@ -104,9 +104,14 @@ pub struct LoadedConfig {
 pub fn load(path: &Path) -> Result<LoadedConfig, DfinitError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| config_error(path, format!("cannot read it: {e}")))?;
+    parse(path, &text)
+}
+
+/// [`load`] on the file's text; `path` names it in errors and warnings.
+pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, DfinitError> {
     let mut ignored = Vec::new();
     let parsed: Option<DfinitFile> =
-        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(&text), |key| {
+        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |key| {
             ignored.push(dotted(&key))
         })
         .map_err(|e| config_error(path, format!("not a valid dfinit config: {e}")))?;

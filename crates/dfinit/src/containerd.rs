@@ -64,30 +64,44 @@ pub fn hosts_toml(
     mirrored: &MirroredRegistry,
     mirror: &Url,
 ) -> Result<FileChange, DfinitError> {
-    let registry = &mirrored.registry;
+    let path = certs_dir.join(&mirrored.registry.host).join("hosts.toml");
+    let before = read_optional(&path)?;
+    hosts_toml_edit(path, before, mirrored, mirror)
+}
+
+/// [`hosts_toml`] on the file's text (`None`: no file); public for the fuzz targets.
+#[doc(hidden)]
+pub fn hosts_toml_edit(
+    path: PathBuf,
+    before: Option<String>,
+    mirrored: &MirroredRegistry,
+    mirror: &Url,
+) -> Result<FileChange, DfinitError> {
+    let server = mirrored.registry.server_origin();
     let mut table = mirror_table(&mirrored.options);
     let mut header = Table::new();
-    header[REGISTRY_HEADER] = value(registry.server_origin());
+    header[REGISTRY_HEADER] = value(&server);
     table["header"] = Item::Table(header);
-    let path = certs_dir.join(&registry.host).join("hosts.toml");
-    mirror_first(path, Some(registry.server_origin()), mirror, table)
+    mirror_first(path, before, Some(server), mirror, table)
 }
 
 /// `_default/hosts.toml`: the mirror for every registry without a `hosts.toml` of its own.
 /// No `server` and no header: the mirror takes the upstream from containerd's `ns=`.
 pub fn catch_all_hosts_toml(certs_dir: &Path, mirror: &Url) -> Result<FileChange, DfinitError> {
     let path = certs_dir.join(CATCH_ALL_NAMESPACE).join("hosts.toml");
-    mirror_first(path, None, mirror, mirror_table(&HostOptions::default()))
+    let before = read_optional(&path)?;
+    let table = mirror_table(&HostOptions::default());
+    mirror_first(path, before, None, mirror, table)
 }
 
 /// Puts `table` first under `[host]` keyed by the mirror, setting `server` if the file has none.
 fn mirror_first(
     path: PathBuf,
+    before: Option<String>,
     server: Option<String>,
     mirror: &Url,
     table: Table,
 ) -> Result<FileChange, DfinitError> {
-    let before = read_optional(&path)?;
     let mut doc = parse_toml(&path, before.as_deref())?;
     if let Some(server) = server.filter(|_| !doc.contains_key("server")) {
         doc["server"] = value(server);
@@ -142,8 +156,13 @@ fn cri_registry_plugin(doc: &DocumentMut) -> &'static str {
 /// The hosts directory `config.toml` already names, if any (the first of a `:` list, the
 /// one containerd looks in first); `None` for an absent file too.
 pub fn configured_certs_dir(config: &Path) -> Result<Option<PathBuf>, DfinitError> {
-    let text = read_optional(config)?;
-    let doc = parse_toml(config, text.as_deref())?;
+    certs_dir_in(config, read_optional(config)?.as_deref())
+}
+
+/// [`configured_certs_dir`] on the file's text; public for the fuzz targets.
+#[doc(hidden)]
+pub fn certs_dir_in(config: &Path, text: Option<&str>) -> Result<Option<PathBuf>, DfinitError> {
+    let doc = parse_toml(config, text)?;
     let dir = doc
         .get("plugins")
         .and_then(|plugins| plugins.get(cri_registry_plugin(&doc)))
@@ -159,7 +178,16 @@ pub fn configured_certs_dir(config: &Path) -> Result<Option<PathBuf>, DfinitErro
 /// Points the CRI plugin at `certs_dir` in `config.toml` (version 2 unless it says 3),
 /// keeping the rest.
 pub fn config_path(config: &Path, certs_dir: &Path) -> Result<FileChange, DfinitError> {
-    let before = read_optional(config)?;
+    config_path_edit(config, read_optional(config)?, certs_dir)
+}
+
+/// [`config_path`] on the file's text (`None`: no file); public for the fuzz targets.
+#[doc(hidden)]
+pub fn config_path_edit(
+    config: &Path,
+    before: Option<String>,
+    certs_dir: &Path,
+) -> Result<FileChange, DfinitError> {
     let mut doc = parse_toml(config, before.as_deref())?;
     if !doc.contains_key("version") {
         doc["version"] = value(NEW_CONFIG_VERSION);

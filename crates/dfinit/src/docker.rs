@@ -17,7 +17,16 @@ const MIRRORS_KEY: &str = "registry-mirrors";
 
 /// Puts the mirror first in `registry-mirrors`, keeping every other key and mirror.
 pub fn daemon_json(path: &Path, mirror: &Url) -> Result<FileChange, DfinitError> {
-    let before = read_optional(path)?;
+    daemon_json_edit(path, read_optional(path)?, mirror)
+}
+
+/// [`daemon_json`] on the file's text (`None`: no file); public for the fuzz targets.
+#[doc(hidden)]
+pub fn daemon_json_edit(
+    path: &Path,
+    before: Option<String>,
+    mirror: &Url,
+) -> Result<FileChange, DfinitError> {
     let shape = |reason: &str| DfinitError::Shape {
         path: path.to_path_buf(),
         reason: reason.to_string(),

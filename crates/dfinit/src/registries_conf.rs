@@ -62,7 +62,18 @@ pub fn registries_conf(
     search: Option<&SearchRegistries>,
     mirror: &Url,
 ) -> Result<FileChange, DfinitError> {
-    let before = read_optional(path)?;
+    registries_conf_edit(path, read_optional(path)?, registries, search, mirror)
+}
+
+/// [`registries_conf`] on the file's text (`None`: no file); public for the fuzz targets.
+#[doc(hidden)]
+pub fn registries_conf_edit(
+    path: &Path,
+    before: Option<String>,
+    registries: &[ConfRegistry],
+    search: Option<&SearchRegistries>,
+    mirror: &Url,
+) -> Result<FileChange, DfinitError> {
     let mut doc = parse_toml(path, before.as_deref())?;
     match search {
         Some(SearchRegistries::Replace(list)) => set_search(&mut doc, list),
@@ -134,6 +145,15 @@ fn registry_entry<'a>(
     if wanted.prefix.is_some() || !entry.contains_key("location") {
         entry["location"] = value(&wanted.location);
     }
+    // An entry found by its `location` has no prefix: without one, moving `location` would
+    // also move what the entry matches, and the next run would not find it (fuzz finding).
+    if let Some(prefix) = wanted
+        .prefix
+        .as_deref()
+        .filter(|_| !entry.contains_key("prefix"))
+    {
+        entry["prefix"] = value(prefix);
+    }
     Ok(entry)
 }
 
@@ -162,6 +182,30 @@ fn put_mirror_first(entry: &mut Table, path: &Path, location: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remap_of_an_entry_found_by_location_keeps_its_prefix() {
+        let before = "[[registry]]\nlocation = \"quay.io/lib\"\n";
+        let remap = [ConfRegistry {
+            prefix: Some("quay.io/lib".into()),
+            location: "mirror.test/lib".into(),
+        }];
+        let mirror = Url::parse("http://127.0.0.1:4001").unwrap();
+        let path = Path::new("registries.conf");
+        let edit = |text: &str| {
+            registries_conf_edit(path, Some(text.into()), &remap, None, &mirror).unwrap()
+        };
+        let first = edit(before);
+        assert!(
+            first.after.contains("prefix = \"quay.io/lib\""),
+            "{}",
+            first.after
+        );
+        assert!(
+            edit(&first.after).is_noop(),
+            "a second run changes the file"
+        );
+    }
 
     #[test]
     fn adds_mirrors_keeps_the_rest_and_is_idempotent() {

@@ -4,6 +4,7 @@
 pub mod admission;
 mod backend;
 mod error;
+mod frame;
 mod limiter;
 pub mod metrics;
 mod piece_server;
@@ -18,6 +19,9 @@ pub use backend::{
     DEFAULT_READ_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_USER_AGENT,
 };
 pub use error::TransferError;
+pub use frame::MAX_FRAME_VALUE_LENGTH;
+#[doc(hidden)]
+pub use frame::{decode_answer_frame, decode_request_frame, BadRequest};
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
 pub use piece_server::{PieceFetcher, PieceServer};
@@ -31,6 +35,5 @@ pub use trust::{OriginTrust, CLIENT_CACHE_LIMIT, SSL_CERT_FILE_ENV, SYSTEM_CA_FI
 pub use vortex::{
     download_piece_from, download_piece_vortex, serve_vortex, serve_vortex_with, PieceSource,
     UploadHook, VortexServerConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
-    DEFAULT_MAX_OPEN_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT,
-    MAX_FRAME_VALUE_LENGTH, SEND_CHUNK_SIZE,
+    DEFAULT_MAX_OPEN_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT, SEND_CHUNK_SIZE,
 };

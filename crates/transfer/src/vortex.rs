@@ -7,6 +7,10 @@
 
 use crate::admission::ConnectionLimits;
 use crate::error::TransferError;
+use crate::frame::{
+    answer_value_length, decode_answer_value, decode_request_value, request_value_length,
+    BadRequest,
+};
 use crate::limiter::{RateLimiter, ThrottledReader};
 use crate::metrics::{UPLOAD_PIECE_TOTAL, UPLOAD_TRAFFIC_BYTES};
 use bytes::BytesMut;
@@ -24,8 +28,8 @@ use vortex_protocol::tlv::download_piece::DownloadPiece;
 use vortex_protocol::tlv::error::{Code, Error as ErrorFrame};
 use vortex_protocol::tlv::piece_content::PieceContent;
 use vortex_protocol::tlv::piece_metadata::PieceMetadata as WireMetadata;
-use vortex_protocol::tlv::{Tag, PIECE_NUMBER_SIZE, TASK_ID_SIZE};
-use vortex_protocol::{Header, Message, HEADER_SIZE};
+use vortex_protocol::tlv::TASK_ID_SIZE;
+use vortex_protocol::{Message, HEADER_SIZE};
 
 /// Pieces sent at once; further requests wait for a turn with their request read.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
@@ -43,9 +47,6 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes per send step: the granularity of the upload limiter and the traffic counter.
 pub const SEND_CHUNK_SIZE: usize = 1024 * 1024;
-/// Largest PieceContent/Error value a client accepts; real ones are ~200 bytes, so anything
-/// bigger is garbage that must not make us allocate.
-pub const MAX_FRAME_VALUE_LENGTH: u32 = 64 * 1024;
 /// How long and how much a refused peer's leftover input is read away before closing.
 const DISCARD_TIMEOUT: Duration = Duration::from_millis(200);
 const DISCARD_LIMIT: usize = 1024 * 1024;
@@ -331,38 +332,18 @@ pub(crate) fn piece_content_packet(piece: &PieceMetadata) -> BytesMut {
 pub(crate) async fn read_request<R: AsyncRead + Unpin>(
     stream: &mut R,
 ) -> Result<DownloadPiece, Refusal> {
+    let refuse = |BadRequest(code, message)| Refusal::Frame(code, message);
     let mut header = [0u8; HEADER_SIZE];
     stream
         .read_exact(&mut header)
         .await
         .map_err(|e| Refusal::Drop(format!("reading header: {e}")))?;
-    let header = Header::decode(&header)
-        .map_err(|e| Refusal::Frame(Code::InvalidArgument, e.to_string()))?;
-    if header.tag() != Tag::DownloadPiece {
-        return Err(Refusal::Frame(
-            Code::InvalidArgument,
-            format!(
-                "expected a DownloadPiece request, got tag {}",
-                u8::from(header.tag())
-            ),
-        ));
-    }
-    const REQUEST_LENGTH: usize = TASK_ID_SIZE + PIECE_NUMBER_SIZE;
-    if header.length() as usize != REQUEST_LENGTH {
-        return Err(Refusal::Frame(
-            Code::InvalidArgument,
-            format!(
-                "DownloadPiece value must be {REQUEST_LENGTH} bytes, got {}",
-                header.length()
-            ),
-        ));
-    }
-    let mut value = [0u8; REQUEST_LENGTH];
+    let mut value = vec![0u8; request_value_length(&header).map_err(refuse)?];
     stream
         .read_exact(&mut value)
         .await
         .map_err(|e| Refusal::Drop(format!("reading request: {e}")))?;
-    DownloadPiece::decode(&value).map_err(|e| Refusal::Frame(Code::InvalidArgument, e.to_string()))
+    decode_request_value(&value).map_err(refuse)
 }
 
 pub(crate) fn storage_refusal(error: StorageError) -> Refusal {
@@ -625,51 +606,13 @@ async fn read_piece_content<R: AsyncRead + Unpin>(
         .read_exact(&mut header)
         .await
         .map_err(|e| peer_io(addr, e))?;
-    let header = Header::decode(&header).map_err(|e| TransferError::Protocol(e.to_string()))?;
-    if header.length() > MAX_FRAME_VALUE_LENGTH {
-        return Err(TransferError::Protocol(format!(
-            "parent {addr} sent a {} byte frame value",
-            header.length()
-        )));
-    }
-    let mut value = vec![0u8; header.length() as usize];
+    let (tag, length) = answer_value_length(&header, addr)?;
+    let mut value = vec![0u8; length];
     stream
         .read_exact(&mut value)
         .await
         .map_err(|e| peer_io(addr, e))?;
-    match header.tag() {
-        Tag::PieceContent => {
-            let content =
-                PieceContent::decode(&value).map_err(|e| TransferError::Protocol(e.to_string()))?;
-            let m = content.metadata;
-            if m.number != span.number || m.offset != span.offset || m.length != span.length {
-                return Err(TransferError::Protocol(format!(
-                    "parent {addr} sent piece {} at {}+{}, asked for piece {} at {}+{}",
-                    m.number, m.offset, m.length, span.number, span.offset, span.length
-                )));
-            }
-            Ok(m)
-        }
-        Tag::Error => {
-            let error =
-                ErrorFrame::decode(&value).map_err(|e| TransferError::Protocol(e.to_string()))?;
-            if error.code == Code::NotFound {
-                return Err(TransferError::PieceNotFound {
-                    task_id: task_id.to_string(),
-                    number: span.number,
-                });
-            }
-            Err(TransferError::PeerError {
-                addr,
-                code: error.code.into(),
-                message: error.message,
-            })
-        }
-        other => Err(TransferError::Protocol(format!(
-            "parent {addr} answered with unexpected tag {}",
-            u8::from(other)
-        ))),
-    }
+    decode_answer_value(tag, &value, addr, task_id, span)
 }
 
 pub(crate) fn peer_io(addr: SocketAddr, error: std::io::Error) -> TransferError {

@@ -15,10 +15,14 @@ mod body;
 pub mod config;
 mod connect;
 mod guard;
-mod headers;
+// Public only for the fuzz targets (`fuzz/`): the parsers of what a client sends.
+#[doc(hidden)]
+pub mod headers;
 mod passthrough;
-mod range;
-mod route;
+#[doc(hidden)]
+pub mod range;
+#[doc(hidden)]
+pub mod route;
 pub mod tls;
 
 use crate::engine::Engine;
@@ -42,6 +46,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+#[doc(hidden)]
+pub use blob::BlobSettings;
 pub use blob::TASK_ID_HEADER;
 pub use route::REGISTRY_HEADER;
 

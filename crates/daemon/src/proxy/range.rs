@@ -59,7 +59,11 @@ impl ByteRange {
                 let end = last.map_or(total, |l| l.saturating_add(1).min(total));
                 Ok((first, end))
             }
+            // RFC 9110 §14.1.1: a suffix of an empty representation is unsatisfiable; without
+            // this, `bytes=-5` on an empty blob was answered 206 `bytes 0-0/0`, a byte that
+            // does not exist (found by the proxy_range fuzz target's property).
             ByteRange::Suffix(0) => Err(RangeError),
+            ByteRange::Suffix(_) if total == 0 => Err(RangeError),
             ByteRange::Suffix(n) => Ok((total.saturating_sub(n), total)),
         }
     }
@@ -79,6 +83,13 @@ mod tests {
         assert_eq!(r("bytes=-1000"), Ok((0, 100)));
         assert_eq!(r("bytes=100-"), Err(RangeError));
         assert_eq!(r("bytes=-0"), Err(RangeError));
+        let empty = |s| parse_range(s).unwrap().resolve(0);
+        assert_eq!(
+            empty("bytes=-5"),
+            Err(RangeError),
+            "no byte of an empty blob"
+        );
+        assert_eq!(empty("bytes=0-"), Err(RangeError));
         for bad in [
             "items=0-1",
             "bytes=0-1,5-6",

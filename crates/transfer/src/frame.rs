@@ -1,0 +1,171 @@
+//! Vortex frames as the piece server and client read them, as pure functions over bytes: the
+//! sockets in `vortex` read a header, ask here how long the value is, read that many bytes
+//! and decode them here. Kept apart from the I/O so the fuzz targets (`fuzz/`) run exactly
+//! the checks a hostile peer meets.
+
+use crate::error::TransferError;
+use damselfly_core::PieceSpan;
+use std::net::SocketAddr;
+use vortex_protocol::tlv::download_piece::DownloadPiece;
+use vortex_protocol::tlv::error::{Code, Error as ErrorFrame};
+use vortex_protocol::tlv::piece_content::PieceContent;
+use vortex_protocol::tlv::piece_metadata::PieceMetadata as WireMetadata;
+use vortex_protocol::tlv::{Tag, PIECE_NUMBER_SIZE, TASK_ID_SIZE};
+use vortex_protocol::{Header, Message, HEADER_SIZE};
+
+/// Largest PieceContent/Error value a client accepts; real ones are ~200 bytes, so anything
+/// bigger is garbage that must not make us allocate.
+pub const MAX_FRAME_VALUE_LENGTH: u32 = 64 * 1024;
+/// The value of a DownloadPiece request: a task ID and a piece number, nothing else.
+pub(crate) const REQUEST_LENGTH: usize = TASK_ID_SIZE + PIECE_NUMBER_SIZE;
+
+/// A request the server answers with an Error frame (code and message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest(pub Code, pub String);
+
+fn invalid(message: String) -> BadRequest {
+    BadRequest(Code::InvalidArgument, message)
+}
+
+/// Server side: checks a request header and returns the value length to read (always
+/// [`REQUEST_LENGTH`]); anything but a DownloadPiece of that size is refused unread.
+pub(crate) fn request_value_length(header: &[u8; HEADER_SIZE]) -> Result<usize, BadRequest> {
+    let header = Header::decode(header).map_err(|e| invalid(e.to_string()))?;
+    if header.tag() != Tag::DownloadPiece {
+        return Err(invalid(format!(
+            "expected a DownloadPiece request, got tag {}",
+            u8::from(header.tag())
+        )));
+    }
+    if header.length() as usize != REQUEST_LENGTH {
+        return Err(invalid(format!(
+            "DownloadPiece value must be {REQUEST_LENGTH} bytes, got {}",
+            header.length()
+        )));
+    }
+    Ok(REQUEST_LENGTH)
+}
+
+pub(crate) fn decode_request_value(value: &[u8]) -> Result<DownloadPiece, BadRequest> {
+    DownloadPiece::decode(value).map_err(|e| invalid(e.to_string()))
+}
+
+/// Server side, whole frame: the request a peer's first bytes make. Bytes after the request
+/// are never read. Entry point of the `vortex_request` fuzz target.
+#[doc(hidden)]
+pub fn decode_request_frame(frame: &[u8]) -> Result<DownloadPiece, BadRequest> {
+    let short = || invalid(format!("connection closed after {} bytes", frame.len()));
+    let header = frame.first_chunk::<HEADER_SIZE>().ok_or_else(short)?;
+    let length = request_value_length(header)?;
+    let value = frame
+        .get(HEADER_SIZE..HEADER_SIZE + length)
+        .ok_or_else(short)?;
+    decode_request_value(value)
+}
+
+/// Client side: the tag and value length of a parent's answer header, refusing a length
+/// that would make us allocate more than [`MAX_FRAME_VALUE_LENGTH`].
+pub(crate) fn answer_value_length(
+    header: &[u8; HEADER_SIZE],
+    addr: SocketAddr,
+) -> Result<(Tag, usize), TransferError> {
+    let header = Header::decode(header).map_err(|e| TransferError::Protocol(e.to_string()))?;
+    if header.length() > MAX_FRAME_VALUE_LENGTH {
+        return Err(TransferError::Protocol(format!(
+            "parent {addr} sent a {} byte frame value",
+            header.length()
+        )));
+    }
+    Ok((header.tag(), header.length() as usize))
+}
+
+/// Client side: the piece metadata of a parent's answer, which must match the requested
+/// span; an Error frame becomes the matching error.
+pub(crate) fn decode_answer_value(
+    tag: Tag,
+    value: &[u8],
+    addr: SocketAddr,
+    task_id: &str,
+    span: PieceSpan,
+) -> Result<WireMetadata, TransferError> {
+    let protocol = |e: vortex_protocol::error::Error| TransferError::Protocol(e.to_string());
+    match tag {
+        Tag::PieceContent => {
+            let m = PieceContent::decode(value).map_err(protocol)?.metadata;
+            if m.number != span.number || m.offset != span.offset || m.length != span.length {
+                return Err(TransferError::Protocol(format!(
+                    "parent {addr} sent piece {} at {}+{}, asked for piece {} at {}+{}",
+                    m.number, m.offset, m.length, span.number, span.offset, span.length
+                )));
+            }
+            Ok(m)
+        }
+        Tag::Error => {
+            let error = ErrorFrame::decode(value).map_err(protocol)?;
+            if error.code == Code::NotFound {
+                return Err(TransferError::PieceNotFound {
+                    task_id: task_id.to_string(),
+                    number: span.number,
+                });
+            }
+            Err(TransferError::PeerError {
+                addr,
+                code: error.code.into(),
+                message: error.message,
+            })
+        }
+        other => Err(TransferError::Protocol(format!(
+            "parent {addr} answered with unexpected tag {}",
+            u8::from(other)
+        ))),
+    }
+}
+
+/// Client side, whole frame: what a parent's answer to a request for `span` decodes to.
+/// Entry point of the `vortex_answer` fuzz target.
+#[doc(hidden)]
+pub fn decode_answer_frame(
+    frame: &[u8],
+    task_id: &str,
+    span: PieceSpan,
+) -> Result<WireMetadata, TransferError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    let short = || TransferError::Protocol(format!("answer ends after {} bytes", frame.len()));
+    let header = frame.first_chunk::<HEADER_SIZE>().ok_or_else(short)?;
+    let (tag, length) = answer_value_length(header, addr)?;
+    let value = frame
+        .get(HEADER_SIZE..HEADER_SIZE + length)
+        .ok_or_else(short)?;
+    decode_answer_value(tag, value, addr, task_id, span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn request_frames_decode_or_are_refused() {
+        let mut frame = BytesMut::new();
+        DownloadPiece::new("a".repeat(TASK_ID_SIZE), 7).encode_packet(&mut frame);
+        let request = decode_request_frame(&frame).unwrap();
+        assert_eq!(request.piece_number, 7);
+        assert!(decode_request_frame(&frame[..frame.len() - 1]).is_err());
+        let mut error = BytesMut::new();
+        ErrorFrame::new(Code::Internal, "x".into()).encode_packet(&mut error);
+        let refused = decode_request_frame(&error).unwrap_err();
+        assert_eq!(refused.0, Code::InvalidArgument);
+    }
+
+    #[test]
+    fn oversized_answers_are_refused_before_reading() {
+        let frame = [0u8, u8::from(Tag::PieceContent), 0xff, 0xff, 0xff, 0xff];
+        let span = PieceSpan {
+            number: 0,
+            offset: 0,
+            length: 1,
+        };
+        let error = decode_answer_frame(&frame, "t", span).unwrap_err();
+        assert!(error.to_string().contains("byte frame value"), "{error}");
+    }
+}
