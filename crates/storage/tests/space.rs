@@ -246,12 +246,18 @@ async fn metadata_commits_work_again_once_a_full_disk_has_room() {
         let mut file = std::fs::File::create(&filler).unwrap();
         while file.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
     }
-    // Task records until the database cannot grow any more.
+    // Task records until the database cannot grow any more. Records are committed without
+    // fsync and may stay in redb's cache, so each is flushed: the durable commit is where a
+    // full disk shows, whatever the machine's speed.
     let mut failure = None;
-    for n in 0..=255u8 {
-        let id = format!("{}{n:02x}", "ab".repeat(31));
+    for n in 0..=1023u16 {
+        let id = format!("{}{n:04x}", "ab".repeat(30));
         let headers = vec![("x-padding".to_string(), "p".repeat(16 * 1024))];
-        if let Err(e) = storage.prepare_task(&id, PIECE, PIECE, headers).await {
+        let recorded = match storage.prepare_task(&id, PIECE, PIECE, headers).await {
+            Ok(_) => storage.flush(),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
             failure = Some(e);
             break;
         }
