@@ -7,7 +7,9 @@ Input, in the results directory run.sh filled:
   summary.csv   per contender: origin bytes, daemon CPU and peak RSS.
 
 Percentiles interpolate linearly between the sorted completion times (p99 of 8 hosts lies between
-the 7th and the 8th). The Kumar-Ross bound is T_min = max(F/u_s, F/d_min, N*F/(u_s + sum u_i)).
+the 7th and the 8th). The Kumar-Ross bound (Mundinger's for uneven links) is
+T_min = max(F/u_s, F/d_min, N*F/(u_s + sum u_i)), u_s the uplink of the origin namespace (seed
+peer, origin, BitTorrent seeder), u_i and d_i each host's up- and downlink.
 
 Usage: report.py RESULTS_DIR
 """
@@ -33,14 +35,39 @@ def percentile(values, p):
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
+def host_rates(params):
+    """Each host's (up, down) in Mbit/s: the lists of a run with uneven links, else host_mbit."""
+    n, h = params["n"], params["host_mbit"]
+    ups = params.get("host_up_mbit") or [h] * n
+    downs = params.get("host_down_mbit") or [h] * n
+    return ups, downs
+
+
+def uneven(params):
+    ups, downs = host_rates(params)
+    return len(set(ups) | set(downs)) > 1
+
+
 def bound(params):
     f = params["file_bytes"] * 8
     n = params["n"]
     u_s = params["origin_mbit"] * 1e6
-    d = params["host_mbit"] * 1e6
-    u = params["host_mbit"] * 1e6
-    terms = {"F/u_s": f / u_s, "F/d_min": f / d, "N*F/(u_s+sum u_i)": n * f / (u_s + n * u)}
+    ups, downs = host_rates(params)
+    terms = {"F/u_s": f / u_s, "F/d_min": f / (min(downs) * 1e6),
+             "N*F/(u_s+sum u_i)": n * f / (u_s + sum(ups) * 1e6)}
     return max(terms.values()), terms
+
+
+def links_text(params):
+    """The hosts' links in words: one rate, or the distinct (up, down) pairs and how many."""
+    ups, downs = host_rates(params)
+    if not uneven(params):
+        return f"{params['n']} hosts at {params['host_mbit']} Mbit/s (both ways)"
+    pairs = {}
+    for i, pair in enumerate(zip(ups, downs), 1):
+        pairs.setdefault(pair, []).append(f"h{i}")
+    parts = [f"{' '.join(hs)} up {u} / down {d} Mbit/s" for (u, d), hs in pairs.items()]
+    return f"{params['n']} hosts: " + "; ".join(parts)
 
 
 def fnum(x, digits=2):
@@ -122,7 +149,7 @@ def markdown(params, rows, results):
     t_min, terms = bound(params)
     lines = []
     p = params
-    lines.append(f"N={p['n']} hosts at {p['host_mbit']} Mbit/s (both ways), origin uplink {p['origin_mbit']} Mbit/s, "
+    lines.append(f"N={links_text(p)}, origin uplink {p['origin_mbit']} Mbit/s, "
                  f"file {p['size_mib']} MiB, latency {p['latency_ms']} ms; {p['cpus']} CPUs, kernel {p['kernel']}.")
     lines.append(f"Shaping measured with iperf3 before the run: origin uplink {p['measured_origin_up_mbit']} Mbit/s, "
                  f"host to host {p['measured_host_mbit']} Mbit/s.")
@@ -157,12 +184,20 @@ def markdown(params, rows, results):
         d = df[0]
         checks = [("last host within 1.15 x T_min", d["last_over_tmin"] <= 1.15),
                   ("origin HTTP sends at most 1.02 x F", (d["http_origin_over_f"] or 99) <= 1.02)]
+        ups, _ = host_rates(p)
+        if uneven(p):  # issue 14: uneven uplinks
+            checks = [("last host within 1.3 x T_min", d["last_over_tmin"] <= 1.3),
+                      ("origin uplink at most 1.05 x F", d["uplink_payload_over_f"] <= 1.05)]
+        elif p["origin_mbit"] > max(ups):  # issue 14: a seed faster than the hosts
+            checks = [("last host within 1.10 x T_min", d["last_over_tmin"] <= 1.10)]
         if bt:
             checks.append(("better T_last/T_min than BitTorrent",
                            not math.isnan(d["last_over_tmin"]) and (math.isnan(bt[0]["last_over_tmin"])
                                                                     or d["last_over_tmin"] < bt[0]["last_over_tmin"])))
         lines.append("")
         lines.append("Targets (issue 4): " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks) + ".")
+    if uneven(p):
+        lines.append(by_uplink(p, times))
     src = os.path.join(results, "damselfly-sources.csv")
     if os.path.exists(src):
         with open(src) as fh:
@@ -185,6 +220,20 @@ def markdown(params, rows, results):
     return "\n".join(lines) + "\n"
 
 
+def by_uplink(params, times):
+    """When the hosts' uplinks differ: the last completion of each uplink class per contender."""
+    ups, _ = host_rates(params)
+    parts = []
+    for c in [c for c in ORDER if c in times]:
+        last = {}
+        for host, secs in times[c]:
+            i = int(host[1:]) - 1 if host[1:].isdigit() else -1
+            if 0 <= i < len(ups):
+                last[ups[i]] = max(last.get(ups[i], 0.0), secs)
+        parts.append(f"{c} " + ", ".join(f"{u} Mbit/s up: {t:.1f} s" for u, t in sorted(last.items())))
+    return "Last host per uplink: " + "; ".join(parts) + "."
+
+
 def chart_matplotlib(path, params, times, t_min):
     import matplotlib
     matplotlib.use("Agg")
@@ -205,7 +254,8 @@ def chart_matplotlib(path, params, times, t_min):
     ax.set_ylabel("hosts finished (%)")
     ax.set_ylim(0, 105)
     ax.set_xlim(left=0)
-    ax.set_title(f"{params['size_mib']} MiB to N={params['n']} hosts at {params['host_mbit']} Mbit/s, "
+    hosts = "uneven links" if uneven(params) else f"{params['host_mbit']} Mbit/s"
+    ax.set_title(f"{params['size_mib']} MiB to N={params['n']} hosts at {hosts}, "
                  f"origin {params['origin_mbit']} Mbit/s")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

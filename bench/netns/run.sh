@@ -3,7 +3,8 @@
 #
 # N host network namespaces and an `origin` namespace hang off one bridge that lives in a namespace
 # of its own, so nothing touches the root namespace's interfaces or addresses. Each link is shaped
-# in both directions with tc tbf (host links at HOST_MBIT, the origin's uplink at ORIGIN_MBIT).
+# in both directions with tc tbf (host links at HOST_MBIT, the origin's uplink at ORIGIN_MBIT;
+# per-host rates with HOST_UP_MBIT / HOST_DOWN_MBIT or SLOW_HOSTS, see below).
 # The shaping is measured with iperf3 before any contender runs. Then, in turn:
 #   1. direct:     curl on every host at once, from nginx in the origin namespace;
 #   2. bittorrent: opentracker + an aria2c seeder in the origin namespace, aria2c on every host;
@@ -15,10 +16,16 @@
 #   bench/netns/run.sh                       # default: N=8, hosts 100 Mbit/s, origin 50, 256 MiB
 #   bench/netns/run.sh --ci                  # CI size: N=3, 16 MiB
 #   N=16 bench/netns/run.sh                  # or any of the variables below
+#   SLOW_HOSTS=4 SLOW_UP_MBIT=10 bench/netns/run.sh   # half the hosts upload at 10 Mbit/s
+#   SEED_MBIT=500 bench/netns/run.sh         # seed and origin uplink 5 x the hosts'
 #
 # Variables (or the matching --flags, see usage()):
 #   N=8 HOST_MBIT=100 ORIGIN_MBIT=50 ORIGIN_DOWN_MBIT=HOST_MBIT SIZE_MIB=256 LATENCY_MS=0
 #   CONTENDERS="direct bittorrent damselfly" RESULTS_DIR=bench/netns/results/<stamp>
+#   Uneven links: HOST_UP_MBIT="100 10 100 10 ..." and HOST_DOWN_MBIT="..." (one rate per host,
+#   h1 first; hosts past the end of a list use HOST_MBIT), or SLOW_HOSTS=K SLOW_UP_MBIT=R (the
+#   last K hosts upload at R; their download stays HOST_MBIT). SEED_MBIT is ORIGIN_MBIT under
+#   the name of what it shapes here: the uplink of the namespace with the seed peer and origin.
 #   WORK_BASE=/var/tmp  DAMSELFLY_BIN_DIR=<dir with dfscheduler, dfdaemon, dfget>
 #   RUN_TIMEOUT=<seconds per contender, default 6 x the slowest bound + 120>
 #   NO_INSTALL=1 (never apt-get)  KEEP_WORK=1 (keep the work dir: daemon logs, aria2 logs)
@@ -44,7 +51,8 @@ EOF
 
 # The command line as given, for the report (variables the bench reads, then the flags).
 CMDLINE="bench/netns/run.sh${*:+ $*}"
-for v in N HOST_MBIT ORIGIN_MBIT ORIGIN_DOWN_MBIT SIZE_MIB LATENCY_MS CONTENDERS; do
+for v in N HOST_MBIT ORIGIN_MBIT SEED_MBIT ORIGIN_DOWN_MBIT HOST_UP_MBIT HOST_DOWN_MBIT SLOW_HOSTS \
+  SLOW_UP_MBIT SIZE_MIB LATENCY_MS CONTENDERS; do
   case "${!v:-}" in
     '') ;;
     *' '*) CMDLINE="$v='${!v}' $CMDLINE" ;;
@@ -70,7 +78,7 @@ done
 
 N="${N:-8}"
 HOST_MBIT="${HOST_MBIT:-100}"
-ORIGIN_MBIT="${ORIGIN_MBIT:-50}"
+ORIGIN_MBIT="${ORIGIN_MBIT:-${SEED_MBIT:-50}}"
 ORIGIN_DOWN_MBIT="${ORIGIN_DOWN_MBIT:-$HOST_MBIT}"
 SIZE_MIB="${SIZE_MIB:-256}"
 LATENCY_MS="${LATENCY_MS:-0}"
@@ -88,9 +96,23 @@ for v in N HOST_MBIT ORIGIN_MBIT ORIGIN_DOWN_MBIT SIZE_MIB LATENCY_MS; do
 done
 { [ "$N" -ge 2 ] && [ "$N" -le 64 ]; } || die "N must be 2..64"
 { [ "$SIZE_MIB" -ge 1 ] && [ "$SIZE_MIB" -le 8192 ]; } || die "SIZE_MIB must be 1..8192"
-for r in HOST_MBIT ORIGIN_MBIT ORIGIN_DOWN_MBIT; do
-  { [ "${!r}" -ge 1 ] && [ "${!r}" -le 10000 ]; } || die "$r must be 1..10000"
+rate_ok() { { isnum "$2" && [ "$2" -ge 1 ] && [ "$2" -le 10000 ]; } || die "$1 must be 1..10000 (got '$2')"; }
+for r in HOST_MBIT ORIGIN_MBIT ORIGIN_DOWN_MBIT; do rate_ok "$r" "${!r}"; done
+# Per-host rates: UP[i] and DOWN[i] for host i (1..N).
+SLOW_HOSTS="${SLOW_HOSTS:-0}"
+SLOW_UP_MBIT="${SLOW_UP_MBIT:-$(( HOST_MBIT / 10 > 0 ? HOST_MBIT / 10 : 1 ))}"
+{ isnum "$SLOW_HOSTS" && [ "$SLOW_HOSTS" -le "$N" ]; } || die "SLOW_HOSTS must be 0..N"
+rate_ok SLOW_UP_MBIT "$SLOW_UP_MBIT"
+UP=(); DOWN=()
+read -r -a up_list <<<"${HOST_UP_MBIT:-}"
+read -r -a down_list <<<"${HOST_DOWN_MBIT:-}"
+{ [ "${#up_list[@]}" -le "$N" ] && [ "${#down_list[@]}" -le "$N" ]; } || die "HOST_UP_MBIT/HOST_DOWN_MBIT list more than N rates"
+for i in $(seq 1 "$N"); do
+  UP[i]="${up_list[i-1]:-$HOST_MBIT}"; DOWN[i]="${down_list[i-1]:-$HOST_MBIT}"
+  [ "$i" -le $(( N - SLOW_HOSTS )) ] || UP[i]="$SLOW_UP_MBIT"
+  rate_ok "HOST_UP_MBIT[h$i]" "${UP[i]}"; rate_ok "HOST_DOWN_MBIT[h$i]" "${DOWN[i]}"
 done
+HOST_UPS="${UP[*]}"; HOST_DOWNS="${DOWN[*]}"
 for c in $CONTENDERS; do
   case "$c" in direct|bittorrent|damselfly) ;; *) die "unknown contender $c" ;; esac
 done
@@ -284,9 +306,9 @@ attach() {
 
 attach "$ORIGIN_NS" "$ORIGIN_IP" vorigin "$ORIGIN_MBIT" "$ORIGIN_DOWN_MBIT"
 for i in $(seq 1 "$N"); do
-  attach "$(host_ns "$i")" "$(host_ip "$i")" "vh$i" "$HOST_MBIT" "$HOST_MBIT"
+  attach "$(host_ns "$i")" "$(host_ip "$i")" "vh$i" "${UP[i]}" "${DOWN[i]}"
 done
-log "testbed: $N hosts at $HOST_MBIT Mbit/s both ways, origin up $ORIGIN_MBIT / down $ORIGIN_DOWN_MBIT Mbit/s, latency ${LATENCY_MS} ms"
+log "testbed: $N hosts, up Mbit/s [$HOST_UPS], down [$HOST_DOWNS], origin up $ORIGIN_MBIT / down $ORIGIN_DOWN_MBIT Mbit/s, latency ${LATENCY_MS} ms"
 
 # ---------------------------------------------------------------------------------------------
 # Shaping check: iperf3 for 3 s over the origin uplink and over a host-to-host path.
@@ -307,16 +329,19 @@ except Exception: print("0")'
 # iperf3 needs a fresh server per measurement (-1); wait for its port between runs.
 M_ORIGIN_UP="$(iperf_mbit "$(host_ns 1)" "$(host_ip 1)" "$ORIGIN_NS")"
 M_HOST="$(iperf_mbit "$(host_ns 1)" "$(host_ip 1)" "$(host_ns 2)")"
-log "shaping check: origin -> h1 $M_ORIGIN_UP Mbit/s (configured $ORIGIN_MBIT), h2 -> h1 $M_HOST Mbit/s (configured $HOST_MBIT)"
+# h2 -> h1 runs at the lesser of h2's uplink and h1's downlink (and the origin's, of h1's).
+M_HOST_CONF=$(( UP[2] < DOWN[1] ? UP[2] : DOWN[1] ))
+M_ORIGIN_CONF=$(( ORIGIN_MBIT < DOWN[1] ? ORIGIN_MBIT : DOWN[1] ))
+log "shaping check: origin -> h1 $M_ORIGIN_UP Mbit/s (configured $M_ORIGIN_CONF), h2 -> h1 $M_HOST Mbit/s (configured $M_HOST_CONF)"
 shaping_ok=yes
-for pair in "$M_ORIGIN_UP:$ORIGIN_MBIT" "$M_HOST:$HOST_MBIT"; do
+for pair in "$M_ORIGIN_UP:$M_ORIGIN_CONF" "$M_HOST:$M_HOST_CONF"; do
   if ! awk -v m="${pair%%:*}" -v c="${pair##*:}" 'BEGIN { exit !(m >= 0.85 * c && m <= 1.05 * c) }'; then
     shaping_ok=no
   fi
 done
 [ "$shaping_ok" = yes ] || log "warning: measured rates are off by more than -15%/+5% of the configuration"
 # A wildly unshaped link would make every number meaningless.
-awk -v m="$M_HOST" -v c="$HOST_MBIT" 'BEGIN { exit !(m <= 1.5 * c) }' || die "shaping does not hold ($M_HOST Mbit/s on a $HOST_MBIT Mbit/s link)"
+awk -v m="$M_HOST" -v c="$M_HOST_CONF" 'BEGIN { exit !(m <= 1.5 * c) }' || die "shaping does not hold ($M_HOST Mbit/s on a $M_HOST_CONF Mbit/s path)"
 
 # ---------------------------------------------------------------------------------------------
 # The file and the origin's nginx.
@@ -374,16 +399,19 @@ origin_tx() { nsx "$ORIGIN_NS" cat /sys/class/net/eth0/statistics/tx_bytes; }
 # ---------------------------------------------------------------------------------------------
 # Raw results for report.py: params.json, times.csv (contender,host,seconds,ok), summary.csv.
 
-T_BOUND="$("$PY" - "$FILE_BYTES" "$N" "$HOST_MBIT" "$ORIGIN_MBIT" <<'EOF'
+T_BOUND="$("$PY" - "$FILE_BYTES" "$ORIGIN_MBIT" "$HOST_UPS" "$HOST_DOWNS" <<'EOF'
 import sys
-f, n, h, o = int(sys.argv[1]) * 8, int(sys.argv[2]), float(sys.argv[3]) * 1e6, float(sys.argv[4]) * 1e6
-print("%.0f" % max(f / o, f / h, n * f / (o + n * h)))
+f, o = int(sys.argv[1]) * 8, float(sys.argv[2]) * 1e6
+ups = [float(x) * 1e6 for x in sys.argv[3].split()]
+downs = [float(x) * 1e6 for x in sys.argv[4].split()]
+print("%.0f" % max(f / o, f / min(downs), len(ups) * f / (o + sum(ups))))
 EOF
 )"
 # Direct takes about N x F / u_s; the P2P contenders should be near the bound.
 RUN_TIMEOUT="${RUN_TIMEOUT:-$("$PY" -c "print(int(6 * max($T_BOUND, $N * $FILE_BYTES * 8 / ($ORIGIN_MBIT * 1e6)) + 120))")}"
 cat >"$RESULTS_DIR/params.json" <<EOF
 {"n": $N, "host_mbit": $HOST_MBIT, "origin_mbit": $ORIGIN_MBIT, "origin_down_mbit": $ORIGIN_DOWN_MBIT,
+ "host_up_mbit": [$(echo "$HOST_UPS" | tr ' ' ',')], "host_down_mbit": [$(echo "$HOST_DOWNS" | tr ' ' ',')],
  "size_mib": $SIZE_MIB, "file_bytes": $FILE_BYTES, "latency_ms": $LATENCY_MS,
  "measured_origin_up_mbit": $M_ORIGIN_UP, "measured_host_mbit": $M_HOST, "shaping_ok": "$shaping_ok",
  "stamp": "$STAMP", "git": "$GIT_REV", "kernel": "$(uname -r)", "cpus": $(nproc),

@@ -306,21 +306,26 @@ pub struct SeedPeerConfig {
 
 /// A seed rations its `SyncPieces` announcements by default (see `crate::ration`).
 pub const DEFAULT_RATION_ENABLE: bool = true;
-/// Given pieces a rationing seed has waiting for their first upload, per task. Each seed
+/// Given pieces a rationing seed has waiting for their first upload, per task, at least (the
+/// seed keeps more in flight while they add to its measured upload, see `crate::ration`). Each seed
 /// upload shares its child's downlink with the child's transfers from peers, so one or two
 /// flows leave a seed's uplink partly idle; four kept a 50 Mbit/s seed at its line rate in
 /// bench/netns (16 hosts: the last piece left the seed at 45.0 s with 4, 45.8-46.8 s with 2)
 /// while the last pieces still leave it close together.
 pub const DEFAULT_RATION_PIECES_IN_FLIGHT: usize = 4;
+/// At most this many given pieces in flight per task: 4 MiB pieces at a 100 Mbit/s child's
+/// downlink take 0.34 s each, so 32 keep a 10 Gbit/s seed busy.
+pub const DEFAULT_RATION_MAX_PIECES_IN_FLIGHT: usize = 32;
 
-/// `seedPeer.ration:`. Turn it off when the seed's uplink is not the swarm's bottleneck (a
-/// seed with far more bandwidth than its children): then every child may take any piece
-/// from it at once, as from a Dragonfly seed.
+/// `seedPeer.ration:`. Turning it off lets every child take any piece from the seed at once,
+/// as from a Dragonfly seed; with it on, a seed with far more uplink than its children keeps
+/// more pieces in flight by itself (`maxPiecesInFlight`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct RationConfig {
     pub enable: bool,
     pub pieces_in_flight: usize,
+    pub max_pieces_in_flight: usize,
 }
 
 impl Default for RationConfig {
@@ -328,6 +333,7 @@ impl Default for RationConfig {
         Self {
             enable: DEFAULT_RATION_ENABLE,
             pieces_in_flight: DEFAULT_RATION_PIECES_IN_FLIGHT,
+            max_pieces_in_flight: DEFAULT_RATION_MAX_PIECES_IN_FLIGHT,
         }
     }
 }
@@ -502,10 +508,17 @@ impl DaemonConfig {
                 "the embedded scheduler serves plain text on loopback; unset scheduler.caCert/cert/key to use it".into(),
             ));
         }
-        if self.seed_peer.ration.pieces_in_flight == 0 {
+        let ration = &self.seed_peer.ration;
+        if ration.pieces_in_flight == 0 {
             return Err(DaemonError::Config(
                 "seedPeer.ration.piecesInFlight must be at least 1".into(),
             ));
+        }
+        if ration.max_pieces_in_flight < ration.pieces_in_flight {
+            return Err(DaemonError::Config(format!(
+                "seedPeer.ration.maxPiecesInFlight ({}) must be at least piecesInFlight ({})",
+                ration.max_pieces_in_flight, ration.pieces_in_flight
+            )));
         }
         if self.download.concurrent_piece_count == 0 {
             return Err(DaemonError::Config(
@@ -699,6 +712,7 @@ seedPeer:
   enable: true
   ration:
     piecesInFlight: 3
+    maxPiecesInFlight: 12
 storage:
   dir: /tmp/cache
   keep: false
@@ -736,6 +750,7 @@ manager:
         );
         assert!(c.seed_peer.ration.enable);
         assert_eq!(c.seed_peer.ration.pieces_in_flight, 3);
+        assert_eq!(c.seed_peer.ration.max_pieces_in_flight, 12);
         assert!(!c.storage.keep);
         assert_eq!(c.storage.server.tcp_port, 4105);
         assert_eq!(c.gc.policy.task_ttl, Duration::from_secs(3600));
@@ -914,5 +929,11 @@ network:
         let error = c.validate().unwrap_err().to_string();
         assert!(error.contains("piecesInFlight"), "{error}");
         assert!(DaemonConfig::from_yaml("seedPeer: {ration: {piecesInFlight: many}}").is_err());
+        let c = DaemonConfig::from_yaml(
+            "seedPeer: {ration: {piecesInFlight: 8, maxPiecesInFlight: 4}}",
+        )
+        .unwrap();
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("maxPiecesInFlight"), "{error}");
     }
 }

@@ -333,8 +333,9 @@ async fn build_context(
         back_to_source: limiter(config.download.back_to_source_bandwidth_limit.as_u64()),
         upload: limiter(config.upload.bandwidth_limit.as_u64()),
     };
-    let ration = (seed && config.seed_peer.ration.enable)
-        .then(|| SeedRation::new(config.seed_peer.ration.pieces_in_flight));
+    let rc = &config.seed_peer.ration;
+    let ration =
+        (seed && rc.enable).then(|| SeedRation::new(rc.pieces_in_flight, rc.max_pieces_in_flight));
     let tls = TlsLinks::load(&config.tls_files()?)?;
     Ok(Arc::new(DaemonContext {
         // Filled by `join_schedulers` once names are resolved.
@@ -380,6 +381,12 @@ fn spawn_background(engine: &Arc<Engine>) -> Vec<JoinHandle<()>> {
     }
     if let Some(idle) = ctx.config.idle_exit {
         tasks.push(tokio::spawn(idle_watch(ctx.clone(), idle)));
+    }
+    if let Some(ration) = ctx.ration.clone() {
+        tasks.push(tokio::spawn(crate::ration::follow_upload_rates(
+            ration,
+            ctx.clone(),
+        )));
     }
     tasks
 }

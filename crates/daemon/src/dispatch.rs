@@ -9,7 +9,11 @@
 //! - then pieces that normal (non-seed) parents hold, rarest first, ties broken at random,
 //!   so that the peers of a swarm hold different pieces and trade them;
 //! - among those, to the parent with the most spare upload bandwidth per piece in flight,
-//!   ties broken at random.
+//!   ties broken at random. Once a parent delivered pieces to us, what it delivered (bytes per
+//!   second per piece) stands for its bandwidth, and a parent not heard from yet is taken to
+//!   be as good as the best one: a parent with a tenth of the others' uplink (bench/netns,
+//!   uneven uplinks) announces the same bandwidth as they do, but its pieces take ten times
+//!   as long, and a child that keeps asking it waits for pieces the others would bring.
 
 use rand::seq::IndexedRandom;
 use rand::Rng;
@@ -19,6 +23,8 @@ use std::time::{Duration, Instant};
 /// Bandwidth assumed for a parent that did not announce one (1 Gbit/s in bytes), so unknown
 /// parents are neither starved nor preferred.
 pub const UNKNOWN_PARENT_BANDWIDTH: u64 = 125_000_000;
+/// Weight of a new piece's rate in a parent's delivered rate (running average).
+pub const DELIVERY_EWMA: f64 = 0.3;
 
 /// What the dispatcher knows about one parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,13 +36,32 @@ pub struct ParentLoad {
     pub tx_bandwidth: u64,
     /// Our pieces in flight from this parent.
     pub in_flight: u32,
+    /// What it delivered to us, bytes per second per piece (running average); `None` until
+    /// a piece came from it.
+    pub delivered: Option<u64>,
 }
 
 impl ParentLoad {
     /// Spare upload bandwidth per piece we would have in flight with one more piece. A busy
     /// parent keeps a floor of 10 % of its capacity, as Dragonfly's selector, so it still
     /// gets some work.
-    pub fn spare_per_piece(&self) -> u64 {
+    /// A piece of `bytes` came from this parent in `cost`.
+    pub fn delivered_piece(&mut self, bytes: u64, cost: Duration) {
+        let rate = bytes as f64 / cost.as_secs_f64().max(1e-3);
+        let average = match self.delivered {
+            Some(old) => old as f64 + DELIVERY_EWMA * (rate - old as f64),
+            None => rate,
+        };
+        self.delivered = Some(average as u64);
+    }
+
+    /// What one more piece from this parent would get: its delivered rate (or, for a parent
+    /// that delivered nothing yet, `best_delivered`, the best among the candidates) shared
+    /// with our pieces in flight from it; without any delivery, the announced spare bandwidth.
+    pub fn spare_per_piece(&self, best_delivered: Option<u64>) -> u64 {
+        if let Some(rate) = self.delivered.or(best_delivered) {
+            return rate / u64::from(self.in_flight + 1);
+        }
         let max = if self.max_tx_bandwidth == 0 {
             UNKNOWN_PARENT_BANDWIDTH
         } else {
@@ -64,10 +89,14 @@ pub fn choose_parent<R: Rng + ?Sized>(
         .filter(|&i| !parents[i].seed)
         .collect();
     let pool = if normal.is_empty() { usable } else { normal };
-    let best = pool.iter().map(|&i| parents[i].spare_per_piece()).max()?;
+    let seen = pool.iter().filter_map(|&i| parents[i].delivered).max();
+    let best = pool
+        .iter()
+        .map(|&i| parents[i].spare_per_piece(seen))
+        .max()?;
     let top: Vec<usize> = pool
         .into_iter()
-        .filter(|&i| parents[i].spare_per_piece() == best)
+        .filter(|&i| parents[i].spare_per_piece(seen) == best)
         .collect();
     top.choose(rng).copied()
 }
@@ -262,6 +291,7 @@ mod tests {
             max_tx_bandwidth: max,
             tx_bandwidth: 0,
             in_flight: 0,
+            delivered: None,
         }
     }
 
@@ -278,6 +308,26 @@ mod tests {
         }
         assert!(counts[0] >= 18 && counts[0] <= 22, "{counts:?}");
         assert!(counts[1] >= 8, "{counts:?}");
+    }
+
+    #[test]
+    fn a_parent_that_delivers_slowly_gets_fewer_pieces() {
+        // Both announce the same bandwidth; one delivered 4 MiB in 0.4 s, the other in 4 s.
+        let mut parents = vec![normal(0), normal(0), normal(0)];
+        parents[0].delivered_piece(4 << 20, Duration::from_millis(400));
+        parents[1].delivered_piece(4 << 20, Duration::from_secs(4));
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut counts = [0u32; 3];
+        for _ in 0..24 {
+            let Some(i) = choose_parent(&[0, 1, 2], &parents, &mut rng) else {
+                panic!("no parent chosen");
+            };
+            counts[i] += 1;
+            parents[i].in_flight += 1;
+        }
+        // The fast one and the one not heard from yet (as good as the best) share the work.
+        assert!(counts[1] <= 2, "{counts:?}");
+        assert!(counts[0] >= 10 && counts[2] >= 10, "{counts:?}");
     }
 
     #[test]

@@ -9,10 +9,18 @@
 //!   each piece it got from the seed on to its mesh neighbours, so an even share keeps any one
 //!   child's uplink from becoming the swarm's hot spot (measured in bench/netns: first come,
 //!   first served gave one host 12 of 64 pieces and another none);
-//! - at most `seedPeer.ration.piecesInFlight` given pieces are waiting for their upload at a time,
-//!   shared out between the children, so pieces leave the seed a few at a time at its full
-//!   rate rather than all at once at a trickle each (a trickle would finish every piece near
-//!   the end, and the swarm would have nothing to trade until then);
+//! - ... but in proportion to each child's measured upload (what the scheduler saw it serve,
+//!   read with `ListHosts`, `Network.tx_bandwidth`): a child that uploads at a tenth of the
+//!   others' rate cannot pass pieces on before they go public, and the seed would send them
+//!   again (bench/netns, half the hosts at 10 Mbit/s up: the seed sent 2.04-2.18 x the file).
+//!   A child below [`SLOW_CHILD_SHARE`] of the fastest gets a piece only when no faster child
+//!   is waiting; it still downloads at full speed from its other parents;
+//! - only so many given pieces are waiting for their upload at a time per task, shared out
+//!   between the children, so pieces leave the seed a few at a time at its full rate rather
+//!   than all at once at a trickle each (a trickle would finish every piece near the end, and
+//!   the swarm would have nothing to trade until then). How many follows the seed's measured
+//!   upload ([`pace`]): from `seedPeer.ration.piecesInFlight` up to `maxPiecesInFlight`, as
+//!   long as one more piece in flight still adds to what leaves the seed;
 //! - a given piece becomes public (shown to every child that lacks it) once
 //!   [`RATION_SHARE_WINDOW`] passed after its upload, in which the swarm should have spread it,
 //!   or [`RATION_RELEASE_AFTER`] after it was given if the child never fetched it; a child's
@@ -32,6 +40,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+mod pace;
+pub use pace::Pace;
+
+/// Measured upload per child host, bits per second.
+pub type UploadRates = HashMap<String, u64>;
+
 /// How long after its first upload a piece stays with the child it was given to: the swarm
 /// spreads it meanwhile, and only children it did not reach see it at the seed afterwards.
 pub const RATION_SHARE_WINDOW: Duration = Duration::from_secs(10);
@@ -42,6 +56,11 @@ pub const RATION_RELEASE_AFTER: Duration = Duration::from_secs(30);
 pub const RATION_TICK: Duration = Duration::from_millis(200);
 /// A wanting child whose stream has not looked for this long is skipped.
 const WANT_STALE_AFTER: Duration = Duration::from_millis(600);
+/// A child whose measured upload is below this share of the fastest child's gets a piece
+/// only when no faster child is waiting for one.
+pub const SLOW_CHILD_SHARE: f64 = 0.25;
+/// How often a rationing seed reads its children's measured upload from the scheduler.
+pub const RATION_RATES_INTERVAL: Duration = Duration::from_secs(1);
 
 type Item = Result<SyncPiecesResponse, tonic::Status>;
 type Inner = Pin<Box<dyn Stream<Item = Item> + Send>>;
@@ -49,7 +68,9 @@ type Inner = Pin<Box<dyn Stream<Item = Item> + Send>>;
 /// Who got which piece first, per task.
 pub struct SeedRation {
     /// Given pieces waiting for their first upload, per task.
-    pieces_in_flight: usize,
+    pace: Mutex<Pace>,
+    /// The children's measured upload, as the scheduler last told.
+    rates: Mutex<Arc<UploadRates>>,
     tasks: Mutex<HashMap<String, TaskRation>>,
     /// Wakes held-back streams when a piece was uploaded or a child left.
     changed: Notify,
@@ -68,6 +89,9 @@ struct Given {
     child: String,
     at: Instant,
     uploaded_at: Option<Instant>,
+    bytes: u64,
+    /// Given pieces of the task in flight when it was given, itself included.
+    level: usize,
 }
 
 #[derive(Default)]
@@ -83,6 +107,22 @@ struct TaskRation {
 }
 
 impl TaskRation {
+    fn give(&mut self, child: &str, piece: &SyncPiecesResponse, now: Instant) {
+        let level = self.waiting_total(now) + 1;
+        self.wanting.remove(child);
+        *self.given_count.entry(child.to_string()).or_default() += 1;
+        self.given.insert(
+            piece.number,
+            Given {
+                child: child.to_string(),
+                at: now,
+                uploaded_at: None,
+                bytes: piece.length,
+                level,
+            },
+        );
+    }
+
     fn is_public(&self, number: u32, now: Instant) -> bool {
         self.given.get(&number).is_some_and(|g| {
             g.uploaded_at
@@ -111,53 +151,123 @@ impl TaskRation {
     }
 
     /// A child's share of the pieces in flight: all of them for a lone child, one each when
-    /// there are more children than pieces.
-    fn share(&self, in_flight: usize) -> usize {
-        (in_flight / self.streams.len().max(1)).max(1)
+    /// there are more children than pieces. Slow children do not count: they get a piece
+    /// only when the others leave one.
+    fn share(&self, in_flight: usize, speeds: &Speeds) -> usize {
+        let quick = self.streams.keys().filter(|c| !speeds.is_slow(c)).count();
+        (in_flight / quick.max(1)).max(1)
     }
 
-    fn may_give(&self, child: &str, in_flight: usize, now: Instant) -> bool {
-        self.waiting_total(now) < in_flight && self.next_in_line(in_flight, now) == Some(child)
+    fn may_give(&self, child: &str, in_flight: usize, speeds: &Speeds, now: Instant) -> bool {
+        self.waiting_total(now) < in_flight
+            && self.next_in_line(in_flight, speeds, now) == Some(child)
     }
 
-    /// Among the wanting children that have room in their share, the one with the fewest
-    /// pieces given, the longest waiting among equals. A child at its share never holds the
-    /// line: its turn comes when one of its pieces has left.
-    fn next_in_line(&self, in_flight: usize, now: Instant) -> Option<&str> {
-        let share = self.share(in_flight);
+    /// Among the wanting children that have room in their share, a fast one before a slow
+    /// one, then the one with the fewest pieces given for its upload, the longest waiting
+    /// among equals. A child at its share never holds the line: its turn comes when one of
+    /// its pieces has left.
+    fn next_in_line(&self, in_flight: usize, speeds: &Speeds, now: Instant) -> Option<&str> {
+        let share = self.share(in_flight, speeds);
+        let key = |child: &str, want: &Want| {
+            let given = self.given_count.get(child).copied().unwrap_or(0) as f64;
+            (
+                speeds.is_slow(child),
+                given / speeds.weight(child),
+                want.since,
+            )
+        };
         self.wanting
             .iter()
             .filter(|(_, want)| now.duration_since(want.seen) < WANT_STALE_AFTER)
             .filter(|(child, _)| self.waiting_for(child, now) < share)
-            .min_by_key(|(child, want)| {
-                let given = self.given_count.get(*child).copied().unwrap_or(0);
-                (given, want.since)
-            })
-            .map(|(child, _)| child.as_str())
+            .map(|(child, want)| (key(child, want), child))
+            .min_by(|(a, _), (b, _)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)))
+            .map(|(_, child)| child.as_str())
+    }
+}
+
+/// The children of one task as fast or slow uploaders.
+struct Speeds {
+    rates: Arc<UploadRates>,
+    /// The fastest measured upload among the task's children.
+    fastest: Option<u64>,
+}
+
+impl Speeds {
+    fn of(task: &TaskRation, rates: Arc<UploadRates>) -> Self {
+        let fastest = task
+            .streams
+            .keys()
+            .filter_map(|c| rates.get(c).copied())
+            .max();
+        Self { rates, fastest }
+    }
+
+    fn is_slow(&self, child: &str) -> bool {
+        match (self.rates.get(child), self.fastest) {
+            (Some(&rate), Some(fastest)) => (rate as f64) < fastest as f64 * SLOW_CHILD_SHARE,
+            _ => false,
+        }
+    }
+
+    /// What a child's share of the given pieces is weighed by: its measured upload, the
+    /// fastest's for a child not measured yet (it is given the benefit of the doubt).
+    fn weight(&self, child: &str) -> f64 {
+        let rate = self.rates.get(child).copied().or(self.fastest).unwrap_or(1);
+        rate.max(1) as f64
     }
 }
 
 impl SeedRation {
-    /// `pieces_in_flight`: given pieces waiting for their first upload, per task (at least 1).
-    pub fn new(pieces_in_flight: usize) -> Arc<Self> {
+    /// `floor` to `ceiling` given pieces in flight per task (`piecesInFlight`,
+    /// `maxPiecesInFlight`), as the seed's measured upload allows ([`Pace`]).
+    pub fn new(floor: usize, ceiling: usize) -> Arc<Self> {
         Arc::new(Self {
-            pieces_in_flight: pieces_in_flight.max(1),
+            pace: Mutex::new(Pace::new(floor, ceiling)),
+            rates: Mutex::default(),
             tasks: Mutex::default(),
             changed: Notify::new(),
         })
     }
 
+    /// The children's measured upload (host id to bits per second), as the scheduler says.
+    pub fn set_upload_rates(&self, rates: UploadRates) {
+        *self.rates.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(rates);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether any child stream is open (the rates are worth reading).
+    pub fn is_active(&self) -> bool {
+        self.with_tasks(|tasks| !tasks.is_empty())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.pace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .limit()
+    }
+
     /// The Vortex server finished sending `number` of `task_id` to someone.
     pub fn uploaded(&self, task_id: &str, number: u32) {
         let now = Instant::now();
-        self.with_tasks(|tasks| {
-            if let Some(given) = tasks
+        let first = self.with_tasks(|tasks| {
+            let given = tasks
                 .get_mut(task_id)
-                .and_then(|t| t.given.get_mut(&number))
-            {
-                given.uploaded_at.get_or_insert(now);
+                .and_then(|t| t.given.get_mut(&number))?;
+            if given.uploaded_at.is_some() {
+                return None;
             }
+            given.uploaded_at = Some(now);
+            Some((given.level, given.bytes, now.duration_since(given.at)))
         });
+        if let Some((level, bytes, took)) = first {
+            self.pace
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .flow_done(level, bytes, took, now);
+        }
         self.changed.notify_waiters();
     }
 
@@ -198,6 +308,8 @@ impl SeedRation {
         held: &mut BTreeMap<u32, SyncPiecesResponse>,
     ) -> Option<SyncPiecesResponse> {
         let now = Instant::now();
+        let in_flight = self.in_flight();
+        let rates = Arc::clone(&self.rates.lock().unwrap_or_else(PoisonError::into_inner));
         self.with_tasks(|tasks| {
             let task = tasks.entry(task_id.to_string()).or_default();
             let shown = held.keys().copied().find(|&n| {
@@ -223,20 +335,14 @@ impl SeedRation {
                     seen: now,
                 })
                 .seen = now;
-            if !task.may_give(child, self.pieces_in_flight, now) {
+            let speeds = Speeds::of(task, rates);
+            if !task.may_give(child, in_flight, &speeds, now) {
                 return None;
             }
-            task.wanting.remove(child);
-            *task.given_count.entry(child.to_string()).or_default() += 1;
-            task.given.insert(
-                number,
-                Given {
-                    child: child.to_string(),
-                    at: now,
-                    uploaded_at: None,
-                },
-            );
-            held.remove(&number)
+            let piece = held.remove(&number)?;
+            task.give(child, &piece, now);
+            tracing::debug!(task_id, child, number, in_flight, "ration: piece given");
+            Some(piece)
         })
     }
 
@@ -262,6 +368,24 @@ impl SeedRation {
                 .retain(|_, g| g.child != child || g.uploaded_at.is_some());
         });
         self.changed.notify_waiters();
+    }
+}
+
+/// Reads the children's measured upload from the schedulers every [`RATION_RATES_INTERVAL`]
+/// while any child stream is open, until the daemon shuts down.
+pub async fn follow_upload_rates(ration: Arc<SeedRation>, ctx: crate::context::Context) {
+    let mut ticker = tokio::time::interval(RATION_RATES_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = ctx.shutdown.cancelled() => return,
+        }
+        if ration.is_active() {
+            let rates = ctx.schedulers.host_uploads().await;
+            tracing::trace!(hosts = rates.len(), "children's measured upload");
+            ration.set_upload_rates(rates);
+        }
     }
 }
 
@@ -340,7 +464,7 @@ mod tests {
 
     #[tokio::test]
     async fn children_share_the_pieces_in_flight_and_get_distinct_ones() {
-        let ration = SeedRation::new(IN_FLIGHT);
+        let ration = SeedRation::new(IN_FLIGHT, IN_FLIGHT);
         let all = || futures::stream::iter((0..16).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
@@ -364,7 +488,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_next_piece_goes_to_the_child_given_the_fewest() {
-        let ration = SeedRation::new(1);
+        let ration = SeedRation::new(1, 1);
         let all = || futures::stream::iter((0..8).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
@@ -384,7 +508,7 @@ mod tests {
         // Two children share four pieces in flight, two each, and both were given two. One
         // of B's pieces leaves the seed. A still has two waiting and has wanted more for
         // longer, but it is at its share: B, with room, gets the next piece.
-        let ration = SeedRation::new(4);
+        let ration = SeedRation::new(4, 4);
         let all = || futures::stream::iter((0..8).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
@@ -398,7 +522,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_childs_second_stream_keeps_its_pieces_when_the_first_closes() {
-        let ration = SeedRation::new(1);
+        let ration = SeedRation::new(1, 1);
         let all = || futures::stream::iter((0..4).map(piece));
         let mut old = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let given = take(&mut old, 1).await;
@@ -414,8 +538,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_uploader_gets_seed_pieces_only_when_no_fast_one_waits() {
+        // Two slots; a uploads at 100 Mbit/s, b at 10: a's share is both slots, and a freed
+        // slot goes to a while it wants one, though b has been given nothing.
+        let ration = SeedRation::new(2, 2);
+        ration.set_upload_rates(
+            [
+                ("a".to_string(), 100_000_000),
+                ("b".to_string(), 10_000_000),
+            ]
+            .into(),
+        );
+        let all = || futures::stream::iter((0..16).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        let of_a = take(&mut a, 3).await;
+        assert_eq!(of_a.len(), 2, "{of_a:?}");
+        assert!(take(&mut b, 1).await.is_empty(), "both slots are a's");
+        ration.uploaded("t", of_a[0]);
+        assert_eq!(take(&mut a, 1).await.len(), 1, "a before b");
+        assert!(take(&mut b, 1).await.is_empty());
+        // a is gone: b, slow as it is, gets the slots.
+        drop(a);
+        assert_eq!(take(&mut b, 1).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn pieces_are_given_in_proportion_to_measured_upload() {
+        // a uploads at twice b's rate (both above the slow share): one slot, taken in turn
+        // by whoever has the fewest pieces per unit of upload.
+        let ration = SeedRation::new(1, 1);
+        ration.set_upload_rates([("a".to_string(), 100), ("b".to_string(), 50)].into());
+        let all = || futures::stream::iter((0..32).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        let (mut got_a, mut got_b) = (0, 0);
+        for _ in 0..9 {
+            // Both ask; whoever is in line takes the slot; its piece then leaves.
+            let (x, y) = (take(&mut a, 1).await, take(&mut b, 1).await);
+            let (x, y) = (x.first().copied(), y.first().copied());
+            got_a += usize::from(x.is_some());
+            got_b += usize::from(y.is_some());
+            for n in x.into_iter().chain(y) {
+                ration.uploaded("t", n);
+            }
+        }
+        assert!(got_a > got_b && got_b >= 2, "a {got_a}, b {got_b}");
+    }
+
+    #[tokio::test]
     async fn a_lone_child_gets_every_piece_in_flight() {
-        let ration = SeedRation::new(IN_FLIGHT);
+        let ration = SeedRation::new(IN_FLIGHT, IN_FLIGHT);
         let mut a = Box::pin(ration.wrap(
             "t".into(),
             "a".into(),
@@ -427,7 +600,7 @@ mod tests {
 
     #[tokio::test]
     async fn uploaded_pieces_become_public_after_the_share_window() {
-        let ration = SeedRation::new(IN_FLIGHT);
+        let ration = SeedRation::new(IN_FLIGHT, IN_FLIGHT);
         let all = || futures::stream::iter((0..1).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
@@ -446,7 +619,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_departed_child_returns_its_pieces() {
-        let ration = SeedRation::new(IN_FLIGHT);
+        let ration = SeedRation::new(IN_FLIGHT, IN_FLIGHT);
         let all = || futures::stream::iter((0..2).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));

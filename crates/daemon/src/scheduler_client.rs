@@ -14,7 +14,7 @@ use dragonfly_api::scheduler::v2::announce_peer_response::Response as PeerRespon
 use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient;
 use dragonfly_api::scheduler::v2::{
     AnnounceHostRequest, AnnouncePeerRequest, AnnouncePeerResponse, DeleteHostRequest,
-    DeleteTaskRequest, RegisterPeerRequest, StatTaskRequest,
+    DeleteTaskRequest, ListHostsRequest, RegisterPeerRequest, StatTaskRequest,
 };
 use futures::FutureExt;
 use std::collections::{HashMap, HashSet};
@@ -244,6 +244,37 @@ impl Schedulers {
             }
         });
         futures::future::join_all(calls).await;
+    }
+
+    /// Each host's measured upload (`ListHosts`, `Network.tx_bandwidth`, bits per second) as
+    /// every scheduler sees it, the highest where they differ: a host's children may report
+    /// to different schedulers. A scheduler that does not answer is skipped.
+    pub async fn host_uploads(&self) -> HashMap<String, u64> {
+        let calls = self.addrs().into_iter().map(|addr| async move {
+            let mut client = self.client(addr).ok()?;
+            let mut request = tonic::Request::new(ListHostsRequest { r#type: None });
+            request.set_timeout(REQUEST_TIMEOUT);
+            match client.list_hosts(request).await {
+                Ok(response) => Some(response.into_inner().hosts),
+                Err(status) => {
+                    debug!(scheduler = %addr, %status, "list hosts failed");
+                    None
+                }
+            }
+        });
+        let mut rates = HashMap::new();
+        for host in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some(tx) = host.network.and_then(|n| n.tx_bandwidth) {
+                let rate = rates.entry(host.id).or_insert(0);
+                *rate = tx.max(*rate);
+            }
+        }
+        rates
     }
 
     /// DeleteHost on every scheduler (shutdown); errors are only logged, as upstream.

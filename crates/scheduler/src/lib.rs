@@ -3,7 +3,8 @@
 //!
 //! - hosts, tasks and peers ([`model`]) live in memory ([`state`]), with typed state machines
 //!   ([`fsm`]);
-//! - parents are picked by a load-aware, pure scoring function ([`scoring`]);
+//! - parents are picked by a load-aware, pure scoring function ([`scoring`]) that follows each
+//!   host's measured upload ([`upload`]);
 //! - new tasks are fetched once: by a triggered seed peer (`seed` module) when a seed host is
 //!   known, else by the first peer, which then serves the others;
 //! - [`serve`] runs the gRPC service (plus `grpc.health.v1`) on a listener and is embeddable;
@@ -20,6 +21,7 @@ mod seed;
 mod server;
 pub mod service;
 pub mod state;
+pub mod upload;
 
 pub use config::SchedulerConfig;
 pub use error::SchedulerError;

@@ -80,6 +80,8 @@ pub struct Host {
     pub assigned_tx_bandwidth: u64,
     pub active_children: u32,
     pub peers: BTreeSet<String>,
+    /// What its children say it served lately (piece reports).
+    pub upload: crate::upload::UploadMeter,
 }
 
 impl Host {

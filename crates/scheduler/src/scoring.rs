@@ -30,6 +30,10 @@ pub const MAX_LOCATION_ELEMENTS: usize = 5;
 /// Host type score of a normal host (between an idle seed, 0, and an active seed, 1).
 pub const NORMAL_HOST_TYPE_SCORE: f64 = 0.5;
 
+/// A parent whose measured upload is this share of the best candidate's keeps this share of
+/// its load term, but never less than this floor: a slow uplink is still an uplink.
+pub const MIN_UPLOAD_FACTOR: f64 = 0.05;
+
 /// Piece costs kept per peer for bad-parent detection.
 pub const PIECE_COST_WINDOW: usize = 30;
 /// Fewer cost samples than this never make a parent bad.
@@ -48,6 +52,9 @@ pub struct ParentFeatures {
     pub assigned_tx_bandwidth: u64,
     /// Active parent→child edges of the parent's host.
     pub active_children: u32,
+    /// What the parent's host served lately, bits per second (`crate::upload`); `None` until
+    /// a child reported a piece from it.
+    pub measured_upload: Option<u64>,
     /// Pieces the parent has finished.
     pub finished_pieces: u32,
     /// Pieces of the whole task (0 when unknown).
@@ -75,9 +82,17 @@ pub struct ChildFeatures {
     pub location: Option<String>,
 }
 
-/// Total score in `[0, 1]`; higher is better.
+/// Total score in `[0, 1]`; higher is better. Alone, without other candidates to compare
+/// its measured upload with.
 pub fn score(parent: &ParentFeatures, child: &ChildFeatures) -> f64 {
-    LOAD_WEIGHT * load_score(parent)
+    score_among(parent, child, None)
+}
+
+/// Score among candidates whose best measured upload is `best_upload`: the load term (spare
+/// capacity) counts in proportion to the parent's measured upload, so a host that passes
+/// pieces on at a tenth of the others' rate is not handed children as if it were idle.
+fn score_among(parent: &ParentFeatures, child: &ChildFeatures, best_upload: Option<u64>) -> f64 {
+    LOAD_WEIGHT * load_score(parent) * upload_factor(parent.measured_upload, best_upload)
         + PIECES_WEIGHT * pieces_score(parent.finished_pieces, parent.total_pieces)
         + HOST_TYPE_WEIGHT * host_type_score(parent.host_kind)
         + IDC_WEIGHT * idc_score(parent.idc.as_deref(), child.idc.as_deref())
@@ -94,6 +109,15 @@ pub fn load_score(parent: &ParentFeatures) -> f64 {
     let spare = 1.0 - (parent.assigned_tx_bandwidth as f64 / max as f64);
     let concurrency = 1.0 / (1.0 + f64::from(parent.active_children));
     LOAD_BANDWIDTH_SHARE * spare.clamp(0.0, 1.0) + LOAD_CONCURRENCY_SHARE * concurrency
+}
+
+/// The parent's measured upload over the best candidate's, at least [`MIN_UPLOAD_FACTOR`];
+/// 1 when either is unknown (an unmeasured host is given the benefit of the doubt).
+pub fn upload_factor(measured: Option<u64>, best: Option<u64>) -> f64 {
+    match (measured, best) {
+        (Some(m), Some(b)) if b > 0 => (m as f64 / b as f64).clamp(MIN_UPLOAD_FACTOR, 1.0),
+        _ => 1.0,
+    }
 }
 
 /// Share of the task the parent holds; unknown totals count as nothing held.
@@ -162,10 +186,11 @@ pub fn is_bad_by_costs(costs: &[Duration]) -> bool {
 /// Orders candidate indices best first and keeps at most `limit`. The sort is stable, so a
 /// caller that shuffles candidates first breaks ties randomly.
 pub fn rank(parents: &[ParentFeatures], child: &ChildFeatures, limit: usize) -> Vec<usize> {
+    let best_upload = parents.iter().filter_map(|p| p.measured_upload).max();
     let mut scored: Vec<(usize, f64)> = parents
         .iter()
         .enumerate()
-        .map(|(i, p)| (i, score(p, child)))
+        .map(|(i, p)| (i, score_among(p, child, best_upload)))
         .collect();
     scored.sort_by(|a, b| b.1.total_cmp(&a.1));
     scored.into_iter().take(limit).map(|(i, _)| i).collect()
@@ -189,6 +214,7 @@ mod tests {
             max_tx_bandwidth: 10 * GBPS,
             assigned_tx_bandwidth: 0,
             active_children: 0,
+            measured_upload: None,
             finished_pieces: 10,
             total_pieces: 10,
             host_kind: HostKind::Normal,
@@ -315,6 +341,29 @@ mod tests {
                 children * limit.min(parents)
             );
         }
+    }
+
+    #[test]
+    fn a_slow_uplink_gets_fewer_children_but_is_still_used() {
+        // Two hosts upload at 100 Mbit/s, two at 10 (measured from piece reports).
+        let mbit = |m: u64| ParentFeatures {
+            measured_upload: Some(m * 1_000_000),
+            ..parent()
+        };
+        let mut pool = vec![mbit(100), mbit(10), mbit(100), mbit(10)];
+        let child = ChildFeatures::default();
+        for _ in 0..12 {
+            for i in rank(&pool, &child, 1) {
+                pool[i].active_children += 1;
+                pool[i].assigned_tx_bandwidth += edge_bandwidth(4 << 20, 8);
+            }
+        }
+        let load: Vec<u32> = pool.iter().map(|p| p.active_children).collect();
+        assert!(load[0] >= 5 && load[2] >= 5, "{load:?}");
+        assert!(load[1] <= 1 && load[3] <= 1, "{load:?}");
+        // A host nobody has measured yet is not held back.
+        assert_eq!(upload_factor(None, Some(100)), 1.0);
+        assert_eq!(upload_factor(Some(0), Some(100)), MIN_UPLOAD_FACTOR);
     }
 
     #[test]

@@ -588,7 +588,7 @@ impl PeerSession {
             return Err(Status::invalid_argument("piece report without a piece"));
         };
         self.shared
-            .with_state(|s| s.piece_finished(peer_id, &piece))?;
+            .with_state(|s| s.piece_finished(peer_id, &piece, Instant::now()))?;
         let label = if default_label == "back_to_source" {
             default_label
         } else {
@@ -743,7 +743,9 @@ impl Scheduler for SchedulerService {
         request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
         let host_type = request.into_inner().r#type;
-        let hosts = self.shared.with_state(|s| s.list_hosts(host_type));
+        let hosts = self
+            .shared
+            .with_state(|s| s.list_hosts(host_type, Instant::now()));
         Ok(Response::new(ListHostsResponse { hosts }))
     }
 

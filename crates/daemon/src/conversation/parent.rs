@@ -61,6 +61,7 @@ impl Parent {
                 max_tx_bandwidth: network.map_or(0, |n| n.max_tx_bandwidth),
                 tx_bandwidth: network.and_then(|n| n.tx_bandwidth).unwrap_or(0),
                 in_flight: 0,
+                delivered: None,
             },
             kind: if seed {
                 ParentKind::Seed

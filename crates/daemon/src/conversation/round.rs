@@ -264,8 +264,12 @@ impl Round {
         missing: &mut BTreeMap<u32, PieceSpan>,
         out: &mut Vec<Action>,
     ) {
-        if self.settle_fetch(now, parent, number).is_none() {
+        let length = missing.get(&number).map(|span| span.length);
+        let Some(p) = self.settle_fetch(now, parent, number) else {
             return;
+        };
+        if let Some(length) = length {
+            p.load.delivered_piece(length, cost);
         }
         missing.remove(&number);
         self.holders.remove(&number);

@@ -39,6 +39,7 @@ impl State {
                         assigned_tx_bandwidth: 0,
                         active_children: 0,
                         peers: BTreeSet::new(),
+                        upload: UploadMeter::default(),
                     },
                 );
             }
@@ -50,12 +51,23 @@ impl State {
         self.hosts.get(host_id)
     }
 
-    pub fn list_hosts(&self, host_type: Option<u32>) -> Vec<pb::Host> {
+    /// The hosts as announced, except `network.tx_bandwidth`: the upload this scheduler
+    /// measured from its children's piece reports, where it has measured one. A rationing
+    /// seed peer reads it to give its pieces to the children that can pass them on.
+    pub fn list_hosts(&self, host_type: Option<u32>, now: Instant) -> Vec<pb::Host> {
         let mut hosts: Vec<pb::Host> = self
             .hosts
             .values()
             .filter(|h| host_type.is_none_or(|t| h.announced.r#type == t))
-            .map(|h| h.announced.clone())
+            .map(|h| {
+                let mut host = h.announced.clone();
+                if let Some(measured) = h.upload.bits_per_second(now) {
+                    host.network
+                        .get_or_insert_with(Default::default)
+                        .tx_bandwidth = Some(measured);
+                }
+                host
+            })
             .collect();
         hosts.sort_by(|a, b| a.id.cmp(&b.id));
         hosts

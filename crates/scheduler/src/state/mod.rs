@@ -24,6 +24,7 @@ use tonic::Status;
 use crate::fsm::{PeerEvent, PeerState, SizeScope, TaskEvent, TaskState};
 pub use crate::model::*;
 use crate::scoring::{self, ChildFeatures, HostKind, ParentFeatures};
+use crate::upload::UploadMeter;
 pub use digests::{DigestReport, DigestSource, TrustedDigest};
 
 mod digests;
@@ -289,6 +290,43 @@ mod tests {
             .unwrap();
         assert!(r.seed_job.is_none());
         assert!(s.peer("p0").unwrap().need_back_to_source);
+    }
+
+    #[test]
+    fn piece_reports_measure_the_parents_upload_and_list_hosts_shows_it() {
+        let mut s = with_peers(3);
+        let t0 = Instant::now();
+        let piece = |parent: &str, number: u32| pb::Piece {
+            number,
+            parent_id: Some(parent.into()),
+            length: 4 << 20,
+            // 4 MiB in 3.36 s: 10 Mbit/s.
+            cost: Duration::from_millis(3355).try_into().ok(),
+            ..Default::default()
+        };
+        for i in 0..3 {
+            let now = t0 + Duration::from_millis(3355 * (i + 1));
+            s.piece_finished("p1", &piece("p0", i as u32), now).unwrap();
+        }
+        let now = t0 + Duration::from_millis(3355 * 3);
+        let tx = |s: &State, id: &str| {
+            s.list_hosts(None, now)
+                .into_iter()
+                .find(|h| h.id == id)
+                .and_then(|h| h.network)
+                .and_then(|n| n.tx_bandwidth)
+        };
+        let measured = tx(&s, "h0").unwrap();
+        assert!((8_000_000..=12_000_000).contains(&measured), "{measured}");
+        // Nobody got anything from h2: nothing measured, nothing made up.
+        assert_eq!(tx(&s, "h2"), None);
+        // A piece from the origin (no parent) measures no host.
+        let from_origin = pb::Piece {
+            parent_id: None,
+            ..piece("", 5)
+        };
+        s.piece_finished("p2", &from_origin, now).unwrap();
+        assert_eq!(tx(&s, "h2"), None);
     }
 
     #[test]

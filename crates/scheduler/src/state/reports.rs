@@ -44,8 +44,14 @@ impl State {
         Ok(())
     }
 
-    /// Records a finished piece (its number and cost).
-    pub fn piece_finished(&mut self, peer_id: &str, piece: &pb::Piece) -> Result<(), Status> {
+    /// Records a finished piece (its number and cost), and on the host of the parent it came
+    /// from, what that host served.
+    pub fn piece_finished(
+        &mut self,
+        peer_id: &str,
+        piece: &pb::Piece,
+        now: Instant,
+    ) -> Result<(), Status> {
         let peer = self.peer_mut(peer_id)?;
         if peer.state.is_terminal() {
             return Err(Status::failed_precondition(format!(
@@ -63,7 +69,25 @@ impl State {
             peer.piece_costs.pop_front();
         }
         peer.touch();
+        self.record_upload(piece, cost, now);
         Ok(())
+    }
+
+    fn record_upload(&mut self, piece: &pb::Piece, cost: Duration, now: Instant) {
+        // A held task re-announced after a restart reports its pieces as local: they moved
+        // long ago and say nothing about the parent's upload now.
+        if piece.traffic_type == Some(pb::TrafficType::LocalPeer as i32) {
+            return;
+        }
+        let Some(parent_id) = piece.parent_id.as_deref().filter(|id| !id.is_empty()) else {
+            return;
+        };
+        let Some(host_id) = self.peers.get(parent_id).map(|p| p.host_id.clone()) else {
+            return;
+        };
+        if let Some(host) = self.hosts.get_mut(&host_id) {
+            host.upload.record(piece.length, cost, now);
+        }
     }
 
     /// A piece from a parent failed. A non-temporary failure blocklists that parent; a

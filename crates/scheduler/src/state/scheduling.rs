@@ -32,7 +32,7 @@ impl State {
                 "scheduling exceeded retryLimit: no parent found for peer {peer_id} in {rounds} rounds"
             ))));
         }
-        let parents = self.find_candidate_parents(peer_id);
+        let parents = self.find_candidate_parents(peer_id, now);
         if !parents.is_empty() {
             let chosen = self.attach_parents(peer_id, &parents);
             if self.policy.mesh {
@@ -87,7 +87,7 @@ impl State {
     /// child gets the best seed on top of its normal parents: a Damselfly seed shows each
     /// child different pieces (`daemon::ration`) and the mesh spreads them, so each piece
     /// still leaves the seed about once, while the seed feeds many peers at a time.
-    pub fn find_candidate_parents(&self, peer_id: &str) -> Vec<String> {
+    pub fn find_candidate_parents(&self, peer_id: &str, now: Instant) -> Vec<String> {
         let Some(child) = self.peers.get(peer_id) else {
             return Vec::new();
         };
@@ -102,28 +102,30 @@ impl State {
             .partition(|p| self.is_seed_host(&p.host_id));
         let limit = self.policy.candidate_parent_limit;
         if self.policy.mesh {
-            let mut chosen = self.rank_parents(child, task, normal, limit);
-            chosen.extend(self.rank_parents(child, task, seeds, 1));
+            let mut chosen = self.rank_parents(child, task, normal, limit, now);
+            chosen.extend(self.rank_parents(child, task, seeds, 1, now));
             return chosen;
         }
         let pool = if normal.is_empty() { seeds } else { normal };
-        self.rank_parents(child, task, pool, limit)
+        self.rank_parents(child, task, pool, limit, now)
     }
 
-    /// Samples `filterParentLimit` of `pool`, scores them, and keeps the best `limit`.
+    /// Samples `filterParentLimit` of `pool`, scores them (each host's measured upload
+    /// counted against the best candidate's), and keeps the best `limit`.
     fn rank_parents(
         &self,
         child: &Peer,
         task: &Task,
         mut pool: Vec<&Peer>,
         limit: usize,
+        now: Instant,
     ) -> Vec<String> {
         pool.shuffle(&mut rand::rng());
         pool.truncate(self.policy.filter_parent_limit);
         let total_pieces = task.piece_count.unwrap_or(0);
         let features: Vec<ParentFeatures> = pool
             .iter()
-            .map(|p| self.parent_features(p, total_pieces))
+            .map(|p| self.parent_features(p, total_pieces, now))
             .collect();
         scoring::rank(&features, &self.child_features(child), limit)
             .into_iter()
@@ -173,7 +175,7 @@ impl State {
         false
     }
 
-    fn parent_features(&self, parent: &Peer, total_pieces: u32) -> ParentFeatures {
+    fn parent_features(&self, parent: &Peer, total_pieces: u32, now: Instant) -> ParentFeatures {
         let host = self.hosts.get(&parent.host_id);
         let host_kind = match host.map(|h| h.host_type) {
             Some(HostType::Seed(_)) => match parent.state {
@@ -192,6 +194,7 @@ impl State {
             max_tx_bandwidth: host.map_or(0, Host::max_tx_bandwidth),
             assigned_tx_bandwidth: host.map_or(0, |h| h.assigned_tx_bandwidth),
             active_children: host.map_or(0, |h| h.active_children),
+            measured_upload: host.and_then(|h| h.upload.bits_per_second(now)),
             finished_pieces: finished,
             total_pieces,
             host_kind,
