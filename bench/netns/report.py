@@ -197,7 +197,7 @@ def markdown(params, rows, results):
         lines.append("")
         lines.append("Targets (issue 4): " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks) + ".")
     if uneven(p):
-        lines.append(by_uplink(p, times))
+        lines.append(by_uplink(p, load(results)[1]))
     src = os.path.join(results, "damselfly-sources.csv")
     if os.path.exists(src):
         with open(src) as fh:
