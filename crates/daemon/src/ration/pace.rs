@@ -103,7 +103,9 @@ impl Pace {
             return self.limit;
         };
         let highest = totals.last().map_or(enough, |&(k, _)| k);
-        let target = if enough == highest && highest >= self.limit {
+        // The best is the highest level measured: one more may still add (a sample at the old
+        // level after a probe must not pull the limit back).
+        let target = if enough == highest {
             highest + 1
         } else {
             enough
