@@ -82,7 +82,12 @@ impl TaskRequest {
     pub fn parse(request: DownloadRequest) -> Result<Self, DaemonError> {
         let download = request.download;
         let url = check_url(&download.url)?;
-        let piece_length = download.piece_length.filter(|&l| l > 0);
+        let piece_length = download
+            .piece_length
+            .filter(|&l| l > 0)
+            .map(damselfly_core::piece::check_fixed_piece_length)
+            .transpose()
+            .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
         let task_id = task_id_of(&download, piece_length)?;
         let digest = parse_digest(download.digest.as_deref())?;
         let output = parse_output(download.output_path.as_deref())?;
@@ -268,6 +273,15 @@ mod tests {
             },
             Download {
                 output_path: Some("relative/out".into()),
+                ..download("http://h/x")
+            },
+            // A 1-byte piece length would cut a 1 GiB file into a billion piece records.
+            Download {
+                piece_length: Some(1),
+                ..download("http://h/x")
+            },
+            Download {
+                piece_length: Some(damselfly_core::piece::MAX_FIXED_PIECE_LENGTH + 1),
                 ..download("http://h/x")
             },
         ] {

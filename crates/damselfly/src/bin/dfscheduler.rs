@@ -119,13 +119,19 @@ async fn run(config: SchedulerConfig) -> anyhow::Result<()> {
 
     tracing::info!(%listen, "dfscheduler starting");
     let served = damselfly_scheduler::serve(config, listener, wait_stop(stop_rx)).await;
+    if let Err(e) = served {
+        // Without this, /healthy kept answering while nothing served gRPC, so probes passed.
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        return Err(e).context("scheduler failed");
+    }
     if let Some(metrics) = metrics {
         match metrics.await {
             Ok(result) => result.context("metrics server failed")?,
             Err(e) => tracing::warn!(error = %e, "metrics server task ended abnormally"),
         }
     }
-    served.context("scheduler failed")?;
     tracing::info!("dfscheduler stopped");
     Ok(())
 }
