@@ -403,19 +403,9 @@ class ChartTests:
         if not r.check(f"[{label}] scheduler.yaml rendered", isinstance(cfg, dict)):
             return
         want_port = v["config"]["server"]["port"]
-        server = {k: x for k, x in cfg["server"].items() if k != "tls"}
-        r.equal(f"[{label}] scheduler.yaml server", server, {"listenIP": "0.0.0.0", "port": want_port})
-        if tls_source(v["tls"]):
-            # One certificate: the gRPC server's, and the client's towards seed peers.
-            r.equal(f"[{label}] scheduler.yaml server.tls = mounted files", cfg["server"].get("tls"), TLS_TRIPLE)
-            r.equal(f"[{label}] scheduler.yaml seedPeer.tls = mounted files", cfg["seedPeer"].get("tls"), TLS_TRIPLE)
-        else:
-            r.check(f"[{label}] scheduler.yaml without TLS",
-                    "tls" not in cfg["server"] and "tls" not in cfg["seedPeer"], str(cfg["server"]))
-        self.tls_mount(label, "scheduler", dep, c, v["tls"], 0o440)
-        if v["tls"]["secretName"]:
-            r.check(f"[{label}] scheduler: fsGroup lets uid {pod_spec(dep)['securityContext'].get('runAsUser')} read the Secret",
-                    bool(pod_spec(dep).get("securityContext", {}).get("fsGroup")), str(pod_spec(dep).get("securityContext")))
+        r.equal(f"[{label}] scheduler.yaml server", {k: x for k, x in cfg["server"].items() if k != "tls"},
+                {"listenIP": "0.0.0.0", "port": want_port})
+        self.scheduler_tls(label, cfg, dep, c, v["tls"])
         r.equal(f"[{label}] scheduler.yaml scheduler section", cfg["scheduler"], v["config"]["scheduler"])
         seed = v["config"]["seedPeer"]["enable"]
         r.equal(f"[{label}] scheduler.yaml seedPeer.enable", cfg["seedPeer"]["enable"],
@@ -445,6 +435,21 @@ class ChartTests:
             ports = svc["spec"]["ports"]
             r.check(f"[{label}] scheduler Service port grpc={want_port}",
                     len(ports) == 1 and ports[0]["name"] == "grpc" and ports[0]["port"] == want_port, str(ports))
+
+    def scheduler_tls(self, label, cfg, dep, c, tls):
+        r = self.r
+        if tls_source(tls):
+            # One certificate: the gRPC server's, and the client's towards seed peers.
+            r.equal(f"[{label}] scheduler.yaml server.tls = mounted files", cfg["server"].get("tls"), TLS_TRIPLE)
+            r.equal(f"[{label}] scheduler.yaml seedPeer.tls = mounted files", cfg["seedPeer"].get("tls"), TLS_TRIPLE)
+        else:
+            r.check(f"[{label}] scheduler.yaml without TLS",
+                    "tls" not in cfg["server"] and "tls" not in cfg["seedPeer"], str(cfg["server"]))
+        self.tls_mount(label, "scheduler", dep, c, tls, 0o440)
+        if tls["secretName"]:
+            sc = pod_spec(dep).get("securityContext", {})
+            r.check(f"[{label}] scheduler: fsGroup lets uid {sc.get('runAsUser')} read the Secret",
+                    bool(sc.get("fsGroup")), str(sc))
 
     def dynconfig(self, label, render):
         r = self.r
@@ -493,15 +498,7 @@ class ChartTests:
             want_dl[k] = str(want_dl[k])
         r.equal(f"[{label}] {comp} download limits", dl, want_dl)
         r.equal(f"[{label}] {comp} scheduler section", without_tls(cfg["scheduler"]), cv["scheduler"])
-        # TLS: every triple of a peer (scheduler link, upload server, upload client) or none.
-        triples = {
-            "scheduler": {k: cfg["scheduler"][k] for k in TLS_KEYS & set(cfg["scheduler"])},
-            "upload.server": {k: cfg["upload"]["server"][k] for k in TLS_KEYS & set(cfg["upload"]["server"])},
-            "upload.client": cfg["upload"].get("client", {}),
-        }
-        want = TLS_TRIPLE if tls_source(cv_tls) else {}
-        for where, got in triples.items():
-            r.equal(f"[{label}] {comp} {where} TLS {'= mounted files' if want else 'unset'}", got, want)
+        self.peer_tls(label, comp, cfg, cv_tls)
         r.equal(f"[{label}] {comp} dynconfig refresh", cfg["dynconfig"], cv["dynconfig"])
         policy = dict(cv["gc"]["policy"], diskThreshold=str(cache_size))
         r.equal(f"[{label}] {comp} gc (diskThreshold = cache size)", cfg["gc"],
@@ -539,6 +536,37 @@ class ChartTests:
                     and regex.search("a" + reg["host"]) is None and regex.search(reg["host"] + "/x") is None)
             r.equal(f"[{label}] {comp} mirror {reg['host']} upstream",
                     (m["schema"], m["host"]), (server.scheme, server.netloc))
+
+    def dfdaemon_ports(self, label, cfg, c):
+        """Host ports (hostPort = containerPort) follow dfdaemon.yaml; QUIC is the UDP one."""
+        r = self.r
+        want_ports = {
+            "grpc-upload": cfg["upload"]["server"]["port"],
+            "http-proxy": cfg["proxy"]["server"]["port"],
+            "http-metrics": cfg["metrics"]["server"]["port"],
+            "http-health": cfg["health"]["server"]["port"],
+            "tcp-piece": cfg["storage"]["server"]["tcpPort"],
+            "quic-piece": cfg["storage"]["server"]["quicPort"],
+        }
+        got_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        r.equal(f"[{label}] dfdaemon ports follow dfdaemon.yaml", got_ports, want_ports)
+        r.equal(f"[{label}] dfdaemon QUIC port is UDP, the rest TCP",
+                {p["name"]: p.get("protocol", "TCP") for p in c["ports"]},
+                {n: "UDP" if n == "quic-piece" else "TCP" for n in want_ports})
+        r.check(f"[{label}] dfdaemon hostPort = containerPort",
+                all(p.get("hostPort") == p["containerPort"] for p in c["ports"]))
+
+    def peer_tls(self, label, comp, cfg, tls):
+        """Every TLS triple of a peer (scheduler link, upload server, upload client) names the
+        mounted files, or none is set."""
+        triples = {
+            "scheduler": {k: cfg["scheduler"][k] for k in TLS_KEYS & set(cfg["scheduler"])},
+            "upload.server": {k: cfg["upload"]["server"][k] for k in TLS_KEYS & set(cfg["upload"]["server"])},
+            "upload.client": cfg["upload"].get("client", {}),
+        }
+        want = TLS_TRIPLE if tls_source(tls) else {}
+        for where, got in triples.items():
+            self.r.equal(f"[{label}] {comp} {where} TLS {'= mounted files' if want else 'unset'}", got, want)
 
     def dfdaemon(self, label, render):
         r = self.r
@@ -585,21 +613,7 @@ class ChartTests:
             get = c.get(probe, {}).get("httpGet", {})
             r.check(f"[{label}] dfdaemon {probe} GET /healthy on {health}",
                     get.get("path") == "/healthy" and get.get("port") == health, str(get))
-        want_ports = {
-            "grpc-upload": cfg["upload"]["server"]["port"],
-            "http-proxy": cfg["proxy"]["server"]["port"],
-            "http-metrics": cfg["metrics"]["server"]["port"],
-            "http-health": health,
-            "tcp-piece": cfg["storage"]["server"]["tcpPort"],
-            "quic-piece": cfg["storage"]["server"]["quicPort"],
-        }
-        got_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        r.equal(f"[{label}] dfdaemon ports follow dfdaemon.yaml", got_ports, want_ports)
-        r.equal(f"[{label}] dfdaemon QUIC port is UDP, the rest TCP",
-                {p["name"]: p.get("protocol", "TCP") for p in c["ports"]},
-                {n: "UDP" if n == "quic-piece" else "TCP" for n in want_ports})
-        r.check(f"[{label}] dfdaemon hostPort = containerPort",
-                all(p.get("hostPort") == p["containerPort"] for p in c["ports"]))
+        self.dfdaemon_ports(label, cfg, c)
 
         # The socket directory on the host, where dfget looks.
         sock_dir = os.path.dirname(cfg["download"]["server"]["socketPath"])
@@ -740,13 +754,7 @@ class ChartTests:
             return
         p = sv["persistence"]
         self.peer_config(label, "seed-peer", cfg, sv["config"], p["size"], True, v, sv["tls"])
-        self.tls_mount(label, "seed peer", sts, c, sv["tls"], 0o400)
-        quic = cfg["storage"]["server"]["quicPort"]
-        r.check(f"[{label}] seed peer declares UDP {quic} (QUIC pieces)",
-                port_by_name(c, "quic-piece") == quic and port_protocol(c, "quic-piece") == "UDP", str(c["ports"]))
-        sp = {q["name"]: q for q in svc["spec"]["ports"]} if svc else {}
-        r.check(f"[{label}] seed peer Service has UDP {quic} (QUIC pieces)",
-                sp.get("quic-piece", {}).get("port") == quic and sp["quic-piece"].get("protocol") == "UDP", str(sp))
+        self.seed_quic_and_tls(label, cfg, sts, c, svc, sv["tls"])
         health = cfg["health"]["server"]["port"]
         for probe in ("livenessProbe", "readinessProbe"):
             get = c.get(probe, {}).get("httpGet", {})
@@ -775,6 +783,17 @@ class ChartTests:
         else:
             vol = volume(sts, m["name"]) if m else None
             r.check(f"[{label}] seed peer storage is an emptyDir", not claims and vol and "emptyDir" in vol)
+
+    def seed_quic_and_tls(self, label, cfg, sts, c, svc, tls):
+        """The seed peer's QUIC port, UDP, in its container and its Service; its TLS files."""
+        self.tls_mount(label, "seed peer", sts, c, tls, 0o400)
+        quic = cfg["storage"]["server"]["quicPort"]
+        self.r.check(f"[{label}] seed peer declares UDP {quic} (QUIC pieces)",
+                     port_by_name(c, "quic-piece") == quic and port_protocol(c, "quic-piece") == "UDP", str(c["ports"]))
+        sp = {q["name"]: q for q in svc["spec"]["ports"]} if svc else {}
+        self.r.check(f"[{label}] seed peer Service has UDP {quic} (QUIC pieces)",
+                     sp.get("quic-piece", {}).get("port") == quic and sp["quic-piece"].get("protocol") == "UDP",
+                     str(sp))
 
     def tls_mount(self, label, comp, workload, c, tls, mode):
         """The component's TLS files are mounted read-only at TLS_DIR from the source its
