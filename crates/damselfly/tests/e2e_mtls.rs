@@ -355,3 +355,42 @@ fn mtls_refuses_what_a_certificate_does_not_allow() {
     });
     wait_for_log(&peer.log, "TLS handshake refused");
 }
+
+/// A scheduler whose TLS files cannot be read must stop with an error naming them, not keep
+/// `/healthy` answering while nothing serves gRPC (probes would pass on a dead scheduler).
+#[test]
+fn a_scheduler_with_unreadable_tls_files_exits_naming_them() {
+    let c = Cluster::new("mtls-badfiles");
+    let missing = c.path("pki/absent");
+    let config = c.path("scheduler.yaml");
+    std::fs::write(
+        &config,
+        format!("server:\n  tls:\n{}", triple(&missing, "    ")),
+    )
+    .unwrap();
+    let mut child = Command::new(bin("dfscheduler"))
+        .args(["--config", &path(&config), "--listen", "127.0.0.1:0"])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dfscheduler");
+    let deadline = Instant::now() + LOG_WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dfscheduler kept running with unreadable TLS files");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ca.crt"),
+        "the error does not name the file:\n{stderr}"
+    );
+}
