@@ -1099,6 +1099,24 @@ impl Cluster {
         }
     }
 
+    /// SIGTERMs one of this cluster's children and waits up to `within` for it to exit;
+    /// `None` if it is still running then (it is SIGKILLed at the cluster's end).
+    pub fn terminate(&mut self, pid: u32, within: Duration) -> Option<ExitStatus> {
+        let p = self.procs.iter_mut().find(|p| p.child.id() == pid)?;
+        // SAFETY: plain kill(2) on our own child, which is not reaped yet.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            match p.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => return None,
+            }
+        }
+    }
+
     pub fn is_running(&mut self, pid: u32) -> bool {
         self.procs
             .iter_mut()
