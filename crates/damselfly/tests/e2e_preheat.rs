@@ -56,7 +56,8 @@ fn wait_for_hosts(api: &str, count: usize) {
 fn file_preheat_then_dfget_takes_nothing_from_the_origin() {
     let origin = Origin::start();
     let a = origin.add_random("preheat/a.bin", 9 * MIB + 123);
-    let b = origin.add_random("preheat/b.bin", 3 * MIB);
+    // Both above one piece: a daemon fetches a single-piece file straight from the origin.
+    let b = origin.add_random("preheat/b.bin", 6 * MIB);
     let (mut c, api) = started(Some(API_TOKEN));
     c.start_daemon(DaemonOpts {
         seed: true,
