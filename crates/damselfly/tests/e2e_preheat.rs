@@ -99,22 +99,28 @@ fn file_preheat_then_dfget_takes_nothing_from_the_origin() {
         0.0,
         "origin bytes on the peer"
     );
+    assert_cluster_listed(&api, &peer, &[&a.url, &b.url]);
+    c.assert_no_panics();
+}
 
-    let (ok, out, _) = dfctl(&["host", "ls", "--scheduler", &api]);
+/// `dfctl host ls` shows the seed and the peer; `dfctl task ls --scheduler` the files.
+fn assert_cluster_listed(api: &str, peer: &DaemonInfo, urls: &[&str]) {
+    let (ok, out, _) = dfctl(&["host", "ls", "--scheduler", api]);
     assert!(
         ok && out.contains("seed") && out.contains(&peer.ip.to_string()),
         "{out}"
     );
-    let (ok, out, _) = dfctl(&["task", "ls", "--scheduler", &api, "-o", "json"]);
+    let (ok, out, _) = dfctl(&["task", "ls", "--scheduler", api, "-o", "json"]);
     assert!(ok);
-    let urls: Vec<String> = json(&out)
+    let listed: Vec<String> = json(&out)
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t["url"].as_str().unwrap_or_default().to_string())
         .collect();
-    assert!(urls.contains(&a.url) && urls.contains(&b.url), "{urls:?}");
-    c.assert_no_panics();
+    for url in urls {
+        assert!(listed.iter().any(|l| l == url), "{url} not in {listed:?}");
+    }
 }
 
 /// `dfctl task ls` shows what the daemon holds (ID, URL, size, state, pieces) and

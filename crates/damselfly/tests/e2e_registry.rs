@@ -1050,6 +1050,29 @@ fn wait_for_hosts(api: &str, count: usize) {
     assert!(listed, "the scheduler never listed {count} hosts");
 }
 
+/// The job succeeded with one task per layer plus the config, each layer named by its digest
+/// (the mirror's task ID).
+fn assert_job_covers_the_image(job: &serde_json::Value, image: &Image) {
+    assert_eq!(job["state"], "SUCCESS", "{job:#}");
+    let tasks = job["tasks"].as_array().unwrap();
+    assert_eq!(
+        tasks.len(),
+        image.layers.len() + 1,
+        "layers and config: {tasks:?}"
+    );
+    for (digest, _) in &image.layers {
+        let task = tasks
+            .iter()
+            .find(|t| t["url"].as_str().unwrap().ends_with(digest.as_str()))
+            .unwrap_or_else(|| panic!("{digest} not preheated"));
+        assert_eq!(
+            task["task_id"],
+            digest.trim_start_matches("sha256:"),
+            "blob task ID"
+        );
+    }
+}
+
 /// An image preheat on a registry with token auth: the scheduler resolves the tag with the
 /// token dance and the seed fetches config and layers; then four daemons pull the image
 /// through their mirrors and the registry serves none of the layer bytes again.
@@ -1095,35 +1118,7 @@ fn image_preheat_then_four_mirror_pulls_take_no_layer_bytes_from_the_registry() 
     ]);
     assert!(ok, "the image preheat failed");
     let job: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(job["state"], "SUCCESS", "{job:#}");
-    let urls: Vec<&str> = job["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["url"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        urls.len(),
-        env.image.layers.len() + 1,
-        "layers and config: {urls:?}"
-    );
-    for (digest, _) in &env.image.layers {
-        assert!(
-            urls.iter().any(|u| u.ends_with(digest.as_str())),
-            "{digest} not preheated"
-        );
-        let task = job["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["url"].as_str().unwrap().ends_with(digest.as_str()))
-            .unwrap();
-        assert_eq!(
-            task["task_id"],
-            digest.trim_start_matches("sha256:"),
-            "blob task ID"
-        );
-    }
+    assert_job_covers_the_image(&job, &env.image);
     let layers_before = env.layer_gets();
     let bytes_before = env.front.blob_bytes();
     assert!(

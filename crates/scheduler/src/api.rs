@@ -40,6 +40,12 @@ pub const API_PREFIX: &str = "/api/v1";
 
 type ApiResponse = Response<Full<Bytes>>;
 
+/// A refusal: its status and the message sent as `{"error": …}`.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
 /// Serves the API until `shutdown` fires.
 pub async fn serve_api(
     shared: Arc<Shared>,
@@ -99,7 +105,8 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> ApiResponse
                 format!("no route {method} {path}"),
             )),
         };
-        let response = result.unwrap_or_else(|e| e);
+        let response =
+            result.unwrap_or_else(|e| json_response(e.status, &json!({ "error": e.message })));
         tracing::debug!(status = %response.status(), "API answered");
         response
     }
@@ -110,7 +117,7 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> ApiResponse
 async fn create_job(
     shared: &Arc<Shared>,
     request: Request<Incoming>,
-) -> Result<ApiResponse, ApiResponse> {
+) -> Result<ApiResponse, ApiError> {
     authorize(shared, &request)?;
     let body = Limited::new(request.into_body(), MAX_API_BODY_BYTES)
         .collect()
@@ -131,7 +138,7 @@ async fn create_job(
 }
 
 /// Mutations need the configured token; without one the API is read-only.
-fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), ApiResponse> {
+fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(token) = shared
         .config
         .server
@@ -164,7 +171,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn from_scheduler(e: SchedulerError) -> ApiResponse {
+fn from_scheduler(e: SchedulerError) -> ApiError {
     let status = match e {
         SchedulerError::InvalidPreheat(_) => StatusCode::BAD_REQUEST,
         SchedulerError::ImageResolve(_) => StatusCode::BAD_GATEWAY,
@@ -249,8 +256,8 @@ fn ok(value: Value) -> ApiResponse {
     json_response(StatusCode::OK, &value)
 }
 
-fn error(status: StatusCode, message: String) -> ApiResponse {
-    json_response(status, &json!({ "error": message }))
+fn error(status: StatusCode, message: String) -> ApiError {
+    ApiError { status, message }
 }
 
 fn json_response(status: StatusCode, value: &Value) -> ApiResponse {
