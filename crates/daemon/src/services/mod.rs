@@ -92,6 +92,7 @@ pub(crate) fn task_from_local(ctx: &Context, task: &TaskMetadata) -> Task {
     };
     Task {
         id: task.id.clone(),
+        url: task.url.clone().unwrap_or_default(),
         content_length: task.content_length,
         piece_count: task.layout().piece_count(),
         pieces,

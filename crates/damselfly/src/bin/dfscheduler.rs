@@ -34,6 +34,10 @@ struct Args {
     /// Metrics + /healthy address, `:PORT`, or `none` [default: <listen ip>:8000]
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// JSON API address (preheat jobs, hosts, tasks), `:PORT`, or `none`
+    /// [default: <listen ip>:8080, or server.http.addr from --config]
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -66,6 +70,16 @@ impl Args {
                 None => config.metrics.enable = false,
             }
         }
+        if let Some(http) = &self.http {
+            let listen_ip = config.listen_addr().ip();
+            match parse_metrics_addr(http, listen_ip)? {
+                Some(addr) => {
+                    config.server.http.enable = true;
+                    config.server.http.addr = Some(addr.to_string());
+                }
+                None => config.server.http.enable = false,
+            }
+        }
         config.validate()?;
         Ok((config, ignored))
     }
@@ -91,6 +105,16 @@ async fn run(config: SchedulerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the scheduler to {listen}"))?;
     let metrics_addr = config.metrics_addr()?;
+    let api = match config.http_addr()? {
+        Some(addr) => {
+            let api = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the JSON API to {addr}"))?;
+            tracing::info!(%addr, "JSON API at /api/v1");
+            Some(api)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let metrics = match metrics_addr {
@@ -118,7 +142,8 @@ async fn run(config: SchedulerConfig) -> anyhow::Result<()> {
     });
 
     tracing::info!(%listen, "dfscheduler starting");
-    let served = damselfly_scheduler::serve(config, listener, wait_stop(stop_rx)).await;
+    let served =
+        damselfly_scheduler::serve_with_api(config, listener, api, wait_stop(stop_rx)).await;
     if let Err(e) = served {
         // Without this, /healthy kept answering while nothing served gRPC, so probes passed.
         if let Some(metrics) = metrics {

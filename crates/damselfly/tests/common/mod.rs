@@ -604,6 +604,8 @@ struct Proc {
 pub struct SchedulerInfo {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
+    /// The JSON API (`--http`).
+    pub http: SocketAddr,
     pub pid: u32,
     pub log: PathBuf,
 }
@@ -857,11 +859,14 @@ impl Cluster {
         let ip: IpAddr = Ipv4Addr::LOCALHOST.into();
         let addr = SocketAddr::new(ip, free_port(ip));
         let metrics = SocketAddr::new(ip, free_port(ip));
+        let http = SocketAddr::new(ip, free_port(ip));
         let mut args = vec![
             "--listen".to_string(),
             addr.to_string(),
             "--metrics".to_string(),
             metrics.to_string(),
+            "--http".to_string(),
+            http.to_string(),
         ];
         args.extend(extra.iter().cloned());
         let pid = self.spawn("dfscheduler", &bin("dfscheduler"), &args);
@@ -883,6 +888,7 @@ impl Cluster {
         let info = SchedulerInfo {
             addr,
             metrics,
+            http,
             pid,
             log,
         };
@@ -899,6 +905,8 @@ impl Cluster {
             old.addr.to_string(),
             "--metrics".to_string(),
             old.metrics.to_string(),
+            "--http".to_string(),
+            old.http.to_string(),
         ];
         let n = self
             .procs
