@@ -506,16 +506,7 @@ impl PeerSession {
                 self.event(peer_id, PeerEvent::DownloadBackToSource)
             }
             PeerRequest::ReschedulePeerRequest(reschedule) => {
-                let give_up: Vec<String> = reschedule
-                    .candidate_parents
-                    .iter()
-                    .map(|p| p.id.clone())
-                    .collect();
-                tracing::info!(blocklisted = ?give_up, reason = ?reschedule.description, "reschedule");
-                self.shared
-                    .with_state(|s| s.prepare_reschedule(peer_id, &give_up))?;
-                self.schedule(ids).await?;
-                Ok(Flow::Continue)
+                self.reschedule(ids, reschedule).await
             }
             PeerRequest::DownloadPeerFinishedRequest(_) => {
                 self.terminal(peer_id, Terminal::Finished, "finished")
@@ -543,18 +534,42 @@ impl PeerSession {
             PeerRequest::DownloadPieceBackToSourceFinishedRequest(finished) => {
                 self.piece_from_origin(peer_id, finished.piece)
             }
-            PeerRequest::DownloadPieceFailedRequest(failed) => {
-                tracing::debug!(piece = ?failed.piece_number, parent_id = %failed.parent_id, temporary = failed.temporary, "piece failed");
-                self.shared
-                    .with_state(|s| s.piece_failed(peer_id, &failed.parent_id, failed.temporary))?;
-                Ok(Flow::Continue)
-            }
+            PeerRequest::DownloadPieceFailedRequest(failed) => self.piece_failed(peer_id, &failed),
             PeerRequest::DownloadPieceBackToSourceFailedRequest(failed) => {
                 tracing::debug!(piece = ?failed.piece_number, "piece from origin failed");
                 self.shared.with_state(|s| s.touch_peer(peer_id))?;
                 Ok(Flow::Continue)
             }
         }
+    }
+
+    /// The peer gives up on the parents it names and asks for new ones.
+    async fn reschedule(
+        &mut self,
+        ids: &PeerIds,
+        reschedule: ReschedulePeerRequest,
+    ) -> Result<Flow, Status> {
+        let give_up: Vec<String> = reschedule
+            .candidate_parents
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        tracing::info!(blocklisted = ?give_up, reason = ?reschedule.description, "reschedule");
+        self.shared
+            .with_state(|s| s.prepare_reschedule(&ids.peer_id, &give_up))?;
+        self.schedule(ids).await?;
+        Ok(Flow::Continue)
+    }
+
+    fn piece_failed(
+        &self,
+        peer_id: &str,
+        failed: &DownloadPieceFailedRequest,
+    ) -> Result<Flow, Status> {
+        tracing::debug!(piece = ?failed.piece_number, parent_id = %failed.parent_id, temporary = failed.temporary, "piece failed");
+        self.shared
+            .with_state(|s| s.piece_failed(peer_id, &failed.parent_id, failed.temporary))?;
+        Ok(Flow::Continue)
     }
 
     fn event(&self, peer_id: &str, event: PeerEvent) -> Result<Flow, Status> {

@@ -105,31 +105,21 @@ async fn run(config: SchedulerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the scheduler to {listen}"))?;
     let metrics_addr = config.metrics_addr()?;
-    let api = match config.http_addr()? {
-        Some(addr) => {
-            let api = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the JSON API to {addr}"))?;
-            tracing::info!(%addr, "JSON API at /api/v1");
-            Some(api)
-        }
-        None => None,
-    };
+    let api = bind_optional(config.http_addr()?, "the JSON API", "JSON API at /api/v1").await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let metrics = match metrics_addr {
-        Some(addr) => {
-            let metrics_listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics server to {addr}"))?;
-            tracing::info!(%addr, "metrics at /metrics, health at /healthy");
-            Some(tokio::spawn(damselfly_scheduler::serve_metrics(
-                metrics_listener,
-                wait_stop(stop_rx.clone()),
-            )))
-        }
-        None => None,
-    };
+    let metrics = bind_optional(
+        metrics_addr,
+        "the metrics server",
+        "metrics at /metrics, health at /healthy",
+    )
+    .await?
+    .map(|listener| {
+        tokio::spawn(damselfly_scheduler::serve_metrics(
+            listener,
+            wait_stop(stop_rx.clone()),
+        ))
+    });
 
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -159,6 +149,22 @@ async fn run(config: SchedulerConfig) -> anyhow::Result<()> {
     }
     tracing::info!("dfscheduler stopped");
     Ok(())
+}
+
+/// Binds `addr` when one is configured, logging what it serves.
+async fn bind_optional(
+    addr: Option<std::net::SocketAddr>,
+    what: &str,
+    serves: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} to {addr}"))?;
+    tracing::info!(%addr, "{serves}");
+    Ok(Some(listener))
 }
 
 async fn wait_stop(mut stop: watch::Receiver<bool>) {
