@@ -25,10 +25,19 @@ pub fn auto_piece_length(content_length: u64) -> u64 {
     }
 }
 
-/// Validates a user-fixed piece length as dfget and the proxy do.
+/// Largest piece length a download may fix. Pieces stream to disk, so this bounds how long
+/// one piece ties up a connection, not memory; the lower bound is what stops a request from
+/// cutting a large file into billions of piece records.
+pub const MAX_FIXED_PIECE_LENGTH: u64 = 1024 * 1024 * 1024;
+
+/// Validates a user-fixed piece length, wherever a request carries one (dfget, the proxy,
+/// DownloadTask from the local socket or a scheduler).
 pub fn check_fixed_piece_length(piece_length: u64) -> Result<u64, CoreError> {
     if piece_length < MIN_PIECE_LENGTH {
         return Err(CoreError::PieceLengthTooSmall(piece_length));
+    }
+    if piece_length > MAX_FIXED_PIECE_LENGTH {
+        return Err(CoreError::PieceLengthTooLarge(piece_length));
     }
     Ok(piece_length)
 }
@@ -177,6 +186,12 @@ mod tests {
         assert_eq!(layout.span(3), None);
         assert_eq!(layout.span(u32::MAX), None);
         assert!(check_fixed_piece_length(1024).is_err());
+        assert!(check_fixed_piece_length(1).is_err());
+        assert!(check_fixed_piece_length(MAX_FIXED_PIECE_LENGTH + 1).is_err());
+        assert_eq!(
+            check_fixed_piece_length(MAX_FIXED_PIECE_LENGTH),
+            Ok(MAX_FIXED_PIECE_LENGTH)
+        );
         assert!(layout.is_small());
     }
 }

@@ -116,6 +116,7 @@ pub struct UploadConfig {
     /// `upload.client.{caCert, cert, key}`: mTLS towards parents' upload ports (SyncPieces),
     /// Dragonfly's keys. Unset (the default): plain text.
     pub client: TlsKeys,
+    #[serde(serialize_with = "exact_bytes")]
     pub bandwidth_limit: ByteSize,
 }
 
@@ -160,7 +161,9 @@ impl Default for UploadServerConfig {
 #[serde(default, rename_all = "camelCase")]
 pub struct DownloadConfig {
     pub server: DownloadServerConfig,
+    #[serde(serialize_with = "exact_bytes")]
     pub bandwidth_limit: ByteSize,
+    #[serde(serialize_with = "exact_bytes")]
     pub back_to_source_bandwidth_limit: ByteSize,
     pub concurrent_piece_count: u32,
     /// Damselfly: ranged origin requests in flight per download.
@@ -408,6 +411,7 @@ pub struct GcPolicy {
     pub task_ttl: Duration,
     /// Dragonfly's client spells these `dist…`; both spellings are read.
     #[serde(alias = "distThreshold")]
+    #[serde(serialize_with = "exact_bytes")]
     pub disk_threshold: ByteSize,
     #[serde(alias = "distHighThresholdPercent")]
     pub disk_high_threshold_percent: u8,
@@ -658,9 +662,25 @@ fn system_hostname() -> String {
     "localhost".to_string()
 }
 
+/// Writes a size as its exact number of bytes: `bytesize` writes "46.6 GiB" for 50 GB, which
+/// reads back as another number (found by the `daemon_config` fuzz target's round trip).
+fn exact_bytes<S: serde::Serializer>(size: &ByteSize, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(size.as_u64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sizes written out read back as the same number of bytes (fuzz finding: 50 GB was
+    /// written as "46.6 GiB" and read back 36,368,998 bytes larger).
+    #[test]
+    fn a_written_config_reads_back_equal() {
+        let config = DaemonConfig::from_yaml("gc:\n  policy:\n    diskThreshold: 10GB\n").unwrap();
+        let yaml = serde_yaml::to_string(&config).unwrap();
+        assert!(yaml.contains("bandwidthLimit: 50000000000"), "{yaml}");
+        assert_eq!(DaemonConfig::from_yaml(&yaml).unwrap(), config);
+    }
 
     #[test]
     fn empty_file_gives_documented_defaults() {

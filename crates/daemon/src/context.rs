@@ -3,6 +3,7 @@
 use crate::config::{DaemonConfig, LinkFiles};
 use crate::error::DaemonError;
 use crate::host::HostInfo;
+use crate::lifecycle::Lifecycle;
 use crate::ration::SeedRation;
 use crate::scheduler_client::Schedulers;
 use damselfly_storage::Storage;
@@ -10,7 +11,6 @@ use damselfly_transfer::{Backend, PieceFetcher, RateLimiter};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Host-wide bandwidth limiters.
 #[derive(Clone)]
@@ -74,8 +74,8 @@ pub struct DaemonContext {
     pub activity: Arc<Activity>,
     /// A seed peer's super-seeding state; None on normal peers.
     pub ration: Option<Arc<SeedRation>>,
-    /// Cancelled when the daemon shuts down.
-    pub shutdown: CancellationToken,
+    /// Stop, grace, abort: what every spawned task follows (see `lifecycle`).
+    pub lifecycle: Lifecycle,
 }
 
 pub type Context = Arc<DaemonContext>;

@@ -1,6 +1,6 @@
 //! Starting and stopping a daemon: bind every server, announce, run the background loops,
-//! and on shutdown stop accepting, let in-flight work finish (bounded), leave the schedulers
-//! and remove the socket.
+//! and on shutdown stop accepting, let in-flight work finish within `SHUTDOWN_GRACE`, abort the
+//! rest, leave the schedulers and remove the socket (the steps are in `lifecycle`).
 
 use crate::config::DaemonConfig;
 use crate::config::SchedulerSource;
@@ -8,6 +8,7 @@ use crate::context::{limiter, Activity, Context, DaemonContext, Limits, TlsLinks
 use crate::engine::Engine;
 use crate::error::DaemonError;
 use crate::host::HostInfo;
+use crate::lifecycle::{Lifecycle, SHUTDOWN_GRACE};
 use crate::ration::SeedRation;
 use crate::scheduler_client::Schedulers;
 use crate::services::download::DownloadService;
@@ -30,9 +31,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-/// In-flight downloads get this long to finish at shutdown before they are cancelled.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Bound on leaving the schedulers and on the servers' own drain at shutdown.
+/// Bound on leaving the schedulers and on the embedded scheduler's stop at shutdown.
 const SHUTDOWN_STEP_LIMIT: Duration = Duration::from_secs(5);
 /// Longest pause between idle checks.
 const IDLE_CHECK_MAX: Duration = Duration::from_secs(5);
@@ -57,8 +56,6 @@ pub struct BoundAddrs {
 pub struct Daemon {
     addrs: BoundAddrs,
     engine: Arc<Engine>,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
     scheduler: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -86,71 +83,88 @@ struct Listeners {
     socket: UnixListener,
 }
 
+impl Listeners {
+    /// Where they actually listen (ports resolved when the config said 0).
+    fn addrs(
+        &self,
+        config: &DaemonConfig,
+        proxy: Option<&TcpListener>,
+        embedded_scheduler: Option<SocketAddr>,
+    ) -> Result<BoundAddrs, DaemonError> {
+        Ok(BoundAddrs {
+            upload: local_addr(&self.upload)?,
+            piece: local_addr(&self.piece)?,
+            quic: self
+                .quic
+                .local_addr()
+                .map_err(|e| DaemonError::io("reading a bound address", e))?,
+            metrics: local_addr(&self.metrics)?,
+            health: local_addr(&self.health)?,
+            socket: config.download.server.socket_path.clone(),
+            proxy: proxy.and_then(|l| l.local_addr().ok()),
+            embedded_scheduler,
+        })
+    }
+}
+
+/// An in-process scheduler (its address, its stop, its task).
+type EmbeddedScheduler = (SocketAddr, CancellationToken, JoinHandle<()>);
+
+/// With `embedded_scheduler`, starts one and points the config at it alone.
+async fn embed_scheduler(
+    config: &mut DaemonConfig,
+) -> Result<Option<EmbeddedScheduler>, DaemonError> {
+    if !config.embedded_scheduler {
+        return Ok(None);
+    }
+    let (addr, token, handle) = start_embedded_scheduler().await?;
+    config.scheduler.addrs = vec![addr.into()];
+    config.dynconfig_path = None;
+    Ok(Some((addr, token, handle)))
+}
+
 impl Daemon {
     /// Binds, opens storage, announces, and starts everything; returns once serving.
     pub async fn start(mut config: DaemonConfig) -> Result<Daemon, DaemonError> {
         config.validate()?;
         metrics::init();
         damselfly_transfer::register_metrics();
-        let shutdown = CancellationToken::new();
-        let scheduler = match config.embedded_scheduler {
-            true => {
-                let (addr, token, handle) = start_embedded_scheduler().await?;
-                config.scheduler.addrs = vec![addr.into()];
-                config.dynconfig_path = None;
-                Some((addr, token, handle))
-            }
-            false => None,
-        };
+        let scheduler = embed_scheduler(&mut config).await?;
         let host_ip = config.host_ip();
         let proxy_listener = crate::proxy::bind(&config.proxy, host_ip).await?;
         let quic_security = crate::quic::quic_security(&config)?;
         let listeners = bind_all(&config, host_ip, &quic_security).await?;
-        let addrs = BoundAddrs {
-            upload: local_addr(&listeners.upload)?,
-            piece: local_addr(&listeners.piece)?,
-            quic: listeners
-                .quic
-                .local_addr()
-                .map_err(|e| DaemonError::io("reading a bound address", e))?,
-            metrics: local_addr(&listeners.metrics)?,
-            health: local_addr(&listeners.health)?,
-            socket: config.download.server.socket_path.clone(),
-            proxy: proxy_listener.as_ref().and_then(|l| l.local_addr().ok()),
-            embedded_scheduler: scheduler.as_ref().map(|(addr, _, _)| *addr),
+        let addrs = listeners.addrs(
+            &config,
+            proxy_listener.as_ref(),
+            scheduler.as_ref().map(|(addr, _, _)| *addr),
+        )?;
+        let ctx = match build_context(config, host_ip, &addrs, &quic_security).await {
+            Ok(ctx) => ctx,
+            Err(error) => return Err(abandon(error, &addrs, &scheduler)),
         };
-        let ctx =
-            match build_context(config, host_ip, &addrs, &quic_security, shutdown.clone()).await {
-                Ok(ctx) => ctx,
-                Err(error) => return Err(abandon(error, &addrs, &scheduler)),
-            };
         info!(host_id = %ctx.host.id, upload = %addrs.upload, piece = %addrs.piece, socket = %addrs.socket.display(), "dfdaemon starting");
         let engine = Engine::new(ctx.clone());
         let proxy = match proxy_listener {
             None => None,
-            Some(listener) => {
-                match crate::proxy::Proxy::new(engine.clone(), &ctx.config.proxy, shutdown.clone())
-                {
-                    Ok(proxy) => Some((proxy, listener)),
-                    Err(error) => return Err(abandon(error, &addrs, &scheduler)),
-                }
-            }
+            Some(listener) => match crate::proxy::Proxy::new(engine.clone(), &ctx.config.proxy) {
+                Ok(proxy) => Some((proxy, listener)),
+                Err(error) => return Err(abandon(error, &addrs, &scheduler)),
+            },
         };
-        let mut tasks = spawn_servers(&engine, listeners, &shutdown);
+        spawn_servers(&engine, listeners);
         if let Some((proxy, listener)) = proxy {
             info!(addr = ?addrs.proxy, "proxy serving");
-            tasks.push(tokio::spawn(
+            ctx.lifecycle.spawn(
                 crate::proxy::serve(proxy, listener).instrument(tracing::info_span!("proxy")),
-            ));
+            );
         }
         join_schedulers(&ctx).await;
-        tasks.extend(spawn_background(&engine));
+        spawn_background(&engine);
         info!(host_id = %ctx.host.id, "dfdaemon ready");
         Ok(Daemon {
             addrs,
             engine,
-            shutdown,
-            tasks,
             scheduler: scheduler.map(|(_, token, handle)| (token, handle)),
         })
     }
@@ -169,30 +183,22 @@ impl Daemon {
 
     /// Cancelling it stops the daemon (used by `--idle-exit` too).
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.engine.context().lifecycle.stop_token()
     }
 
     /// Graceful stop: stop accepting, finish or cancel in-flight work, leave the schedulers,
     /// remove the socket.
     pub async fn stop(self) {
         info!("dfdaemon shutting down");
-        self.shutdown.cancel();
-        self.engine.shutdown(SHUTDOWN_GRACE).await;
         let ctx = self.engine.context();
+        let drained = ctx.lifecycle.drain(SHUTDOWN_GRACE).await;
+        info!(?drained, "in-flight work done");
         let leave = ctx.schedulers.delete_host_all(&ctx.host.id);
         if tokio::time::timeout(SHUTDOWN_STEP_LIMIT, leave)
             .await
             .is_err()
         {
             warn!("leaving the schedulers timed out");
-        }
-        for task in self.tasks {
-            if tokio::time::timeout(SHUTDOWN_STEP_LIMIT, task)
-                .await
-                .is_err()
-            {
-                warn!("a server did not stop in time");
-            }
         }
         if let Some((token, handle)) = self.scheduler {
             token.cancel();
@@ -295,7 +301,6 @@ async fn build_context(
     host_ip: std::net::IpAddr,
     addrs: &BoundAddrs,
     quic: &QuicSecurity,
-    shutdown: CancellationToken,
 ) -> Result<Context, DaemonError> {
     let policy = &config.gc.policy;
     let storage_config = StorageConfig {
@@ -311,23 +316,8 @@ async fn build_context(
         .map_err(|e| DaemonError::Config(format!("opening storage: {e}")))??;
     let backend = Backend::new(BackendConfig::default())?;
     let pieces = crate::quic::piece_fetcher(&config, quic)?;
-    let hostname = config.hostname();
-    let seed = config.seed_peer.enable;
-    let host = HostInfo {
-        id: damselfly_core::host_id(&host_ip.to_string(), &hostname, seed),
-        ip: host_ip,
-        hostname,
-        seed,
-        host_type: config.seed_peer.host_type(),
-        upload_port: addrs.upload.port(),
-        piece_port: addrs.piece.port(),
-        quic_port: addrs.quic.port(),
-        idc: config.host.idc.clone(),
-        location: config.host.location.clone(),
-        max_tx_bandwidth: config.upload.bandwidth_limit.as_u64(),
-        max_rx_bandwidth: config.download.bandwidth_limit.as_u64(),
-        storage_dir: config.storage.dir.clone(),
-    };
+    let host = host_info(&config, host_ip, addrs);
+    let seed = host.seed;
     let limits = Limits {
         download: limiter(config.download.bandwidth_limit.as_u64()),
         back_to_source: limiter(config.download.back_to_source_bandwidth_limit.as_u64()),
@@ -349,8 +339,29 @@ async fn build_context(
         limits,
         activity: Arc::new(Activity::default()),
         ration,
-        shutdown,
+        lifecycle: Lifecycle::default(),
     }))
+}
+
+/// This host as the schedulers see it.
+fn host_info(config: &DaemonConfig, host_ip: std::net::IpAddr, addrs: &BoundAddrs) -> HostInfo {
+    let hostname = config.hostname();
+    let seed = config.seed_peer.enable;
+    HostInfo {
+        id: damselfly_core::host_id(&host_ip.to_string(), &hostname, seed),
+        ip: host_ip,
+        hostname,
+        seed,
+        host_type: config.seed_peer.host_type(),
+        upload_port: addrs.upload.port(),
+        piece_port: addrs.piece.port(),
+        quic_port: addrs.quic.port(),
+        idc: config.host.idc.clone(),
+        location: config.host.location.clone(),
+        max_tx_bandwidth: config.upload.bandwidth_limit.as_u64(),
+        max_rx_bandwidth: config.download.bandwidth_limit.as_u64(),
+        storage_dir: config.storage.dir.clone(),
+    }
 }
 
 /// A start that failed half-way: the socket file and the embedded scheduler must not
@@ -358,7 +369,7 @@ async fn build_context(
 fn abandon(
     error: DaemonError,
     addrs: &BoundAddrs,
-    scheduler: &Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
+    scheduler: &Option<EmbeddedScheduler>,
 ) -> DaemonError {
     remove_socket(&addrs.socket);
     if let Some((_, token, _)) = scheduler {
@@ -368,69 +379,58 @@ fn abandon(
 }
 
 /// The loops beside the servers: announcing (and re-announcing held tasks to schedulers that
-/// come back), scheduler refresh, GC, idle exit.
-fn spawn_background(engine: &Arc<Engine>) -> Vec<JoinHandle<()>> {
+/// come back), scheduler refresh, GC, idle exit. Each ends when the daemon stops.
+fn spawn_background(engine: &Arc<Engine>) {
     let ctx = engine.context().clone();
-    let mut tasks = vec![
-        tokio::spawn(announce_loop(ctx.clone())),
-        tokio::spawn(gc_loop(engine.clone())),
-        tokio::spawn(crate::held::watch_schedulers(ctx.clone())),
-    ];
+    let life = &ctx.lifecycle;
+    life.spawn(announce_loop(ctx.clone()));
+    life.spawn(gc_loop(engine.clone()));
+    life.spawn(crate::held::watch_schedulers(ctx.clone()));
     if ctx.config.scheduler_source().is_dynamic() {
-        tasks.push(tokio::spawn(dynconfig_loop(ctx.clone())));
+        life.spawn(dynconfig_loop(ctx.clone()));
     }
     if let Some(idle) = ctx.config.idle_exit {
-        tasks.push(tokio::spawn(idle_watch(ctx.clone(), idle)));
+        life.spawn(idle_watch(ctx.clone(), idle));
     }
     if let Some(ration) = ctx.ration.clone() {
-        tasks.push(tokio::spawn(crate::ration::follow_upload_rates(
-            ration,
-            ctx.clone(),
-        )));
+        life.spawn(crate::ration::follow_upload_rates(ration, ctx.clone()));
     }
-    tasks
 }
 
-fn spawn_servers(
-    engine: &Arc<Engine>,
-    listeners: Listeners,
-    shutdown: &CancellationToken,
-) -> Vec<JoinHandle<()>> {
+/// Every server, tracked by the lifecycle; each stops accepting when the daemon stops (the
+/// gRPC servers then let their open calls, such as a dfget download, finish).
+fn spawn_servers(engine: &Arc<Engine>, listeners: Listeners) {
     let ctx = engine.context().clone();
-    vec![
-        tokio::spawn(
-            serve_upload(engine.clone(), listeners.upload, shutdown.clone())
-                .instrument(tracing::info_span!("upload_server")),
-        ),
-        tokio::spawn(
-            serve_download(engine.clone(), listeners.socket, shutdown.clone())
-                .instrument(tracing::info_span!("download_server")),
-        ),
-        tokio::spawn(damselfly_transfer::serve_vortex_with(
-            listeners.piece,
-            ctx.storage.clone(),
-            ctx.limits.upload.clone(),
-            shutdown.clone(),
-            piece_server_config(&ctx),
-        )),
-        tokio::spawn(damselfly_transfer::serve_quic(
-            listeners.quic,
-            ctx.storage.clone(),
-            ctx.limits.upload.clone(),
-            shutdown.clone(),
-            piece_server_config(&ctx),
-        )),
-        tokio::spawn(http::serve(
-            listeners.metrics,
-            http::Endpoint::Metrics,
-            shutdown.clone(),
-        )),
-        tokio::spawn(http::serve(
-            listeners.health,
-            http::Endpoint::Health,
-            shutdown.clone(),
-        )),
-    ]
+    let life = &ctx.lifecycle;
+    let stop = life.stop_token();
+    life.spawn(
+        serve_upload(engine.clone(), listeners.upload, stop.clone())
+            .instrument(tracing::info_span!("upload_server")),
+    );
+    life.spawn(
+        serve_download(engine.clone(), listeners.socket, stop.clone())
+            .instrument(tracing::info_span!("download_server")),
+    );
+    life.spawn(damselfly_transfer::serve_vortex_with(
+        listeners.piece,
+        ctx.storage.clone(),
+        ctx.limits.upload.clone(),
+        stop.clone(),
+        piece_server_config(&ctx),
+    ));
+    life.spawn(damselfly_transfer::serve_quic(
+        listeners.quic,
+        ctx.storage.clone(),
+        ctx.limits.upload.clone(),
+        stop.clone(),
+        piece_server_config(&ctx),
+    ));
+    life.spawn(http::serve(
+        listeners.metrics,
+        http::Endpoint::Metrics,
+        stop.clone(),
+    ));
+    life.spawn(http::serve(listeners.health, http::Endpoint::Health, stop));
 }
 
 /// `DfdaemonUpload` (and gRPC health) for peers and schedulers, on TCP.
@@ -500,8 +500,7 @@ fn upload_hook(ctx: &Context) -> Option<UploadHook> {
     })
 }
 
-async fn start_embedded_scheduler(
-) -> Result<(SocketAddr, CancellationToken, JoinHandle<()>), DaemonError> {
+async fn start_embedded_scheduler() -> Result<EmbeddedScheduler, DaemonError> {
     let listener = bind(
         "embedded scheduler",
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -561,7 +560,7 @@ async fn dynconfig_loop(ctx: Context) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.lifecycle.stopping() => return,
         }
         let addrs = match source.resolve().await {
             Ok(addrs) => addrs,
@@ -605,7 +604,7 @@ async fn announce_loop(ctx: Context) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.lifecycle.stopping() => return,
         }
         ctx.schedulers
             .announce_host_all(&ctx.host.to_proto(), interval)
@@ -623,7 +622,7 @@ async fn gc_loop(engine: Arc<Engine>) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.lifecycle.stopping() => return,
         }
         let in_use = engine.in_flight_tasks();
         match ctx.storage.gc(&in_use).await {
@@ -645,7 +644,7 @@ async fn idle_watch(ctx: Context, idle: Duration) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(check) => {}
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.lifecycle.stopping() => return,
         }
         let now = metrics::upload_bytes_total();
         if now != uploaded {
@@ -654,7 +653,7 @@ async fn idle_watch(ctx: Context, idle: Duration) {
         }
         if ctx.activity.idle_for().is_some_and(|quiet| quiet >= idle) {
             info!(idle = %humantime::format_duration(idle), "idle; exiting");
-            ctx.shutdown.cancel();
+            ctx.lifecycle.stop();
             return;
         }
     }

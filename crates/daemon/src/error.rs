@@ -4,6 +4,7 @@
 use damselfly_storage::StorageError;
 use damselfly_transfer::TransferError;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Code, Status};
 
@@ -28,9 +29,6 @@ pub enum DaemonError {
         actual: String,
     },
 
-    #[error("download of {url} did not finish within {}", humantime::format_duration(*.after))]
-    Timeout { url: String, after: Duration },
-
     #[error("cannot download {url}: {reason}, and back-to-source is disabled")]
     BackToSourceDisabled { url: String, reason: String },
 
@@ -53,16 +51,9 @@ pub enum DaemonError {
         source: std::io::Error,
     },
 
-    #[error("the daemon is shutting down")]
-    ShuttingDown,
-
     /// TLS files unreadable or a TLS triple only partly set.
     #[error("TLS: {0}")]
     Tls(#[from] damselfly_tls::TlsError),
-
-    /// A status that already carries the right code (e.g. shared by deduplicated downloads).
-    #[error("{}", .0.message())]
-    Status(Status),
 }
 
 impl DaemonError {
@@ -99,24 +90,106 @@ impl DaemonError {
             DaemonError::Storage(e) => storage_code(e),
             DaemonError::Transfer(e) => transfer_code(e),
             DaemonError::DigestMismatch { .. } => Code::DataLoss,
-            DaemonError::Timeout { .. } => Code::DeadlineExceeded,
             // Not an origin failure: the user forbade the origin and no peer had the task.
             DaemonError::BackToSourceDisabled { .. } => Code::Aborted,
             DaemonError::Scheduler { status, .. } => status.code(),
-            DaemonError::NoScheduler(_) | DaemonError::ShuttingDown => Code::Unavailable,
+            DaemonError::NoScheduler(_) => Code::Unavailable,
             DaemonError::Io { source, .. } => io_code(source),
             DaemonError::Bind { .. } => Code::Internal,
-            DaemonError::Status(status) => status.code(),
         }
     }
 }
 
 impl From<DaemonError> for Status {
     fn from(error: DaemonError) -> Self {
+        error.to_status()
+    }
+}
+
+/// Why one download failed, named by the stage it failed in, so each edge decides in its own
+/// terms (the proxy: pass through to the origin or answer 502; gRPC: a status code). One job
+/// serves every caller of a task, so its failure is shared: the cause sits behind an `Arc`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DownloadError {
+    /// The request is unusable (URL, digest syntax, output path) or its output exists.
+    #[error("{0}")]
+    Rejected(Arc<DaemonError>),
+    /// The task never started: the origin refused or was unreachable, or the disk had no room.
+    #[error("{0}")]
+    NotStarted(Arc<DaemonError>),
+    /// The task started but its pieces could not all be fetched and stored.
+    #[error("{0}")]
+    Transfer(Arc<DaemonError>),
+    /// The assembled content is not what the caller asked for (whole-file digest).
+    #[error("{0}")]
+    Corrupt(Arc<DaemonError>),
+    /// The content is complete, but the caller's output file could not be written.
+    #[error("{0}")]
+    Output(Arc<DaemonError>),
+    /// This caller's own timeout passed; the shared job may go on for others.
+    #[error("download of {url} did not finish within {}", humantime::format_duration(*.after))]
+    TimedOut { url: String, after: Duration },
+    /// The daemon stopped before the download finished.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    /// The job ended without telling why (it panicked or was dropped).
+    #[error("the download job ended without an outcome")]
+    JobLost,
+}
+
+impl DownloadError {
+    pub fn rejected(error: impl Into<DaemonError>) -> Self {
+        Self::classify(error.into(), DownloadError::Rejected)
+    }
+
+    pub fn not_started(error: impl Into<DaemonError>) -> Self {
+        Self::classify(error.into(), DownloadError::NotStarted)
+    }
+
+    pub fn transfer(error: impl Into<DaemonError>) -> Self {
+        Self::classify(error.into(), DownloadError::Transfer)
+    }
+
+    pub fn output(error: impl Into<DaemonError>) -> Self {
+        Self::classify(error.into(), DownloadError::Output)
+    }
+
+    /// A wrong whole-file digest is corruption whichever stage found it.
+    fn classify(error: DaemonError, stage: fn(Arc<DaemonError>) -> Self) -> Self {
         match error {
-            DaemonError::Status(status) => status,
-            other => other.to_status(),
+            error @ DaemonError::DigestMismatch { .. } => DownloadError::Corrupt(Arc::new(error)),
+            other => stage(Arc::new(other)),
         }
+    }
+
+    /// The daemon-level cause, when there is one.
+    pub fn cause(&self) -> Option<&DaemonError> {
+        match self {
+            DownloadError::Rejected(e)
+            | DownloadError::NotStarted(e)
+            | DownloadError::Transfer(e)
+            | DownloadError::Corrupt(e)
+            | DownloadError::Output(e) => Some(e),
+            DownloadError::TimedOut { .. }
+            | DownloadError::ShuttingDown
+            | DownloadError::JobLost => None,
+        }
+    }
+
+    /// The gRPC code a caller of `DownloadTask` sees (DESIGN.md "Errors users see").
+    pub fn code(&self) -> Code {
+        match self {
+            DownloadError::TimedOut { .. } => Code::DeadlineExceeded,
+            DownloadError::ShuttingDown => Code::Unavailable,
+            DownloadError::JobLost => Code::Internal,
+            other => other.cause().map_or(Code::Internal, DaemonError::code),
+        }
+    }
+}
+
+impl From<DownloadError> for Status {
+    fn from(error: DownloadError) -> Self {
+        Status::new(error.code(), error.to_string())
     }
 }
 
@@ -256,16 +329,27 @@ mod tests {
         let status = Status::from(e);
         assert_eq!(status.code(), Code::DataLoss);
         assert!(status.message().contains("sha256:aa") && status.message().contains("sha256:bb"));
-        let t = DaemonError::Timeout {
+        let t = DownloadError::TimedOut {
             url: "http://o/x".into(),
             after: Duration::from_secs(3),
         };
-        assert_eq!(code_of(t), Code::DeadlineExceeded);
+        assert_eq!(Status::from(t).code(), Code::DeadlineExceeded);
         assert_eq!(
             code_of(DaemonError::InvalidArgument("bad".into())),
             Code::InvalidArgument
         );
-        let shared = Status::not_found("origin answered 404");
-        assert_eq!(code_of(DaemonError::Status(shared)), Code::NotFound);
+        let not_found = TransferError::OriginStatus {
+            status: 404,
+            url: "http://o/x".into(),
+        };
+        let shared = DownloadError::not_started(not_found);
+        assert_eq!(Status::from(shared.clone()).code(), Code::NotFound);
+        let late_mismatch = DownloadError::transfer(DaemonError::DigestMismatch {
+            url: "http://o/x".into(),
+            expected: "sha256:aa".into(),
+            actual: "sha256:bb".into(),
+        });
+        assert!(matches!(late_mismatch, DownloadError::Corrupt(_)));
+        assert_eq!(Status::from(late_mismatch).code(), Code::DataLoss);
     }
 }

@@ -66,7 +66,7 @@ pub async fn watch_schedulers(ctx: Context) {
         }
         tokio::select! {
             _ = tokio::time::sleep(WATCH_REFRESH) => {}
-            _ = ctx.shutdown.cancelled() => break,
+            _ = ctx.lifecycle.stopping() => break,
         }
     }
     for watcher in watchers.into_values() {
@@ -114,7 +114,7 @@ async fn watch_one(ctx: Context, addr: SocketAddr) {
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.lifecycle.stopping() => return,
         }
         backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
     }
@@ -128,7 +128,7 @@ async fn host_lost_or_shutdown(ctx: &Context, addr: SocketAddr) -> bool {
         }
         tokio::select! {
             _ = ctx.schedulers.host_lost() => {}
-            _ = ctx.shutdown.cancelled() => return false,
+            _ = ctx.lifecycle.stopping() => return false,
         }
     }
 }
@@ -142,7 +142,7 @@ async fn watch_until_broken(ctx: &Context, addr: SocketAddr) -> WatchEnd {
     };
     let opened = tokio::select! {
         opened = client.watch(request) => opened,
-        _ = ctx.shutdown.cancelled() => return WatchEnd::Shutdown,
+        _ = ctx.lifecycle.stopping() => return WatchEnd::Shutdown,
     };
     let mut stream = match opened {
         Ok(response) => response.into_inner(),
@@ -161,7 +161,7 @@ async fn watch_until_broken(ctx: &Context, addr: SocketAddr) -> WatchEnd {
             // A registration found the scheduler did not know this host: it restarted
             // behind a link that stayed up (a proxy, or a quick restart).
             _ = ctx.schedulers.host_lost() => continue,
-            _ = ctx.shutdown.cancelled() => return WatchEnd::Shutdown,
+            _ = ctx.lifecycle.stopping() => return WatchEnd::Shutdown,
         }
     }
 }

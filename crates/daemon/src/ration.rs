@@ -379,7 +379,7 @@ pub async fn follow_upload_rates(ration: Arc<SeedRation>, ctx: crate::context::C
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            () = ctx.shutdown.cancelled() => return,
+            () = ctx.lifecycle.stopping() => return,
         }
         if ration.is_active() {
             let rates = ctx.schedulers.host_uploads().await;

@@ -93,13 +93,24 @@ fn scheduler_config(c: &Cluster, dir: &Path) -> Vec<String> {
     vec!["--config".into(), path(&file)]
 }
 
-fn daemon_config(c: &Cluster, name: &str, dir: &Path) -> Vec<String> {
-    let yaml = format!(
+/// How pieces move between the daemons of a test.
+#[derive(Clone, Copy, PartialEq)]
+enum Pieces {
+    Tcp,
+    /// `download.protocol: quic`; with the upload triples set, QUIC verifies both ends.
+    Quic,
+}
+
+fn daemon_config(c: &Cluster, name: &str, dir: &Path, pieces: Pieces) -> Vec<String> {
+    let mut yaml = format!(
         "scheduler:\n{}upload:\n  server:\n{}  client:\n{}",
         triple(dir, "  "),
         triple(dir, "    "),
         triple(dir, "    ")
     );
+    if pieces == Pieces::Quic {
+        yaml.push_str("download:\n  protocol: quic\n");
+    }
     let file = c.path(&format!("{name}.yaml"));
     std::fs::write(&file, yaml).unwrap();
     vec!["--config".into(), path(&file)]
@@ -117,6 +128,10 @@ fn mtls_cluster(name: &str) -> Cluster {
 
 /// Starts the next daemon with a certificate for its own hostname and IP.
 fn start_with_cert(c: &mut Cluster, seed: bool, role: &str) -> DaemonInfo {
+    start_with_cert_moving(c, seed, role, Pieces::Tcp)
+}
+
+fn start_with_cert_moving(c: &mut Cluster, seed: bool, role: &str, pieces: Pieces) -> DaemonInfo {
     let host = c.daemons.len() as u8 + 2;
     let name = if seed {
         format!("seed{host}")
@@ -125,10 +140,12 @@ fn start_with_cert(c: &mut Cluster, seed: bool, role: &str) -> DaemonInfo {
     };
     let hostname = format!("{}-{name}", c.name);
     let dir = issue(c, &hostname, &c.ip(host).to_string(), role);
-    let extra = daemon_config(c, &name, &dir);
+    let extra = daemon_config(c, &name, &dir, pieces);
     c.start_daemon(DaemonOpts {
         seed,
         extra,
+        // The piece servers say which transport carried each upload at debug level.
+        log_level: "info,damselfly_transfer=debug".into(),
         ..Default::default()
     })
 }
@@ -206,6 +223,43 @@ fn mtls_swarm_downloads_from_the_seed() {
         origin.served(),
         file.len()
     );
+}
+
+/// With mTLS set, QUIC runs verified: the seed's pieces reach the peer over QUIC with both
+/// certificates checked against the cluster CA, and nothing falls back to TCP or the origin.
+#[test]
+fn mtls_swarm_moves_pieces_over_verified_quic() {
+    let origin = Origin::start();
+    let file = origin.add_random("mtls/quic-8mib.bin", 8 * MIB);
+    let mut c = mtls_cluster("mtls-quic");
+    let seed = start_with_cert_moving(&mut c, true, "seed-peer", Pieces::Quic);
+    let peer = start_with_cert_moving(&mut c, false, "peer", Pieces::Quic);
+    wait_for_log(&seed.log, "announced host");
+    wait_for_log(&peer.log, "announced host");
+
+    let out = c.path("peer-out.bin");
+    let result = c.dfget(&peer.socket, &file.url, &out, &[]);
+    assert_download_ok(&result, &out, &file);
+    assert_eq!(sha256_file(&out), file.sha256);
+
+    let traffic = peer.traffic();
+    assert_eq!(traffic.back_to_source, 0.0, "{traffic:?}");
+    assert!(traffic.remote_seed >= file.len() as f64, "{traffic:?}");
+    let log = seed.log_text();
+    assert!(
+        log.contains("piece uploaded over quic"),
+        "the seed uploaded no piece over QUIC"
+    );
+    let over_tcp = log
+        .lines()
+        .filter(|l| l.contains("piece uploaded") && !l.contains("over quic"))
+        .count();
+    assert_eq!(over_tcp, 0, "the seed uploaded pieces over TCP");
+    assert!(
+        !peer.log_text().contains("no cluster certificate"),
+        "the peer fell back to an unverified QUIC connection"
+    );
+    c.assert_no_panics();
 }
 
 #[test]
@@ -300,4 +354,43 @@ fn mtls_refuses_what_a_certificate_does_not_allow() {
         assert!(status.message().contains("unix socket"), "{status}");
     });
     wait_for_log(&peer.log, "TLS handshake refused");
+}
+
+/// A scheduler whose TLS files cannot be read must stop with an error naming them, not keep
+/// `/healthy` answering while nothing serves gRPC (probes would pass on a dead scheduler).
+#[test]
+fn a_scheduler_with_unreadable_tls_files_exits_naming_them() {
+    let c = Cluster::new("mtls-badfiles");
+    let missing = c.path("pki/absent");
+    let config = c.path("scheduler.yaml");
+    std::fs::write(
+        &config,
+        format!("server:\n  tls:\n{}", triple(&missing, "    ")),
+    )
+    .unwrap();
+    let mut child = Command::new(bin("dfscheduler"))
+        .args(["--config", &path(&config), "--listen", "127.0.0.1:0"])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dfscheduler");
+    let deadline = Instant::now() + LOG_WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dfscheduler kept running with unreadable TLS files");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ca.crt"),
+        "the error does not name the file:\n{stderr}"
+    );
 }

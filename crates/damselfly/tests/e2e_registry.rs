@@ -33,6 +33,16 @@ struct Env {
 
 /// Registry + front + pushed image + scheduler; None (test skipped) without the tools.
 fn setup(name: &str, require_token: bool, layer_sizes: &[usize]) -> Option<Env> {
+    setup_with(name, require_token, layer_sizes, None)
+}
+
+/// [`setup`] with a scheduler config file holding `scheduler_yaml`.
+fn setup_with(
+    name: &str,
+    require_token: bool,
+    layer_sizes: &[usize],
+    scheduler_yaml: Option<&str>,
+) -> Option<Env> {
     let registry_bin = tool("docker-registry")?;
     let skopeo_bin = tool("skopeo")?;
     let mut cluster = Cluster::new(name);
@@ -40,7 +50,16 @@ fn setup(name: &str, require_token: bool, layer_sizes: &[usize]) -> Option<Env> 
     let front = Front::start(registry.addr, require_token);
     let image = build_image(&cluster.path("layout"), layer_sizes);
     push(&skopeo_bin, &cluster.root, &image, registry.addr, REPO);
-    cluster.start_scheduler();
+    match scheduler_yaml {
+        Some(yaml) => {
+            let config = cluster.path("scheduler.yaml");
+            fs::write(&config, yaml).unwrap();
+            cluster.start_scheduler_with(&["--config".into(), config.display().to_string()]);
+        }
+        None => {
+            cluster.start_scheduler();
+        }
+    }
     Some(Env {
         cluster,
         registry,
@@ -1001,4 +1020,139 @@ fn registry_behind_a_private_ca() {
     assert_eq!(sha256_hex(served.bytes()), sha256_hex(&image.layers[2].1));
     drop(registry);
     cluster.assert_no_panics();
+}
+
+/// The JSON API's token in the preheat tests.
+const API_TOKEN: &str = "preheat-test-token";
+
+/// Runs dfctl with `args`; returns (success, stdout, stderr).
+fn dfctl(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dfctl"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run dfctl");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    eprintln!("dfctl {args:?}: {}\n{stdout}{stderr}", output.status);
+    (output.status.success(), stdout, stderr)
+}
+
+/// Waits until the scheduler lists `count` hosts (announces are asynchronous).
+fn wait_for_hosts(api: &str, count: usize) {
+    let listed = wait_until(Duration::from_secs(30), || {
+        let (ok, out, _) = dfctl(&["host", "ls", "--scheduler", api, "-o", "json"]);
+        ok && serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            == Some(count)
+    });
+    assert!(listed, "the scheduler never listed {count} hosts");
+}
+
+/// The job succeeded with one task per layer plus the config, each layer named by its digest
+/// (the mirror's task ID).
+fn assert_job_covers_the_image(job: &serde_json::Value, image: &Image) {
+    assert_eq!(job["state"], "SUCCESS", "{job:#}");
+    let tasks = job["tasks"].as_array().unwrap();
+    assert_eq!(
+        tasks.len(),
+        image.layers.len() + 1,
+        "layers and config: {tasks:?}"
+    );
+    for (digest, _) in &image.layers {
+        let task = tasks
+            .iter()
+            .find(|t| t["url"].as_str().unwrap().ends_with(digest.as_str()))
+            .unwrap_or_else(|| panic!("{digest} not preheated"));
+        assert_eq!(
+            task["task_id"],
+            digest.trim_start_matches("sha256:"),
+            "blob task ID"
+        );
+    }
+}
+
+/// An image preheat on a registry with token auth: the scheduler resolves the tag with the
+/// token dance and the seed fetches config and layers; then four daemons pull the image
+/// through their mirrors and the registry serves none of the layer bytes again.
+#[test]
+fn image_preheat_then_four_mirror_pulls_take_no_layer_bytes_from_the_registry() {
+    let yaml = format!("server:\n  http:\n    token: {API_TOKEN}\n");
+    let Some(mut env) = setup_with(
+        "preheat-image",
+        true,
+        &[5 * MIB, 6 * MIB, 7 * MIB],
+        Some(&yaml),
+    ) else {
+        return;
+    };
+    let api = env.cluster.scheduler.as_ref().unwrap().http.to_string();
+    env.cluster.start_daemon(DaemonOpts {
+        seed: true,
+        ..Default::default()
+    });
+    wait_for_hosts(&api, 1);
+    let image = format!("http://{}/{REPO}:{TAG}", env.front.addr);
+
+    // Mutations need the token.
+    let (ok, _, stderr) = dfctl(&["preheat", "--image", &image, "--scheduler", &api]);
+    assert!(
+        !ok && stderr.contains("401"),
+        "a preheat without the token: {stderr}"
+    );
+
+    let (ok, out, _) = dfctl(&[
+        "preheat",
+        "--image",
+        &image,
+        "--scheduler",
+        &api,
+        "--token",
+        API_TOKEN,
+        "--scope",
+        "single_seed_peer",
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "the image preheat failed");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_job_covers_the_image(&job, &env.image);
+    let layers_before = env.layer_gets();
+    let bytes_before = env.front.blob_bytes();
+    assert!(
+        bytes_before >= env.image.layer_bytes(),
+        "the seed took only {bytes_before} blob bytes from the registry"
+    );
+    assert!(layers_before > 0);
+
+    let daemons: Vec<DaemonInfo> = (0..4).map(|_| env.daemon()).collect();
+    for (i, daemon) in daemons.iter().enumerate() {
+        let out = env.pull_via_mirror(daemon, &format!("pull-{i}"));
+        assert_pulled(&out, &env.image);
+    }
+    // Layers only: the config is a single piece, which a daemon fetches straight from the
+    // registry.
+    assert_eq!(
+        env.layer_gets(),
+        layers_before,
+        "a pull took layers from the registry"
+    );
+    for daemon in &daemons {
+        let t = daemon.traffic();
+        let from_swarm = t.remote_seed + t.remote_normal;
+        assert!(
+            from_swarm >= env.image.layer_bytes() as f64,
+            "{} took only {from_swarm} bytes from the swarm: {t:?}",
+            daemon.name
+        );
+    }
+    // The registry token never reaches the scheduler's log.
+    let log = std::fs::read_to_string(&env.cluster.scheduler.as_ref().unwrap().log).unwrap();
+    assert!(
+        !log.contains(TOKEN),
+        "the registry token is in the scheduler's log"
+    );
+    env.cluster.assert_no_panics();
 }

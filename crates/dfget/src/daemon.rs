@@ -130,26 +130,7 @@ fn spawn(
         .map_err(|e| cannot("duplicate the log file", e))?;
     let mut command = Command::new(program);
     command
-        // An empty config: the node's /etc/dragonfly/dfdaemon.yaml belongs to the cluster daemon.
-        .args(["--config", "/dev/null"])
-        .arg("--embedded-scheduler")
-        .args(["--idle-exit", idle])
-        // A private daemon: loopback only, any free ports, so it never collides with (or is
-        // reachable like) a real node's dfdaemon.
-        .args(["--ip", EMBEDDED_DAEMON_IP])
-        .args([
-            "--upload-port",
-            "0",
-            "--piece-port",
-            "0",
-            "--quic-port",
-            "0",
-        ])
-        .args(["--metrics-port", "0", "--health-port", "0"])
-        .arg("--socket")
-        .arg(socket)
-        .arg("--storage-dir")
-        .arg(storage_dir)
+        .args(embedded_args(socket, storage_dir, idle))
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)
@@ -167,6 +148,38 @@ fn spawn(
     command
         .spawn()
         .map_err(|e| cannot(&format!("run {}", program.display()), e))
+}
+
+/// The embedded daemon's command line.
+fn embedded_args(socket: &Path, storage_dir: &Path, idle: &str) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        // An empty config: the node's /etc/dragonfly/dfdaemon.yaml belongs to the cluster daemon.
+        "--config",
+        "/dev/null",
+        "--embedded-scheduler",
+        "--idle-exit",
+        idle,
+        // A private daemon: loopback only, any free ports, so it never collides with (or is
+        // reachable like) a real node's dfdaemon.
+        "--ip",
+        EMBEDDED_DAEMON_IP,
+        "--upload-port",
+        "0",
+        "--piece-port",
+        "0",
+        "--quic-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--health-port",
+        "0",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.extend(["--socket".into(), socket.into()]);
+    args.extend(["--storage-dir".into(), storage_dir.into()]);
+    args
 }
 
 /// Polls until the socket answers; fails early if our child exits, late after the timeout.

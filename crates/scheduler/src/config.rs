@@ -7,6 +7,10 @@
 //! server:
 //!   listenIP: 0.0.0.0        # or `listen: 0.0.0.0:8002`, which wins
 //!   port: 8002
+//!   http:                    # the JSON API (preheat jobs, hosts, tasks)
+//!     enable: true
+//!     addr: ":8080"          # listen IP implied; `none` disables
+//!     token: ""              # unset: read-only; set: POST needs `Bearer <token>`
 //! scheduler:
 //!   algorithm: default
 //!   backToSourceCount: 200
@@ -78,6 +82,10 @@ pub const DEFAULT_HOST_TTL: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_SEED_PEER_ENABLE: bool = true;
 /// Upper bound on one triggered seed download (Dragonfly `seedPeer.taskDownloadTimeout`).
 pub const DEFAULT_SEED_TASK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(10 * 60 * 60);
+/// The JSON HTTP API is served by `dfscheduler` unless disabled.
+pub const DEFAULT_HTTP_ENABLE: bool = true;
+/// Default JSON API port; Dragonfly's manager serves its REST API (jobs) on the same port.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// Metrics are served by `dfscheduler` unless disabled.
 pub const DEFAULT_METRICS_ENABLE: bool = true;
 
@@ -104,6 +112,38 @@ pub struct ServerConfig {
     /// set: every client must present a certificate signed by `caCert`, and announces are
     /// checked against it. None set (the default): plain text, as in Dragonfly.
     pub tls: TlsKeys,
+    /// `server.http`: the JSON API (Damselfly's; Dragonfly has it on the manager).
+    pub http: HttpConfig,
+}
+
+/// `server.http:` section. `addr` takes the same forms as `metrics.addr`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct HttpConfig {
+    pub enable: bool,
+    pub addr: Option<String>,
+    /// Bearer token for the routes that change something; unset: the API is read-only.
+    pub token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enable: DEFAULT_HTTP_ENABLE,
+            addr: None,
+            token: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("enable", &self.enable)
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -113,6 +153,7 @@ impl Default for ServerConfig {
             listen_ip: DEFAULT_LISTEN_IP,
             port: DEFAULT_PORT,
             tls: TlsKeys::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -282,6 +323,18 @@ impl SchedulerConfig {
         }
     }
 
+    /// The JSON API address, or `None` when it is disabled.
+    pub fn http_addr(&self) -> Result<Option<SocketAddr>, SchedulerError> {
+        if !self.server.http.enable {
+            return Ok(None);
+        }
+        let listen_ip = self.listen_addr().ip();
+        match self.server.http.addr.as_deref() {
+            None => Ok(Some(SocketAddr::new(listen_ip, DEFAULT_HTTP_PORT))),
+            Some(text) => parse_metrics_addr(text, listen_ip),
+        }
+    }
+
     /// The gRPC server's mTLS config (`server.tls`), `None` for plain text.
     pub fn server_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, SchedulerError> {
         match self.server.tls.files("server.tls")? {
@@ -335,6 +388,7 @@ impl SchedulerConfig {
             return Err(invalid("GC intervals must be > 0".into()));
         }
         self.metrics_addr()?;
+        self.http_addr()?;
         Ok(())
     }
 }
@@ -343,7 +397,7 @@ fn invalid(message: String) -> SchedulerError {
     SchedulerError::InvalidConfig(message)
 }
 
-/// Parses `none`, `:PORT` (listen IP implied) or a full `IP:PORT`.
+/// Parses `none`, `:PORT` (listen IP implied) or a full `IP:PORT` (metrics and HTTP API).
 pub fn parse_metrics_addr(
     text: &str,
     listen_ip: IpAddr,
@@ -355,14 +409,12 @@ pub fn parse_metrics_addr(
     if let Some(port) = text.strip_prefix(':') {
         let port: u16 = port
             .parse()
-            .map_err(|_| invalid(format!("metrics address {text:?}: bad port")))?;
+            .map_err(|_| invalid(format!("address {text:?}: bad port")))?;
         return Ok(Some(SocketAddr::new(listen_ip, port)));
     }
-    text.parse::<SocketAddr>().map(Some).map_err(|_| {
-        invalid(format!(
-            "metrics address {text:?} is not IP:PORT, :PORT or none"
-        ))
-    })
+    text.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| invalid(format!("address {text:?} is not IP:PORT, :PORT or none")))
 }
 
 #[cfg(test)]
@@ -516,6 +568,19 @@ manager:
             config.metrics_addr().unwrap(),
             Some("127.0.0.1:9000".parse().unwrap())
         );
+        assert_eq!(
+            config.http_addr().unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        let api = "server:\n  http: {addr: ':9090', token: s3cret}\n";
+        let config = SchedulerConfig::from_yaml(api).unwrap();
+        assert_eq!(
+            config.http_addr().unwrap(),
+            Some("0.0.0.0:9090".parse().unwrap())
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let off = SchedulerConfig::from_yaml("server:\n  http: {enable: false}\n").unwrap();
+        assert_eq!(off.http_addr().unwrap(), None);
     }
 
     #[test]

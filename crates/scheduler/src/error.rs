@@ -19,4 +19,17 @@ pub enum SchedulerError {
     /// A Prometheus metric could not be registered or encoded.
     #[error("scheduler metrics error: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A preheat request is malformed (bad URL, scope, count…).
+    #[error("invalid preheat request: {0}")]
+    InvalidPreheat(String),
+    /// An image preheat could not resolve its manifest (registry unreachable, refused, no
+    /// manifest for the platform).
+    #[error("cannot resolve the image: {0}")]
+    ImageResolve(String),
+    /// No host matches a preheat's scope.
+    #[error("no host to preheat on: {0}")]
+    NoPreheatHost(String),
+    /// The job store is full of running jobs.
+    #[error("{0} preheat jobs are running; try again when one has finished")]
+    TooManyJobs(usize),
 }

@@ -8,14 +8,18 @@
 //! - new tasks are fetched once: by a triggered seed peer (`seed` module) when a seed host is
 //!   known, else by the first peer, which then serves the others;
 //! - [`serve`] runs the gRPC service (plus `grpc.health.v1`) on a listener and is embeddable;
-//!   [`serve_metrics`] serves `/metrics` and `/healthy`.
+//!   [`serve_metrics`] serves `/metrics` and `/healthy`;
+//! - [`preheat`] jobs fetch files or images onto seed peers ahead of a rollout, started over
+//!   gRPC or the JSON HTTP API ([`api`]), which also lists hosts and tasks.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 mod error;
 pub mod fsm;
 pub mod metrics;
 pub mod model;
+pub mod preheat;
 pub mod scoring;
 mod seed;
 mod server;
@@ -26,4 +30,4 @@ pub mod upload;
 pub use config::SchedulerConfig;
 pub use error::SchedulerError;
 pub use metrics::serve_metrics;
-pub use server::serve;
+pub use server::{serve, serve_with_api};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
+use dragonfly_api::dfdaemon::v2::download_task_response::Response as Update;
 use dragonfly_api::dfdaemon::v2::DownloadTaskRequest;
 use futures::StreamExt;
 use tonic::transport::Endpoint;
@@ -54,19 +55,31 @@ pub fn spawn_trigger(shared: Arc<Shared>, job: SeedJob, timeout: Duration) {
 /// Calls DownloadTask and drains the response stream; returns the pieces reported.
 /// `tls` is `seedPeer.tls`: the seed's certificate must name the address announced.
 async fn run(job: &SeedJob, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<u64, String> {
-    let endpoint = Endpoint::from_shared(job.endpoint.clone())
-        .map_err(|e| format!("bad seed endpoint {}: {e}", job.endpoint))?
+    tracing::info!(endpoint = %job.endpoint, "triggering seed peer");
+    download_task(&job.endpoint, job.download.clone(), tls, |_| {}).await
+}
+
+/// `DfdaemonUpload.DownloadTask` on the host at `endpoint` (`http://ip:port`), drained to the
+/// end; every update is shown to `on_update`. Returns the pieces reported. Shared by the
+/// seed trigger and preheat jobs.
+pub(crate) async fn download_task(
+    endpoint: &str,
+    download: dragonfly_api::common::v2::Download,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    mut on_update: impl FnMut(&Update),
+) -> Result<u64, String> {
+    let channel_endpoint = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| format!("bad seed endpoint {endpoint}: {e}"))?
         .connect_timeout(SEED_CONNECT_TIMEOUT);
-    let channel = damselfly_tls::grpc::channel(endpoint, tls)
+    let channel = damselfly_tls::grpc::channel(channel_endpoint, tls)
         .await
-        .map_err(|e| format!("cannot connect to seed {}: {e}", job.endpoint))?;
+        .map_err(|e| format!("cannot connect to seed {endpoint}: {e}"))?;
     let mut client = DfdaemonUploadClient::new(channel)
         .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
         .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
     let request = DownloadTaskRequest {
-        download: Some(job.download.clone()),
+        download: Some(download),
     };
-    tracing::info!(endpoint = %job.endpoint, "triggering seed peer");
     let mut stream = client
         .download_task(request)
         .await
@@ -76,11 +89,11 @@ async fn run(job: &SeedJob, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<u
     while let Some(message) = stream.next().await {
         let message = message
             .map_err(|s| format!("seed DownloadTask failed: {}: {}", s.code(), s.message()))?;
-        if let Some(
-            dragonfly_api::dfdaemon::v2::download_task_response::Response::DownloadPieceFinishedResponse(_),
-        ) = message.response
-        {
-            pieces += 1;
+        if let Some(update) = &message.response {
+            if matches!(update, Update::DownloadPieceFinishedResponse(_)) {
+                pieces += 1;
+            }
+            on_update(update);
         }
         tracing::debug!(peer_id = %message.peer_id, "seed progress");
     }

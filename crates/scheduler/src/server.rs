@@ -20,6 +20,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SchedulerError> {
+    serve_with_api(config, listener, None, shutdown).await
+}
+
+/// [`serve`], plus the JSON HTTP API ([`crate::api`]) on `api` when given; it shares the
+/// scheduler's state and stops with it.
+pub async fn serve_with_api(
+    config: SchedulerConfig,
+    listener: TcpListener,
+    api: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SchedulerError> {
     config.validate()?;
     let server_tls = config.server_tls()?;
     let seed_tls = config.seed_peer_tls()?;
@@ -36,6 +47,7 @@ pub async fn serve(
         .await;
 
     let gc = tokio::spawn(gc_loop(shared.clone()));
+    let api = api.map(|listener| spawn_api(&shared, listener));
     let scheduler = SchedulerServer::new(SchedulerService::new(shared.clone()))
         .max_decoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE)
         .max_encoding_message_size(damselfly_core::MAX_GRPC_MESSAGE_SIZE);
@@ -66,7 +78,17 @@ pub async fn serve(
         }
     };
     gc.abort();
+    if let Some(api) = api {
+        api.abort();
+    }
     result.map_err(SchedulerError::from)
+}
+
+/// The JSON API, stopped with the scheduler.
+fn spawn_api(shared: &Arc<Shared>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+    let mut stop = shared.stop_signal();
+    let until_stop = async move { stopped(&mut stop).await };
+    tokio::spawn(crate::api::serve_api(shared.clone(), listener, until_stop))
 }
 
 /// Host, peer and task expiry, each on its own interval.

@@ -20,8 +20,10 @@ use crate::auth::{Authority, Caller};
 use crate::config::SchedulerConfig;
 use crate::fsm::{PeerEvent, SizeScope};
 use crate::metrics::{self, metrics};
+use crate::preheat::{self, Jobs, PreheatSpec};
 use crate::seed;
 use crate::state::{Decision, Policy, Push, State, Step, Terminal};
+use crate::SchedulerError;
 use damselfly_core::extensions::{
     has_feature, FEATURES_METADATA_KEY, FEATURE_PARENT_PUSH, FEATURE_PIECE_DIGESTS,
 };
@@ -48,6 +50,8 @@ pub struct Shared {
     pub authority: Authority,
     /// Client TLS for the seed trigger (`seedPeer.tls`); `None`: plain text.
     pub seed_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Preheat jobs (gRPC `PreheatImage`/`PreheatFile` and the HTTP API).
+    pub preheat: Jobs,
 }
 
 impl Shared {
@@ -61,6 +65,7 @@ impl Shared {
             pushers: Mutex::new(HashMap::new()),
             authority: Authority::default(),
             seed_tls: None,
+            preheat: Jobs::default(),
         }
     }
 
@@ -501,16 +506,7 @@ impl PeerSession {
                 self.event(peer_id, PeerEvent::DownloadBackToSource)
             }
             PeerRequest::ReschedulePeerRequest(reschedule) => {
-                let give_up: Vec<String> = reschedule
-                    .candidate_parents
-                    .iter()
-                    .map(|p| p.id.clone())
-                    .collect();
-                tracing::info!(blocklisted = ?give_up, reason = ?reschedule.description, "reschedule");
-                self.shared
-                    .with_state(|s| s.prepare_reschedule(peer_id, &give_up))?;
-                self.schedule(ids).await?;
-                Ok(Flow::Continue)
+                self.reschedule(ids, reschedule).await
             }
             PeerRequest::DownloadPeerFinishedRequest(_) => {
                 self.terminal(peer_id, Terminal::Finished, "finished")
@@ -538,18 +534,42 @@ impl PeerSession {
             PeerRequest::DownloadPieceBackToSourceFinishedRequest(finished) => {
                 self.piece_from_origin(peer_id, finished.piece)
             }
-            PeerRequest::DownloadPieceFailedRequest(failed) => {
-                tracing::debug!(piece = ?failed.piece_number, parent_id = %failed.parent_id, temporary = failed.temporary, "piece failed");
-                self.shared
-                    .with_state(|s| s.piece_failed(peer_id, &failed.parent_id, failed.temporary))?;
-                Ok(Flow::Continue)
-            }
+            PeerRequest::DownloadPieceFailedRequest(failed) => self.piece_failed(peer_id, &failed),
             PeerRequest::DownloadPieceBackToSourceFailedRequest(failed) => {
                 tracing::debug!(piece = ?failed.piece_number, "piece from origin failed");
                 self.shared.with_state(|s| s.touch_peer(peer_id))?;
                 Ok(Flow::Continue)
             }
         }
+    }
+
+    /// The peer gives up on the parents it names and asks for new ones.
+    async fn reschedule(
+        &mut self,
+        ids: &PeerIds,
+        reschedule: ReschedulePeerRequest,
+    ) -> Result<Flow, Status> {
+        let give_up: Vec<String> = reschedule
+            .candidate_parents
+            .iter()
+            .map(|p| p.id.clone())
+            .collect();
+        tracing::info!(blocklisted = ?give_up, reason = ?reschedule.description, "reschedule");
+        self.shared
+            .with_state(|s| s.prepare_reschedule(&ids.peer_id, &give_up))?;
+        self.schedule(ids).await?;
+        Ok(Flow::Continue)
+    }
+
+    fn piece_failed(
+        &self,
+        peer_id: &str,
+        failed: &DownloadPieceFailedRequest,
+    ) -> Result<Flow, Status> {
+        tracing::debug!(piece = ?failed.piece_number, parent_id = %failed.parent_id, temporary = failed.temporary, "piece failed");
+        self.shared
+            .with_state(|s| s.piece_failed(peer_id, &failed.parent_id, failed.temporary))?;
+        Ok(Flow::Continue)
     }
 
     fn event(&self, peer_id: &str, event: PeerEvent) -> Result<Flow, Status> {
@@ -917,31 +937,79 @@ impl Scheduler for SchedulerService {
         Err(unimplemented("DeletePersistentCacheTask"))
     }
 
+    #[instrument(skip_all, fields(url = %request.get_ref().url))]
     async fn preheat_image(
         &self,
-        _request: Request<PreheatImageRequest>,
+        request: Request<PreheatImageRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(unimplemented("PreheatImage"))
+        Caller::of(&request)?;
+        let spec = PreheatSpec::from_image_request(request.into_inner()).map_err(to_status)?;
+        self.start_preheat(spec).await
     }
 
+    #[instrument(skip_all, fields(url = %request.get_ref().url))]
     async fn stat_image(
         &self,
-        _request: Request<StatImageRequest>,
+        request: Request<StatImageRequest>,
     ) -> Result<Response<StatImageResponse>, Status> {
-        Err(unimplemented("StatImage"))
+        Caller::of(&request)?;
+        preheat::stat_image(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
+    #[instrument(skip_all, fields(url = %request.get_ref().url))]
     async fn preheat_file(
         &self,
-        _request: Request<PreheatFileRequest>,
+        request: Request<PreheatFileRequest>,
     ) -> Result<Response<()>, Status> {
-        Err(unimplemented("PreheatFile"))
+        Caller::of(&request)?;
+        let spec = PreheatSpec::from_file_request(request.into_inner()).map_err(to_status)?;
+        self.start_preheat(spec).await
     }
 
+    #[instrument(skip_all, fields(url = %request.get_ref().url))]
     async fn stat_file(
         &self,
-        _request: Request<StatFileRequest>,
+        request: Request<StatFileRequest>,
     ) -> Result<Response<StatFileResponse>, Status> {
-        Err(unimplemented("StatFile"))
+        Caller::of(&request)?;
+        preheat::stat_file(&self.shared, request.into_inner())
+            .map(Response::new)
+            .map_err(to_status)
+    }
+}
+
+impl SchedulerService {
+    /// Answers once the job is created (for an image: its manifest resolved), as Dragonfly
+    /// does; the job ID rides in the response metadata for clients that want to follow it
+    /// over the HTTP API.
+    async fn start_preheat(&self, spec: PreheatSpec) -> Result<Response<()>, Status> {
+        let id = preheat::start(self.shared.clone(), spec)
+            .await
+            .map_err(to_status)?;
+        let mut response = Response::new(());
+        if let Ok(value) = tonic::metadata::MetadataValue::try_from(id.as_str()) {
+            response
+                .metadata_mut()
+                .insert(PREHEAT_JOB_ID_METADATA_KEY, value);
+        }
+        Ok(response)
+    }
+}
+
+/// Response metadata naming the preheat job a `PreheatImage`/`PreheatFile` call started.
+pub const PREHEAT_JOB_ID_METADATA_KEY: &str = "x-damselfly-preheat-job-id";
+
+/// The gRPC status for a preheat error.
+fn to_status(error: SchedulerError) -> Status {
+    match &error {
+        SchedulerError::InvalidPreheat(_) => Status::invalid_argument(error.to_string()),
+        SchedulerError::ImageResolve(_) | SchedulerError::NoPreheatHost(_) => {
+            Status::failed_precondition(error.to_string())
+        }
+        SchedulerError::TooManyJobs(_) => Status::resource_exhausted(error.to_string()),
+        _ => Status::internal(error.to_string()),
     }
 }

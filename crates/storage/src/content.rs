@@ -88,22 +88,11 @@ pub(crate) async fn stream_into_file<R: AsyncRead + Unpin>(
         if filled == 0 {
             break;
         }
-        let Some(mut running) = hasher.take() else {
+        let Some(running) = hasher.take() else {
             break;
         };
         let buffer = std::mem::replace(&mut reading, pool.take());
-        let file = Arc::clone(&file);
-        let at = offset + done;
-        in_flight = Some(tokio::task::spawn_blocking(move || {
-            let chunk = &buffer[..filled];
-            running.update(chunk);
-            let result = file.write_all_at(chunk, at);
-            Flush {
-                buffer,
-                hasher: running,
-                result,
-            }
-        }));
+        in_flight = Some(spawn_flush(&file, offset + done, buffer, filled, running));
         done += filled as u64;
         if done == max_len {
             break;
@@ -118,6 +107,27 @@ pub(crate) async fn stream_into_file<R: AsyncRead + Unpin>(
     pool.give(reading);
     let crc32 = hasher.map(|h| h.finalize()).unwrap_or_default();
     Ok(Streamed { bytes: done, crc32 })
+}
+
+/// Writes (and hashes) `buffer[..filled]` at `at` off the async workers.
+fn spawn_flush(
+    file: &Arc<File>,
+    at: u64,
+    buffer: Vec<u8>,
+    filled: usize,
+    mut running: crc32fast::Hasher,
+) -> tokio::task::JoinHandle<Flush> {
+    let file = Arc::clone(file);
+    tokio::task::spawn_blocking(move || {
+        let chunk = &buffer[..filled];
+        running.update(chunk);
+        let result = file.write_all_at(chunk, at);
+        Flush {
+            buffer,
+            hasher: running,
+            result,
+        }
+    })
 }
 
 async fn join_flush(flush: tokio::task::JoinHandle<Flush>) -> Result<Flush, StorageError> {
@@ -169,5 +179,25 @@ pub(crate) fn remove_if_exists(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// An open content file read at arbitrary offsets (byte ranges of landed pieces).
+pub struct ContentReader {
+    file: tokio::fs::File,
+}
+
+impl ContentReader {
+    pub(crate) fn new(file: tokio::fs::File) -> Self {
+        Self { file }
+    }
+
+    /// Exactly `len` bytes from `offset`; a short file is an error, never a short read.
+    pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
+        use tokio::io::AsyncSeekExt;
+        self.file.seek(io::SeekFrom::Start(offset)).await?;
+        let mut buf = vec![0; len];
+        self.file.read_exact(&mut buf).await?;
+        Ok(buf)
     }
 }

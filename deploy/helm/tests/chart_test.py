@@ -32,6 +32,11 @@ import yaml
 CONFIG_DIR = "/etc/dragonfly"
 STORAGE_DIR = "/var/lib/dragonfly"
 SOCKET_DIR = "/var/run/dragonfly"
+# Where a component's TLS Secret or node directory is mounted, and the files in it: a
+# Kubernetes TLS Secret's names with cert-manager's ca.crt, as `dfctl cert issue` writes them.
+TLS_DIR = "/etc/damselfly/tls"
+TLS_TRIPLE = {"caCert": f"{TLS_DIR}/ca.crt", "cert": f"{TLS_DIR}/tls.crt", "key": f"{TLS_DIR}/tls.key"}
+TLS_KEYS = set(TLS_TRIPLE)
 # Host directory that holds each runtime's configuration (dfinit's hostPath mount).
 RUNTIME_DIRS = {
     "containerd": "/etc/containerd",
@@ -222,6 +227,26 @@ def port_by_name(c, name):
     return None
 
 
+def port_protocol(c, name):
+    for p in c.get("ports", []):
+        if p.get("name") == name:
+            return p.get("protocol", "TCP")
+    return None
+
+
+def tls_source(tls):
+    """'secret', 'hostPath' or None, from a component's tls values."""
+    if tls.get("secretName"):
+        return "secret"
+    if tls.get("hostPath"):
+        return "hostPath"
+    return None
+
+
+def without_tls(section):
+    return {k: x for k, x in section.items() if k not in TLS_KEYS}
+
+
 def image_ref(values, image, app_version):
     registry = values["global"].get("imageRegistry") or image.get("registry")
     repo = f"{registry}/{image['repository']}" if registry else image["repository"]
@@ -378,7 +403,9 @@ class ChartTests:
         if not r.check(f"[{label}] scheduler.yaml rendered", isinstance(cfg, dict)):
             return
         want_port = v["config"]["server"]["port"]
-        r.equal(f"[{label}] scheduler.yaml server", cfg["server"], {"listenIP": "0.0.0.0", "port": want_port})
+        r.equal(f"[{label}] scheduler.yaml server", {k: x for k, x in cfg["server"].items() if k != "tls"},
+                {"listenIP": "0.0.0.0", "port": want_port})
+        self.scheduler_tls(label, cfg, dep, c, v["tls"])
         r.equal(f"[{label}] scheduler.yaml scheduler section", cfg["scheduler"], v["config"]["scheduler"])
         seed = v["config"]["seedPeer"]["enable"]
         r.equal(f"[{label}] scheduler.yaml seedPeer.enable", cfg["seedPeer"]["enable"],
@@ -409,6 +436,21 @@ class ChartTests:
             r.check(f"[{label}] scheduler Service port grpc={want_port}",
                     len(ports) == 1 and ports[0]["name"] == "grpc" and ports[0]["port"] == want_port, str(ports))
 
+    def scheduler_tls(self, label, cfg, dep, c, tls):
+        r = self.r
+        if tls_source(tls):
+            # One certificate: the gRPC server's, and the client's towards seed peers.
+            r.equal(f"[{label}] scheduler.yaml server.tls = mounted files", cfg["server"].get("tls"), TLS_TRIPLE)
+            r.equal(f"[{label}] scheduler.yaml seedPeer.tls = mounted files", cfg["seedPeer"].get("tls"), TLS_TRIPLE)
+        else:
+            r.check(f"[{label}] scheduler.yaml without TLS",
+                    "tls" not in cfg["server"] and "tls" not in cfg["seedPeer"], str(cfg["server"]))
+        self.tls_mount(label, "scheduler", dep, c, tls, 0o440)
+        if tls["secretName"]:
+            sc = pod_spec(dep).get("securityContext", {})
+            r.check(f"[{label}] scheduler: fsGroup lets uid {sc.get('runAsUser')} read the Secret",
+                    bool(sc.get("fsGroup")), str(sc))
+
     def dynconfig(self, label, render):
         r = self.r
         v = render.values
@@ -436,14 +478,18 @@ class ChartTests:
                         and svc["spec"].get("clusterIP") == "None"
                         and any(sp["port"] == int(p) for sp in svc["spec"]["ports"]))
 
-    def peer_config(self, label, comp, cfg, cv, cache_size, seed, v):
-        """dfdaemon.yaml of a node daemon or seed peer against its values block cv (v: all)."""
+    def peer_config(self, label, comp, cfg, cv, cache_size, seed, v, cv_tls):
+        """dfdaemon.yaml of a node daemon or seed peer against its config values cv, its tls
+        values cv_tls (v: all values)."""
         r = self.r
         r.equal(f"[{label}] {comp} storage", cfg["storage"],
                 {"dir": STORAGE_DIR, "keep": cv["storage"]["keep"],
-                 "server": {"tcpPort": cv["storage"]["server"]["tcpPort"]}})
+                 "server": {"tcpPort": cv["storage"]["server"]["tcpPort"],
+                            "quicPort": cv["storage"]["server"]["quicPort"]}})
         r.equal(f"[{label}] {comp} socket", cfg["download"]["server"]["socketPath"], f"{SOCKET_DIR}/dfdaemon.sock")
-        r.equal(f"[{label}] {comp} upload", cfg["upload"],
+        upload = dict(cfg["upload"], server=without_tls(cfg["upload"]["server"]))
+        upload.pop("client", None)
+        r.equal(f"[{label}] {comp} upload", upload,
                 {"server": {"port": cv["upload"]["server"]["port"]},
                  "bandwidthLimit": str(cv["upload"]["bandwidthLimit"])})
         dl = {k: cfg["download"][k] for k in cfg["download"] if k != "server"}
@@ -451,7 +497,8 @@ class ChartTests:
         for k in ("bandwidthLimit", "backToSourceBandwidthLimit"):
             want_dl[k] = str(want_dl[k])
         r.equal(f"[{label}] {comp} download limits", dl, want_dl)
-        r.equal(f"[{label}] {comp} scheduler section", cfg["scheduler"], cv["scheduler"])
+        r.equal(f"[{label}] {comp} scheduler section", without_tls(cfg["scheduler"]), cv["scheduler"])
+        self.peer_tls(label, comp, cfg, cv_tls)
         r.equal(f"[{label}] {comp} dynconfig refresh", cfg["dynconfig"], cv["dynconfig"])
         policy = dict(cv["gc"]["policy"], diskThreshold=str(cache_size))
         r.equal(f"[{label}] {comp} gc (diskThreshold = cache size)", cfg["gc"],
@@ -490,6 +537,37 @@ class ChartTests:
             r.equal(f"[{label}] {comp} mirror {reg['host']} upstream",
                     (m["schema"], m["host"]), (server.scheme, server.netloc))
 
+    def dfdaemon_ports(self, label, cfg, c):
+        """Host ports (hostPort = containerPort) follow dfdaemon.yaml; QUIC is the UDP one."""
+        r = self.r
+        want_ports = {
+            "grpc-upload": cfg["upload"]["server"]["port"],
+            "http-proxy": cfg["proxy"]["server"]["port"],
+            "http-metrics": cfg["metrics"]["server"]["port"],
+            "http-health": cfg["health"]["server"]["port"],
+            "tcp-piece": cfg["storage"]["server"]["tcpPort"],
+            "quic-piece": cfg["storage"]["server"]["quicPort"],
+        }
+        got_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        r.equal(f"[{label}] dfdaemon ports follow dfdaemon.yaml", got_ports, want_ports)
+        r.equal(f"[{label}] dfdaemon QUIC port is UDP, the rest TCP",
+                {p["name"]: p.get("protocol", "TCP") for p in c["ports"]},
+                {n: "UDP" if n == "quic-piece" else "TCP" for n in want_ports})
+        r.check(f"[{label}] dfdaemon hostPort = containerPort",
+                all(p.get("hostPort") == p["containerPort"] for p in c["ports"]))
+
+    def peer_tls(self, label, comp, cfg, tls):
+        """Every TLS triple of a peer (scheduler link, upload server, upload client) names the
+        mounted files, or none is set."""
+        triples = {
+            "scheduler": {k: cfg["scheduler"][k] for k in TLS_KEYS & set(cfg["scheduler"])},
+            "upload.server": {k: cfg["upload"]["server"][k] for k in TLS_KEYS & set(cfg["upload"]["server"])},
+            "upload.client": cfg["upload"].get("client", {}),
+        }
+        want = TLS_TRIPLE if tls_source(tls) else {}
+        for where, got in triples.items():
+            self.r.equal(f"[{label}] {comp} {where} TLS {'= mounted files' if want else 'unset'}", got, want)
+
     def dfdaemon(self, label, render):
         r = self.r
         v = render.values
@@ -526,7 +604,8 @@ class ChartTests:
         cfg = render.config_file(name, "dfdaemon.yaml")
         if not r.check(f"[{label}] dfdaemon.yaml rendered", isinstance(cfg, dict)):
             return
-        self.peer_config(label, "dfdaemon", cfg, dv["config"], dv["cache"]["size"], False, v)
+        self.peer_config(label, "dfdaemon", cfg, dv["config"], dv["cache"]["size"], False, v, dv["tls"])
+        self.tls_mount(label, "dfdaemon", ds, c, dv["tls"], 0o400)
 
         # Probes on the health port of the rendered config; hostPort = containerPort.
         health = cfg["health"]["server"]["port"]
@@ -534,17 +613,7 @@ class ChartTests:
             get = c.get(probe, {}).get("httpGet", {})
             r.check(f"[{label}] dfdaemon {probe} GET /healthy on {health}",
                     get.get("path") == "/healthy" and get.get("port") == health, str(get))
-        want_ports = {
-            "grpc-upload": cfg["upload"]["server"]["port"],
-            "http-proxy": cfg["proxy"]["server"]["port"],
-            "http-metrics": cfg["metrics"]["server"]["port"],
-            "http-health": health,
-            "tcp-piece": cfg["storage"]["server"]["tcpPort"],
-        }
-        got_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        r.equal(f"[{label}] dfdaemon ports follow dfdaemon.yaml", got_ports, want_ports)
-        r.check(f"[{label}] dfdaemon hostPort = containerPort",
-                all(p.get("hostPort") == p["containerPort"] for p in c["ports"]))
+        self.dfdaemon_ports(label, cfg, c)
 
         # The socket directory on the host, where dfget looks.
         sock_dir = os.path.dirname(cfg["download"]["server"]["socketPath"])
@@ -684,7 +753,8 @@ class ChartTests:
         if not r.check(f"[{label}] seed peer dfdaemon.yaml rendered", isinstance(cfg, dict)):
             return
         p = sv["persistence"]
-        self.peer_config(label, "seed-peer", cfg, sv["config"], p["size"], True, v)
+        self.peer_config(label, "seed-peer", cfg, sv["config"], p["size"], True, v, sv["tls"])
+        self.seed_quic_and_tls(label, cfg, sts, c, svc, sv["tls"])
         health = cfg["health"]["server"]["port"]
         for probe in ("livenessProbe", "readinessProbe"):
             get = c.get(probe, {}).get("httpGet", {})
@@ -713,6 +783,37 @@ class ChartTests:
         else:
             vol = volume(sts, m["name"]) if m else None
             r.check(f"[{label}] seed peer storage is an emptyDir", not claims and vol and "emptyDir" in vol)
+
+    def seed_quic_and_tls(self, label, cfg, sts, c, svc, tls):
+        """The seed peer's QUIC port, UDP, in its container and its Service; its TLS files."""
+        self.tls_mount(label, "seed peer", sts, c, tls, 0o400)
+        quic = cfg["storage"]["server"]["quicPort"]
+        self.r.check(f"[{label}] seed peer declares UDP {quic} (QUIC pieces)",
+                     port_by_name(c, "quic-piece") == quic and port_protocol(c, "quic-piece") == "UDP", str(c["ports"]))
+        sp = {q["name"]: q for q in svc["spec"]["ports"]} if svc else {}
+        self.r.check(f"[{label}] seed peer Service has UDP {quic} (QUIC pieces)",
+                     sp.get("quic-piece", {}).get("port") == quic and sp["quic-piece"].get("protocol") == "UDP",
+                     str(sp))
+
+    def tls_mount(self, label, comp, workload, c, tls, mode):
+        """The component's TLS files are mounted read-only at TLS_DIR from the source its
+        values name (a Secret with the given file mode, or the node's directory), or nothing."""
+        r = self.r
+        m = mount(c, TLS_DIR)
+        source = tls_source(tls)
+        if source is None:
+            r.check(f"[{label}] {comp}: no TLS volume", m is None and volume(workload, "tls") is None)
+            return
+        vol = volume(workload, m["name"]) if m else None
+        if not r.check(f"[{label}] {comp}: TLS files mounted read-only at {TLS_DIR}",
+                       vol is not None and m.get("readOnly") is True, str(m)):
+            return
+        if source == "secret":
+            r.equal(f"[{label}] {comp}: TLS from Secret {tls['secretName']}, mode {mode:o}", vol.get("secret"),
+                    {"secretName": tls["secretName"], "defaultMode": mode})
+        else:
+            r.equal(f"[{label}] {comp}: TLS from the node's {tls['hostPath']}, which must exist", vol.get("hostPath"),
+                    {"path": tls["hostPath"], "type": "Directory"})
 
     def metrics(self, label, render):
         r = self.r
@@ -818,6 +919,11 @@ class ChartTests:
             ([], ['registries=[{"host":"docker.io","server":"https://index.docker.io"},'
                   '{"host":"ghcr.io","server":"https://ghcr.io"}]'], {"dfdaemon", "seed-peer"}),
             (["dfdaemon.logLevel=debug"], (), set()),
+            (["dfdaemon.config.download.protocol=quic"], (), {"dfdaemon"}),
+            (["seedPeer.config.storage.server.quicPort=4106"], (), {"seed-peer"}),
+            # TLS changes the config files, so every pod rolls onto its certificate.
+            (["scheduler.tls.secretName=s-tls", "seedPeer.tls.secretName=p-tls", "dfdaemon.tls.hostPath=/etc/pki"],
+             (), {"scheduler", "seed-peer", "dfdaemon"}),
             # dynconfig.yaml is re-read in place by running daemons: no rollout for it.
             (["clusterDomain=cluster.example"], (), set()),
         ]
@@ -872,6 +978,14 @@ class ChartTests:
             "storageClass '-' means no class": (["seedPeer.persistence.storageClass=-"],
                                                 lambda R: self.seed_peer("variant", R)),
             "dfinit off": (["dfdaemon.dfinit.enable=false"], lambda R: self.dfinit("variant", R)),
+            "TLS from Secrets for all three": (["scheduler.tls.secretName=s-tls", "seedPeer.tls.secretName=p-tls",
+                                                "dfdaemon.tls.secretName=d-tls"],
+                                               lambda R: (self.scheduler("variant", R), self.seed_peer("variant", R),
+                                                          self.dfdaemon("variant", R))),
+            "TLS for the peers of an external scheduler": (
+                ["scheduler.enable=false", "externalScheduler.addr=sched.example:8002",
+                 "seedPeer.tls.secretName=p-tls", "dfdaemon.tls.hostPath=/etc/pki"],
+                lambda R: (self.seed_peer("variant", R), self.dfdaemon("variant", R))),
             "only the daemons": (["scheduler.enable=false", "seedPeer.enable=false",
                                   "externalScheduler.addr=damselfly-scheduler.p2p.svc.cluster.local:8002"],
                                  lambda R: (self.dynconfig("variant", R), self.scheduler("variant", R))),
@@ -939,6 +1053,19 @@ class ChartTests:
             (["dfdaemon.maxUnavailable=lots"], (), "maxUnavailable"),
             (["scheduler.image.pullPolicy=Sometimes"], (), "pullPolicy"),
             (["scheduler.logLevel=verbose"], (), "logLevel"),
+            # QUIC and TLS values.
+            (["dfdaemon.config.download.protocol=udp"], (), "protocol"),
+            (["seedPeer.config.storage.server.quicPort=0"], (), "quicPort"),
+            (["dfdaemon.config.download.quic.allowUnverifiedPeers=maybe"], (), "allowUnverifiedPeers"),
+            (["seedPeer.tls.hostPath=/etc/pki"], (), "hostPath"),
+            (["dfdaemon.tls.hostPath=etc/pki"], (), "hostPath"),
+            (["scheduler.tls.secretName=Scheduler_TLS"], (), "secretName"),
+            (["scheduler.tls.secretName=s-tls", "seedPeer.tls.secretName=p-tls", "dfdaemon.tls.secretName=d-tls", "dfdaemon.tls.hostPath=/etc/pki"], (), "not both"),
+            (["dfdaemon.tls.hostPath=/etc/pki"], (), "TLS is set for dfdaemon but not for scheduler, seedPeer"),
+            (["scheduler.tls.secretName=s-tls", "dfdaemon.tls.hostPath=/etc/pki"], (),
+             "TLS is set for scheduler, dfdaemon but not for seedPeer"),
+            (["scheduler.tls.secretName=s-tls", "seedPeer.tls.secretName=p-tls", "dfdaemon.tls.hostPath=/etc/pki", "scheduler.podSecurityContext.fsGroup=null"], (),
+             "needs scheduler.podSecurityContext.fsGroup"),
         ]
         for sets, set_json, needle in cases:
             rc, out, err = self.helm.template(sets=sets, set_json=set_json)
@@ -968,8 +1095,11 @@ class ChartTests:
             r.check(f"[validator] rejects a DaemonSet with {what}", rejected)
 
 
-# A warning or error in the programs' logs: tracing's level column, or dfinit's prefixes.
-LOG_PROBLEM = re.compile(r"(^|\s)(WARN|ERROR)\s|dfinit: (warning|error):", re.MULTILINE)
+# A warning or error in the programs' logs: tracing's level column, dfinit's prefixes, or the
+# error a program prints as it stops. The last one matters for dfscheduler: when its gRPC
+# server fails to start (e.g. unreadable TLS files) it keeps serving /metrics and /healthy
+# until it is stopped, and only then prints the error.
+LOG_PROBLEM = re.compile(r"(^|\s)(WARN|ERROR)\s|dfinit: (warning|error):|^Error: ", re.MULTILINE)
 
 
 class BinaryChecks:
@@ -987,7 +1117,9 @@ class BinaryChecks:
     <repo>/${CARGO_TARGET_DIR:-target}/debug, as .ci/run's cargo test leaves them.
     """
 
-    NAMES = ("dfscheduler", "dfdaemon", "dfinit")
+    NAMES = ("dfscheduler", "dfdaemon", "dfinit", "dfctl")
+    # The certificate each component's TLS files stand for, issued by `dfctl cert issue`.
+    ROLES = {"scheduler": "scheduler", "seed-peer": "seed-peer", "dfdaemon": "peer"}
 
     def __init__(self, helm, results, bin_dir, isolate):
         self.helm = helm
@@ -1056,6 +1188,12 @@ class BinaryChecks:
             if d["kind"] == "ConfigMap":
                 comp = d["metadata"]["labels"]["app.kubernetes.io/component"]
                 for key, text in d["data"].items():
+                    if TLS_DIR in text:
+                        # The mounted Secret or node directory: real files of a test CA.
+                        tls_dir = self.issue(work, comp)
+                        if tls_dir is None:
+                            return
+                        text = text.replace(TLS_DIR, tls_dir)
                     dest = os.path.join(work, f"{comp}-{key}")
                     with open(dest, "w") as f:
                         f.write(text)
@@ -1071,6 +1209,23 @@ class BinaryChecks:
         dfinit = self.command_line(docs, "DaemonSet", "dfinit", "dfdaemon", files, init=True)
         if dfinit:
             self.dfinit(label, runtime, dfinit, values, certs, config_paths[runtime])
+
+    def issue(self, work, comp):
+        """A directory with ca.crt, tls.crt and tls.key for comp, from one test CA per render:
+        what the TLS Secret or the node's directory holds in the pod."""
+        ca, out = os.path.join(work, "ca"), os.path.join(work, f"tls-{comp}")
+        if os.path.isdir(out):
+            return out
+        name = self.POD_ENV["POD_NAME" if comp == "seed-peer" else "NODE_NAME"]
+        for cmd in ([self.bins["dfctl"], "cert", "ca", "--out", ca] if not os.path.isdir(ca) else None,
+                    [self.bins["dfctl"], "cert", "issue", "--ca", ca, "--name", name, "--ip", "127.0.0.1",
+                     "--role", self.ROLES[comp], "--out", out]):
+            if cmd is None:
+                continue
+            rc, out_text, err = self.run(cmd, 60)
+            if not self.r.check(f"dfctl {' '.join(cmd[1:3])} for {comp}", rc == 0, f"rc={rc}: {err.strip()[-500:]}"):
+                return None
+        return out
 
     # What the kubelet would substitute for $(VAR) in the arguments.
     POD_ENV = {"HOST_IP": "127.0.0.1", "NODE_NAME": "chart-test-node",

@@ -2,7 +2,7 @@
 
 use super::request::TaskRequest;
 use crate::context::Context;
-use crate::error::DaemonError;
+use crate::error::{DaemonError, DownloadError};
 use damselfly_core::digest::digest_file;
 use damselfly_core::{Digest, DigestAlgorithm};
 use tracing::{info, warn};
@@ -25,12 +25,12 @@ pub async fn complete(
     ctx: &Context,
     request: &TaskRequest,
     checked: Option<&Digest>,
-) -> Result<(), DaemonError> {
+) -> Result<(), DownloadError> {
     let already_checked = request.digest.is_some() && request.digest.as_ref() == checked;
     if !already_checked {
         if let Err(error) = verify_content(ctx, request).await {
             discard(ctx, &request.task_id).await;
-            return Err(error);
+            return Err(DownloadError::output(error));
         }
     }
     if let Some(output) = &request.output {
@@ -42,7 +42,8 @@ pub async fn complete(
                 request.overwrite,
                 request.force_hard_link,
             )
-            .await?;
+            .await
+            .map_err(DownloadError::output)?;
         info!(output = %output.display(), ?method, "output written");
     }
     if let Err(error) = ctx.storage.touch_task(&request.task_id) {
@@ -62,7 +63,7 @@ pub async fn verify_content(ctx: &Context, request: &TaskRequest) -> Result<(), 
     let algorithm = expected.algorithm;
     let actual = tokio::task::spawn_blocking(move || digest_file(&path, algorithm))
         .await
-        .map_err(|e| DaemonError::Status(tonic::Status::internal(format!("digest task: {e}"))))?
+        .map_err(|e| DaemonError::io("hashing the content", std::io::Error::other(e)))?
         .map_err(|e| DaemonError::io("reading the downloaded content for its digest", e))?;
     if same_digest(expected, &actual) {
         return Ok(());

@@ -1,10 +1,13 @@
 //! One download of one task on this host, shared by every caller asking for it meanwhile.
-//! States: Preparing → Running(shape) → Finished | Failed(status).
+//! States: Preparing → Running(shape) → Finished | Failed(error).
+//! A job is bounded by its own I/O timeouts and by shutdown, never by one caller's timeout:
+//! every caller applies its own (see `viewer`).
 
+use super::events::TaskShape;
 use super::request::TaskRequest;
 use super::{finish, origin, p2p};
 use crate::context::{limiter, Context};
-use crate::error::DaemonError;
+use crate::error::{DaemonError, DownloadError};
 use crate::metrics;
 use damselfly_core::{Digest, PieceLayout, PieceSpan};
 use damselfly_transfer::{Backend, RateLimiter};
@@ -13,17 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tracing::{info, warn};
-
-/// The task's size and origin headers, known once the origin was asked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskShape {
-    pub content_length: u64,
-    pub piece_length: u64,
-    pub response_header: Vec<(String, String)>,
-}
 
 #[derive(Debug, Clone)]
 pub enum JobState {
@@ -31,7 +24,7 @@ pub enum JobState {
     Running(TaskShape),
     /// With the whole-file digest the job checked, if its request named one.
     Finished(TaskShape, Option<Digest>),
-    Failed(Status),
+    Failed(DownloadError),
 }
 
 impl JobState {
@@ -107,14 +100,16 @@ pub async fn run(
     ctx: &Context,
     request: &TaskRequest,
     handle: &JobHandle,
-    cancel: &CancellationToken,
     in_use: &HashSet<String>,
 ) {
     let started = Instant::now();
     metrics::task_started();
     let backend = match ctx.backend.with_trust(&request.trust) {
         Ok(backend) => backend,
-        Err(error) => return publish_failure(ctx, request, handle, error.into()).await,
+        Err(error) => {
+            let error = DownloadError::not_started(error);
+            return publish_failure(ctx, request, handle, error).await;
+        }
     };
     if request.trust.is_insecure() {
         warn!(url = %request.url, "origin certificate not verified: the download asked for insecure_skip_verify");
@@ -129,17 +124,9 @@ pub async fn run(
         origin_ranges: AtomicBool::new(true),
         content_verified: OnceLock::new(),
     };
-    let work = download(&job, &handle.state);
     let outcome = tokio::select! {
-        result = async {
-            match request.timeout {
-                Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-                    Err(DaemonError::Timeout { url: request.url.clone(), after: limit })
-                }),
-                None => work.await,
-            }
-        } => result,
-        _ = cancel.cancelled() => Err(DaemonError::ShuttingDown),
+        result = download(&job, &handle.state) => result,
+        _ = ctx.lifecycle.aborting() => Err(DownloadError::ShuttingDown),
     };
     match outcome {
         Ok(shape) => {
@@ -163,23 +150,23 @@ async fn publish_failure(
     ctx: &Context,
     request: &TaskRequest,
     handle: &JobHandle,
-    error: DaemonError,
+    error: DownloadError,
 ) {
     metrics::task_failed();
     warn!(%error, "task failed");
     record_failure(ctx, &request.task_id, &error).await;
-    handle.state.send_replace(JobState::Failed(error.into()));
+    handle.state.send_replace(JobState::Failed(error));
 }
 
 /// A full disk drops the task's partial pieces, so they do not keep the disk full for the
 /// next download; any other failure keeps them for a retry to resume.
-async fn record_failure(ctx: &Context, task_id: &str, error: &DaemonError) {
-    if matches!(error, DaemonError::DigestMismatch { .. }) {
+async fn record_failure(ctx: &Context, task_id: &str, error: &DownloadError) {
+    if matches!(error, DownloadError::Corrupt(_)) {
         // Content that is not what the caller asked for is never kept or served.
         finish::discard(ctx, task_id).await;
         return;
     }
-    if error.is_no_space() {
+    if error.cause().is_some_and(DaemonError::is_no_space) {
         match ctx.storage.delete_task(task_id).await {
             Ok(()) => ctx.schedulers.delete_task(&ctx.host.id, task_id).await,
             Err(e) => warn!(error = %e, "cannot free the pieces of a task that filled the disk"),
@@ -214,11 +201,40 @@ async fn finish(job: &JobCtx<'_>) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Stat, prepare, fetch the missing pieces (P2P or origin), finish.
+/// Stat, prepare, fetch the missing pieces (P2P or origin), check, finish; each failure is
+/// named by its stage.
 async fn download(
     job: &JobCtx<'_>,
     state: &watch::Sender<JobState>,
-) -> Result<TaskShape, DaemonError> {
+) -> Result<TaskShape, DownloadError> {
+    let (shape, missing) = start(job, state)
+        .await
+        .map_err(DownloadError::not_started)?;
+    if let Some((layout, missing)) = missing {
+        fetch_missing(job, layout, missing)
+            .await
+            .map_err(DownloadError::transfer)?;
+    }
+    // The whole-file digest is checked before the task is recorded finished (P2P downloads
+    // checked it before they told the scheduler).
+    if job.content_verified.get().is_none() {
+        finish::verify_content(job.ctx, job.request)
+            .await
+            .map_err(DownloadError::transfer)?;
+    }
+    finish(job).await.map_err(DownloadError::transfer)?;
+    Ok(shape)
+}
+
+/// Pieces still to fetch, with their layout; `None` once the body is already stored.
+type Missing = Option<(PieceLayout, BTreeMap<u32, PieceSpan>)>;
+
+/// Asks the origin for the task's shape, prepares storage and makes room: after this, bytes
+/// flow. Origins without a length are streamed whole here (there is no shape before the end).
+async fn start(
+    job: &JobCtx<'_>,
+    state: &watch::Sender<JobState>,
+) -> Result<(TaskShape, Missing), DaemonError> {
     let ctx = job.ctx;
     let request = job.request;
     let stat = job.backend.stat(&request.url, &request.headers).await?;
@@ -226,42 +242,33 @@ async fn download(
         .store(stat.supports_range, Ordering::Relaxed);
     // A known length is enough for a layout, so peers can share the task even when the
     // origin ignores Range; only an unknown length forces one blind stream.
-    let shape = match stat.content_length {
-        Some(content_length) => {
-            let layout = PieceLayout::new(content_length, request.piece_length);
-            let task = ctx
-                .storage
-                .prepare_task(
-                    job.task_id(),
-                    content_length,
-                    layout.piece_length,
-                    stat.headers.clone(),
-                )
-                .await?;
-            ctx.storage.set_task_url(job.task_id(), &request.url)?;
-            let shape = TaskShape {
-                content_length,
-                piece_length: task.piece_length,
-                response_header: stat.headers.clone(),
-            };
-            state.send_replace(JobState::Running(shape.clone()));
-            let layout = task.layout();
-            let missing = missing_pieces(job, &layout)?;
-            if !missing.is_empty() {
-                make_room(job).await?;
-                fetch_missing(job, layout, missing).await?;
-            }
-            shape
-        }
-        None => whole_body(job, state, &stat.headers).await?,
+    let Some(content_length) = stat.content_length else {
+        return Ok((whole_body(job, state, &stat.headers).await?, None));
     };
-    // The whole-file digest is checked before the task is recorded finished (P2P downloads
-    // checked it before they told the scheduler).
-    if job.content_verified.get().is_none() {
-        finish::verify_content(ctx, request).await?;
+    let layout = PieceLayout::new(content_length, request.piece_length);
+    let task = ctx
+        .storage
+        .prepare_task(
+            job.task_id(),
+            content_length,
+            layout.piece_length,
+            stat.headers.clone(),
+        )
+        .await?;
+    ctx.storage.set_task_url(job.task_id(), &request.url)?;
+    let shape = TaskShape {
+        content_length,
+        piece_length: task.piece_length,
+        response_header: stat.headers.clone(),
+    };
+    state.send_replace(JobState::Running(shape.clone()));
+    let layout = task.layout();
+    let missing = missing_pieces(job, &layout)?;
+    if missing.is_empty() {
+        return Ok((shape, None));
     }
-    finish(job).await?;
-    Ok(shape)
+    make_room(job).await?;
+    Ok((shape, Some((layout, missing))))
 }
 
 /// Small content goes straight to the origin (a single piece gains nothing from a swarm),

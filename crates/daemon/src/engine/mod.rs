@@ -2,6 +2,7 @@
 //! scheduler's seed trigger). Concurrent downloads of one task on this host share one job;
 //! every caller follows the job's pieces as they land in storage.
 
+mod events;
 mod finish;
 mod job;
 mod origin;
@@ -14,30 +15,21 @@ mod viewer;
 use crate::context::Context;
 use damselfly_storage::PieceMetadata;
 use dragonfly_api::common::v2::{Piece, TrafficType};
-use dragonfly_api::dfdaemon::v2::DownloadTaskResponse;
-use futures::Stream;
+pub use events::{EngineEvent, EngineEvents, PieceSource, Started, TaskShape};
 use job::{JobHandle, JobState};
-pub use request::{DownloadRequest, TaskRequest, RATE_LIMIT_METADATA};
+pub use request::TaskRequest;
 use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
-/// Responses buffered towards a slow caller before the viewer waits.
-const RESPONSE_QUEUE: usize = 128;
-
-pub type ResponseStream =
-    Pin<Box<dyn Stream<Item = Result<DownloadTaskResponse, tonic::Status>> + Send + 'static>>;
+/// Events buffered towards a slow caller before the viewer waits.
+const EVENT_QUEUE: usize = 128;
 
 pub struct Engine {
     ctx: Context,
     jobs: Mutex<HashMap<String, JobHandle>>,
-    /// Cancels running jobs; fired at shutdown after the grace period.
-    cancel: CancellationToken,
 }
 
 impl Engine {
@@ -45,7 +37,6 @@ impl Engine {
         Arc::new(Self {
             ctx,
             jobs: Mutex::new(HashMap::new()),
-            cancel: CancellationToken::new(),
         })
     }
 
@@ -53,19 +44,25 @@ impl Engine {
         &self.ctx
     }
 
-    /// Starts (or joins) a download and streams its progress: a `DownloadTaskStartedResponse`,
-    /// then a `DownloadPieceFinishedResponse` per piece; the stream ends with an error status
-    /// if the download fails.
-    pub fn download(self: &Arc<Self>, request: DownloadRequest) -> ResponseStream {
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+    /// Starts (or joins) a download and follows it: `Started`, a `Piece` per piece, then
+    /// `Finished`, or an error as the last item. The request's timeout bounds this caller
+    /// only: a job shared with others goes on for them and for the cache.
+    pub fn download(self: &Arc<Self>, request: TaskRequest) -> EngineEvents {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let engine = self.clone();
-        let span = info_span!("download", url = %request.download.url);
-        tokio::spawn(
+        let span = info_span!("download", task_id = %request.task_id, url = %request.url);
+        // Tracked: a download in flight at shutdown gets the grace to finish.
+        self.ctx.lifecycle.spawn(
             async move {
                 let _busy = engine.ctx.activity.begin();
-                if let Err(error) = viewer::serve(&engine, request, &tx).await {
-                    tracing::info!(%error, "download failed");
-                    let _ = tx.send(Err(error.into())).await;
+                match viewer::serve(&engine, request, &tx).await {
+                    Ok(()) => {
+                        let _ = tx.send(Ok(EngineEvent::Finished)).await;
+                    }
+                    Err(error) => {
+                        tracing::info!(%error, "download failed");
+                        let _ = tx.send(Err(error)).await;
+                    }
                 }
             }
             .instrument(span),
@@ -79,19 +76,6 @@ impl Engine {
             .lock()
             .map(|jobs| jobs.keys().cloned().collect())
             .unwrap_or_default()
-    }
-
-    /// Lets running jobs finish for up to `grace`, then cancels the rest and waits briefly.
-    pub async fn shutdown(&self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        while !self.in_flight_tasks().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.cancel.cancel();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !self.in_flight_tasks().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// The running job of this task, or a new one.
@@ -115,11 +99,11 @@ impl Engine {
         let engine = self.clone();
         let request = request.clone();
         let span = info_span!("job", task_id = %request.task_id, peer_id = %handle.peer_id);
-        tokio::spawn(
+        self.ctx.lifecycle.spawn(
             async move {
                 let _busy = engine.ctx.activity.begin();
                 let in_use = engine.in_flight_tasks();
-                job::run(&engine.ctx, &request, &handle, &engine.cancel, &in_use).await;
+                job::run(&engine.ctx, &request, &handle, &in_use).await;
                 engine.forget(&request.task_id, &handle);
             }
             .instrument(span),
@@ -151,11 +135,11 @@ pub(crate) fn piece_proto(piece: &PieceMetadata, traffic: TrafficType) -> Piece 
     }
 }
 
-/// Where a stored piece came from.
-pub(crate) fn traffic_of(piece: &PieceMetadata) -> TrafficType {
-    if piece.parent_id.is_some() {
-        TrafficType::RemotePeer
-    } else {
-        TrafficType::BackToSource
+/// Where a piece came from, as the wire's `TrafficType`.
+pub(crate) fn traffic_type(source: PieceSource) -> TrafficType {
+    match source {
+        PieceSource::Cache => TrafficType::LocalPeer,
+        PieceSource::Parent => TrafficType::RemotePeer,
+        PieceSource::Origin => TrafficType::BackToSource,
     }
 }

@@ -49,9 +49,8 @@ pub async fn fetch(
         let Some(joined) = running.join_next().await else {
             return Ok(());
         };
-        let (span, attempt, result) = joined.map_err(|e| {
-            DaemonError::Status(tonic::Status::internal(format!("origin piece task: {e}")))
-        })?;
+        let (span, attempt, result) =
+            joined.map_err(|e| DaemonError::io("origin piece task", std::io::Error::other(e)))?;
         match result {
             Ok(piece) => {
                 pending.remove(&span.number);

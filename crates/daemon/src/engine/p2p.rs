@@ -193,14 +193,14 @@ impl Shell<'_, '_> {
     }
 
     /// Waits for what happens next: news of the round, a scheduler message, the deadline,
-    /// or the daemon's shutdown.
+    /// or the daemon's abort (its stop alone lets the download go on during the grace).
     async fn next_event(
         &mut self,
         job: &JobCtx<'_>,
         session: &mut PeerSession,
         core: &Conversation,
     ) -> Event {
-        let shutdown = &job.ctx.shutdown;
+        let aborting = job.ctx.lifecycle.aborting();
         tokio::select! {
             event = self.links.next_event() => event,
             message = session.next_message(), if core.listens_to_scheduler() => match message {
@@ -208,7 +208,7 @@ impl Shell<'_, '_> {
                 Err(error) => Event::SchedulerLost { reason: error.to_string() },
             },
             _ = sleep_until_opt(self.wake) => Event::Tick,
-            _ = shutdown.cancelled(), if core.awaits_shutdown() => Event::Shutdown,
+            _ = aborting, if core.awaits_shutdown() => Event::Shutdown,
         }
     }
 }

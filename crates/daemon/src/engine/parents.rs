@@ -38,7 +38,8 @@ type FetchResult = (u32, ParentKey, bool, Result<PieceMetadata, TransferError>);
 /// The streams and fetches of the current round.
 pub struct Links<'a, 'j> {
     job: &'a JobCtx<'j>,
-    /// Ends every stream of the round; a child of the daemon's shutdown.
+    /// Ends every stream of the round; a child of the daemon's abort (not of its stop:
+    /// a download in flight at shutdown goes on from its parents during the grace).
     round_stop: CancellationToken,
     /// Ends one parent's stream, so a rationing seed stops handing it pieces.
     parent_stops: HashMap<ParentKey, CancellationToken>,
@@ -59,7 +60,7 @@ impl<'a, 'j> Links<'a, 'j> {
         Self {
             trust: Arc::new(trust),
             job,
-            round_stop: job.ctx.shutdown.child_token(),
+            round_stop: job.ctx.lifecycle.abort_child(),
             parent_stops: HashMap::new(),
             news_tx,
             news,
@@ -103,7 +104,7 @@ impl<'a, 'j> Links<'a, 'j> {
     /// may reach the next one (whose parent keys start again from zero).
     pub fn end_round(&mut self) {
         self.round_stop.cancel();
-        self.round_stop = self.job.ctx.shutdown.child_token();
+        self.round_stop = self.job.ctx.lifecycle.abort_child();
         self.parent_stops.clear();
         (self.news_tx, self.news) = mpsc::channel(SYNC_QUEUE);
         // Dropping the set aborts its tasks; a fresh one never yields their results.

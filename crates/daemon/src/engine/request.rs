@@ -1,4 +1,6 @@
-//! A `common.v2.Download` checked and reduced to what the engine needs.
+//! The engine's request: a `common.v2.Download` checked and normalised once (task ID from the
+//! filtered query parameters, digest, output, timeout, origin trust), whichever edge it came
+//! from (the gRPC services, the proxy).
 
 use crate::error::DaemonError;
 use damselfly_core::{id::default_filtered_query_params, Digest, TaskIdSpec};
@@ -8,53 +10,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// gRPC metadata carrying a per-download rate limit in bytes/s (the Download message has no
-/// such field; see DESIGN.md "Per-task rate limit").
-pub const RATE_LIMIT_METADATA: &str = "x-damselfly-rate-limit";
-
-/// What one caller asked for.
-#[derive(Clone)]
-pub struct DownloadRequest {
-    pub download: Download,
-    /// Bytes/s for this download only, on top of the host-wide limit.
-    pub rate_limit: Option<u64>,
-}
-
-impl DownloadRequest {
-    pub fn new(download: Download) -> Self {
-        Self {
-            download,
-            rate_limit: None,
-        }
-    }
-
-    /// Reads the per-task limit from request metadata; a malformed value is the caller's error.
-    pub fn from_grpc(
-        metadata: &tonic::metadata::MetadataMap,
-        download: Download,
-    ) -> Result<Self, DaemonError> {
-        let rate_limit = match metadata.get(RATE_LIMIT_METADATA) {
-            None => None,
-            Some(value) => {
-                let text = value.to_str().map_err(|_| {
-                    DaemonError::InvalidArgument(format!("{RATE_LIMIT_METADATA} is not text"))
-                })?;
-                let bytes: u64 = text.trim().parse().map_err(|_| {
-                    DaemonError::InvalidArgument(format!(
-                        "{RATE_LIMIT_METADATA} must be bytes per second, got {text:?}"
-                    ))
-                })?;
-                (bytes > 0).then_some(bytes)
-            }
-        };
-        Ok(Self {
-            download,
-            rate_limit,
-        })
-    }
-}
-
-/// A validated download.
+/// A validated download, as the engine takes it.
 #[derive(Clone)]
 pub struct TaskRequest {
     pub task_id: String,
@@ -74,15 +30,21 @@ pub struct TaskRequest {
     pub rate_limit: Option<u64>,
     /// Which origin certificates this download accepts.
     pub trust: OriginTrust,
-    /// The original message, forwarded to the scheduler in RegisterPeerRequest.
+    /// The original message, forwarded verbatim to the scheduler in RegisterPeerRequest (a
+    /// Dragonfly scheduler reads its fields, and hands them to the seed peer it triggers).
     pub download: Download,
 }
 
 impl TaskRequest {
-    pub fn parse(request: DownloadRequest) -> Result<Self, DaemonError> {
-        let download = request.download;
+    /// `rate_limit` is this download's own limit in bytes/s (`None` or 0: host-wide only).
+    pub fn parse(download: Download, rate_limit: Option<u64>) -> Result<Self, DaemonError> {
         let url = check_url(&download.url)?;
-        let piece_length = download.piece_length.filter(|&l| l > 0);
+        let piece_length = download
+            .piece_length
+            .filter(|&l| l > 0)
+            .map(damselfly_core::piece::check_fixed_piece_length)
+            .transpose()
+            .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
         let task_id = task_id_of(&download, piece_length)?;
         let digest = parse_digest(download.digest.as_deref())?;
         let output = parse_output(download.output_path.as_deref())?;
@@ -110,7 +72,7 @@ impl TaskRequest {
             disable_back_to_source: download.disable_back_to_source,
             need_back_to_source: download.need_back_to_source,
             concurrent_piece_count: download.concurrent_piece_count.filter(|&c| c > 0),
-            rate_limit: request.rate_limit,
+            rate_limit: rate_limit.filter(|&r| r > 0),
             trust: origin_trust(&download),
             download,
         })
@@ -134,16 +96,6 @@ fn origin_trust(download: &Download) -> OriginTrust {
 }
 
 /// Debug output ends up in logs: header names only, never their values (credentials).
-impl std::fmt::Debug for DownloadRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DownloadRequest")
-            .field("url", &self.download.url)
-            .field("header_names", &self.download.request_header.keys())
-            .field("rate_limit", &self.rate_limit)
-            .finish_non_exhaustive()
-    }
-}
-
 impl std::fmt::Debug for TaskRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskRequest")
@@ -254,7 +206,7 @@ mod tests {
         d.digest = Some(format!("sha256:{}", "A".repeat(64)));
         d.output_path = Some("/tmp/out".into());
         d.timeout = prost_wkt_types::Duration::try_from(Duration::from_secs(5)).ok();
-        let r = TaskRequest::parse(DownloadRequest::new(d)).unwrap();
+        let r = TaskRequest::parse(d, None).unwrap();
         assert_eq!(r.task_id.len(), 64);
         assert_eq!(r.digest.unwrap().encoded, "a".repeat(64));
         assert_eq!(r.timeout, Some(Duration::from_secs(5)));
@@ -270,32 +222,37 @@ mod tests {
                 output_path: Some("relative/out".into()),
                 ..download("http://h/x")
             },
+            // A 1-byte piece length would cut a 1 GiB file into a billion piece records.
+            Download {
+                piece_length: Some(1),
+                ..download("http://h/x")
+            },
+            Download {
+                piece_length: Some(damselfly_core::piece::MAX_FIXED_PIECE_LENGTH + 1),
+                ..download("http://h/x")
+            },
         ] {
-            let err = TaskRequest::parse(DownloadRequest::new(bad)).unwrap_err();
+            let err = TaskRequest::parse(bad, None).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
         }
     }
 
     #[test]
     fn default_filter_applies_to_signed_urls() {
-        let a = TaskRequest::parse(DownloadRequest::new(download(
-            "http://h/x?X-Amz-Signature=1",
-        )));
-        let b = TaskRequest::parse(DownloadRequest::new(download(
-            "http://h/x?X-Amz-Signature=2",
-        )));
+        let a = TaskRequest::parse(download("http://h/x?X-Amz-Signature=1"), None);
+        let b = TaskRequest::parse(download("http://h/x?X-Amz-Signature=2"), None);
         assert_eq!(a.unwrap().task_id, b.unwrap().task_id);
     }
 
     #[test]
     fn trust_comes_from_dragonfly_fields() {
-        let plain = TaskRequest::parse(DownloadRequest::new(download("https://h/x"))).unwrap();
+        let plain = TaskRequest::parse(download("https://h/x"), None).unwrap();
         assert_eq!(plain.trust, OriginTrust::System);
         let with_ca = Download {
             certificate_chain: vec![vec![1, 2], vec![1, 2]],
             ..download("https://h/x")
         };
-        let parsed = TaskRequest::parse(DownloadRequest::new(with_ca)).unwrap();
+        let parsed = TaskRequest::parse(with_ca, None).unwrap();
         assert_eq!(parsed.trust, OriginTrust::WithCas(vec![vec![1, 2]]));
         let insecure = Download {
             object_storage: Some(dragonfly_api::common::v2::ObjectStorage {
@@ -304,7 +261,7 @@ mod tests {
             }),
             ..download("https://h/x")
         };
-        let parsed = TaskRequest::parse(DownloadRequest::new(insecure)).unwrap();
+        let parsed = TaskRequest::parse(insecure, None).unwrap();
         assert!(parsed.trust.is_insecure());
     }
 
@@ -313,21 +270,8 @@ mod tests {
         let mut d = download("https://h/x");
         d.request_header
             .insert("Authorization".into(), "Bearer secret-token".into());
-        let request = DownloadRequest::new(d);
-        let parsed = TaskRequest::parse(request.clone()).unwrap();
-        for text in [format!("{request:?}"), format!("{parsed:?}")] {
-            assert!(text.contains("Authorization"), "{text}");
-            assert!(!text.contains("secret-token"), "{text}");
-        }
-    }
-
-    #[test]
-    fn rate_limit_metadata() {
-        let mut md = tonic::metadata::MetadataMap::new();
-        md.insert(RATE_LIMIT_METADATA, "1048576".parse().unwrap());
-        let r = DownloadRequest::from_grpc(&md, download("http://h/x")).unwrap();
-        assert_eq!(r.rate_limit, Some(1_048_576));
-        md.insert(RATE_LIMIT_METADATA, "fast".parse().unwrap());
-        assert!(DownloadRequest::from_grpc(&md, download("http://h/x")).is_err());
+        let text = format!("{:?}", TaskRequest::parse(d, Some(1)).unwrap());
+        assert!(text.contains("Authorization"), "{text}");
+        assert!(!text.contains("secret-token"), "{text}");
     }
 }

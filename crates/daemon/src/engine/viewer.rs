@@ -1,41 +1,36 @@
 //! One caller's view of a download: it follows the task's pieces as they land in storage
-//! (whoever fetches them), streams them to the caller, and finishes with digest check and
-//! export. Every caller of a shared job does the same, so joining late costs nothing.
+//! (whoever fetches them), streams them to the caller as engine events, and finishes with
+//! digest check and export. Every caller of a shared job does the same, so joining late costs
+//! nothing; each caller's timeout bounds its own view, not the shared job.
 
+use super::events::{EngineEvent, PieceSource, Started, TaskShape};
 use super::finish;
-use super::job::{JobState, TaskShape};
-use super::request::{DownloadRequest, TaskRequest};
-use super::{piece_proto, traffic_of, Engine};
-use crate::error::DaemonError;
+use super::job::JobState;
+use super::request::TaskRequest;
+use super::Engine;
+use crate::error::DownloadError;
 use crate::metrics::{self, Traffic};
 use damselfly_storage::{PieceEvent, PieceMetadata};
-use dragonfly_api::common::v2::{Piece, TrafficType};
-use dragonfly_api::dfdaemon::v2::download_task_response::Response;
-use dragonfly_api::dfdaemon::v2::{
-    DownloadPieceFinishedResponse, DownloadTaskResponse, DownloadTaskStartedResponse,
-};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, watch};
-use tonic::Status;
 use tracing::{debug, info};
 
-type Sink = mpsc::Sender<Result<DownloadTaskResponse, Status>>;
+type Sink = mpsc::Sender<Result<EngineEvent, DownloadError>>;
 
 /// The caller went away; the job goes on for others and the cache.
 struct CallerGone;
 
 pub async fn serve(
     engine: &Arc<Engine>,
-    request: DownloadRequest,
+    request: TaskRequest,
     sink: &Sink,
-) -> Result<(), DaemonError> {
-    let request = TaskRequest::parse(request)?;
-    info!(task_id = %request.task_id, "download requested");
+) -> Result<(), DownloadError> {
+    info!("download requested");
     let work = serve_task(engine, &request, sink);
     let result = match request.timeout {
         Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-            Err(DaemonError::Timeout {
+            Err(DownloadError::TimedOut {
                 url: request.url.clone(),
                 after: limit,
             })
@@ -57,22 +52,28 @@ async fn serve_task(
     engine: &Arc<Engine>,
     request: &TaskRequest,
     sink: &Sink,
-) -> Result<Result<(), CallerGone>, DaemonError> {
-    finish::check_output(request)?;
+) -> Result<Result<(), CallerGone>, DownloadError> {
+    finish::check_output(request).map_err(DownloadError::rejected)?;
     let ctx = engine.context();
-    let host_id = ctx.host.id.clone();
-    if let Some(task) = ctx.storage.task(&request.task_id)? {
+    let stored = ctx
+        .storage
+        .task(&request.task_id)
+        .map_err(DownloadError::not_started)?;
+    if let Some(task) = stored {
         if task.is_finished() {
-            let viewer = Viewer::new(sink, host_id, request, ctx.host.new_peer_id());
+            let viewer = Viewer::new(sink, request, ctx.host.new_peer_id());
             return local_hit(engine, request, viewer, task.content_length).await;
         }
     }
     let (peer_id, mut state) = engine.join_or_start(request);
-    let mut viewer = Viewer::new(sink, host_id, request, peer_id);
+    let mut viewer = Viewer::new(sink, request, peer_id);
     // Subscribe before listing pieces, so none is missed in between.
     let mut events = ctx.storage.subscribe(&request.task_id);
     let shape = wait_started(&mut state).await?;
-    let existing = ctx.storage.pieces(&request.task_id)?;
+    let existing = ctx
+        .storage
+        .pieces(&request.task_id)
+        .map_err(DownloadError::transfer)?;
     // Pieces already on disk are in the started message, and also reported one by one:
     // callers count progress from piece messages.
     if viewer.started(&shape, &existing, false).await.is_err()
@@ -100,16 +101,21 @@ async fn local_hit(
     request: &TaskRequest,
     mut viewer: Viewer<'_>,
     content_length: u64,
-) -> Result<Result<(), CallerGone>, DaemonError> {
+) -> Result<Result<(), CallerGone>, DownloadError> {
     let ctx = engine.context();
-    info!(task_id = %request.task_id, "task is complete locally");
-    let pieces = ctx.storage.pieces(&request.task_id)?;
+    info!("task is complete locally");
+    let pieces = ctx
+        .storage
+        .pieces(&request.task_id)
+        .map_err(DownloadError::not_started)?;
+    let header = ctx
+        .storage
+        .task(&request.task_id)
+        .map_err(DownloadError::not_started)?;
     let shape = TaskShape {
         content_length,
         piece_length: 0,
-        response_header: ctx
-            .storage
-            .task(&request.task_id)?
+        response_header: header
             .map(|t| t.response_header)
             .unwrap_or_default()
             .into_iter()
@@ -122,7 +128,7 @@ async fn local_hit(
     }
     for piece in &pieces {
         metrics::add_traffic(Traffic::LocalPeer, piece.length);
-        if viewer.piece(piece, TrafficType::LocalPeer).await.is_err() {
+        if viewer.piece(piece, PieceSource::Cache).await.is_err() {
             return Ok(Err(CallerGone));
         }
     }
@@ -130,17 +136,15 @@ async fn local_hit(
     Ok(Ok(()))
 }
 
-async fn wait_started(state: &mut watch::Receiver<JobState>) -> Result<TaskShape, DaemonError> {
+async fn wait_started(state: &mut watch::Receiver<JobState>) -> Result<TaskShape, DownloadError> {
     loop {
         match &*state.borrow_and_update() {
             JobState::Running(shape) | JobState::Finished(shape, _) => return Ok(shape.clone()),
-            JobState::Failed(status) => return Err(DaemonError::Status(status.clone())),
+            JobState::Failed(error) => return Err(error.clone()),
             JobState::Preparing => {}
         }
         if state.changed().await.is_err() {
-            return Err(DaemonError::Status(Status::internal(
-                "download job vanished",
-            )));
+            return Err(DownloadError::JobLost);
         }
     }
 }
@@ -152,8 +156,13 @@ async fn follow(
     viewer: &mut Viewer<'_>,
     events: &mut broadcast::Receiver<PieceEvent>,
     state: &mut watch::Receiver<JobState>,
-) -> Result<Result<(), CallerGone>, DaemonError> {
+) -> Result<Result<(), CallerGone>, DownloadError> {
     let storage = &engine.context().storage;
+    let landed = || {
+        storage
+            .pieces(&request.task_id)
+            .map_err(DownloadError::transfer)
+    };
     loop {
         if let Some(outcome) = job_outcome(state) {
             outcome?;
@@ -162,8 +171,7 @@ async fn follow(
         tokio::select! {
             event = events.recv() => match event {
                 Ok(PieceEvent::Finished(piece)) => {
-                    let traffic = traffic_of(&piece);
-                    if viewer.piece(&piece, traffic).await.is_err() {
+                    if viewer.piece(&piece, PieceSource::of(&piece)).await.is_err() {
                         return Ok(Err(CallerGone));
                     }
                 }
@@ -175,7 +183,7 @@ async fn follow(
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if viewer.catch_up(&storage.pieces(&request.task_id)?).await.is_err() {
+                    if viewer.catch_up(&landed()?).await.is_err() {
                         return Ok(Err(CallerGone));
                     }
                 }
@@ -191,96 +199,73 @@ async fn follow(
         outcome?;
     }
     // Pieces whose events raced with the end.
-    if viewer
-        .catch_up(&storage.pieces(&request.task_id)?)
-        .await
-        .is_err()
-    {
+    if viewer.catch_up(&landed()?).await.is_err() {
         return Ok(Err(CallerGone));
     }
     Ok(Ok(()))
 }
 
-fn job_outcome(state: &mut watch::Receiver<JobState>) -> Option<Result<(), DaemonError>> {
+fn job_outcome(state: &mut watch::Receiver<JobState>) -> Option<Result<(), DownloadError>> {
     match &*state.borrow_and_update() {
         JobState::Finished(..) => Some(Ok(())),
-        JobState::Failed(status) => Some(Err(DaemonError::Status(status.clone()))),
+        JobState::Failed(error) => Some(Err(error.clone())),
         _ => None,
     }
 }
 
-/// Writes responses to one caller, each piece once.
+/// Writes events to one caller, each piece once.
 struct Viewer<'a> {
     sink: &'a Sink,
-    host_id: String,
     task_id: String,
     peer_id: String,
-    range: Option<dragonfly_api::common::v2::Range>,
     sent: HashSet<u32>,
 }
 
 impl<'a> Viewer<'a> {
-    fn new(sink: &'a Sink, host_id: String, request: &TaskRequest, peer_id: String) -> Self {
+    fn new(sink: &'a Sink, request: &TaskRequest, peer_id: String) -> Self {
         Self {
             sink,
-            host_id,
             task_id: request.task_id.clone(),
             peer_id,
-            range: request.range,
             sent: HashSet::new(),
         }
     }
 
-    async fn send(&self, response: Response) -> Result<(), CallerGone> {
-        let message = DownloadTaskResponse {
-            host_id: self.host_id.clone(),
-            task_id: self.task_id.clone(),
-            peer_id: self.peer_id.clone(),
-            response: Some(response),
-        };
-        self.sink.send(Ok(message)).await.map_err(|_| CallerGone)
+    async fn send(&self, event: EngineEvent) -> Result<(), CallerGone> {
+        self.sink.send(Ok(event)).await.map_err(|_| CallerGone)
     }
 
-    /// `pieces` are those already on disk (resumed or fetched by an earlier caller).
+    /// `landed` are the pieces already on disk (resumed or fetched by an earlier caller).
     async fn started(
         &mut self,
         shape: &TaskShape,
-        pieces: &[PieceMetadata],
-        is_finished: bool,
+        landed: &[PieceMetadata],
+        cached: bool,
     ) -> Result<(), CallerGone> {
-        let protos: Vec<Piece> = pieces
-            .iter()
-            .map(|p| piece_proto(p, traffic_of(p)))
-            .collect();
-        let started = DownloadTaskStartedResponse {
-            content_length: shape.content_length,
-            range: self.range,
-            response_header: shape.response_header.iter().cloned().collect(),
-            pieces: protos,
-            is_finished,
-        };
-        self.send(Response::DownloadTaskStartedResponse(started))
-            .await
+        self.send(EngineEvent::Started(Started {
+            task_id: self.task_id.clone(),
+            peer_id: self.peer_id.clone(),
+            shape: shape.clone(),
+            landed: landed.to_vec(),
+            cached,
+        }))
+        .await
     }
 
     async fn piece(
         &mut self,
         piece: &PieceMetadata,
-        traffic: TrafficType,
+        source: PieceSource,
     ) -> Result<(), CallerGone> {
         if !self.sent.insert(piece.number) {
             return Ok(());
         }
-        let finished = DownloadPieceFinishedResponse {
-            piece: Some(piece_proto(piece, traffic)),
-        };
-        self.send(Response::DownloadPieceFinishedResponse(finished))
-            .await
+        self.send(EngineEvent::Piece(piece.clone(), source)).await
     }
 
     async fn catch_up(&mut self, pieces: &[PieceMetadata]) -> Result<(), CallerGone> {
         for piece in pieces {
-            self.piece(piece, traffic_of(piece)).await?;
+            self.piece(piece, PieceSource::of(piece)).await?;
         }
         Ok(())
     }

@@ -13,23 +13,19 @@ use super::guard::Kind;
 use super::headers;
 use super::passthrough::forwardable;
 use super::range::{parse_range, ByteRange, RangeError};
-use crate::engine::{DownloadRequest, Engine, ResponseStream};
-use bytes::{Bytes, BytesMut};
+use crate::engine::{Engine, EngineEvent, EngineEvents, Started, TaskRequest};
+use crate::error::DownloadError;
+use bytes::Bytes;
 use damselfly_core::id::blob_digest_string;
-use damselfly_storage::Storage;
-use dragonfly_api::common::v2::Piece;
-use dragonfly_api::dfdaemon::v2::download_task_response::Response as Progress;
-use dragonfly_api::dfdaemon::v2::DownloadTaskStartedResponse;
+use damselfly_storage::{ContentReader, PieceMetadata, Storage, StorageError};
 use futures::StreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use std::collections::{BTreeMap, HashMap};
-use std::io::SeekFrom;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, Instrument};
@@ -109,56 +105,52 @@ pub async fn serve(
     if let Access::Refused(reason) = access.check(url, &credentials).await {
         return Err(NotServed::Fallback(reason));
     }
-    let mut stream = engine.download(DownloadRequest::new(download));
-    let (task_id, started) = wait_started(&mut stream, settings).await?;
+    let request = TaskRequest::parse(download, None)
+        .map_err(|error| not_started(settings, DownloadError::rejected(error)))?;
+    let mut events = engine.download(request);
+    let started = wait_started(&mut events, settings).await?;
     let storage = engine.context().storage.clone();
-    respond(storage, stream, task_id, started, range, digest)
+    respond(storage, events, started, range, digest)
 }
 
-/// The first message: the task's length and origin headers, or why it did not start.
+/// The first event: the task's length and origin headers, or why it did not start.
 async fn wait_started(
-    stream: &mut ResponseStream,
+    events: &mut EngineEvents,
     settings: &BlobSettings,
-) -> Result<(String, DownloadTaskStartedResponse), NotServed> {
-    let fail = |message: String, code: tonic::Code| {
-        if settings.disable_back_to_source || code == tonic::Code::DataLoss {
-            NotServed::Answer(
-                Box::new(body::text(StatusCode::BAD_GATEWAY, "p2p", &message)),
-                Kind::P2pFailed,
-            )
-        } else {
-            NotServed::Fallback(message)
-        }
-    };
+) -> Result<Started, NotServed> {
     loop {
-        match stream.next().await {
-            Some(Ok(message)) => {
-                if let Some(Progress::DownloadTaskStartedResponse(started)) = message.response {
-                    return Ok((message.task_id, started));
-                }
-            }
-            Some(Err(status)) => {
-                return Err(fail(status.message().to_string(), status.code()));
-            }
-            None => {
-                return Err(fail(
-                    "download ended before it started".into(),
-                    tonic::Code::Internal,
-                ))
-            }
+        match events.next().await {
+            Some(Ok(EngineEvent::Started(started))) => return Ok(started),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(not_started(settings, error)),
+            None => return Err(not_started(settings, DownloadError::JobLost)),
         }
+    }
+}
+
+/// A download that did not start goes to the origin instead, unless the operator forbade it,
+/// or the content was corrupt (the origin would serve the same wrong bytes): then a 502.
+fn not_started(settings: &BlobSettings, error: DownloadError) -> NotServed {
+    let message = error.to_string();
+    if settings.disable_back_to_source || matches!(error, DownloadError::Corrupt(_)) {
+        NotServed::Answer(
+            Box::new(body::text(StatusCode::BAD_GATEWAY, "p2p", &message)),
+            Kind::P2pFailed,
+        )
+    } else {
+        NotServed::Fallback(message)
     }
 }
 
 fn respond(
     storage: Storage,
-    stream: ResponseStream,
-    task_id: String,
-    started: DownloadTaskStartedResponse,
+    events: EngineEvents,
+    started: Started,
     range: Option<ByteRange>,
     digest: Option<String>,
 ) -> Result<Response<ProxyBody>, NotServed> {
-    let total = started.content_length;
+    let task_id = started.task_id.clone();
+    let total = started.shape.content_length;
     let (status, start, end) = match range.map(|r| r.resolve(total)) {
         None => (StatusCode::OK, 0, total),
         Some(Ok((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
@@ -169,21 +161,54 @@ fn respond(
             ))
         }
     };
-    let mut headers = origin_headers(&started.response_header);
+    let headers = response_headers(&started, status, (start, end), digest.as_deref());
+    let (tx, rx) = mpsc::channel(FRAME_QUEUE);
+    let pump = Pump {
+        storage,
+        task_id: task_id.clone(),
+        next: start,
+        end,
+        pieces: BTreeMap::new(),
+        reader: None,
+        // A range cannot be checked against the whole blob's digest: no hold-back.
+        hold_last: status == StatusCode::OK,
+        pending: None,
+        tx,
+    };
+    let span = tracing::info_span!("blob_body", %task_id, start, end);
+    tokio::spawn(pump.run(events, started.landed).instrument(span));
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(ReceiverStream::new(
+        rx,
+    ))));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// The origin's headers about the object, with our framing of `[start, end)` and Dragonfly's
+/// task headers.
+fn response_headers(
+    started: &Started,
+    status: StatusCode,
+    (start, end): (u64, u64),
+    digest: Option<&str>,
+) -> HeaderMap {
+    let total = started.shape.content_length;
+    let mut headers = origin_headers(&started.shape.response_header);
     set(
         &mut headers,
         header::CONTENT_LENGTH.as_str(),
         &(end - start).to_string(),
     );
     set(&mut headers, header::ACCEPT_RANGES.as_str(), "bytes");
-    set(&mut headers, TASK_ID_HEADER, &task_id);
-    let finished = if started.is_finished { "true" } else { "false" };
+    set(&mut headers, TASK_ID_HEADER, &started.task_id);
+    let finished = if started.cached { "true" } else { "false" };
     set(&mut headers, TASK_FINISHED_HEADER, finished);
     if status == StatusCode::PARTIAL_CONTENT {
         let value = format!("bytes {start}-{}/{total}", end.saturating_sub(1));
         set(&mut headers, header::CONTENT_RANGE.as_str(), &value);
     }
-    if let Some(digest) = &digest {
+    if let Some(digest) = digest {
         if !headers.contains_key(DOCKER_CONTENT_DIGEST) {
             set(&mut headers, DOCKER_CONTENT_DIGEST, digest);
         }
@@ -195,27 +220,7 @@ fn respond(
             "application/octet-stream",
         );
     }
-    let (tx, rx) = mpsc::channel(FRAME_QUEUE);
-    let pump = Pump {
-        storage,
-        task_id: task_id.clone(),
-        next: start,
-        end,
-        pieces: BTreeMap::new(),
-        file: None,
-        // A range cannot be checked against the whole blob's digest: no hold-back.
-        hold_last: status == StatusCode::OK,
-        pending: None,
-        tx,
-    };
-    let span = tracing::info_span!("blob_body", %task_id, start, end);
-    tokio::spawn(pump.run(stream, started.pieces).instrument(span));
-    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(ReceiverStream::new(
-        rx,
-    ))));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    Ok(response)
+    headers
 }
 
 fn unsatisfiable(total: u64, task_id: &str) -> Response<ProxyBody> {
@@ -234,7 +239,7 @@ fn unsatisfiable(total: u64, task_id: &str) -> Response<ProxyBody> {
 }
 
 /// The origin's headers about the object, minus framing (we frame the body ourselves).
-fn origin_headers(origin: &HashMap<String, String>) -> HeaderMap {
+fn origin_headers(origin: &[(String, String)]) -> HeaderMap {
     let mut raw = HeaderMap::new();
     for (name, value) in origin {
         if FRAMING_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
@@ -272,7 +277,7 @@ struct Pump {
     end: u64,
     /// Landed pieces: offset → length.
     pieces: BTreeMap<u64, u64>,
-    file: Option<tokio::fs::File>,
+    reader: Option<ContentReader>,
     hold_last: bool,
     /// The chunk held back until the digest is checked.
     pending: Option<Bytes>,
@@ -280,27 +285,24 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(mut self, mut stream: ResponseStream, already: Vec<Piece>) {
-        for piece in already {
+    async fn run(mut self, mut events: EngineEvents, landed: Vec<PieceMetadata>) {
+        for piece in landed {
             self.pieces.insert(piece.offset, piece.length);
         }
         if self.drain().await.is_err() {
             return;
         }
-        while let Some(message) = stream.next().await {
-            match message {
-                Ok(message) => {
-                    if let Some(Progress::DownloadPieceFinishedResponse(finished)) =
-                        message.response
-                    {
-                        if let Some(piece) = finished.piece {
-                            self.pieces.insert(piece.offset, piece.length);
-                        }
-                    }
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(EngineEvent::Piece(piece, _)) => {
+                    self.pieces.insert(piece.offset, piece.length);
                 }
-                Err(status) => {
-                    info!(error = %status.message(), "P2P download failed; cutting the response short");
-                    self.abort(status.message().to_string()).await;
+                Ok(EngineEvent::Started(_)) => {}
+                // Digest checked: the held-back chunk may go.
+                Ok(EngineEvent::Finished) => return self.finish().await,
+                Err(error) => {
+                    info!(%error, "P2P download failed; cutting the response short");
+                    self.abort(error.to_string()).await;
                     return;
                 }
             }
@@ -312,7 +314,8 @@ impl Pump {
                 return;
             }
         }
-        self.finish().await;
+        self.abort("the download ended without an outcome".into())
+            .await;
     }
 
     /// The engine is done and the digest matched: release the held chunk, or fail if bytes
@@ -381,18 +384,14 @@ impl Pump {
         }
     }
 
-    async fn read(&mut self, offset: u64, len: u64) -> std::io::Result<Bytes> {
-        if self.file.is_none() {
-            let path = self.storage.content_path(&self.task_id);
-            self.file = Some(tokio::fs::File::open(path).await?);
-        }
-        let Some(file) = self.file.as_mut() else {
-            return Err(std::io::Error::other("content file not open"));
+    async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes, StorageError> {
+        let reader = match &mut self.reader {
+            Some(reader) => reader,
+            None => self
+                .reader
+                .insert(self.storage.content_reader(&self.task_id).await?),
         };
-        file.seek(SeekFrom::Start(offset)).await?;
         let size = usize::try_from(len).map_err(std::io::Error::other)?;
-        let mut buf = BytesMut::zeroed(size);
-        file.read_exact(&mut buf).await?;
-        Ok(buf.freeze())
+        Ok(Bytes::from(reader.read_at(offset, size).await?))
     }
 }

@@ -74,7 +74,7 @@ async fn tunnel(proxy: Arc<Proxy>, request: Request<Incoming>, mut target: TcpSt
                 debug!(%error, "tunnel closed with an error");
             }
         }
-        _ = proxy.shutdown.cancelled() => {}
+        _ = proxy.life.stopping() => {}
     }
 }
 

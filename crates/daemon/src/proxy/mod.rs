@@ -27,6 +27,7 @@ pub mod tls;
 
 use crate::engine::Engine;
 use crate::error::DaemonError;
+use crate::lifecycle::Lifecycle;
 use body::ProxyBody;
 use config::{BasicAuth, ProxyConfig};
 use damselfly_transfer::admission::ConnectionLimits;
@@ -43,7 +44,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 #[doc(hidden)]
@@ -63,15 +63,12 @@ pub struct Proxy {
     authority: Option<tls::Authority>,
     /// CONNECT targets to terminate, with whether their origin's certificate is unchecked.
     hijack: Vec<(Regex, bool)>,
-    shutdown: CancellationToken,
+    /// The daemon's: the accept loop ends at its stop, open connections at its abort.
+    life: Lifecycle,
 }
 
 impl Proxy {
-    pub fn new(
-        engine: Arc<Engine>,
-        config: &ProxyConfig,
-        shutdown: CancellationToken,
-    ) -> Result<Arc<Self>, DaemonError> {
+    pub fn new(engine: Arc<Engine>, config: &ProxyConfig) -> Result<Arc<Self>, DaemonError> {
         config.validate()?;
         let hijack = config
             .hijack_https
@@ -104,7 +101,6 @@ impl Proxy {
                     mirror_cas.clone(),
                 ))?;
         Ok(Arc::new(Self {
-            engine,
             router: Router::new(config)?,
             upstream: passthrough::Upstream::new(&trusted)?,
             access: access::AccessCheck::new(trusted),
@@ -119,7 +115,8 @@ impl Proxy {
             },
             authority,
             hijack,
-            shutdown,
+            life: engine.context().lifecycle.clone(),
+            engine,
         }))
     }
 
@@ -166,31 +163,44 @@ impl Proxy {
                 url,
                 filtered_query_params,
             } => {
-                let served = blob::serve(
-                    &self.engine,
-                    &self.blob,
-                    &self.access,
-                    &parts,
-                    &url,
-                    filtered_query_params,
-                )
-                .await;
-                match served {
-                    Ok(response) => {
-                        guard::count(Kind::P2p);
-                        response
-                    }
-                    Err(blob::NotServed::Answer(response, kind)) => {
-                        guard::count(kind);
-                        *response
-                    }
-                    Err(blob::NotServed::Fallback(reason)) => {
-                        info!(%url, %reason, "not served through the swarm; passing through");
-                        self.upstream
-                            .forward(parts, body, url, insecure, Kind::Fallback)
-                            .await
-                    }
-                }
+                self.p2p(parts, body, url, filtered_query_params, insecure)
+                    .await
+            }
+        }
+    }
+
+    /// Through the swarm; what the engine could not start goes to the origin as it is.
+    async fn p2p(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        url: url::Url,
+        filtered_query_params: Vec<String>,
+        insecure: bool,
+    ) -> Response<ProxyBody> {
+        let served = blob::serve(
+            &self.engine,
+            &self.blob,
+            &self.access,
+            &parts,
+            &url,
+            filtered_query_params,
+        )
+        .await;
+        match served {
+            Ok(response) => {
+                guard::count(Kind::P2p);
+                response
+            }
+            Err(blob::NotServed::Answer(response, kind)) => {
+                guard::count(kind);
+                *response
+            }
+            Err(blob::NotServed::Fallback(reason)) => {
+                info!(%url, %reason, "not served through the swarm; passing through");
+                self.upstream
+                    .forward(parts, body, url, insecure, Kind::Fallback)
+                    .await
             }
         }
     }
@@ -278,7 +288,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                     continue;
                 }
             },
-            _ = proxy.shutdown.cancelled() => return,
+            _ = proxy.life.stopping() => return,
         };
         let Ok(slot) = limits.admit(peer.ip()) else {
             debug!(%peer, "too many proxy connections; closed");
@@ -287,7 +297,8 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let span = tracing::debug_span!("proxy_connection", %peer);
         let connection = serve_connection(proxy.clone(), stream, None);
-        tokio::spawn(
+        // Tracked: a response in flight at shutdown gets the grace to finish.
+        proxy.life.spawn(
             async move {
                 connection.await;
                 drop(slot);
@@ -313,7 +324,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     Box::pin(async move {
-        let shutdown = proxy.shutdown.clone();
+        let life = proxy.life.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let proxy = proxy.clone();
             let tls_authority = tls_authority.clone();
@@ -332,14 +343,22 @@ where
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        tokio::select! {
-            result = connection => {
-                // Garbage, a TLS hello on the plain port, or a client that hung up: not our error.
-                if let Err(error) = result {
-                    debug!(%error, "proxy connection ended with an error");
+        let mut connection = std::pin::pin!(connection);
+        // At the stop, an idle connection closes and a busy one ends after its response; at
+        // the abort, whatever is left is cut.
+        let result = tokio::select! {
+            result = connection.as_mut() => Some(result),
+            _ = life.stopping() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    _ = life.aborting() => None,
                 }
             }
-            _ = shutdown.cancelled() => {}
+        };
+        // Garbage, a TLS hello on the plain port, or a client that hung up: not our error.
+        if let Some(Err(error)) = result {
+            debug!(%error, "proxy connection ended with an error");
         }
     })
 }

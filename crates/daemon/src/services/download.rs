@@ -1,8 +1,9 @@
 //! `dfdaemon.v2.DfdaemonDownload` on the unix socket: what dfget and other local CLIs call.
 
+use super::progress;
 use super::{delete_task, local_task, stat_local, task_from_local, unsupported, BoxStream};
 use crate::context::Context;
-use crate::engine::{DownloadRequest, Engine};
+use crate::engine::Engine;
 use crate::error::DaemonError;
 use dragonfly_api::common::v2::{CacheTask, PersistentCacheTask, PersistentTask, Task};
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_server::DfdaemonDownload;
@@ -37,8 +38,15 @@ impl DfdaemonDownload for DownloadService {
         let download = message
             .download
             .ok_or_else(|| Status::invalid_argument("DownloadTaskRequest.download is missing"))?;
-        let request = DownloadRequest::from_grpc(&metadata, download).map_err(Status::from)?;
-        Ok(Response::new(self.engine.download(request)))
+        let rate_limit = progress::rate_limit(&metadata).map_err(Status::from)?;
+        let range = download.range;
+        let request = match progress::task_request(download, rate_limit) {
+            Ok(request) => request,
+            Err(refusal) => return Ok(Response::new(refusal)),
+        };
+        let events = self.engine.download(request);
+        let host_id = self.ctx().host.id.clone();
+        Ok(Response::new(progress::responses(host_id, range, events)))
     }
 
     /// The scheduler's view of the task when it answers, else ours.
@@ -137,7 +145,7 @@ impl DfdaemonDownload for DownloadService {
         &self,
         _request: Request<DownloadCacheTaskRequest>,
     ) -> Result<Response<Self::DownloadCacheTaskStream>, Status> {
-        Err(Status::unimplemented("cache tasks are not supported"))
+        Err(super::unsupported_rpc("download_cache_task"))
     }
 
     unsupported!(stat_cache_task, StatCacheTaskRequest, CacheTask);
@@ -148,7 +156,7 @@ impl DfdaemonDownload for DownloadService {
         &self,
         _request: Request<DownloadPersistentTaskRequest>,
     ) -> Result<Response<Self::DownloadPersistentTaskStream>, Status> {
-        Err(Status::unimplemented("persistent tasks are not supported"))
+        Err(super::unsupported_rpc("download_persistent_task"))
     }
 
     unsupported!(
@@ -177,9 +185,7 @@ impl DfdaemonDownload for DownloadService {
         &self,
         _request: Request<DownloadPersistentCacheTaskRequest>,
     ) -> Result<Response<Self::DownloadPersistentCacheTaskStream>, Status> {
-        Err(Status::unimplemented(
-            "persistent cache tasks are not supported",
-        ))
+        Err(super::unsupported_rpc("download_persistent_cache_task"))
     }
 
     unsupported!(

@@ -4,7 +4,10 @@
 
 pub mod access;
 pub mod download;
+pub mod progress;
 pub mod upload;
+
+pub use progress::RATE_LIMIT_METADATA;
 
 use crate::context::Context;
 use crate::error::DaemonError;
@@ -35,16 +38,17 @@ macro_rules! unsupported {
             'life0: 'async_trait,
             Self: 'async_trait,
         {
-            Box::pin(async move {
-                Err(tonic::Status::unimplemented(concat!(
-                    stringify!($name),
-                    " is not supported by damselfly"
-                )))
-            })
+            Box::pin(async move { Err($crate::services::unsupported_rpc(stringify!($name))) })
         }
     };
 }
 pub(crate) use unsupported;
+
+/// The one answer to an RPC Damselfly does not implement (cache and persistent tasks):
+/// `Unimplemented`, naming the method, so a Dragonfly client can tell it from a failure.
+pub(crate) fn unsupported_rpc(method: &str) -> Status {
+    Status::unimplemented(format!("{method} is not supported by Damselfly"))
+}
 
 pub(crate) fn local_task(ctx: &Context, task_id: &str) -> Result<TaskMetadata, Status> {
     ctx.storage
@@ -88,6 +92,7 @@ pub(crate) fn task_from_local(ctx: &Context, task: &TaskMetadata) -> Task {
     };
     Task {
         id: task.id.clone(),
+        url: task.url.clone().unwrap_or_default(),
         content_length: task.content_length,
         piece_count: task.layout().piece_count(),
         pieces,

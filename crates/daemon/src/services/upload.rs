@@ -1,8 +1,9 @@
 //! `dfdaemon.v2.DfdaemonUpload` on the upload port: what peers and the scheduler call.
 
+use super::progress;
 use super::{access, local_task, stat_local, task_from_local, unsupported, BoxStream};
 use crate::context::Context;
-use crate::engine::{DownloadRequest, Engine};
+use crate::engine::Engine;
 use crate::error::DaemonError;
 use damselfly_core::extensions::{RATION_EXCLUSIVE, RATION_METADATA_KEY};
 use dragonfly_api::common::v2::{CacheTask, Host, PersistentCacheTask, PersistentTask, Task};
@@ -52,9 +53,14 @@ impl DfdaemonUpload for UploadService {
         let _entered = span.enter();
         let mut download = download;
         download.output_path = None;
-        Ok(Response::new(
-            self.engine.download(DownloadRequest::new(download)),
-        ))
+        let range = download.range;
+        let request = match progress::task_request(download, None) {
+            Ok(request) => request,
+            Err(refusal) => return Ok(Response::new(refusal)),
+        };
+        let events = self.engine.download(request);
+        let host_id = self.ctx().host.id.clone();
+        Ok(Response::new(progress::responses(host_id, range, events)))
     }
 
     async fn stat_task(&self, request: Request<StatTaskRequest>) -> Result<Response<Task>, Status> {
@@ -137,7 +143,7 @@ impl DfdaemonUpload for UploadService {
         &self,
         _request: Request<DownloadCacheTaskRequest>,
     ) -> Result<Response<Self::DownloadCacheTaskStream>, Status> {
-        Err(Status::unimplemented("cache tasks are not supported"))
+        Err(super::unsupported_rpc("download_cache_task"))
     }
 
     unsupported!(stat_cache_task, StatCacheTaskRequest, CacheTask);
@@ -148,7 +154,7 @@ impl DfdaemonUpload for UploadService {
         &self,
         _request: Request<SyncCachePiecesRequest>,
     ) -> Result<Response<Self::SyncCachePiecesStream>, Status> {
-        Err(Status::unimplemented("cache tasks are not supported"))
+        Err(super::unsupported_rpc("sync_cache_pieces"))
     }
 
     unsupported!(
@@ -162,7 +168,7 @@ impl DfdaemonUpload for UploadService {
         &self,
         _request: Request<DownloadPersistentTaskRequest>,
     ) -> Result<Response<Self::DownloadPersistentTaskStream>, Status> {
-        Err(Status::unimplemented("persistent tasks are not supported"))
+        Err(super::unsupported_rpc("download_persistent_task"))
     }
 
     type SyncPersistentPiecesStream = BoxStream<SyncPersistentPiecesResponse>;
@@ -170,7 +176,7 @@ impl DfdaemonUpload for UploadService {
         &self,
         _request: Request<SyncPersistentPiecesRequest>,
     ) -> Result<Response<Self::SyncPersistentPiecesStream>, Status> {
-        Err(Status::unimplemented("persistent tasks are not supported"))
+        Err(super::unsupported_rpc("sync_persistent_pieces"))
     }
 
     unsupported!(update_persistent_task, UpdatePersistentTaskRequest, ());
@@ -186,9 +192,7 @@ impl DfdaemonUpload for UploadService {
         &self,
         _request: Request<DownloadPersistentCacheTaskRequest>,
     ) -> Result<Response<Self::DownloadPersistentCacheTaskStream>, Status> {
-        Err(Status::unimplemented(
-            "persistent cache tasks are not supported",
-        ))
+        Err(super::unsupported_rpc("download_persistent_cache_task"))
     }
 
     unsupported!(
@@ -212,9 +216,7 @@ impl DfdaemonUpload for UploadService {
         &self,
         _request: Request<SyncPersistentCachePiecesRequest>,
     ) -> Result<Response<Self::SyncPersistentCachePiecesStream>, Status> {
-        Err(Status::unimplemented(
-            "persistent cache tasks are not supported",
-        ))
+        Err(super::unsupported_rpc("sync_persistent_cache_pieces"))
     }
 
     type SyncHostStream = BoxStream<Host>;
@@ -233,7 +235,7 @@ impl DfdaemonUpload for UploadService {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
-                    _ = ctx.shutdown.cancelled() => return,
+                    _ = ctx.lifecycle.stopping() => return,
                 }
                 if tx.send(Ok(ctx.host.to_proto())).await.is_err() {
                     return;

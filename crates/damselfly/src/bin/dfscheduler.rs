@@ -34,6 +34,10 @@ struct Args {
     /// Metrics + /healthy address, `:PORT`, or `none` [default: <listen ip>:8000]
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// JSON API address (preheat jobs, hosts, tasks), `:PORT`, or `none`
+    /// [default: <listen ip>:8080, or server.http.addr from --config]
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -66,6 +70,16 @@ impl Args {
                 None => config.metrics.enable = false,
             }
         }
+        if let Some(http) = &self.http {
+            let listen_ip = config.listen_addr().ip();
+            match parse_metrics_addr(http, listen_ip)? {
+                Some(addr) => {
+                    config.server.http.enable = true;
+                    config.server.http.addr = Some(addr.to_string());
+                }
+                None => config.server.http.enable = false,
+            }
+        }
         config.validate()?;
         Ok((config, ignored))
     }
@@ -91,21 +105,21 @@ async fn run(config: SchedulerConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the scheduler to {listen}"))?;
     let metrics_addr = config.metrics_addr()?;
+    let api = bind_optional(config.http_addr()?, "the JSON API", "JSON API at /api/v1").await?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let metrics = match metrics_addr {
-        Some(addr) => {
-            let metrics_listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics server to {addr}"))?;
-            tracing::info!(%addr, "metrics at /metrics, health at /healthy");
-            Some(tokio::spawn(damselfly_scheduler::serve_metrics(
-                metrics_listener,
-                wait_stop(stop_rx.clone()),
-            )))
-        }
-        None => None,
-    };
+    let metrics = bind_optional(
+        metrics_addr,
+        "the metrics server",
+        "metrics at /metrics, health at /healthy",
+    )
+    .await?
+    .map(|listener| {
+        tokio::spawn(damselfly_scheduler::serve_metrics(
+            listener,
+            wait_stop(stop_rx.clone()),
+        ))
+    });
 
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -118,16 +132,39 @@ async fn run(config: SchedulerConfig) -> anyhow::Result<()> {
     });
 
     tracing::info!(%listen, "dfscheduler starting");
-    let served = damselfly_scheduler::serve(config, listener, wait_stop(stop_rx)).await;
+    let served =
+        damselfly_scheduler::serve_with_api(config, listener, api, wait_stop(stop_rx)).await;
+    if let Err(e) = served {
+        // Without this, /healthy kept answering while nothing served gRPC, so probes passed.
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        return Err(e).context("scheduler failed");
+    }
     if let Some(metrics) = metrics {
         match metrics.await {
             Ok(result) => result.context("metrics server failed")?,
             Err(e) => tracing::warn!(error = %e, "metrics server task ended abnormally"),
         }
     }
-    served.context("scheduler failed")?;
     tracing::info!("dfscheduler stopped");
     Ok(())
+}
+
+/// Binds `addr` when one is configured, logging what it serves.
+async fn bind_optional(
+    addr: Option<std::net::SocketAddr>,
+    what: &str,
+    serves: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} to {addr}"))?;
+    tracing::info!(%addr, "{serves}");
+    Ok(Some(listener))
 }
 
 async fn wait_stop(mut stop: watch::Receiver<bool>) {

@@ -604,6 +604,8 @@ struct Proc {
 pub struct SchedulerInfo {
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
+    /// The JSON API (`--http`).
+    pub http: SocketAddr,
     pub pid: u32,
     pub log: PathBuf,
 }
@@ -857,11 +859,14 @@ impl Cluster {
         let ip: IpAddr = Ipv4Addr::LOCALHOST.into();
         let addr = SocketAddr::new(ip, free_port(ip));
         let metrics = SocketAddr::new(ip, free_port(ip));
+        let http = SocketAddr::new(ip, free_port(ip));
         let mut args = vec![
             "--listen".to_string(),
             addr.to_string(),
             "--metrics".to_string(),
             metrics.to_string(),
+            "--http".to_string(),
+            http.to_string(),
         ];
         args.extend(extra.iter().cloned());
         let pid = self.spawn("dfscheduler", &bin("dfscheduler"), &args);
@@ -883,6 +888,7 @@ impl Cluster {
         let info = SchedulerInfo {
             addr,
             metrics,
+            http,
             pid,
             log,
         };
@@ -899,6 +905,8 @@ impl Cluster {
             old.addr.to_string(),
             "--metrics".to_string(),
             old.metrics.to_string(),
+            "--http".to_string(),
+            old.http.to_string(),
         ];
         let n = self
             .procs
@@ -1096,6 +1104,24 @@ impl Cluster {
         if let Some(p) = self.procs.iter_mut().find(|p| p.child.id() == pid) {
             let _ = p.child.kill();
             let _ = p.child.wait();
+        }
+    }
+
+    /// SIGTERMs one of this cluster's children and waits up to `within` for it to exit;
+    /// `None` if it is still running then (it is SIGKILLed at the cluster's end).
+    pub fn terminate(&mut self, pid: u32, within: Duration) -> Option<ExitStatus> {
+        let p = self.procs.iter_mut().find(|p| p.child.id() == pid)?;
+        // SAFETY: plain kill(2) on our own child, which is not reaped yet.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            match p.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => return None,
+            }
         }
     }
 

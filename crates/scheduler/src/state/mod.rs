@@ -31,6 +31,7 @@ mod digests;
 mod expiry;
 mod graph;
 mod hosts;
+mod listing;
 mod queries;
 mod registration;
 mod reports;

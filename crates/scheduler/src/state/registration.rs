@@ -25,6 +25,13 @@ fn first_download_rule(priority: i32, task_id: &str) -> Result<FirstDownload, St
     }
 }
 
+/// The host a registering peer runs on.
+#[derive(Clone, Copy)]
+struct Requester<'a> {
+    host_id: &'a str,
+    is_seed: bool,
+}
+
 impl State {
     /// Creates the task (or refreshes it) and the peer, and decides whether this peer must go
     /// to the origin or a seed peer should be triggered.
@@ -68,41 +75,71 @@ impl State {
             .on(PeerEvent::Register(scope))
             .map_err(|e| Status::internal(e.to_string()))?;
 
-        let mut seed_job = None;
-        // A metadata-only peer already holds the whole task (a daemon telling a restarted
-        // scheduler what it has): nothing to fetch, so no seed and no origin.
-        if scope != SizeScope::Empty && !download.metadata_only {
-            if download.need_back_to_source || host_type.is_seed() {
-                peer.need_back_to_source = true;
-            } else if self.task_needs_source(task_id) {
-                match first_download_rule(download.priority, task_id) {
-                    Err(status) => {
-                        self.drop_task_if_unused(task_id);
-                        return Err(status);
-                    }
-                    Ok(FirstDownload::BackToSource) => peer.need_back_to_source = true,
-                    Ok(FirstDownload::SeedFirst) => {
-                        seed_job = self.plan_seed(task_id, host_id, &download, now);
-                        if seed_job.is_none() && !self.seed_on_its_way(task_id, now) {
-                            // No seed to fetch it: this first peer is the task's source.
-                            peer.need_back_to_source = true;
-                        }
-                    }
-                }
-            }
-        }
+        let seed_job = if scope == SizeScope::Empty || download.metadata_only {
+            // A metadata-only peer already holds the whole task (a daemon telling a restarted
+            // scheduler what it has): nothing to fetch, so no seed and no origin.
+            None
+        } else {
+            let requester = Requester {
+                host_id,
+                is_seed: host_type.is_seed(),
+            };
+            self.first_source(&mut peer, requester, task_id, &download, now)?
+        };
         if host_type.is_seed() {
             self.note_seed_registered(task_id, host_id);
         }
-        if let Some(task) = self.tasks.get_mut(task_id) {
-            task.state = task.state.on(TaskEvent::Download);
-            task.peers.insert(peer_id.to_string());
-        }
-        if let Some(host) = self.hosts.get_mut(host_id) {
-            host.peers.insert(peer_id.to_string());
-        }
-        self.peers.insert(peer_id.to_string(), peer);
+        self.link_peer(peer);
         Ok(Registered { scope, seed_job })
+    }
+
+    /// Enters a registered peer in its task's and its host's lists.
+    fn link_peer(&mut self, peer: Peer) {
+        if let Some(task) = self.tasks.get_mut(&peer.task_id) {
+            task.state = task.state.on(TaskEvent::Download);
+            task.peers.insert(peer.id.clone());
+        }
+        if let Some(host) = self.hosts.get_mut(&peer.host_id) {
+            host.peers.insert(peer.id.clone());
+        }
+        self.peers.insert(peer.id.clone(), peer);
+    }
+
+    /// Who fetches the task's bytes first: this peer from the origin (forced, a seed host, or
+    /// no seed to ask), or a seed peer the returned job triggers.
+    fn first_source(
+        &mut self,
+        peer: &mut Peer,
+        requester: Requester<'_>,
+        task_id: &str,
+        download: &pb::Download,
+        now: Instant,
+    ) -> Result<Option<SeedJob>, Status> {
+        if download.need_back_to_source || requester.is_seed {
+            peer.need_back_to_source = true;
+            return Ok(None);
+        }
+        if !self.task_needs_source(task_id) {
+            return Ok(None);
+        }
+        match first_download_rule(download.priority, task_id) {
+            Err(status) => {
+                self.drop_task_if_unused(task_id);
+                Err(status)
+            }
+            Ok(FirstDownload::BackToSource) => {
+                peer.need_back_to_source = true;
+                Ok(None)
+            }
+            Ok(FirstDownload::SeedFirst) => {
+                let seed_job = self.plan_seed(task_id, requester.host_id, download, now);
+                if seed_job.is_none() && !self.seed_on_its_way(task_id, now) {
+                    // No seed to fetch it: this first peer is the task's source.
+                    peer.need_back_to_source = true;
+                }
+                Ok(seed_job)
+            }
+        }
     }
 
     /// A host re-announcing what it holds replaces its earlier peers of that task, so a link

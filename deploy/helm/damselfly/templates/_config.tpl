@@ -11,9 +11,15 @@ every value arrives quoted and escaped exactly as given, and a regex keeps its b
 {{- if kindIs "invalid" $seed -}}
 {{- $seed = .Values.seedPeer.enable -}}
 {{- end -}}
+{{- $tls := include "damselfly.tlsOn" .Values.scheduler.tls -}}
 server:
   listenIP: 0.0.0.0
   port: {{ $c.server.port | int }}
+  {{- if $tls }}
+  # mTLS: daemons must present a certificate of the cluster CA.
+  tls:
+    {{- include "damselfly.tlsTriple" (dict "root" .) | nindent 4 }}
+  {{- end }}
 scheduler:
   algorithm: {{ $s.algorithm | toJson }}
   backToSourceCount: {{ $s.backToSourceCount | int }}
@@ -32,6 +38,11 @@ scheduler:
     hostTTL: {{ $s.gc.hostTTL | toJson }}
 seedPeer:
   enable: {{ $seed | toJson }}
+  {{- if $tls }}
+  # The same certificate as a client: seed peers take DownloadTask only from role scheduler.
+  tls:
+    {{- include "damselfly.tlsTriple" (dict "root" .) | nindent 4 }}
+  {{- end }}
 # Always on: the probes use /healthy on this port. metrics.enable in the chart's values
 # only adds a Service (and ServiceMonitor) in front of it.
 metrics:
@@ -67,6 +78,8 @@ dfdaemon.yaml of node daemons and seed peers;
 {{- $root := .root -}}
 {{- $c := .values.config -}}
 {{- $proxy := $c.proxy -}}
+{{- $tls := include "damselfly.tlsOn" .values.tls -}}
+{{- $triple := include "damselfly.tlsTriple" (dict "root" $root) -}}
 {{- if or $c.host.idc $c.host.location }}
 host:
   {{- with $c.host.idc }}
@@ -79,6 +92,14 @@ host:
 upload:
   server:
     port: {{ $c.upload.server.port | int }}
+    {{- if $tls }}
+    {{- $triple | nindent 4 }}
+    {{- end }}
+  {{- if $tls }}
+  # mTLS towards parents (SyncPieces); with both upload triples, QUIC is verified too.
+  client:
+    {{- $triple | nindent 4 }}
+  {{- end }}
   bandwidthLimit: {{ $c.upload.bandwidthLimit | toString | toJson }}
 download:
   server:
@@ -87,10 +108,16 @@ download:
   backToSourceBandwidthLimit: {{ $c.download.backToSourceBandwidthLimit | toString | toJson }}
   concurrentPieceCount: {{ $c.download.concurrentPieceCount | int }}
   pieceTimeout: {{ $c.download.pieceTimeout | toJson }}
+  protocol: {{ $c.download.protocol | toJson }}
+  quic:
+    allowUnverifiedPeers: {{ $c.download.quic.allowUnverifiedPeers | toJson }}
 scheduler:
   announceInterval: {{ $c.scheduler.announceInterval | toJson }}
   scheduleTimeout: {{ $c.scheduler.scheduleTimeout | toJson }}
   maxScheduleCount: {{ $c.scheduler.maxScheduleCount | int }}
+  {{- if $tls }}
+  {{- $triple | nindent 2 }}
+  {{- end }}
 dynconfig:
   refreshInterval: {{ $c.dynconfig.refreshInterval | toJson }}
 {{- if .seed }}
@@ -106,6 +133,7 @@ storage:
   keep: {{ $c.storage.keep | toJson }}
   server:
     tcpPort: {{ $c.storage.server.tcpPort | int }}
+    quicPort: {{ $c.storage.server.quicPort | int }}
 gc:
   interval: {{ $c.gc.interval | toJson }}
   policy:

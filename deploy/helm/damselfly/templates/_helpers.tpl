@@ -179,3 +179,50 @@ schedulers, which resolves to every ready scheduler pod.
 {{- define "damselfly.isZeroSize" -}}
 {{- if regexMatch "^0+(\\.0+)?[A-Za-z]*$" (toString .) -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+TLS of one component, from its `tls` values: "true" when a source is set, else "".
+The files are Kubernetes TLS Secret names (cert-manager adds ca.crt), which are also what
+`dfctl cert issue` writes, so a Secret and a node directory mount the same way.
+*/}}
+{{- define "damselfly.tlsDir" -}}/etc/damselfly/tls{{- end -}}
+{{- define "damselfly.tlsOn" -}}
+{{- if or (get . "secretName") (get . "hostPath") -}}true{{- end -}}
+{{- end -}}
+
+{{/* caCert/cert/key keys pointing at the mounted files; (dict "root" $). */}}
+{{- define "damselfly.tlsTriple" -}}
+{{- $dir := include "damselfly.tlsDir" .root -}}
+caCert: {{ printf "%s/ca.crt" $dir | toJson }}
+cert: {{ printf "%s/tls.crt" $dir | toJson }}
+key: {{ printf "%s/tls.key" $dir | toJson }}
+{{- end -}}
+
+{{/* The volumeMount of the TLS files, when the component's tls values set a source. */}}
+{{- define "damselfly.tlsVolumeMount" -}}
+{{- if include "damselfly.tlsOn" .tls }}
+- name: tls
+  mountPath: {{ include "damselfly.tlsDir" .root }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+The TLS volume; (dict "root" $ "tls" .Values.X.tls "mode" N). mode: the Secret files'
+permission bits (decimal in the manifest): 0400 (256) for root daemons, 0440 (288) with an
+fsGroup for the non-root scheduler. A hostPath must already exist (type Directory): an
+empty directory created in its place would only fail later, with a less clear error.
+*/}}
+{{- define "damselfly.tlsVolume" -}}
+{{- if .tls.secretName }}
+- name: tls
+  secret:
+    secretName: {{ .tls.secretName | quote }}
+    defaultMode: {{ .mode }}
+{{- else if get .tls "hostPath" }}
+- name: tls
+  hostPath:
+    path: {{ get .tls "hostPath" | quote }}
+    type: Directory
+{{- end }}
+{{- end -}}

@@ -1,0 +1,117 @@
+//! The gRPC edge of the engine: a `DownloadTask` request becomes a [`TaskRequest`], and the
+//! engine's events become `DownloadTaskResponse`s (a started message, then one per piece); a
+//! failure becomes the status its stage and cause call for (DESIGN.md "Errors users see").
+
+use super::BoxStream;
+use crate::engine::{piece_proto, traffic_type, EngineEvent, EngineEvents, Started, TaskRequest};
+use crate::error::{DaemonError, DownloadError};
+use dragonfly_api::common::v2::{Download, Range};
+use dragonfly_api::dfdaemon::v2::download_task_response::Response;
+use dragonfly_api::dfdaemon::v2::{
+    DownloadPieceFinishedResponse, DownloadTaskResponse, DownloadTaskStartedResponse,
+};
+use futures::StreamExt;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+/// gRPC metadata carrying a per-download rate limit in bytes/s (the Download message has no
+/// such field; see DESIGN.md "Per-task rate limit").
+pub const RATE_LIMIT_METADATA: &str = "x-damselfly-rate-limit";
+
+/// The per-task limit in the request metadata; a malformed value is the caller's error.
+pub fn rate_limit(metadata: &MetadataMap) -> Result<Option<u64>, DaemonError> {
+    let Some(value) = metadata.get(RATE_LIMIT_METADATA) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| DaemonError::InvalidArgument(format!("{RATE_LIMIT_METADATA} is not text")))?;
+    let bytes: u64 = text.trim().parse().map_err(|_| {
+        DaemonError::InvalidArgument(format!(
+            "{RATE_LIMIT_METADATA} must be bytes per second, got {text:?}"
+        ))
+    })?;
+    Ok((bytes > 0).then_some(bytes))
+}
+
+/// Normalises the download; an unusable one answers as the stream's only item, as the
+/// engine's own failures do, so callers see every error the same way.
+pub fn task_request(
+    download: Download,
+    rate_limit: Option<u64>,
+) -> Result<TaskRequest, BoxStream<DownloadTaskResponse>> {
+    TaskRequest::parse(download, rate_limit).map_err(|error| {
+        let status = Status::from(DownloadError::rejected(error));
+        Box::pin(futures::stream::once(async move { Err(status) })) as BoxStream<_>
+    })
+}
+
+/// The engine's events as `DownloadTaskResponse`s for a caller on `host_id`; `range` is
+/// echoed in the started message, as Dragonfly does.
+pub fn responses(
+    host_id: String,
+    range: Option<Range>,
+    events: EngineEvents,
+) -> BoxStream<DownloadTaskResponse> {
+    // Piece events do not repeat the task and peer IDs: the started event names them.
+    let ids = (String::new(), String::new());
+    let stream = events
+        .scan(ids, move |(task_id, peer_id), event| {
+            let message = match event {
+                Err(error) => Some(Err(Status::from(error))),
+                Ok(EngineEvent::Started(started)) => {
+                    task_id.clone_from(&started.task_id);
+                    peer_id.clone_from(&started.peer_id);
+                    Some(Ok(Response::DownloadTaskStartedResponse(started_message(
+                        started, range,
+                    ))))
+                }
+                Ok(EngineEvent::Piece(piece, source)) => Some(Ok(
+                    Response::DownloadPieceFinishedResponse(DownloadPieceFinishedResponse {
+                        piece: Some(piece_proto(&piece, traffic_type(source))),
+                    }),
+                )),
+                Ok(EngineEvent::Finished) => None,
+            };
+            let item = message.map(|message| {
+                message.map(|response| DownloadTaskResponse {
+                    host_id: host_id.clone(),
+                    task_id: task_id.clone(),
+                    peer_id: peer_id.clone(),
+                    response: Some(response),
+                })
+            });
+            std::future::ready(Some(item))
+        })
+        .filter_map(std::future::ready);
+    Box::pin(stream)
+}
+
+fn started_message(started: Started, range: Option<Range>) -> DownloadTaskStartedResponse {
+    DownloadTaskStartedResponse {
+        content_length: started.shape.content_length,
+        range,
+        response_header: started.shape.response_header.into_iter().collect(),
+        pieces: started
+            .landed
+            .iter()
+            .map(|p| piece_proto(p, traffic_type(crate::engine::PieceSource::of(p))))
+            .collect(),
+        is_finished: started.cached,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_metadata() {
+        let mut md = MetadataMap::new();
+        assert_eq!(rate_limit(&md).unwrap(), None);
+        md.insert(RATE_LIMIT_METADATA, "1048576".parse().unwrap());
+        assert_eq!(rate_limit(&md).unwrap(), Some(1_048_576));
+        md.insert(RATE_LIMIT_METADATA, "fast".parse().unwrap());
+        assert!(rate_limit(&md).is_err());
+    }
+}

@@ -1,0 +1,429 @@
+//! Pieces: write (checked against a digest) into the content file, record, read, announce.
+
+use crate::content::{stream_into_file, Streamed};
+use crate::export::open_for_write;
+use crate::{
+    ContentReader, PieceEvent, PieceMetadata, Storage, StorageError, TaskMetadata,
+    WRITE_BUFFER_SIZE,
+};
+use damselfly_core::digest::format_crc32;
+use damselfly_core::PieceSpan;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+
+impl Storage {
+    /// Streams exactly `span.length` bytes from `reader` into the content file at
+    /// `span.offset`, computing crc32 on the way. If `expected_digest` is Some and non-empty and
+    /// differs: Err(StorageError::DigestMismatch) and nothing recorded. Otherwise records the
+    /// piece and broadcasts PieceEvent::Finished. Short reads are an error. A piece that is
+    /// already recorded is returned as is, without reading: a served piece is never rewritten.
+    /// The recorded cost is `cost` (time spent before the bytes flowed) plus the streaming time.
+    pub async fn write_piece<R: AsyncRead + Unpin>(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        reader: R,
+        expected_digest: Option<&str>,
+        parent_id: Option<&str>,
+        cost: Duration,
+    ) -> Result<PieceMetadata, StorageError> {
+        let check = match expected_digest {
+            Some(digest) => PieceCheck::Crc32(digest),
+            None => PieceCheck::Nothing,
+        };
+        self.write_piece_checked(task_id, span, reader, check, parent_id, cost)
+            .await
+    }
+
+    /// [`Storage::write_piece`] with the piece's check spelled out: with
+    /// [`PieceCheck::Trusted`], the bytes written are read back and hashed before the piece is
+    /// recorded, so a piece that does not match is never recorded, announced or served (its
+    /// unrecorded bytes in the content file are overwritten by the next attempt).
+    pub async fn write_piece_checked<R: AsyncRead + Unpin>(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        reader: R,
+        check: PieceCheck<'_>,
+        parent_id: Option<&str>,
+        cost: Duration,
+    ) -> Result<PieceMetadata, StorageError> {
+        let started = Instant::now();
+        let task = self.require_task(task_id)?;
+        check_span(&task, span)?;
+        if let Some(existing) = self.piece(task_id, span.number)? {
+            debug!(
+                task_id,
+                number = span.number,
+                "piece already recorded, not rewriting it"
+            );
+            return Ok(existing);
+        }
+        let streamed = self
+            .stream_span(task_id, span.offset, span.length, reader)
+            .await?;
+        if streamed.bytes < span.length {
+            return Err(StorageError::ShortRead {
+                task_id: task_id.to_string(),
+                number: span.number,
+                expected: span.length,
+                received: streamed.bytes,
+            });
+        }
+        let digest = format_crc32(streamed.crc32);
+        match check {
+            PieceCheck::Nothing => {}
+            PieceCheck::Crc32(expected) => {
+                check_digest(task_id, span.number, Some(expected), &digest)?
+            }
+            PieceCheck::Trusted(expected) => {
+                let actual = self.trusted_digest(task_id, span).await?;
+                check_digest(task_id, span.number, Some(expected), &actual)?
+            }
+        }
+        let piece = PieceMetadata {
+            number: span.number,
+            offset: span.offset,
+            length: span.length,
+            digest,
+            parent_id: parent_id.map(str::to_string),
+            cost: cost + started.elapsed(),
+            created_at: SystemTime::now(),
+        };
+        self.record_piece(task_id, piece)
+    }
+
+    /// The trusted (`sha256:`) digest of what the content file holds at `span`: computed by
+    /// a back-to-source peer for its report, and by a child before it records a piece.
+    pub async fn trusted_digest(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+    ) -> Result<String, StorageError> {
+        let path = self.content_path(task_id);
+        tokio::task::spawn_blocking(move || -> io::Result<String> {
+            use damselfly_core::digest::{DigestAlgorithm, DigestHasher};
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&path)?;
+            let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
+            let mut buffer = vec![0u8; WRITE_BUFFER_SIZE];
+            let mut done = 0u64;
+            while done < span.length {
+                let want = usize::try_from(span.length - done)
+                    .map_or(buffer.len(), |left| left.min(buffer.len()));
+                file.read_exact_at(&mut buffer[..want], span.offset + done)?;
+                hasher.update(&buffer[..want]);
+                done += want as u64;
+            }
+            Ok(hasher.finalize().to_string())
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("piece hash task failed: {e}")))?
+        .map_err(StorageError::from)
+    }
+
+    /// Writes piece `span` with `fill`, a blocking function that gets the task's content file
+    /// and writes the span itself, returning the CRC-32 of what it wrote, or `None` when it
+    /// wrote nothing and the caller should use [`Storage::write_piece`] instead. For fast paths
+    /// that move bytes from a socket to the file without an async reader in between. The
+    /// span is checked and the piece recorded as by `write_piece`.
+    pub async fn write_piece_with<F, E>(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        parent_id: Option<&str>,
+        fill: F,
+    ) -> Result<Option<PieceMetadata>, E>
+    where
+        F: FnOnce(&std::fs::File) -> Result<Option<u32>, E> + Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let started = Instant::now();
+        let task = self.require_task(task_id)?;
+        check_span(&task, span)?;
+        if let Some(existing) = self.piece(task_id, span.number)? {
+            return Ok(Some(existing));
+        }
+        let path = self.content_path(task_id);
+        let filled = tokio::task::spawn_blocking(move || {
+            let file = open_for_write(&path).map_err(StorageError::from)?;
+            fill(&file)
+        })
+        .await
+        .map_err(|e| StorageError::Io(io::Error::other(format!("piece write task failed: {e}"))))?;
+        let Some(crc32) = filled? else {
+            return Ok(None);
+        };
+        let piece = PieceMetadata {
+            number: span.number,
+            offset: span.offset,
+            length: span.length,
+            digest: format_crc32(crc32),
+            parent_id: parent_id.map(str::to_string),
+            cost: started.elapsed(),
+            created_at: SystemTime::now(),
+        };
+        Ok(Some(self.record_piece(task_id, piece)?))
+    }
+
+    /// Writes piece `number` of a task whose length may be unknown (content_length 0): reads up
+    /// to `piece_length` bytes, stopping at EOF, and records what came. Ok(None) when the
+    /// reader was already at EOF. Used for origins that cannot serve ranges.
+    pub async fn write_streamed_piece<R: AsyncRead + Unpin>(
+        &self,
+        task_id: &str,
+        number: u32,
+        reader: R,
+        parent_id: Option<&str>,
+    ) -> Result<Option<PieceMetadata>, StorageError> {
+        let started = Instant::now();
+        let task = self.require_task(task_id)?;
+        let offset = piece_offset(&task, number)?;
+        if let Some(existing) = self.piece(task_id, number)? {
+            let drained = self.drain(reader, existing.length).await?;
+            return Ok((drained > 0).then_some(existing));
+        }
+        let streamed = self
+            .stream_span(task_id, offset, task.piece_length, reader)
+            .await?;
+        if streamed.bytes == 0 {
+            return Ok(None);
+        }
+        let span = PieceSpan {
+            number,
+            offset,
+            length: streamed.bytes,
+        };
+        check_span(&task, span)?;
+        let piece = PieceMetadata {
+            number,
+            offset,
+            length: streamed.bytes,
+            digest: format_crc32(streamed.crc32),
+            parent_id: parent_id.map(str::to_string),
+            cost: started.elapsed(),
+            created_at: SystemTime::now(),
+        };
+        self.record_piece(task_id, piece).map(Some)
+    }
+
+    pub(crate) async fn stream_span<R: AsyncRead + Unpin>(
+        &self,
+        task_id: &str,
+        offset: u64,
+        max_len: u64,
+        reader: R,
+    ) -> Result<Streamed, StorageError> {
+        let path = self.content_path(task_id);
+        let file = tokio::task::spawn_blocking(move || open_for_write(&path))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))??;
+        stream_into_file(Arc::new(file), offset, max_len, reader, &self.inner.buffers).await
+    }
+
+    /// Reads and discards up to `len` bytes; returns how many there were.
+    pub(crate) async fn drain<R: AsyncRead + Unpin>(
+        &self,
+        reader: R,
+        len: u64,
+    ) -> Result<u64, StorageError> {
+        let mut limited = reader.take(len);
+        let mut buffer = self.inner.buffers.take();
+        let mut total = 0u64;
+        loop {
+            let n = limited
+                .read(&mut buffer)
+                .await
+                .map_err(StorageError::SourceRead)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        self.inner.buffers.give(buffer);
+        Ok(total)
+    }
+
+    pub(crate) fn record_piece(
+        &self,
+        task_id: &str,
+        piece: PieceMetadata,
+    ) -> Result<PieceMetadata, StorageError> {
+        let newly_recorded = self.inner.db.record_piece(task_id, &piece)?;
+        if newly_recorded {
+            self.inner.usage.fetch_add(piece.length, Ordering::Relaxed);
+        }
+        debug!(
+            task_id,
+            number = piece.number,
+            offset = piece.offset,
+            length = piece.length,
+            digest = %piece.digest,
+            source = piece.parent_id.as_deref().unwrap_or("origin"),
+            "piece recorded"
+        );
+        self.inner
+            .notifier
+            .publish(task_id, PieceEvent::Finished(piece.clone()));
+        Ok(piece)
+    }
+
+    pub(crate) fn release_usage(&self, bytes: u64) {
+        // fetch_update never fails with a closure that always returns Some.
+        let _ = self
+            .inner
+            .usage
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+
+    pub fn piece(&self, task_id: &str, number: u32) -> Result<Option<PieceMetadata>, StorageError> {
+        self.inner.db.piece(task_id, number)
+    }
+
+    /// Recorded pieces of the task, sorted by number.
+    pub fn pieces(&self, task_id: &str) -> Result<Vec<PieceMetadata>, StorageError> {
+        self.inner.db.pieces(task_id)
+    }
+
+    pub(crate) fn require_piece(
+        &self,
+        task_id: &str,
+        number: u32,
+    ) -> Result<PieceMetadata, StorageError> {
+        match self.piece(task_id, number)? {
+            Some(piece) => Ok(piece),
+            None if self.task(task_id)?.is_none() => {
+                Err(StorageError::TaskNotFound(task_id.to_string()))
+            }
+            None => Err(StorageError::PieceNotFound {
+                task_id: task_id.to_string(),
+                number,
+            }),
+        }
+    }
+
+    /// An open file positioned at the piece (reader limited to its length).
+    pub async fn read_piece(
+        &self,
+        task_id: &str,
+        number: u32,
+    ) -> Result<(PieceMetadata, tokio::io::Take<tokio::fs::File>), StorageError> {
+        let piece = self.require_piece(task_id, number)?;
+        let mut file = tokio::fs::File::open(self.content_path(task_id)).await?;
+        file.seek(io::SeekFrom::Start(piece.offset)).await?;
+        Ok((piece.clone(), file.take(piece.length)))
+    }
+
+    /// The recorded piece and the content file, for senders that copy with `sendfile`/`pread`
+    /// at `piece.offset` instead of going through an async reader.
+    pub fn open_piece(
+        &self,
+        task_id: &str,
+        number: u32,
+    ) -> Result<(PieceMetadata, std::fs::File), StorageError> {
+        let piece = self.require_piece(task_id, number)?;
+        let file = std::fs::File::open(self.content_path(task_id))?;
+        Ok((piece, file))
+    }
+
+    /// The task's content readable at any offset, for callers that stream byte ranges of
+    /// landed pieces (the proxy); which bytes have landed is theirs to know (piece events).
+    pub async fn content_reader(&self, task_id: &str) -> Result<ContentReader, StorageError> {
+        let file = tokio::fs::File::open(self.content_path(task_id)).await?;
+        Ok(ContentReader::new(file))
+    }
+
+    /// Piece events for one task (subscribe BEFORE listing pieces to not miss any).
+    pub fn subscribe(&self, task_id: &str) -> broadcast::Receiver<PieceEvent> {
+        self.inner.notifier.subscribe(task_id)
+    }
+}
+
+pub(crate) fn piece_offset(task: &TaskMetadata, number: u32) -> Result<u64, StorageError> {
+    u64::from(number)
+        .checked_mul(task.piece_length)
+        .ok_or_else(|| StorageError::InvalidPiece {
+            task_id: task.id.clone(),
+            number,
+            reason: "offset overflows".to_string(),
+        })
+}
+
+/// A span must be exactly the task layout's piece; while the length is unknown (0) it must
+/// start at its piece offset and be at most one piece long.
+pub(crate) fn check_span(task: &TaskMetadata, span: PieceSpan) -> Result<(), StorageError> {
+    let invalid = |reason: String| StorageError::InvalidPiece {
+        task_id: task.id.clone(),
+        number: span.number,
+        reason,
+    };
+    if task.content_length > 0 {
+        let expected = task.layout().span(span.number);
+        return match expected {
+            Some(expected) if expected == span => Ok(()),
+            Some(expected) => Err(invalid(format!("expected {expected:?}, got {span:?}"))),
+            None => Err(invalid(format!(
+                "beyond content length {}",
+                task.content_length
+            ))),
+        };
+    }
+    if piece_offset(task, span.number)? != span.offset
+        || span.length == 0
+        || span.length > task.piece_length
+    {
+        return Err(invalid(format!(
+            "{span:?} with piece length {}",
+            task.piece_length
+        )));
+    }
+    Ok(())
+}
+
+/// What a piece must match before it is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceCheck<'a> {
+    /// Nothing (bytes from the origin, which is the source of truth).
+    Nothing,
+    /// The `crc32:` digest the parent sent with the piece: catches corruption, not a liar.
+    Crc32(&'a str),
+    /// A `sha256:` digest from a source the child trusts (the back-to-source peer, relayed by
+    /// the scheduler): a parent cannot forge bytes to fit it.
+    Trusted(&'a str),
+}
+
+/// Digests are compared as strings, as Dragonfly does; an empty expected digest is accepted
+/// with a warning (peers that registered a piece by hard link send none).
+pub(crate) fn check_digest(
+    task_id: &str,
+    number: u32,
+    expected: Option<&str>,
+    actual: &str,
+) -> Result<(), StorageError> {
+    match expected {
+        Some("") => {
+            warn!(
+                task_id,
+                number, "parent sent no piece digest, accepting the piece unverified"
+            );
+            Ok(())
+        }
+        Some(expected) if expected != actual => {
+            warn!(task_id, number, expected, actual, "piece digest mismatch");
+            Err(StorageError::DigestMismatch {
+                task_id: task_id.to_string(),
+                number,
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
