@@ -21,10 +21,15 @@
 //!   the swarm would have nothing to trade until then). How many follows the seed's measured
 //!   upload ([`pace`]): from `seedPeer.ration.piecesInFlight` up to `maxPiecesInFlight`, as
 //!   long as one more piece in flight still adds to what leaves the seed;
-//! - a given piece becomes public (shown to every child that lacks it) once
-//!   [`RATION_SHARE_WINDOW`] passed after its upload, in which the swarm should have spread it,
-//!   or [`RATION_RELEASE_AFTER`] after it was given if the child never fetched it; a child's
-//!   unfetched pieces go back to the pool when its stream ends.
+//! - a given piece stays the child's until the seed has given out every piece of the task
+//!   (the end game): before that the seed's uplink is worth most as first copies, and a copy
+//!   of a piece the swarm already holds only delays the next first copy (bench/netns, half
+//!   the hosts at 10 Mbit/s up: with pieces public 10 s after their upload, 49 of the seed's
+//!   113 copies were second copies of pieces that slow children could not spread in time). In
+//!   the end game a given piece becomes public (shown to every child that lacks it)
+//!   [`RATION_SHARE_WINDOW`] after its upload, so a seed with spare upload sends extra copies;
+//!   a piece the child never fetched becomes public [`RATION_RELEASE_AFTER`] after it was
+//!   given, and a child's unfetched pieces go back to the pool when its stream ends.
 //!
 //! This only shapes what the seed announces, never what it serves: a child that asks for a
 //! piece it learned about elsewhere still gets it, and official Dragonfly children see a
@@ -34,7 +39,7 @@
 use dragonfly_api::dfdaemon::v2::SyncPiecesResponse;
 use futures::{Stream, StreamExt};
 use rand::seq::IteratorRandom;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -46,9 +51,10 @@ pub use pace::Pace;
 /// Measured upload per child host, bits per second.
 pub type UploadRates = HashMap<String, u64>;
 
-/// How long after its first upload a piece stays with the child it was given to: the swarm
-/// spreads it meanwhile, and only children it did not reach see it at the seed afterwards.
-pub const RATION_SHARE_WINDOW: Duration = Duration::from_secs(10);
+/// In the end game (every piece given once), how long after its first upload a piece stays
+/// with the child it was given to: the holder starts spreading it meanwhile, and children it
+/// did not reach see it at the seed afterwards, whose uplink has nothing better to do.
+pub const RATION_SHARE_WINDOW: Duration = Duration::from_secs(2);
 /// A given piece the child has not fetched by then becomes public anyway.
 pub const RATION_RELEASE_AFTER: Duration = Duration::from_secs(30);
 /// How often a held-back stream looks again for pieces that became public with time; uploads
@@ -96,6 +102,10 @@ struct Given {
 
 #[derive(Default)]
 struct TaskRation {
+    /// Every piece the seed announced for the task.
+    announced: BTreeSet<u32>,
+    /// The seed announced the whole task (a child's source stream ended).
+    complete: bool,
     given: HashMap<u32, Given>,
     /// Pieces given so far, per child.
     given_count: HashMap<String, usize>,
@@ -123,11 +133,17 @@ impl TaskRation {
         );
     }
 
-    fn is_public(&self, number: u32, now: Instant) -> bool {
+    /// The seed holds the whole task and gave every piece out once.
+    fn is_end_game(&self) -> bool {
+        self.complete && self.announced.iter().all(|n| self.given.contains_key(n))
+    }
+
+    fn is_public(&self, number: u32, end_game: bool, now: Instant) -> bool {
         self.given.get(&number).is_some_and(|g| {
-            g.uploaded_at
-                .is_some_and(|at| now.duration_since(at) >= RATION_SHARE_WINDOW)
-                || now.duration_since(g.at) >= RATION_RELEASE_AFTER
+            let shared = g
+                .uploaded_at
+                .is_some_and(|at| now.duration_since(at) >= RATION_SHARE_WINDOW);
+            (end_game && shared) || now.duration_since(g.at) >= RATION_RELEASE_AFTER
         })
     }
 
@@ -312,8 +328,10 @@ impl SeedRation {
         let rates = Arc::clone(&self.rates.lock().unwrap_or_else(PoisonError::into_inner));
         self.with_tasks(|tasks| {
             let task = tasks.entry(task_id.to_string()).or_default();
+            let end_game = task.is_end_game();
             let shown = held.keys().copied().find(|&n| {
-                task.is_public(n, now) || task.given.get(&n).is_some_and(|g| g.child == child)
+                task.is_public(n, end_game, now)
+                    || task.given.get(&n).is_some_and(|g| g.child == child)
             });
             if let Some(number) = shown {
                 return held.remove(&number);
@@ -344,6 +362,19 @@ impl SeedRation {
             tracing::debug!(task_id, child, number, in_flight, "ration: piece given");
             Some(piece)
         })
+    }
+
+    /// The seed announced `number` of the task (`complete`: and every other piece).
+    fn announced(&self, task_id: &str, number: Option<u32>) {
+        self.with_tasks(|tasks| {
+            let task = tasks.entry(task_id.to_string()).or_default();
+            match number {
+                Some(number) => {
+                    task.announced.insert(number);
+                }
+                None => task.complete = true,
+            }
+        });
     }
 
     /// A child's stream ended: pieces it was given but never fetched go back to the pool.
@@ -419,10 +450,14 @@ impl Rationed {
             tokio::select! {
                 item = self.inner.next(), if !self.inner_done => match item {
                     Some(Ok(piece)) => {
+                        self.ration.announced(&self.task_id, Some(piece.number));
                         self.held.insert(piece.number, piece);
                     }
                     Some(Err(status)) => return Some(Err(status)),
-                    None => self.inner_done = true,
+                    None => {
+                        self.ration.announced(&self.task_id, None);
+                        self.inner_done = true;
+                    }
                 },
                 () = &mut changed => {}
                 () = tokio::time::sleep(RATION_TICK) => {}
@@ -596,6 +631,31 @@ mod tests {
         ));
         let got = take(&mut a, IN_FLIGHT + 1).await;
         assert_eq!(got.len(), IN_FLIGHT, "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn uploaded_pieces_stay_private_until_every_piece_was_given_once() {
+        let ration = SeedRation::new(1, 1);
+        let all = || futures::stream::iter((0..2).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        let first = take(&mut a, 1).await;
+        assert_eq!(first.len(), 1);
+        ration.uploaded("t", first[0]);
+        ration.with_tasks(|tasks| {
+            let given = tasks
+                .get_mut("t")
+                .unwrap()
+                .given
+                .get_mut(&first[0])
+                .unwrap();
+            given.uploaded_at = Some(Instant::now() - RATION_SHARE_WINDOW * 10);
+        });
+        // The other piece is still to be given: b gets that one first, not a's.
+        let other = 1 - first[0];
+        assert_eq!(take(&mut b, 1).await, vec![other]);
+        // Now every piece was given (the end game): a's, uploaded long ago, is public.
+        assert_eq!(take(&mut b, 1).await, vec![first[0]]);
     }
 
     #[tokio::test]

@@ -166,6 +166,8 @@ pub struct Peer {
     /// Mesh parents made while the peer had its decision but had not started its round yet:
     /// pushed once it reports Started, so it never takes one for its decision.
     pub deferred_pushes: Vec<pb::Peer>,
+    /// When the scheduler last looked for fast parents for it (`state::topup`).
+    pub topped_up_at: Option<Instant>,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
     pub touched: Instant,
@@ -322,6 +324,7 @@ impl Peer {
             children: BTreeSet::new(),
             takes_pushes: false,
             deferred_pushes: Vec::new(),
+            topped_up_at: None,
             created_at: wall,
             updated_at: wall,
             touched: now,

@@ -609,6 +609,8 @@ impl PeerSession {
         };
         self.shared
             .with_state(|s| s.piece_finished(peer_id, &piece, Instant::now()))?;
+        // Fast parents for a child whose parents turned out slow (`state::topup`).
+        self.shared.deliver_pushes();
         let label = if default_label == "back_to_source" {
             default_label
         } else {

@@ -3,6 +3,7 @@
 //! record the progress in the job. One failure does not cancel the others.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use dragonfly_api::common::v2::{Download, TaskType};
 use dragonfly_api::dfdaemon::v2::download_task_response::Response as Update;
@@ -53,7 +54,7 @@ pub async fn start(shared: Arc<Shared>, spec: PreheatSpec) -> Result<String, Sch
             ("image", label, planned, resolved.authorization)
         }
     };
-    let hosts = shared.with_state(|s| s.list_hosts(None));
+    let hosts = shared.with_state(|s| s.list_hosts(None, Instant::now()));
     let candidates = candidates(&hosts, spec.scope, &spec.selection)?;
     let mut tasks = Vec::new();
     let mut downloads = Vec::new();

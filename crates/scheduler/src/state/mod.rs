@@ -37,6 +37,7 @@ mod registration;
 mod reports;
 mod scheduling;
 mod seeding;
+mod topup;
 
 /// Hosts, tasks and peers.
 #[derive(Debug)]
@@ -126,6 +127,28 @@ mod tests {
             actual_piece_length: Some(4 << 20),
             actual_piece_count: Some(16),
             concurrent_piece_count: Some(8),
+            ..Default::default()
+        }
+    }
+
+    /// `n` peers of task "t" on hosts h0..h{n-1}, each running and taking mesh pushes.
+    pub(super) fn running_mesh(n: usize) -> State {
+        let mut s = with_peers(n);
+        for i in 0..n {
+            let id = format!("p{i}");
+            s.set_takes_pushes(&id);
+            s.peer_event(&id, PeerEvent::Download).unwrap();
+        }
+        s
+    }
+
+    /// A 4 MiB piece `number` from `parent` that took `cost_ms`.
+    pub(super) fn piece_from(parent: &str, number: u32, cost_ms: u64) -> pb::Piece {
+        pb::Piece {
+            number,
+            parent_id: Some(parent.into()),
+            length: 4 << 20,
+            cost: Duration::from_millis(cost_ms).try_into().ok(),
             ..Default::default()
         }
     }

@@ -70,6 +70,7 @@ impl State {
         }
         peer.touch();
         self.record_upload(piece, cost, now);
+        self.top_up_parents(peer_id, now);
         Ok(())
     }
 

@@ -112,7 +112,7 @@ impl State {
 
     /// Samples `filterParentLimit` of `pool`, scores them (each host's measured upload
     /// counted against the best candidate's), and keeps the best `limit`.
-    fn rank_parents(
+    pub(super) fn rank_parents(
         &self,
         child: &Peer,
         task: &Task,
