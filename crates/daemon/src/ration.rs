@@ -133,9 +133,19 @@ impl TaskRation {
         );
     }
 
-    /// The seed holds the whole task and gave every piece out once.
-    fn is_end_game(&self) -> bool {
-        self.complete && self.announced.iter().all(|n| self.given.contains_key(n))
+    /// Given to a child that can pass it on. A piece given to a child that turned out to be a
+    /// slow uploader is not: the swarm would wait on that child's uplink for it (bench/netns,
+    /// half the hosts at 10 Mbit/s up: the fast hosts' last pieces trickled in from slow hosts
+    /// that alone held them), so it is given again to a fast child.
+    fn is_claimed(&self, number: u32, speeds: &Speeds) -> bool {
+        self.given
+            .get(&number)
+            .is_some_and(|g| !speeds.is_slow(&g.child))
+    }
+
+    /// The seed holds the whole task and every piece is claimed.
+    fn is_end_game(&self, speeds: &Speeds) -> bool {
+        self.complete && self.announced.iter().all(|&n| self.is_claimed(n, speeds))
     }
 
     fn is_public(&self, number: u32, end_game: bool, now: Instant) -> bool {
@@ -185,6 +195,7 @@ impl TaskRation {
     /// its pieces has left.
     fn next_in_line(&self, in_flight: usize, speeds: &Speeds, now: Instant) -> Option<&str> {
         let share = self.share(in_flight, speeds);
+        let any_quick = self.streams.keys().any(|c| !speeds.is_slow(c));
         let key = |child: &str, want: &Want| {
             let given = self.given_count.get(child).copied().unwrap_or(0) as f64;
             (
@@ -197,6 +208,8 @@ impl TaskRation {
             .iter()
             .filter(|(_, want)| now.duration_since(want.seen) < WANT_STALE_AFTER)
             .filter(|(child, _)| self.waiting_for(child, now) < share)
+            // A slow uploader gets first copies only when no fast child is left to take them.
+            .filter(|(child, _)| !(any_quick && speeds.is_slow(child)))
             .map(|(child, want)| (key(child, want), child))
             .min_by(|(a, _), (b, _)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)))
             .map(|(_, child)| child.as_str())
@@ -328,7 +341,8 @@ impl SeedRation {
         let rates = Arc::clone(&self.rates.lock().unwrap_or_else(PoisonError::into_inner));
         self.with_tasks(|tasks| {
             let task = tasks.entry(task_id.to_string()).or_default();
-            let end_game = task.is_end_game();
+            let speeds = Speeds::of(task, rates);
+            let end_game = task.is_end_game(&speeds);
             let shown = held.keys().copied().find(|&n| {
                 task.is_public(n, end_game, now)
                     || task.given.get(&n).is_some_and(|g| g.child == child)
@@ -340,7 +354,7 @@ impl SeedRation {
             let Some(number) = held
                 .keys()
                 .copied()
-                .filter(|n| !task.given.contains_key(n))
+                .filter(|&n| !task.is_claimed(n, &speeds))
                 .choose(&mut rand::rng())
             else {
                 task.wanting.remove(child);
@@ -353,7 +367,6 @@ impl SeedRation {
                     seen: now,
                 })
                 .seen = now;
-            let speeds = Speeds::of(task, rates);
             if !task.may_give(child, in_flight, &speeds, now) {
                 return None;
             }
@@ -573,9 +586,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_slow_uploader_gets_seed_pieces_only_when_no_fast_one_waits() {
+    async fn a_slow_uploader_gets_seed_pieces_only_when_no_fast_child_is_left() {
         // Two slots; a uploads at 100 Mbit/s, b at 10: a's share is both slots, and a freed
-        // slot goes to a while it wants one, though b has been given nothing.
+        // slot goes to a, though b has been given nothing.
         let ration = SeedRation::new(2, 2);
         ration.set_upload_rates(
             [
@@ -593,9 +606,40 @@ mod tests {
         ration.uploaded("t", of_a[0]);
         assert_eq!(take(&mut a, 1).await.len(), 1, "a before b");
         assert!(take(&mut b, 1).await.is_empty());
+        // a has its share in flight: the free slot still is not b's.
+        ration.uploaded("t", of_a[1]);
+        assert!(
+            take(&mut b, 1).await.is_empty(),
+            "b waits while a fast child is there"
+        );
         // a is gone: b, slow as it is, gets the slots.
         drop(a);
         assert_eq!(take(&mut b, 1).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_piece_given_to_a_child_that_turns_out_slow_is_given_again() {
+        // b got a piece before anything was measured; then it measures at a tenth of a's
+        // upload. The piece goes to a as well, and the end game waits for a's copy.
+        let ration = SeedRation::new(2, 2);
+        let all = || futures::stream::iter((0..1).map(piece));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        assert_eq!(take(&mut b, 1).await, vec![0]);
+        ration.uploaded("t", 0);
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        assert!(take(&mut a, 1).await.is_empty(), "b's piece, b unmeasured");
+        ration.set_upload_rates(
+            [
+                ("a".to_string(), 100_000_000),
+                ("b".to_string(), 10_000_000),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            take(&mut a, 1).await,
+            vec![0],
+            "given again, to a fast child"
+        );
     }
 
     #[tokio::test]
