@@ -57,6 +57,13 @@ pub type UploadRates = HashMap<String, u64>;
 pub const RATION_SHARE_WINDOW: Duration = Duration::from_secs(2);
 /// A given piece the child has not fetched by then becomes public anyway.
 pub const RATION_RELEASE_AFTER: Duration = Duration::from_secs(30);
+/// A given piece the child has not fetched by then stops holding one of the seed's pieces in
+/// flight. A child may never fetch it from the seed: it may have asked another parent for it
+/// before the seed gave it (a piece given again after its first child turned out slow), and
+/// with every slot held so the seed would send nothing (bench/netns, half the hosts at
+/// 10 Mbit/s up: the seed's uplink stood idle for 26 s waiting for [`RATION_RELEASE_AFTER`]).
+/// Ten seconds is three times a 4 MiB piece at a tenth of a 100 Mbit/s uplink.
+pub const RATION_SLOT_HOLD: Duration = Duration::from_secs(10);
 /// How often a held-back stream looks again for pieces that became public with time; uploads
 /// and departures wake it at once.
 pub const RATION_TICK: Duration = Duration::from_millis(200);
@@ -157,9 +164,10 @@ impl TaskRation {
         })
     }
 
-    /// Given to someone and still waiting for its first upload.
+    /// Given to someone and still waiting for its first upload, for at most
+    /// [`RATION_SLOT_HOLD`].
     fn is_waiting(&self, given: &Given, now: Instant) -> bool {
-        given.uploaded_at.is_none() && now.duration_since(given.at) < RATION_RELEASE_AFTER
+        given.uploaded_at.is_none() && now.duration_since(given.at) < RATION_SLOT_HOLD
     }
 
     fn waiting_total(&self, now: Instant) -> usize {
@@ -615,6 +623,24 @@ mod tests {
         // a is gone: b, slow as it is, gets the slots.
         drop(a);
         assert_eq!(take(&mut b, 1).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_given_piece_never_fetched_frees_its_slot_after_the_hold() {
+        let ration = SeedRation::new(1, 1);
+        let all = || futures::stream::iter((0..4).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        let of_a = take(&mut a, 1).await;
+        assert_eq!(of_a.len(), 1);
+        assert!(take(&mut b, 1).await.is_empty(), "the one slot is a's");
+        ration.with_tasks(|tasks| {
+            let given = tasks.get_mut("t").unwrap().given.get_mut(&of_a[0]).unwrap();
+            given.at = Instant::now() - RATION_SLOT_HOLD;
+        });
+        let of_b = take(&mut b, 1).await;
+        assert_eq!(of_b.len(), 1, "a never fetched its piece: the slot is free");
+        assert_ne!(of_b, of_a, "a's piece stays a's until it is released");
     }
 
     #[tokio::test]
