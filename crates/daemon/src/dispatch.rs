@@ -177,6 +177,37 @@ pub fn next_assignment<R: Rng + ?Sized>(
     Some((piece, parent))
 }
 
+/// A fetch may move to a faster holder once it ran this many of our piece times...
+pub const MOVE_AFTER_PIECE_TIMES: u32 = 3;
+/// ... and at least this long.
+pub const MIN_MOVE_AFTER: Duration = Duration::from_secs(2);
+/// The other holder must deliver at least this many times what the running parent does.
+pub const MOVE_SPEEDUP: u64 = 4;
+
+/// How long a fetch runs before it may move to a faster holder.
+pub fn move_after(piece_time: Duration) -> Duration {
+    (piece_time * MOVE_AFTER_PIECE_TIMES).max(MIN_MOVE_AFTER)
+}
+
+/// Whether a fetch from `running`, under way for `elapsed`, should be given up for `other`,
+/// which also holds the piece. A piece that only a slow parent held when we asked may since
+/// have reached parents that deliver ten times faster; without moving, the child waits on the
+/// slow uplink for it (bench/netns, half the hosts at 10 Mbit/s up: fast hosts took their
+/// last pieces from slow ones 50 s after their fast parents had them). Both rates must be
+/// known, so a guess never aborts a fetch.
+pub fn should_move(
+    elapsed: Duration,
+    piece_time: Duration,
+    running: &ParentLoad,
+    other: &ParentLoad,
+) -> bool {
+    let (Some(slow), Some(fast)) = (running.delivered, other.delivered) else {
+        return false;
+    };
+    elapsed >= move_after(piece_time)
+        && fast / u64::from(other.in_flight + 1) >= slow.saturating_mul(MOVE_SPEEDUP)
+}
+
 /// Shortest wait for a normal parent to pick up a piece only a seed has.
 pub const MIN_SEED_GRACE: Duration = Duration::from_millis(20);
 /// Longest quiet period we wait for: a normal parent silent this long is not coming.
@@ -244,6 +275,11 @@ impl SeedGrace {
     /// A piece took `cost` to fetch (exponential moving average, weight 1/4).
     pub fn piece_took(&mut self, cost: Duration) {
         self.piece_time = (self.piece_time * 3 + cost) / 4;
+    }
+
+    /// How long a piece takes us lately (moving average).
+    pub fn piece_time(&self) -> Duration {
+        self.piece_time
     }
 
     pub fn grace(&self) -> Duration {
@@ -328,6 +364,29 @@ mod tests {
         // The fast one and the one not heard from yet (as good as the best) share the work.
         assert!(counts[1] <= 2, "{counts:?}");
         assert!(counts[0] >= 10 && counts[2] >= 10, "{counts:?}");
+    }
+
+    #[test]
+    fn a_long_fetch_moves_only_to_a_much_faster_holder() {
+        let mut slow = normal(0);
+        slow.delivered_piece(4 << 20, Duration::from_secs(20));
+        let mut fast = normal(0);
+        fast.delivered_piece(4 << 20, Duration::from_millis(400));
+        let piece_time = Duration::from_secs(1);
+        let early = move_after(piece_time) - Duration::from_millis(1);
+        assert!(!should_move(early, piece_time, &slow, &fast), "too early");
+        let late = move_after(piece_time);
+        assert!(should_move(late, piece_time, &slow, &fast));
+        assert!(
+            !should_move(late, piece_time, &fast, &slow),
+            "never to a slower one"
+        );
+        // A fast holder busy with many of our pieces is not much faster for one more.
+        fast.in_flight = 20;
+        assert!(!should_move(late, piece_time, &slow, &fast));
+        // Unknown rates never move a fetch.
+        assert!(!should_move(late, piece_time, &normal(0), &normal(0)));
+        assert_eq!(move_after(Duration::ZERO), MIN_MOVE_AFTER);
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub enum Action {
         span: PieceSpan,
         vortex: PieceServer,
     },
+    /// Abort the fetch of a piece: it moves to a faster holder. A result that still comes
+    /// from it is not ours any more and is ignored.
+    AbortFetch { number: u32 },
     /// Tell the scheduler a piece is stored (`DownloadPieceFinishedRequest`).
     ReportPieceFinished { number: u32 },
     /// Tell the scheduler a parent failed a piece (`DownloadPieceFailedRequest`).

@@ -8,7 +8,9 @@
 
 use super::parent::{Parent, ParentKind, ParentState, MAX_PARENT_FAILURES};
 use super::{Action, ParentKey, PieceFailure, Settings};
-use crate::dispatch::{next_assignment, seed_budget, ParentLoad, SeedGrace};
+use crate::dispatch::{
+    move_after, next_assignment, seed_budget, should_move, ParentLoad, SeedGrace,
+};
 use crate::scheduler_client::Decision;
 use damselfly_core::PieceSpan;
 use dragonfly_api::common::v2::Peer;
@@ -67,6 +69,13 @@ impl RoundEnd {
     }
 }
 
+/// A piece in flight: from whom, since when.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    parent: usize,
+    since: Instant,
+}
+
 #[derive(Debug)]
 pub(super) struct Round {
     state: RoundState,
@@ -76,7 +85,9 @@ pub(super) struct Round {
     /// Which live parents have which missing piece.
     holders: BTreeMap<u32, Vec<usize>>,
     /// Pieces in flight, and from whom.
-    fetching: BTreeMap<u32, usize>,
+    fetching: BTreeMap<u32, InFlight>,
+    /// Pieces whose fetch moved to a faster holder once; they never move again.
+    moved: BTreeSet<u32>,
     fatal: Option<String>,
     grace: SeedGrace,
     concurrency: usize,
@@ -112,6 +123,7 @@ impl Round {
             idle: missing.keys().copied().collect(),
             holders: BTreeMap::new(),
             fetching: BTreeMap::new(),
+            moved: BTreeSet::new(),
             fatal: None,
             grace: SeedGrace::default(),
             concurrency: settings.concurrency.max(1),
@@ -244,7 +256,7 @@ impl Round {
         parent: ParentKey,
         number: u32,
     ) -> Option<&mut Parent> {
-        if self.fetching.get(&number) != Some(&parent.0) {
+        if self.fetching.get(&number).map(|f| f.parent) != Some(parent.0) {
             return None;
         }
         self.fetching.remove(&number);
@@ -369,6 +381,7 @@ impl Round {
     ) -> Option<RoundEnd> {
         if matches!(self.state, RoundState::Fetching) {
             self.check_refresh(now, missing);
+            self.move_slow_fetches(now, out);
         }
         if self.is_draining() {
             return self.fetching.is_empty().then(|| self.end(missing));
@@ -431,7 +444,8 @@ impl Round {
                 continue;
             };
             p.load.in_flight += 1;
-            self.fetching.insert(number, parent);
+            self.fetching
+                .insert(number, InFlight { parent, since: now });
             out.push(Action::Fetch {
                 parent: ParentKey(parent),
                 parent_id: p.peer.id.clone(),
@@ -439,6 +453,39 @@ impl Round {
                 span: *span,
                 vortex,
             });
+        }
+    }
+
+    /// Gives up fetches that a much faster holder would finish sooner (see
+    /// [`should_move`]); the piece is dispatched again at once, to the faster holder.
+    fn move_slow_fetches(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let piece_time = self.grace.piece_time();
+        let to_move: Vec<(u32, usize)> = self
+            .fetching
+            .iter()
+            .filter(|(number, _)| !self.moved.contains(number))
+            .filter(|(number, f)| {
+                let running = &self.parents[f.parent].load;
+                let elapsed = now.saturating_duration_since(f.since);
+                self.holders.get(number).is_some_and(|holders| {
+                    holders.iter().any(|&h| {
+                        h != f.parent
+                            && self.parents[h].is_alive()
+                            && should_move(elapsed, piece_time, running, &self.parents[h].load)
+                    })
+                })
+            })
+            .map(|(&number, f)| (number, f.parent))
+            .collect();
+        for (number, parent) in to_move {
+            debug!(number, "moving a slow fetch to a faster holder");
+            self.fetching.remove(&number);
+            self.moved.insert(number);
+            self.idle.insert(number);
+            if let Some(p) = self.parents.get_mut(parent) {
+                p.load.in_flight = p.load.in_flight.saturating_sub(1);
+            }
+            out.push(Action::AbortFetch { number });
         }
     }
 
@@ -478,7 +525,17 @@ impl Round {
         let ripening = (self.fetching.len() < self.concurrency)
             .then(|| self.grace.next_ripening(&self.idle, now))
             .flatten();
-        [stall, ripening, self.refresh_at]
+        // A fetch may become worth moving; only deadlines still ahead, so a fetch with no
+        // faster holder never wakes the round in a loop.
+        let move_at = move_after(self.grace.piece_time());
+        let moving = self
+            .fetching
+            .iter()
+            .filter(|(number, _)| !self.moved.contains(number))
+            .map(|(_, f)| f.since + move_at)
+            .filter(|&at| at > now)
+            .min();
+        [stall, ripening, self.refresh_at, moving]
             .into_iter()
             .flatten()
             .min()

@@ -601,3 +601,46 @@ fn stray_news_from_the_shell_changes_nothing() {
         wake
     );
 }
+
+#[test]
+fn a_fetch_from_a_slow_parent_moves_to_a_fast_one_that_got_the_piece() {
+    let (mut s, _) = Script::new(4, 4, 3);
+    s.at(0).decide(&[normal("slow", 0), normal("fast", 1)]);
+    assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
+    assert_eq!(fetches(&s.at(1).offer(1, 1)), vec![(1, 1)]);
+    // What each delivered: 4 MiB in 20 s against 4 MiB in 100 ms.
+    let landed = |parent: usize, number: u32, cost: Duration| Event::PieceFetched {
+        parent: ParentKey(parent),
+        number,
+        cost,
+    };
+    s.at(2_000).feed(landed(0, 0, Duration::from_secs(20)));
+    s.at(2_000).feed(landed(1, 1, Duration::from_millis(100)));
+    // Piece 2 is at the slow parent only: it is fetched from there...
+    assert_eq!(fetches(&s.at(2_001).offer(0, 2)), vec![(0, 2)]);
+    // ... and the fast one gets it a moment later: nothing changes yet.
+    assert!(fetches(&s.at(2_002).offer(1, 2)).is_empty());
+    let early = s.at(4_000).feed(Event::Tick);
+    assert!(
+        !early.contains(&Action::AbortFetch { number: 2 }),
+        "{early:?}"
+    );
+    // Long past a few piece times: the slow fetch is given up for the fast holder.
+    let late = s.at(40_000).feed(Event::Tick);
+    assert!(late.contains(&Action::AbortFetch { number: 2 }), "{late:?}");
+    assert_eq!(fetches(&late), vec![(1, 2)]);
+    // A late result from the aborted fetch is not taken for the piece.
+    let stale = s.at(40_001).feed(landed(0, 2, Duration::from_secs(38)));
+    assert!(
+        !stale.contains(&Action::ReportPieceFinished { number: 2 }),
+        "{stale:?}"
+    );
+    let done = s.at(40_100).feed(landed(1, 2, Duration::from_millis(100)));
+    assert!(done.contains(&Action::ReportPieceFinished { number: 2 }));
+    // Moved once, never again.
+    assert!(!s
+        .at(400_000)
+        .feed(Event::Tick)
+        .iter()
+        .any(|a| matches!(a, Action::AbortFetch { .. })));
+}

@@ -163,6 +163,7 @@ impl Shell<'_, '_> {
                 span,
                 vortex,
             } => self.links.fetch(parent, parent_id, seed, span, vortex),
+            Action::AbortFetch { number } => self.links.abort_fetch(number),
             Action::ReportPieceFinished { number } => {
                 if let Some(piece) = self.links.take_landed(number) {
                     session.send(piece_finished(&piece)).await;

@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::{debug, Instrument};
@@ -46,6 +46,8 @@ pub struct Links<'a, 'j> {
     news_tx: mpsc::Sender<Event>,
     news: mpsc::Receiver<Event>,
     running: JoinSet<FetchResult>,
+    /// How to abort each running fetch, by piece.
+    fetches: HashMap<u32, AbortHandle>,
     /// Pieces stored and not yet reported to the scheduler.
     landed: HashMap<u32, PieceMetadata>,
     /// The last local failure, for the error the download returns.
@@ -65,6 +67,7 @@ impl<'a, 'j> Links<'a, 'j> {
             news_tx,
             news,
             running: JoinSet::new(),
+            fetches: HashMap::new(),
             landed: HashMap::new(),
             fatal: None,
         }
@@ -109,6 +112,7 @@ impl<'a, 'j> Links<'a, 'j> {
         (self.news_tx, self.news) = mpsc::channel(SYNC_QUEUE);
         // Dropping the set aborts its tasks; a fresh one never yields their results.
         self.running = JoinSet::new();
+        self.fetches.clear();
     }
 
     /// Fetches a piece from a parent's Vortex server (TCP or QUIC) into storage.
@@ -152,7 +156,15 @@ impl<'a, 'j> Links<'a, 'j> {
             }
             (span.number, parent, seed, result)
         };
-        self.running.spawn(fetch.instrument(span_info));
+        let handle = self.running.spawn(fetch.instrument(span_info));
+        self.fetches.insert(span.number, handle);
+    }
+
+    /// Aborts the fetch of `number` (it moved to a faster parent).
+    pub fn abort_fetch(&mut self, number: u32) {
+        if let Some(handle) = self.fetches.remove(&number) {
+            handle.abort();
+        }
     }
 
     /// The next news of the round: a fetch that ended or a SyncPieces message. Waits forever
@@ -173,6 +185,7 @@ impl<'a, 'j> Links<'a, 'j> {
 
     /// Counts a finished fetch and keeps what the report or the error needs.
     fn settle(&mut self, (number, parent, seed, result): FetchResult) -> Event {
+        self.fetches.remove(&number);
         let traffic = Traffic::RemotePeer { seed };
         match result {
             Ok(piece) => {
