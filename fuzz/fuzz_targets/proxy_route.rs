@@ -33,6 +33,7 @@ const SETTINGS: BlobSettings = BlobSettings {
     enable_task_id_based_blob_digest: true,
     disable_back_to_source: false,
     certificate_chain: Vec::new(),
+    prefetch: false,
 };
 
 /// The request the text describes, and its tunnel authority; None if http would not build it

@@ -664,7 +664,10 @@ fn system_hostname() -> String {
 
 /// Writes a size as its exact number of bytes: `bytesize` writes "46.6 GiB" for 50 GB, which
 /// reads back as another number (found by the `daemon_config` fuzz target's round trip).
-fn exact_bytes<S: serde::Serializer>(size: &ByteSize, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn exact_bytes<S: serde::Serializer>(
+    size: &ByteSize,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(size.as_u64())
 }
 
@@ -882,7 +885,6 @@ network:
             "server",
             "host.schedulerClusterID",
             "scheduler.enableBackToSource",
-            "proxy.prefetch",
             "stats",
             "storage.writeBufferSize",
         ] {

@@ -33,6 +33,11 @@ pub struct Args {
     #[arg(long, value_parser = parse_digest)]
     pub digest: Option<Digest>,
 
+    /// Download only bytes FIRST-LAST (inclusive, as in an HTTP Range) into the output; the
+    /// daemon fetches just the pieces covering them (`Download.range`).
+    #[arg(long, value_parser = parse_range)]
+    pub range: Option<(u64, u64)>,
+
     /// Request header for the origin, as 'Name: value' (repeatable).
     #[arg(short = 'H', long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
@@ -126,6 +131,19 @@ pub fn parse_url(s: &str) -> Result<Url, String> {
             "unsupported scheme {other:?}: only http and https are supported"
         )),
     }
+}
+
+/// `FIRST-LAST` (inclusive byte positions) as (start, length).
+pub fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let usage = || format!("range {s:?} must be FIRST-LAST, byte positions with FIRST <= LAST");
+    let (first, last) = s.split_once('-').ok_or_else(usage)?;
+    let first: u64 = first.trim().parse().map_err(|_| usage())?;
+    let last: u64 = last.trim().parse().map_err(|_| usage())?;
+    if last < first {
+        return Err(usage());
+    }
+    let length = (last - first).checked_add(1).ok_or_else(usage)?;
+    Ok((first, length))
 }
 
 pub fn parse_digest(s: &str) -> Result<Digest, String> {
@@ -346,6 +364,9 @@ mod tests {
     #[test]
     fn digests() {
         let sha = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(parse(&["--range", "10-19"]).unwrap().range, Some((10, 10)));
+        assert!(parse(&["--range", "19-10"]).is_err());
+        assert!(parse(&["--range", "-10"]).is_err());
         let args = parse(&["--digest", &sha]).expect("a well-formed sha256 digest");
         assert_eq!(args.digest.map(|d| d.to_string()), Some(sha));
         assert!(parse(&["--digest", "sha256:abc"]).is_err());

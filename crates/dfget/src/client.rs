@@ -3,7 +3,7 @@
 
 use crate::error::DfgetError;
 use crate::progress::{Progress, Traffic};
-use dragonfly_api::common::v2::{Download, ObjectStorage, TaskType};
+use dragonfly_api::common::v2::{Download, ObjectStorage, Range, TaskType};
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_client::DfdaemonDownloadClient;
 use dragonfly_api::dfdaemon::v2::download_task_response::Response;
 use dragonfly_api::dfdaemon::v2::{DownloadTaskRequest, DownloadTaskResponse};
@@ -85,6 +85,8 @@ pub struct DownloadSpec {
     pub url: String,
     pub output: PathBuf,
     pub digest: Option<String>,
+    /// Only these bytes: (start, length).
+    pub range: Option<(u64, u64)>,
     pub headers: Vec<(String, String)>,
     pub tag: Option<String>,
     pub application: Option<String>,
@@ -123,6 +125,7 @@ impl DownloadSpec {
                 insecure_skip_verify: Some(true),
                 ..Default::default()
             }),
+            range: self.range.map(|(start, length)| Range { start, length }),
             ..Default::default()
         }
     }
@@ -228,6 +231,7 @@ mod tests {
             url: "http://example.com/f".into(),
             output: PathBuf::from("/tmp/f"),
             digest: Some(format!("sha256:{}", "a".repeat(64))),
+            range: None,
             headers: vec![
                 ("Accept".into(), "a".into()),
                 ("X-Auth".into(), "t".into()),

@@ -130,6 +130,7 @@ pub fn download_spec(args: &Args) -> Result<DownloadSpec, DfgetError> {
         url: args.url.to_string(),
         output,
         digest: args.digest.as_ref().map(ToString::to_string),
+        range: args.range,
         headers: args.headers.clone(),
         tag: args.tag.clone(),
         application: args.application.clone(),

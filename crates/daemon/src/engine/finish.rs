@@ -52,6 +52,53 @@ pub async fn complete(
     Ok(())
 }
 
+/// A range's end: its bytes `[start, end)` written to the output, if the caller named one.
+pub async fn complete_range(
+    ctx: &Context,
+    request: &TaskRequest,
+    (start, end): (u64, u64),
+) -> Result<(), DownloadError> {
+    if let Some(output) = &request.output {
+        write_range(ctx, &request.task_id, output, start, end)
+            .await
+            .map_err(DownloadError::output)?;
+        info!(output = %output.display(), start, end, "range written");
+    }
+    if let Err(error) = ctx.storage.touch_task(&request.task_id) {
+        warn!(%error, "cannot update the task's access time");
+    }
+    Ok(())
+}
+
+/// Bytes read from the content file per write of a range output.
+const RANGE_COPY_CHUNK: u64 = 4 * 1024 * 1024;
+
+async fn write_range(
+    ctx: &Context,
+    task_id: &str,
+    output: &std::path::Path,
+    start: u64,
+    end: u64,
+) -> Result<(), DaemonError> {
+    use tokio::io::AsyncWriteExt;
+    let mut reader = ctx.storage.content_reader(task_id).await?;
+    let mut file = tokio::fs::File::create(output)
+        .await
+        .map_err(|e| DaemonError::io(format!("creating {}", output.display()), e))?;
+    let mut at = start;
+    while at < end {
+        let len = (end - at).min(RANGE_COPY_CHUNK) as usize;
+        let bytes = reader.read_at(at, len).await?;
+        file.write_all(&bytes)
+            .await
+            .map_err(|e| DaemonError::io(format!("writing {}", output.display()), e))?;
+        at += len as u64;
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| DaemonError::io(format!("writing {}", output.display()), e))
+}
+
 /// Checks the assembled content against the request's whole-file digest, if it names one;
 /// `DigestMismatch` otherwise. The content is left as it is: the caller reports who supplied
 /// it before [`discard`]ing it.

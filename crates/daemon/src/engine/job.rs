@@ -3,9 +3,10 @@
 //! A job is bounded by its own I/O timeouts and by shutdown, never by one caller's timeout:
 //! every caller applies its own (see `viewer`).
 
+use super::demand::TaskDemand;
 use super::events::TaskShape;
-use super::request::TaskRequest;
-use super::{finish, origin, p2p};
+use super::request::{Scope, TaskRequest};
+use super::{finish, origin, p2p, ranged};
 use crate::context::{limiter, Context};
 use crate::error::{DaemonError, DownloadError};
 use crate::metrics;
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 #[derive(Debug, Clone)]
 pub enum JobState {
@@ -69,6 +70,8 @@ pub struct JobCtx<'a> {
     /// Set once the assembled content matched the request's whole-file digest (or there
     /// is none), so it is hashed once.
     pub content_verified: OnceLock<ContentVerified>,
+    /// The task's demand on this host: ranged jobs claim pieces in it, bulk jobs yield to it.
+    pub demand: Arc<TaskDemand>,
 }
 
 /// The content matched the request's digest.
@@ -101,6 +104,7 @@ pub async fn run(
     request: &TaskRequest,
     handle: &JobHandle,
     in_use: &HashSet<String>,
+    demand: Arc<TaskDemand>,
 ) {
     let started = Instant::now();
     metrics::task_started();
@@ -123,12 +127,17 @@ pub async fn run(
         task_limiter: limiter(request.rate_limit.unwrap_or(0)),
         origin_ranges: AtomicBool::new(true),
         content_verified: OnceLock::new(),
+        demand,
     };
     let outcome = tokio::select! {
         result = download(&job, &handle.state) => result,
         _ = ctx.lifecycle.aborting() => Err(DownloadError::ShuttingDown),
     };
     match outcome {
+        Ok(shape) if request.scope != Scope::Whole => {
+            debug!(seconds = started.elapsed().as_secs_f64(), "range fetched");
+            handle.state.send_replace(JobState::Finished(shape, None));
+        }
         Ok(shape) => {
             let elapsed = started.elapsed();
             metrics::task_finished(elapsed.as_secs_f64());
@@ -154,13 +163,15 @@ async fn publish_failure(
 ) {
     metrics::task_failed();
     warn!(%error, "task failed");
-    record_failure(ctx, &request.task_id, &error).await;
+    record_failure(ctx, request, &error).await;
     handle.state.send_replace(JobState::Failed(error));
 }
 
 /// A full disk drops the task's partial pieces, so they do not keep the disk full for the
-/// next download; any other failure keeps them for a retry to resume.
-async fn record_failure(ctx: &Context, task_id: &str, error: &DownloadError) {
+/// next download; any other failure keeps them for a retry to resume. A failed range leaves
+/// the task as it was: other ranges and bulk jobs of it go on.
+async fn record_failure(ctx: &Context, request: &TaskRequest, error: &DownloadError) {
+    let task_id = request.task_id.as_str();
     if matches!(error, DownloadError::Corrupt(_)) {
         // Content that is not what the caller asked for is never kept or served.
         finish::discard(ctx, task_id).await;
@@ -171,6 +182,9 @@ async fn record_failure(ctx: &Context, task_id: &str, error: &DownloadError) {
             Ok(()) => ctx.schedulers.delete_task(&ctx.host.id, task_id).await,
             Err(e) => warn!(error = %e, "cannot free the pieces of a task that filled the disk"),
         }
+        return;
+    }
+    if request.scope != Scope::Whole {
         return;
     }
     if let Err(e) = ctx.storage.fail_task(task_id) {
@@ -210,6 +224,15 @@ async fn download(
     let (shape, missing) = start(job, state)
         .await
         .map_err(DownloadError::not_started)?;
+    if job.request.scope != Scope::Whole {
+        // A range is done once its pieces are here; the task stays unfinished.
+        if let Some((layout, missing)) = missing {
+            ranged::fetch(job, layout, missing)
+                .await
+                .map_err(DownloadError::transfer)?;
+        }
+        return Ok(shape);
+    }
     if let Some((layout, missing)) = missing {
         fetch_missing(job, layout, missing)
             .await
@@ -231,10 +254,73 @@ type Missing = Option<(PieceLayout, BTreeMap<u32, PieceSpan>)>;
 
 /// Asks the origin for the task's shape, prepares storage and makes room: after this, bytes
 /// flow. Origins without a length are streamed whole here (there is no shape before the end).
+/// A range wants only the pieces covering it.
 async fn start(
     job: &JobCtx<'_>,
     state: &watch::Sender<JobState>,
 ) -> Result<(TaskShape, Missing), DaemonError> {
+    let laid = {
+        // One job of a task prepares its storage at a time: two creating the content file
+        // together would lose each other's pieces.
+        let _preparing = job.demand.prepare.lock().await;
+        match prepared_shape(job)? {
+            Some((shape, layout)) => Laid::Pieces(shape, layout),
+            None => stat_and_prepare(job).await?,
+        }
+    };
+    let (shape, layout) = match laid {
+        Laid::Pieces(shape, layout) => (shape, layout),
+        Laid::Streamed(headers) => return Ok((whole_body(job, state, &headers).await?, None)),
+    };
+    state.send_replace(JobState::Running(shape.clone()));
+    let mut missing = missing_pieces(job, &layout)?;
+    if let Scope::Range { start, length } = job.request.scope {
+        let covering: HashSet<u32> = layout
+            .spans_for_range(start, length)
+            .map(|s| s.number)
+            .collect();
+        missing.retain(|n, _| covering.contains(n));
+    }
+    if missing.is_empty() {
+        return Ok((shape, None));
+    }
+    make_room(job).await?;
+    Ok((shape, Some((layout, missing))))
+}
+
+/// A range of a task this host already laid out needs no origin round trip for its shape:
+/// every range of a lazily read blob after the first starts at once.
+fn prepared_shape(job: &JobCtx<'_>) -> Result<Option<(TaskShape, PieceLayout)>, DaemonError> {
+    if job.request.scope == Scope::Whole {
+        return Ok(None);
+    }
+    let Some(task) = job.ctx.storage.task(job.task_id())? else {
+        return Ok(None);
+    };
+    let fixed_matches = job
+        .request
+        .piece_length
+        .is_none_or(|l| l == task.piece_length);
+    if task.content_length == 0 || !fixed_matches {
+        return Ok(None);
+    }
+    let shape = TaskShape {
+        content_length: task.content_length,
+        piece_length: task.piece_length,
+        response_header: task.response_header.clone(),
+    };
+    Ok(Some((shape, task.layout())))
+}
+
+/// How the task's content is laid out.
+enum Laid {
+    Pieces(TaskShape, PieceLayout),
+    /// The origin gives no length: one stream of the whole body, with these headers.
+    Streamed(Vec<(String, String)>),
+}
+
+/// Stats the origin and lays the task out in storage.
+async fn stat_and_prepare(job: &JobCtx<'_>) -> Result<Laid, DaemonError> {
     let ctx = job.ctx;
     let request = job.request;
     let stat = job.backend.stat(&request.url, &request.headers).await?;
@@ -243,7 +329,7 @@ async fn start(
     // A known length is enough for a layout, so peers can share the task even when the
     // origin ignores Range; only an unknown length forces one blind stream.
     let Some(content_length) = stat.content_length else {
-        return Ok((whole_body(job, state, &stat.headers).await?, None));
+        return Ok(Laid::Streamed(stat.headers));
     };
     let layout = PieceLayout::new(content_length, request.piece_length);
     let task = ctx
@@ -259,21 +345,14 @@ async fn start(
     let shape = TaskShape {
         content_length,
         piece_length: task.piece_length,
-        response_header: stat.headers.clone(),
+        response_header: stat.headers,
     };
-    state.send_replace(JobState::Running(shape.clone()));
-    let layout = task.layout();
-    let missing = missing_pieces(job, &layout)?;
-    if missing.is_empty() {
-        return Ok((shape, None));
-    }
-    make_room(job).await?;
-    Ok((shape, Some((layout, missing))))
+    Ok(Laid::Pieces(shape, task.layout()))
 }
 
 /// Small content goes straight to the origin (a single piece gains nothing from a swarm),
 /// the rest through the scheduler.
-async fn fetch_missing(
+pub(super) async fn fetch_missing(
     job: &JobCtx<'_>,
     layout: PieceLayout,
     mut missing: BTreeMap<u32, PieceSpan>,

@@ -2,22 +2,25 @@
 //! scheduler's seed trigger). Concurrent downloads of one task on this host share one job;
 //! every caller follows the job's pieces as they land in storage.
 
+pub mod demand;
 mod events;
 mod finish;
 mod job;
 mod origin;
 mod p2p;
 mod parents;
+mod ranged;
 pub mod request;
 mod trust;
 mod viewer;
 
 use crate::context::Context;
 use damselfly_storage::PieceMetadata;
+use demand::DemandTable;
 use dragonfly_api::common::v2::{Piece, TrafficType};
 pub use events::{EngineEvent, EngineEvents, PieceSource, Started, TaskShape};
 use job::{JobHandle, JobState};
-pub use request::TaskRequest;
+pub use request::{Scope, TaskRequest};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -29,7 +32,11 @@ const EVENT_QUEUE: usize = 128;
 
 pub struct Engine {
     ctx: Context,
+    /// Whole-task jobs, one per task: every whole download of the task joins it.
     jobs: Mutex<HashMap<String, JobHandle>>,
+    /// Ranged jobs running per task (each range has its own job and peer).
+    ranged: Mutex<HashMap<String, usize>>,
+    demand: DemandTable,
 }
 
 impl Engine {
@@ -37,6 +44,8 @@ impl Engine {
         Arc::new(Self {
             ctx,
             jobs: Mutex::new(HashMap::new()),
+            ranged: Mutex::new(HashMap::new()),
+            demand: DemandTable::default(),
         })
     }
 
@@ -72,10 +81,74 @@ impl Engine {
 
     /// Tasks with a job running; GC must not evict them.
     pub fn in_flight_tasks(&self) -> HashSet<String> {
-        self.jobs
+        let mut tasks: HashSet<String> = self
+            .jobs
             .lock()
             .map(|jobs| jobs.keys().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Ok(ranged) = self.ranged.lock() {
+            tasks.extend(ranged.keys().cloned());
+        }
+        tasks
+    }
+
+    /// A new job for the pieces covering the request's range, with its own peer (as each
+    /// ranged download is in Dragonfly); it shares pieces with the task's other jobs through
+    /// the task's demand.
+    fn start_ranged(
+        self: &Arc<Self>,
+        request: &TaskRequest,
+    ) -> (String, watch::Receiver<JobState>) {
+        let handle = JobHandle::new(self.ctx.host.new_peer_id());
+        let result = (handle.peer_id.clone(), handle.state.subscribe());
+        self.count_ranged(&request.task_id, true);
+        let engine = self.clone();
+        let request = request.clone();
+        let span = info_span!("range_job", task_id = %request.task_id, peer_id = %handle.peer_id);
+        self.ctx.lifecycle.spawn(
+            async move {
+                let _busy = engine.ctx.activity.begin();
+                let in_use = engine.in_flight_tasks();
+                let demand = engine.demand.task(&request.task_id);
+                job::run(&engine.ctx, &request, &handle, &in_use, demand).await;
+                engine.count_ranged(&request.task_id, false);
+            }
+            .instrument(span),
+        );
+        result
+    }
+
+    fn count_ranged(&self, task_id: &str, up: bool) {
+        let Ok(mut ranged) = self.ranged.lock() else {
+            return;
+        };
+        let count = ranged.entry(task_id.to_string()).or_default();
+        if up {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                ranged.remove(task_id);
+            }
+        }
+    }
+
+    /// After a range was served: the whole task in the background, at the prefetch
+    /// bandwidth limit, behind every range's demand. Joins a whole-task job already running.
+    fn prefetch(self: &Arc<Self>, request: &TaskRequest, rate_limit: u64) {
+        let mut whole = request.clone();
+        whole.scope = Scope::Whole;
+        whole.range = None;
+        whole.prefetch = false;
+        whole.output = None;
+        whole.timeout = None;
+        whole.rate_limit = (rate_limit > 0).then_some(rate_limit);
+        whole.download.range = None;
+        whole.download.prefetch = false;
+        whole.download.is_prefetch = true;
+        whole.download.output_path = None;
+        let (peer_id, _) = self.join_or_start(&whole);
+        tracing::debug!(%peer_id, "prefetching the whole task");
     }
 
     /// The running job of this task, or a new one.
@@ -103,7 +176,8 @@ impl Engine {
             async move {
                 let _busy = engine.ctx.activity.begin();
                 let in_use = engine.in_flight_tasks();
-                job::run(&engine.ctx, &request, &handle, &in_use).await;
+                let demand = engine.demand.task(&request.task_id);
+                job::run(&engine.ctx, &request, &handle, &in_use, demand).await;
                 engine.forget(&request.task_id, &handle);
             }
             .instrument(span),

@@ -1,8 +1,10 @@
 //! Back-to-source: concurrent ranged GETs of the missing pieces, each streamed into storage,
 //! or, for origins that ignore Range, one GET of the whole body cut into pieces in order.
 
+use super::demand::BulkStep;
 use super::job::JobCtx;
 use super::piece_proto;
+use super::request::Scope;
 use crate::error::DaemonError;
 use crate::metrics::{self, Traffic};
 use crate::scheduler_client::{PeerSession, PieceDigests};
@@ -39,15 +41,28 @@ pub async fn fetch(
     let concurrency = job.ctx.config.download.back_to_source_concurrency.max(1) as usize;
     let mut queue: VecDeque<(PieceSpan, u32)> = pending.values().map(|s| (*s, 1)).collect();
     let mut running: JoinSet<PieceResult> = JoinSet::new();
+    let mut demand = job.demand.subscribe();
     loop {
-        while running.len() < concurrency {
-            let Some((span, attempt)) = queue.pop_front() else {
-                break;
-            };
-            spawn_piece(job, &mut running, span, attempt);
+        let blocked = start_pieces(job, &mut queue, pending, &mut running, concurrency)?;
+        if running.is_empty() {
+            if !blocked {
+                return Ok(());
+            }
+            // Demand of this task is being served first; look again when it changes.
+            if demand.changed().await.is_err() {
+                return Err(DaemonError::io(
+                    "waiting for demand",
+                    std::io::Error::other("the task's demand is gone"),
+                ));
+            }
+            continue;
         }
-        let Some(joined) = running.join_next().await else {
-            return Ok(());
+        let joined = tokio::select! {
+            joined = running.join_next() => joined,
+            _ = demand.changed(), if blocked => continue,
+        };
+        let Some(joined) = joined else {
+            continue;
         };
         let (span, attempt, result) =
             joined.map_err(|e| DaemonError::io("origin piece task", std::io::Error::other(e)))?;
@@ -73,6 +88,38 @@ pub async fn fetch(
             }
         }
     }
+}
+
+/// Starts queued pieces up to `concurrency`; returns whether the queue waits for demand.
+/// A whole-task (bulk) job starts nothing while ranges of its task are being fetched, and
+/// skips the pieces they stored meanwhile (see [`super::demand`]); a range's own job is
+/// demand and never waits.
+fn start_pieces(
+    job: &JobCtx<'_>,
+    queue: &mut VecDeque<(PieceSpan, u32)>,
+    pending: &mut BTreeMap<u32, PieceSpan>,
+    running: &mut JoinSet<PieceResult>,
+    concurrency: usize,
+) -> Result<bool, DaemonError> {
+    let bulk = job.request.scope == Scope::Whole;
+    while running.len() < concurrency {
+        let Some(&(span, attempt)) = queue.front() else {
+            return Ok(false);
+        };
+        if bulk {
+            if job.demand.bulk_step(&[span.number]) == BulkStep::Yield {
+                return Ok(true);
+            }
+            if job.ctx.storage.piece(job.task_id(), span.number)?.is_some() {
+                queue.pop_front();
+                pending.remove(&span.number);
+                continue;
+            }
+        }
+        queue.pop_front();
+        spawn_piece(job, running, span, attempt);
+    }
+    Ok(false)
 }
 
 /// Counts a piece from the origin and tells the scheduler, so children can fetch it. A

@@ -12,6 +12,7 @@ use super::job::{ContentVerified, JobCtx};
 use super::origin;
 use super::parents::Links;
 use super::piece_proto;
+use super::request::Scope;
 use super::trust::TrustedDigests;
 use crate::conversation::{Action, Conversation, Event, PieceFailure, SchedulerLink, Settings};
 use crate::error::DaemonError;
@@ -33,6 +34,10 @@ use tracing::{info, warn};
 
 /// How long to wait for the scheduler to close the stream after our terminal request.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// A range's round ends after this long without news (if `collectedPieceTimeout` is not
+/// shorter): its parents were chosen because they hold its pieces and announce them at once,
+/// so silence means they will not, and a lazy read should not wait 30 s to learn it.
+pub const DEMAND_COLLECTED_PIECE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn download(
     job: &JobCtx<'_>,
@@ -108,9 +113,16 @@ fn settings(job: &JobCtx<'_>) -> Settings {
         .request
         .concurrent_piece_count
         .unwrap_or(config.download.concurrent_piece_count);
+    let collected_piece_timeout = match job.request.scope {
+        Scope::Whole => config.download.collected_piece_timeout,
+        Scope::Range { .. } => config
+            .download
+            .collected_piece_timeout
+            .min(DEMAND_COLLECTED_PIECE_TIMEOUT),
+    };
     Settings {
         concurrency: concurrency.max(1) as usize,
-        collected_piece_timeout: config.download.collected_piece_timeout,
+        collected_piece_timeout,
         schedule_timeout: config.scheduler.schedule_timeout,
         max_schedule_count: config.scheduler.max_schedule_count,
     }
@@ -268,6 +280,11 @@ async fn verify_before_report(
     job: &JobCtx<'_>,
     session: &mut PeerSession,
 ) -> Result<(), DaemonError> {
+    if job.request.scope != Scope::Whole {
+        // A range holds part of the task: the whole file's digest is checked by whoever
+        // completes it.
+        return Ok(());
+    }
     match finish::verify_content(job.ctx, job.request).await {
         Ok(()) => {
             let _ = job.content_verified.set(ContentVerified);

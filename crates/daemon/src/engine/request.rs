@@ -24,6 +24,11 @@ pub struct TaskRequest {
     pub force_hard_link: bool,
     pub timeout: Option<Duration>,
     pub range: Option<Range>,
+    /// What the caller needs: the whole task, or the pieces covering `range` first.
+    pub scope: Scope,
+    /// After a ranged download, fetch the rest of the task in the background
+    /// (`Download.prefetch`, the proxy's `proxy.prefetch`).
+    pub prefetch: bool,
     pub disable_back_to_source: bool,
     pub need_back_to_source: bool,
     pub concurrent_piece_count: Option<u32>,
@@ -48,6 +53,7 @@ impl TaskRequest {
         let task_id = task_id_of(&download, piece_length)?;
         let digest = parse_digest(download.digest.as_deref())?;
         let output = parse_output(download.output_path.as_deref())?;
+        let scope = Scope::of(download.range.as_ref())?;
         let timeout = download
             .timeout
             .and_then(|t| Duration::try_from(t).ok())
@@ -69,6 +75,8 @@ impl TaskRequest {
             force_hard_link: download.force_hard_link,
             timeout,
             range: download.range,
+            scope,
+            prefetch: download.prefetch,
             disable_back_to_source: download.disable_back_to_source,
             need_back_to_source: download.need_back_to_source,
             concurrent_piece_count: download.concurrent_piece_count.filter(|&c| c > 0),
@@ -76,6 +84,44 @@ impl TaskRequest {
             trust: origin_trust(&download),
             download,
         })
+    }
+}
+
+/// What a download must bring to this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every piece; the task is recorded finished and its digest checked.
+    Whole,
+    /// The pieces covering `[start, start + length)`, fetched first and only (a lazy read).
+    /// The task ID stays the whole task's (a range is not part of it, as in Dragonfly), so
+    /// the pieces serve later ranges and other hosts; the task stays unfinished.
+    Range { start: u64, length: u64 },
+}
+
+impl Scope {
+    fn of(range: Option<&Range>) -> Result<Self, DaemonError> {
+        match range {
+            None => Ok(Scope::Whole),
+            Some(range) if range.length == 0 => Err(DaemonError::InvalidArgument(format!(
+                "empty range at byte {}: a range must cover at least one byte",
+                range.start
+            ))),
+            Some(range) => Ok(Scope::Range {
+                start: range.start,
+                length: range.length,
+            }),
+        }
+    }
+
+    /// The byte window `[start, end)` a caller wants, clipped to the content.
+    pub fn window(self, content_length: u64) -> (u64, u64) {
+        match self {
+            Scope::Whole => (0, content_length),
+            Scope::Range { start, length } => (
+                start.min(content_length),
+                start.saturating_add(length).min(content_length),
+            ),
+        }
     }
 }
 
@@ -112,6 +158,17 @@ impl std::fmt::Debug for TaskRequest {
 }
 
 impl TaskRequest {
+    /// The same download narrowed to `range` (the task ID does not change: a range is not
+    /// part of it), prefetching the rest afterwards when `prefetch` is set.
+    pub fn with_range(mut self, range: Range, prefetch: bool) -> Result<Self, DaemonError> {
+        self.scope = Scope::of(Some(&range))?;
+        self.range = Some(range);
+        self.prefetch = prefetch;
+        self.download.range = Some(range);
+        self.download.prefetch = prefetch;
+        Ok(self)
+    }
+
     fn trust_label(&self) -> &'static str {
         match self.trust {
             OriginTrust::System => "system",

@@ -6,7 +6,7 @@
 use super::events::{EngineEvent, PieceSource, Started, TaskShape};
 use super::finish;
 use super::job::JobState;
-use super::request::TaskRequest;
+use super::request::{Scope, TaskRequest};
 use super::Engine;
 use crate::error::DownloadError;
 use crate::metrics::{self, Traffic};
@@ -65,15 +65,22 @@ async fn serve_task(
             return local_hit(engine, request, viewer, task.content_length).await;
         }
     }
-    let (peer_id, mut state) = engine.join_or_start(request);
+    let (peer_id, mut state) = match request.scope {
+        Scope::Whole => engine.join_or_start(request),
+        Scope::Range { .. } => engine.start_ranged(request),
+    };
     let mut viewer = Viewer::new(sink, request, peer_id);
     // Subscribe before listing pieces, so none is missed in between.
     let mut events = ctx.storage.subscribe(&request.task_id);
     let shape = wait_started(&mut state).await?;
-    let existing = ctx
+    viewer.window = request.scope.window(shape.content_length);
+    let existing: Vec<PieceMetadata> = ctx
         .storage
         .pieces(&request.task_id)
-        .map_err(DownloadError::transfer)?;
+        .map_err(DownloadError::transfer)?
+        .into_iter()
+        .filter(|p| viewer.shows(p))
+        .collect();
     // Pieces already on disk are in the started message, and also reported one by one:
     // callers count progress from piece messages.
     if viewer.started(&shape, &existing, false).await.is_err()
@@ -91,8 +98,26 @@ async fn serve_task(
         JobState::Finished(_, checked) => checked.clone(),
         _ => None,
     };
-    finish::complete(ctx, request, checked.as_ref()).await?;
+    complete(engine, request, checked.as_ref(), viewer.window).await?;
+    if request.prefetch && request.scope != Scope::Whole {
+        let limit = ctx.config.proxy.prefetch_bandwidth_limit.as_u64();
+        engine.prefetch(request, limit);
+    }
     Ok(Ok(()))
+}
+
+/// The caller's end: a whole task is checked against its digest and exported; a range (whose
+/// bytes cannot be checked against the whole file's digest) is exported alone.
+async fn complete(
+    engine: &Arc<Engine>,
+    request: &TaskRequest,
+    checked: Option<&damselfly_core::Digest>,
+    window: (u64, u64),
+) -> Result<(), DownloadError> {
+    match request.scope {
+        Scope::Whole => finish::complete(engine.context(), request, checked).await,
+        Scope::Range { .. } => finish::complete_range(engine.context(), request, window).await,
+    }
 }
 
 /// The task is complete on disk: no origin, no scheduler.
@@ -123,16 +148,18 @@ async fn local_hit(
             .filter(|(name, _)| !damselfly_core::is_secret_header(name))
             .collect(),
     };
+    viewer.window = request.scope.window(content_length);
     if viewer.started(&shape, &[], true).await.is_err() {
         return Ok(Err(CallerGone));
     }
-    for piece in &pieces {
+    let shown: Vec<&PieceMetadata> = pieces.iter().filter(|p| viewer.shows(p)).collect();
+    for piece in shown {
         metrics::add_traffic(Traffic::LocalPeer, piece.length);
         if viewer.piece(piece, PieceSource::Cache).await.is_err() {
             return Ok(Err(CallerGone));
         }
     }
-    finish::complete(ctx, request, None).await?;
+    complete(engine, request, None, viewer.window).await?;
     Ok(Ok(()))
 }
 
@@ -219,6 +246,8 @@ struct Viewer<'a> {
     task_id: String,
     peer_id: String,
     sent: HashSet<u32>,
+    /// The bytes `[start, end)` the caller asked for: pieces outside are not its news.
+    window: (u64, u64),
 }
 
 impl<'a> Viewer<'a> {
@@ -228,7 +257,13 @@ impl<'a> Viewer<'a> {
             task_id: request.task_id.clone(),
             peer_id,
             sent: HashSet::new(),
+            window: (0, u64::MAX),
         }
+    }
+
+    fn shows(&self, piece: &PieceMetadata) -> bool {
+        let (start, end) = self.window;
+        piece.offset < end && piece.offset.saturating_add(piece.length) > start
     }
 
     async fn send(&self, event: EngineEvent) -> Result<(), CallerGone> {
@@ -257,7 +292,7 @@ impl<'a> Viewer<'a> {
         piece: &PieceMetadata,
         source: PieceSource,
     ) -> Result<(), CallerGone> {
-        if !self.sent.insert(piece.number) {
+        if !self.shows(piece) || !self.sent.insert(piece.number) {
             return Ok(());
         }
         self.send(EngineEvent::Piece(piece.clone(), source)).await

@@ -12,12 +12,13 @@ use super::body::{self, ProxyBody};
 use super::guard::Kind;
 use super::headers;
 use super::passthrough::forwardable;
-use super::range::{parse_range, ByteRange, RangeError};
+use super::range::{parse_ranges, ByteRange, RangeError};
 use crate::engine::{Engine, EngineEvent, EngineEvents, Started, TaskRequest};
 use crate::error::DownloadError;
 use bytes::Bytes;
 use damselfly_core::id::blob_digest_string;
 use damselfly_storage::{ContentReader, PieceMetadata, Storage, StorageError};
+use dragonfly_api::common::v2::Range;
 use futures::StreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
@@ -50,6 +51,8 @@ pub struct BlobSettings {
     pub disable_back_to_source: bool,
     /// `proxy.registryMirror.cert` as DER, sent as each download's `certificate_chain`.
     pub certificate_chain: Vec<Vec<u8>>,
+    /// `proxy.prefetch`: a Range request fetches the whole blob afterwards.
+    pub prefetch: bool,
 }
 
 /// Why the engine did not serve a request; the caller passes it through instead, so the
@@ -69,32 +72,16 @@ pub async fn serve(
     url: &Url,
     filtered_query_params: Vec<String>,
 ) -> Result<Response<ProxyBody>, NotServed> {
-    let range = match parts.headers.get(header::RANGE) {
-        None => None,
-        Some(value) => match value.to_str().ok().map(parse_range) {
-            Some(Ok(range)) => Some(range),
-            // Several ranges or an odd unit: the origin knows how to answer those.
-            _ => return Err(NotServed::Fallback("unsupported Range".into())),
-        },
-    };
+    let ranges = requested_ranges(parts)?;
     let digest = blob_digest_string(url.as_str());
     if digest.is_none() && url.path().contains("/blobs/sha256:") {
-        return Err(NotServed::Answer(
-            Box::new(body::text(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                &format!("invalid blob digest in {}", url.path()),
-            )),
-            Kind::BadRequest,
-        ));
+        return Err(bad_request(&format!(
+            "invalid blob digest in {}",
+            url.path()
+        )));
     }
     let download = headers::download(parts, url, digest.clone(), filtered_query_params, settings)
-        .map_err(|reason| {
-        NotServed::Answer(
-            Box::new(body::text(StatusCode::BAD_REQUEST, "bad_request", &reason)),
-            Kind::BadRequest,
-        )
-    })?;
+        .map_err(|reason| bad_request(&reason))?;
     // The task may be here already, or in flight for another client: only bytes this client
     // may read leave the cache.
     let credentials: Vec<(String, String)> = download
@@ -105,16 +92,96 @@ pub async fn serve(
     if let Access::Refused(reason) = access.check(url, &credentials).await {
         return Err(NotServed::Fallback(reason));
     }
+    let prefetch =
+        headers::prefetch(parts, settings.prefetch).map_err(|reason| bad_request(&reason))?;
     let request = TaskRequest::parse(download, None)
         .map_err(|error| not_started(settings, DownloadError::rejected(error)))?;
+    let known = known_length(engine, &request.task_id);
+    let wanted = Wanted {
+        prefetch,
+        known_length: known,
+        digest,
+    };
+    if ranges.len() > 1 {
+        return super::multipart::serve(engine, settings, request, &ranges, wanted).await;
+    }
+    let range = ranges.first().copied();
+    let request = match range.and_then(|r| demand_range(r, known)) {
+        Some(demand) => request
+            .with_range(demand, prefetch)
+            .map_err(|error| not_started(settings, DownloadError::rejected(error)))?,
+        None => request,
+    };
     let mut events = engine.download(request);
     let started = wait_started(&mut events, settings).await?;
     let storage = engine.context().storage.clone();
-    respond(storage, events, started, range, digest)
+    respond(storage, events, started, range, wanted.digest)
+}
+
+/// What a request asks of the task besides its bytes.
+pub struct Wanted {
+    /// Fetch the rest of the blob after the range(s).
+    pub prefetch: bool,
+    /// The blob's length, when this host laid the task out already.
+    pub known_length: Option<u64>,
+    /// The blob's digest named by the URL.
+    pub digest: Option<String>,
+}
+
+/// The client's `Range` ranges (none: the whole blob). Another unit or bad syntax goes to
+/// the origin, which knows how to answer it.
+fn requested_ranges(parts: &Parts) -> Result<Vec<ByteRange>, NotServed> {
+    let Some(value) = parts.headers.get(header::RANGE) else {
+        return Ok(Vec::new());
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| parse_ranges(v).ok())
+        .ok_or_else(|| NotServed::Fallback("unsupported Range".into()))
+}
+
+fn known_length(engine: &Engine, task_id: &str) -> Option<u64> {
+    engine
+        .context()
+        .storage
+        .task(task_id)
+        .ok()
+        .flatten()
+        .map(|task| task.content_length)
+        .filter(|&length| length > 0)
+}
+
+pub(super) fn bad_request(reason: &str) -> NotServed {
+    NotServed::Answer(
+        Box::new(body::text(StatusCode::BAD_REQUEST, "bad_request", reason)),
+        Kind::BadRequest,
+    )
+}
+
+/// The bytes the engine fetches first for a client's range: explicit bounds as written; an
+/// open end or a suffix only once the blob's length is known here (else the whole blob is
+/// downloaded, its bytes streamed from the start of the range as they land).
+pub fn demand_range(range: ByteRange, known_length: Option<u64>) -> Option<Range> {
+    let (start, end) = match (range, known_length) {
+        (
+            ByteRange::From {
+                first,
+                last: Some(last),
+            },
+            _,
+        ) => (first, last.checked_add(1)?),
+        (range, Some(total)) => range.resolve(total).ok()?,
+        (_, None) => return None,
+    };
+    (end > start).then(|| Range {
+        start,
+        length: end - start,
+    })
 }
 
 /// The first event: the task's length and origin headers, or why it did not start.
-async fn wait_started(
+pub(super) async fn wait_started(
     events: &mut EngineEvents,
     settings: &BlobSettings,
 ) -> Result<Started, NotServed> {
@@ -130,7 +197,7 @@ async fn wait_started(
 
 /// A download that did not start goes to the origin instead, unless the operator forbade it,
 /// or the content was corrupt (the origin would serve the same wrong bytes): then a 502.
-fn not_started(settings: &BlobSettings, error: DownloadError) -> NotServed {
+pub(super) fn not_started(settings: &BlobSettings, error: DownloadError) -> NotServed {
     let message = error.to_string();
     if settings.disable_back_to_source || matches!(error, DownloadError::Corrupt(_)) {
         NotServed::Answer(
@@ -163,20 +230,21 @@ fn respond(
     };
     let headers = response_headers(&started, status, (start, end), digest.as_deref());
     let (tx, rx) = mpsc::channel(FRAME_QUEUE);
-    let pump = Pump {
+    // A range cannot be checked against the whole blob's digest: no hold-back.
+    let pump = Pump::new(
         storage,
-        task_id: task_id.clone(),
-        next: start,
-        end,
-        pieces: BTreeMap::new(),
-        reader: None,
-        // A range cannot be checked against the whole blob's digest: no hold-back.
-        hold_last: status == StatusCode::OK,
-        pending: None,
+        &task_id,
+        (start, end),
+        status == StatusCode::OK,
         tx,
-    };
+    );
     let span = tracing::info_span!("blob_body", %task_id, start, end);
-    tokio::spawn(pump.run(events, started.landed).instrument(span));
+    tokio::spawn(
+        async move {
+            pump.run(events, started.landed).await;
+        }
+        .instrument(span),
+    );
     let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(ReceiverStream::new(
         rx,
     ))));
@@ -187,7 +255,7 @@ fn respond(
 
 /// The origin's headers about the object, with our framing of `[start, end)` and Dragonfly's
 /// task headers.
-fn response_headers(
+pub(super) fn response_headers(
     started: &Started,
     status: StatusCode,
     (start, end): (u64, u64),
@@ -223,7 +291,7 @@ fn response_headers(
     headers
 }
 
-fn unsatisfiable(total: u64, task_id: &str) -> Response<ProxyBody> {
+pub(super) fn unsatisfiable(total: u64, task_id: &str) -> Response<ProxyBody> {
     let mut response = body::text(
         StatusCode::RANGE_NOT_SATISFIABLE,
         "range",
@@ -255,7 +323,7 @@ fn origin_headers(origin: &[(String, String)]) -> HeaderMap {
     forwardable(&raw)
 }
 
-fn set(headers: &mut HeaderMap, name: &str, value: &str) {
+pub(super) fn set(headers: &mut HeaderMap, name: &str, value: &str) {
     if let (Ok(name), Ok(value)) = (
         header::HeaderName::from_bytes(name.as_bytes()),
         HeaderValue::from_str(value),
@@ -264,13 +332,13 @@ fn set(headers: &mut HeaderMap, name: &str, value: &str) {
     }
 }
 
-type Frames = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+pub(super) type Frames = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
 /// The client went away; the download goes on for the cache and other callers.
 struct ClientGone;
 
 /// Copies the task's bytes `[next, end)` to the client as their pieces land.
-struct Pump {
+pub(super) struct Pump {
     storage: Storage,
     task_id: String,
     next: u64,
@@ -285,12 +353,42 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(mut self, mut events: EngineEvents, landed: Vec<PieceMetadata>) {
+    /// Copies `[start, end)`; `hold_last` keeps the last chunk until the engine checked the
+    /// whole blob's digest.
+    pub(super) fn new(
+        storage: Storage,
+        task_id: &str,
+        (start, end): (u64, u64),
+        hold_last: bool,
+        tx: Frames,
+    ) -> Self {
+        Self {
+            storage,
+            task_id: task_id.to_string(),
+            next: start,
+            end,
+            pieces: BTreeMap::new(),
+            reader: None,
+            hold_last,
+            pending: None,
+            tx,
+        }
+    }
+
+    /// Whether every byte went out; on failure the client's body was cut short.
+    pub(super) async fn run(
+        mut self,
+        mut events: EngineEvents,
+        landed: Vec<PieceMetadata>,
+    ) -> bool {
         for piece in landed {
             self.pieces.insert(piece.offset, piece.length);
         }
         if self.drain().await.is_err() {
-            return;
+            return false;
+        }
+        if !self.hold_last && self.next >= self.end {
+            return true;
         }
         while let Some(event) = events.next().await {
             match event {
@@ -303,33 +401,37 @@ impl Pump {
                 Err(error) => {
                     info!(%error, "P2P download failed; cutting the response short");
                     self.abort(error.to_string()).await;
-                    return;
+                    return false;
                 }
             }
             if self.drain().await.is_err() {
-                return;
+                return false;
             }
             // A range is complete once covered: the download goes on without us (prefetch).
             if !self.hold_last && self.next >= self.end {
-                return;
+                return true;
             }
         }
         self.abort("the download ended without an outcome".into())
             .await;
+        false
     }
 
     /// The engine is done and the digest matched: release the held chunk, or fail if bytes
     /// are missing.
-    async fn finish(mut self) {
+    async fn finish(mut self) -> bool {
         if self.next < self.end {
             let message = format!("download ended at byte {} of {}", self.next, self.end);
             self.abort(message).await;
-            return;
+            return false;
         }
         if let Some(last) = self.pending.take() {
-            let _ = self.tx.send(Ok(Frame::data(last))).await;
+            if self.tx.send(Ok(Frame::data(last))).await.is_err() {
+                return false;
+            }
         }
         debug!("response complete");
+        true
     }
 
     async fn abort(&self, message: String) {

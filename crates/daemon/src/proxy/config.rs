@@ -3,6 +3,7 @@
 //! (`registryMirror.registries`, `hijackHTTPS`).
 
 use crate::error::DaemonError;
+use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -23,7 +24,14 @@ pub const DEFAULT_PROXY_RULE_REGEX: &str = "blobs/sha256.*";
 /// task. Dragonfly's default is false; the digest names the content, so it is ours.
 pub const DEFAULT_ENABLE_TASK_ID_BASED_BLOB_DIGEST: bool = true;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// A Range request fetches only the pieces covering it; the rest of the blob is not
+/// prefetched unless asked (Dragonfly's `proxy.prefetch` default).
+pub const DEFAULT_PROXY_PREFETCH: bool = false;
+/// Bandwidth of prefetch downloads, on top of the host's limits (Dragonfly's
+/// `proxy.prefetchBandwidthLimit` default, 10 GB/s).
+pub const DEFAULT_PREFETCH_BANDWIDTH_LIMIT: ByteSize = ByteSize::gb(10);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ProxyConfig {
     pub server: ProxyServerConfig,
@@ -36,6 +44,26 @@ pub struct ProxyConfig {
     /// every other CONNECT is tunnelled untouched.
     #[serde(rename = "hijackHTTPS", alias = "hijackHttps")]
     pub hijack_https: HijackHttpsConfig,
+    /// After answering a Range request, fetch the whole blob in the background (a request's
+    /// `X-Dragonfly-Prefetch: true|false` overrides it).
+    pub prefetch: bool,
+    /// Bytes per second for prefetching, on top of the download limits.
+    #[serde(serialize_with = "crate::config::exact_bytes")]
+    pub prefetch_bandwidth_limit: ByteSize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            server: ProxyServerConfig::default(),
+            rules: Vec::new(),
+            registry_mirror: RegistryMirrorConfig::default(),
+            disable_back_to_source: false,
+            hijack_https: HijackHttpsConfig::default(),
+            prefetch: DEFAULT_PROXY_PREFETCH,
+            prefetch_bandwidth_limit: DEFAULT_PREFETCH_BANDWIDTH_LIMIT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -17,6 +17,9 @@ const PIECE_LENGTH: &str = "x-dragonfly-piece-length";
 const FILTERED_QUERY_PARAMS: &str = "x-dragonfly-filtered-query-params";
 const CONTENT_FOR_TASK_ID: &str = "x-dragonfly-content-for-calculating-task-id";
 const BLOB_DIGEST_TASK_ID: &str = "x-dragonfly-enable-task-id-based-blob-digest";
+/// `true|false`: whether a Range request prefetches the whole blob (overrides
+/// `proxy.prefetch`), Dragonfly's header.
+const PREFETCH: &str = "x-dragonfly-prefetch";
 /// Request headers not sent to the origin by the engine: it asks for pieces with its own
 /// `Range`, and piece bytes must be stored as they are (no content coding).
 const ENGINE_DROPPED_HEADERS: &[&str] = &["range", "if-range", "accept-encoding", "content-length"];
@@ -53,6 +56,12 @@ pub fn download(
         certificate_chain: settings.certificate_chain.clone(),
         ..Default::default()
     })
+}
+
+/// Whether a Range request prefetches the rest of the blob: the request's
+/// `X-Dragonfly-Prefetch`, else `proxy.prefetch`.
+pub fn prefetch(parts: &Parts, default: bool) -> Result<bool, String> {
+    Ok(optional(&parts.headers, PREFETCH)?.unwrap_or(default))
 }
 
 /// The client's headers the origin must see (credentials, Accept, User-Agent).
@@ -98,6 +107,7 @@ mod tests {
         enable_task_id_based_blob_digest: true,
         disable_back_to_source: false,
         certificate_chain: Vec::new(),
+        prefetch: false,
     };
 
     #[test]
@@ -127,5 +137,19 @@ mod tests {
 
         let bad = parts(&[("x-dragonfly-piece-length", "big")]);
         assert!(download(&bad, &url, None, vec![], &SETTINGS).is_err());
+    }
+
+    #[test]
+    fn prefetch_header_overrides_the_config() {
+        assert_eq!(prefetch(&parts(&[]), true), Ok(true));
+        assert_eq!(
+            prefetch(&parts(&[("x-dragonfly-prefetch", "false")]), true),
+            Ok(false)
+        );
+        assert_eq!(
+            prefetch(&parts(&[("x-dragonfly-prefetch", "true")]), false),
+            Ok(true)
+        );
+        assert!(prefetch(&parts(&[("x-dragonfly-prefetch", "maybe")]), false).is_err());
     }
 }

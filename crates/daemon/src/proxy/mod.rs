@@ -15,6 +15,7 @@ mod body;
 pub mod config;
 mod connect;
 mod guard;
+mod multipart;
 // Public only for the fuzz targets (`fuzz/`): the parsers of what a client sends.
 #[doc(hidden)]
 pub mod headers;
@@ -112,6 +113,7 @@ impl Proxy {
                     .enable_task_id_based_blob_digest,
                 disable_back_to_source: config.disable_back_to_source,
                 certificate_chain: mirror_cas,
+                prefetch: config.prefetch,
             },
             authority,
             hijack,

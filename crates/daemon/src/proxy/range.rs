@@ -13,9 +13,27 @@ pub enum ByteRange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RangeError;
 
-/// Several ranges, another unit or bad syntax (left to the origin).
+/// Another unit, bad syntax or too many ranges (left to the origin).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsupported;
+
+/// Ranges one request may ask for: each is a download and a part of the answer, and a
+/// client asking for more is better served by the origin (RFC 9110 §14.2 lets a server
+/// refuse many small ranges).
+pub const MAX_RANGES: usize = 32;
+
+/// `bytes=a-b, c-d, ...`: one or more ranges, in the client's order.
+pub fn parse_ranges(value: &str) -> Result<Vec<ByteRange>, Unsupported> {
+    let spec = value.trim().strip_prefix("bytes=").ok_or(Unsupported)?;
+    let ranges = spec
+        .split(',')
+        .map(|part| parse_range(&format!("bytes={}", part.trim())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ranges.len() > MAX_RANGES {
+        return Err(Unsupported);
+    }
+    Ok(ranges)
+}
 
 pub fn parse_range(value: &str) -> Result<ByteRange, Unsupported> {
     let spec = value
@@ -90,6 +108,23 @@ mod tests {
             "no byte of an empty blob"
         );
         assert_eq!(empty("bytes=0-"), Err(RangeError));
+        assert_eq!(
+            parse_ranges("bytes=0-1, 5-6,-3"),
+            Ok(vec![
+                ByteRange::From {
+                    first: 0,
+                    last: Some(1)
+                },
+                ByteRange::From {
+                    first: 5,
+                    last: Some(6)
+                },
+                ByteRange::Suffix(3),
+            ])
+        );
+        assert_eq!(parse_ranges("bytes=0-1,,5-6"), Err(Unsupported));
+        let many = format!("bytes={}", vec!["0-1"; MAX_RANGES + 1].join(","));
+        assert_eq!(parse_ranges(&many), Err(Unsupported));
         for bad in [
             "items=0-1",
             "bytes=0-1,5-6",

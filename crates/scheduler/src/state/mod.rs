@@ -33,6 +33,7 @@ mod graph;
 mod hosts;
 mod listing;
 mod queries;
+mod ranges;
 mod registration;
 mod reports;
 mod scheduling;
@@ -162,6 +163,58 @@ mod tests {
                 .unwrap();
         }
         s
+    }
+
+    fn ranged(start: u64, length: u64) -> pb::Download {
+        pb::Download {
+            range: Some(pb::Range { start, length }),
+            ..download()
+        }
+    }
+
+    /// Lazy reads: a ranged peer is sent to peers holding its pieces, else to the origin at
+    /// once; whole-task peers never get a ranged peer as a parent.
+    #[test]
+    fn ranged_peers_take_parents_holding_their_pieces() {
+        let mut s = state();
+        let now = Instant::now();
+        for h in ["h0", "h1", "h2"] {
+            s.announce_host(host(h, 0), now).unwrap();
+        }
+        // p0 on h0 read piece 1 from the origin and finished.
+        s.register("h0", "t", "p0", ranged(5 << 20, 1 << 20), now)
+            .unwrap();
+        assert!(!s.peer("p0").unwrap().need_back_to_source);
+        assert!(s.is_ranged("p0"));
+        assert!(matches!(
+            s.schedule_once("p0", 0, now),
+            Step::Decided(Decision::BackToSource(_))
+        ));
+        s.piece_finished(
+            "p0",
+            &pb::Piece {
+                number: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.finish("p0", Terminal::BackToSourceFinished, now).unwrap();
+
+        // The same range elsewhere: p0 is its parent.
+        s.register("h1", "t", "p1", ranged(5 << 20, 100), now)
+            .unwrap();
+        assert_eq!(s.find_candidate_parents("p1"), vec!["p0".to_string()]);
+        // Another range: p0 has none of it, so the origin, at once.
+        s.register("h1", "t", "p2", ranged(40 << 20, 100), now)
+            .unwrap();
+        assert!(s.find_candidate_parents("p2").is_empty());
+        assert!(matches!(
+            s.schedule_once("p2", 0, now),
+            Step::Decided(Decision::BackToSource(_))
+        ));
+        // A whole-task peer does not take p0 (it holds 1 piece of 16).
+        s.register("h2", "t", "p3", download(), now).unwrap();
+        assert!(s.find_candidate_parents("p3").is_empty());
     }
 
     #[test]

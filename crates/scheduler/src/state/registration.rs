@@ -119,7 +119,10 @@ impl State {
             peer.need_back_to_source = true;
             return Ok(None);
         }
-        if !self.task_needs_source(task_id) {
+        // A ranged peer (a lazy read) wants a few pieces now: scheduling sends it to peers
+        // holding them, else straight to the origin for just those; it never triggers a seed
+        // for the whole task (see `ranges.rs`).
+        if download.range.is_some() || !self.task_needs_source(task_id) {
             return Ok(None);
         }
         match first_download_rule(download.priority, task_id) {

@@ -40,13 +40,15 @@ impl State {
             }
             return Step::Decided(Decision::Normal(chosen));
         }
-        if self.seed_on_its_way(&task_id, now) {
+        let ranged = self.is_ranged(peer_id);
+        if !ranged && self.seed_on_its_way(&task_id, now) {
             return Step::Wait;
         }
-        let nobody_has_it = self
-            .tasks
-            .get(&task_id)
-            .is_some_and(|t| !self.has_provider(t, Some(peer_id)));
+        let nobody_has_it = ranged
+            || self
+                .tasks
+                .get(&task_id)
+                .is_some_and(|t| !self.has_provider(t, Some(peer_id)));
         if can_back_to_source && nobody_has_it {
             return self.send_back_to_source(peer_id, "no peer holds or fetches the task");
         }
@@ -142,6 +144,7 @@ impl State {
             && !child.blocklist.contains(&parent.id)
             // Same host: the child already has whatever that host has.
             && parent.host_id != child.host_id
+            && self.serves_range(child, parent)
             && !host.announced.disable_shared
             // A peer that was just given parents has not reported Started yet, but it will
             // within milliseconds: peers registering together should see each other.
@@ -187,7 +190,7 @@ impl State {
             _ => HostKind::Normal,
         };
         let finished = match parent.state {
-            PeerState::Succeeded if total_pieces > 0 => total_pieces,
+            PeerState::Succeeded if total_pieces > 0 && parent.range.is_none() => total_pieces,
             _ => u32::try_from(parent.finished_pieces.len()).unwrap_or(u32::MAX),
         };
         ParentFeatures {

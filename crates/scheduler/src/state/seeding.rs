@@ -26,6 +26,10 @@ impl State {
     }
 
     fn is_provider(&self, peer: &Peer) -> bool {
+        // A ranged peer fetches only its range: it never provides the whole task.
+        if peer.range.is_some() {
+            return false;
+        }
         match peer.state {
             PeerState::BackToSource | PeerState::Succeeded => true,
             // Registered and about to be sent to the origin (its session has not run its

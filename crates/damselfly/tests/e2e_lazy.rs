@@ -1,0 +1,293 @@
+//! Lazy pulls through the proxy (issue 12): a Range request fetches only the pieces covering
+//! it, from peers that hold them or with ranged origin GETs; other hosts reading the same
+//! ranges take them from the first; prefetch fetches the rest of the blob once; several
+//! ranges are answered `multipart/byteranges`; `dfget --range` writes just the range.
+//!
+//! The origin is the test process's HTTP server (it counts the body bytes it serves); the
+//! daemons are real processes on loopback, used as registry mirrors (`X-Dragonfly-Registry`).
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+
+/// Dragonfly's proxy port; every daemon binds it on its own loopback address.
+const PROXY_PORT: u16 = 4001;
+const REGISTRY_HEADER: &str = "x-dragonfly-registry";
+/// 64 MiB: 16 pieces of 4 MiB (Dragonfly's piece length for this size).
+const BLOB_LEN: usize = 64 * MIB;
+const PIECE: u64 = 4 * MIB as u64;
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// A GET of `path` through `daemon`'s mirror, with extra request headers.
+fn mirror_get(daemon: &DaemonInfo, origin: &Origin, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let proxy = SocketAddr::new(daemon.ip.into(), PROXY_PORT);
+    let url = format!("http://{proxy}{path}");
+    let upstream = format!("http://{}", origin.addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut request = reqwest::Client::new()
+            .get(&url)
+            .timeout(DEFAULT_DFGET_TIMEOUT)
+            .header(REGISTRY_HEADER, &upstream);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("proxy request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.expect("proxy body").to_vec();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    })
+}
+
+/// A blob at `/v2/lazy/blobs/sha256:<its digest>` (so the proxy's default rule sends it
+/// through the swarm).
+fn add_blob(origin: &Origin, len: usize) -> OriginFile {
+    let data = bytes::Bytes::from(random_bytes(len));
+    let path = format!("v2/lazy/blobs/sha256:{}", sha256_hex(&data));
+    origin.add(&path, data)
+}
+
+/// Reads `[start, end]` (inclusive) through `daemon` and checks the answer against the blob.
+fn read_range(daemon: &DaemonInfo, origin: &Origin, blob: &OriginFile, start: u64, end: u64) {
+    let range = format!("bytes={start}-{end}");
+    let reply = mirror_get(daemon, origin, &blob.path, &[("range", &range)]);
+    assert_eq!(reply.status, 206, "{range} through {}", daemon.name);
+    assert_eq!(
+        reply.header("content-range"),
+        format!("bytes {start}-{end}/{}", blob.len())
+    );
+    let slice = &blob.data[start as usize..=end as usize];
+    assert_eq!(
+        sha256_hex(&reply.body),
+        sha256_hex(slice),
+        "{range} bytes differ from the blob's"
+    );
+}
+
+fn bytes_from_parents(daemon: &DaemonInfo) -> f64 {
+    daemon.metrics().sum(
+        "damselfly_download_traffic_bytes_total",
+        &[("type", "remote_peer")],
+    )
+}
+
+/// Two ranges of a 64 MiB blob: the origin serves only the two pieces covering them; a second
+/// host reading the same ranges takes them from the first, not the origin.
+#[test]
+fn ranges_fetch_only_their_pieces_and_peers_share_them() {
+    let mut cluster = Cluster::new("lazy-ranges");
+    cluster.start_scheduler();
+    let a = cluster.start_daemon(DaemonOpts::default());
+    let b = cluster.start_daemon(DaemonOpts::default());
+    let origin = Origin::start();
+    let blob = add_blob(&origin, BLOB_LEN);
+    // Piece 1 (inside it) and piece 10 (inside it, not aligned).
+    let ranges = [
+        (5 * MIB as u64, 6 * MIB as u64 - 1),
+        (40 * MIB as u64 + 100, 41 * MIB as u64 + 99),
+    ];
+
+    for &(start, end) in &ranges {
+        read_range(&a, &origin, &blob, start, end);
+    }
+    let first = origin.served();
+    assert_eq!(
+        first,
+        2 * PIECE,
+        "the first host should fetch exactly the 2 covering pieces of 16"
+    );
+    let gets: Vec<_> = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == blob.path)
+        .collect();
+    assert!(
+        gets.iter().all(|r| r.range.is_some()),
+        "every origin GET is ranged: {:?}",
+        gets.iter().map(|r| r.range.clone()).collect::<Vec<_>>()
+    );
+
+    for &(start, end) in &ranges {
+        read_range(&b, &origin, &blob, start, end);
+    }
+    assert_eq!(
+        origin.served(),
+        first,
+        "the second host took bytes from the origin instead of the first host"
+    );
+    assert!(
+        bytes_from_parents(&b) >= (2 * PIECE) as f64,
+        "the second host's pieces did not come from a parent"
+    );
+    cluster.assert_no_panics();
+}
+
+/// With `X-Dragonfly-Prefetch: true` the daemon serves the range, then fetches the rest of the
+/// blob in the background: the origin serves the blob once in total, and a later whole GET
+/// is a cache hit.
+#[test]
+fn prefetch_fetches_the_blob_once() {
+    let mut cluster = Cluster::new("lazy-prefetch");
+    cluster.start_scheduler();
+    let a = cluster.start_daemon(DaemonOpts::default());
+    let origin = Origin::start();
+    let blob = add_blob(&origin, BLOB_LEN);
+    let range = format!("bytes={}-{}", 20 * MIB, 21 * MIB - 1);
+    let reply = mirror_get(
+        &a,
+        &origin,
+        &blob.path,
+        &[("range", &range), ("x-dragonfly-prefetch", "true")],
+    );
+    assert_eq!(reply.status, 206);
+    assert_eq!(
+        sha256_hex(&reply.body),
+        sha256_hex(&blob.data[20 * MIB..21 * MIB])
+    );
+    let finished = || {
+        a.metrics()
+            .sum("damselfly_download_task_total", &[("result", "finished")])
+            >= 1.0
+    };
+    assert!(
+        wait_until(DEFAULT_DFGET_TIMEOUT, finished),
+        "the prefetch did not finish the task"
+    );
+    assert_eq!(
+        origin.served(),
+        BLOB_LEN as u64,
+        "range + prefetch should fetch the blob exactly once"
+    );
+    let whole = mirror_get(&a, &origin, &blob.path, &[]);
+    assert_eq!(whole.status, 200);
+    assert_eq!(sha256_hex(&whole.body), blob.sha256);
+    assert_eq!(whole.header("x-dragonfly-task-download-finished"), "true");
+    assert_eq!(
+        origin.served(),
+        BLOB_LEN as u64,
+        "the cached blob was fetched again"
+    );
+    cluster.assert_no_panics();
+}
+
+/// Several ranges in one request: a `multipart/byteranges` answer whose parts are the blob's
+/// bytes, fetching only the covering pieces.
+#[test]
+fn several_ranges_are_answered_multipart() {
+    let mut cluster = Cluster::new("lazy-multi");
+    cluster.start_scheduler();
+    let a = cluster.start_daemon(DaemonOpts::default());
+    let origin = Origin::start();
+    let blob = add_blob(&origin, BLOB_LEN);
+    let total = blob.len() as u64;
+    let reply = mirror_get(
+        &a,
+        &origin,
+        &blob.path,
+        &[("range", "bytes=0-99, 9437184-9437283, -100")],
+    );
+    assert_eq!(reply.status, 206);
+    let content_type = reply.header("content-type");
+    let boundary = content_type
+        .strip_prefix("multipart/byteranges; boundary=")
+        .unwrap_or_else(|| panic!("not multipart: {content_type}"));
+    assert_eq!(reply.header("content-length"), reply.body.len().to_string());
+    let parts = parse_multipart(&reply.body, boundary);
+    let expected = [(0u64, 99u64), (9437184, 9437283), (total - 100, total - 1)];
+    assert_eq!(parts.len(), expected.len());
+    for ((range, bytes), (start, end)) in parts.iter().zip(expected) {
+        assert_eq!(range, &format!("bytes {start}-{end}/{total}"));
+        assert_eq!(bytes.as_slice(), &blob.data[start as usize..=end as usize]);
+    }
+    assert_eq!(
+        origin.served(),
+        3 * PIECE,
+        "only pieces 0, 2 and 15 should come from the origin"
+    );
+    cluster.assert_no_panics();
+}
+
+/// `dfget --range FIRST-LAST` writes just those bytes, fetching only their pieces.
+#[test]
+fn dfget_range_writes_the_slice() {
+    let mut cluster = Cluster::new("lazy-dfget");
+    cluster.start_scheduler();
+    let a = cluster.start_daemon(DaemonOpts::default());
+    let origin = Origin::start();
+    let blob = add_blob(&origin, BLOB_LEN);
+    let out = cluster.path("slice.bin");
+    let (start, end) = (30 * MIB + 7, 31 * MIB + 6);
+    let range = format!("{start}-{end}");
+    let result = cluster.dfget(&a.socket, &blob.url, &out, &["--range", &range]);
+    assert!(result.success(), "dfget failed: {}", result.stderr);
+    assert_eq!(
+        sha256_file(&out),
+        sha256_hex(&blob.data[start..=end]),
+        "the output is not the slice"
+    );
+    assert!(
+        origin.served() <= 2 * PIECE,
+        "dfget --range fetched {} bytes from the origin",
+        origin.served()
+    );
+    cluster.assert_no_panics();
+}
+
+/// A client's reading of a `multipart/byteranges` body: (Content-Range, bytes) per part.
+fn parse_multipart(body: &[u8], boundary: &str) -> Vec<(String, Vec<u8>)> {
+    let delimiter = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut rest = body;
+    while let Some(at) = find(rest, delimiter.as_bytes()) {
+        rest = &rest[at + delimiter.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let head_end = find(rest, b"\r\n\r\n").expect("part headers end");
+        let head = String::from_utf8_lossy(&rest[..head_end]).to_string();
+        let range = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Range: "))
+            .expect("part Content-Range")
+            .to_string();
+        let (_, total) = range.rsplit_once('/').unwrap();
+        let (first, last) = range
+            .trim_start_matches("bytes ")
+            .trim_end_matches(&format!("/{total}"))
+            .split_once('-')
+            .unwrap();
+        let len = (last.parse::<usize>().unwrap() - first.parse::<usize>().unwrap()) + 1;
+        let data = &rest[head_end + 4..head_end + 4 + len];
+        parts.push((range, data.to_vec()));
+        rest = &rest[head_end + 4 + len..];
+    }
+    parts
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
