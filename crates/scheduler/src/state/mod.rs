@@ -196,6 +196,7 @@ mod tests {
                 number: 1,
                 ..Default::default()
             },
+            now,
         )
         .unwrap();
         s.finish("p0", Terminal::BackToSourceFinished, now).unwrap();
@@ -203,18 +204,18 @@ mod tests {
         // The same range elsewhere: p0 is its parent.
         s.register("h1", "t", "p1", ranged(5 << 20, 100), now)
             .unwrap();
-        assert_eq!(s.find_candidate_parents("p1"), vec!["p0".to_string()]);
+        assert_eq!(s.find_candidate_parents("p1", now), vec!["p0".to_string()]);
         // Another range: p0 has none of it, so the origin, at once.
         s.register("h1", "t", "p2", ranged(40 << 20, 100), now)
             .unwrap();
-        assert!(s.find_candidate_parents("p2").is_empty());
+        assert!(s.find_candidate_parents("p2", now).is_empty());
         assert!(matches!(
             s.schedule_once("p2", 0, now),
             Step::Decided(Decision::BackToSource(_))
         ));
         // A whole-task peer does not take p0 (it holds 1 piece of 16).
         s.register("h2", "t", "p3", download(), now).unwrap();
-        assert!(s.find_candidate_parents("p3").is_empty());
+        assert!(s.find_candidate_parents("p3", now).is_empty());
     }
 
     #[test]
