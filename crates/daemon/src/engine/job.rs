@@ -9,7 +9,7 @@ use super::{finish, origin, p2p};
 use crate::context::{limiter, Context};
 use crate::error::{DaemonError, DownloadError};
 use crate::metrics;
-use damselfly_core::{Digest, PieceLayout, PieceSpan};
+use damselfly_core::{Digest, OriginReason, PieceLayout, PieceSpan};
 use damselfly_transfer::{Backend, RateLimiter};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +37,8 @@ impl JobState {
 pub struct JobHandle {
     pub peer_id: String,
     pub state: Arc<watch::Sender<JobState>>,
+    /// Why the job went to the origin, once it did (a job goes there at most once).
+    pub origin: Arc<OnceLock<OriginReason>>,
 }
 
 impl JobHandle {
@@ -44,6 +46,7 @@ impl JobHandle {
         Self {
             peer_id,
             state: Arc::new(watch::channel(JobState::Preparing).0),
+            origin: Arc::new(OnceLock::new()),
         }
     }
 
@@ -69,6 +72,8 @@ pub struct JobCtx<'a> {
     /// Set once the assembled content matched the request's whole-file digest (or there
     /// is none), so it is hashed once.
     pub content_verified: OnceLock<ContentVerified>,
+    /// Why this job's bytes come from the origin, shared with its callers.
+    pub origin: &'a OnceLock<OriginReason>,
 }
 
 /// The content matched the request's digest.
@@ -78,6 +83,16 @@ pub struct ContentVerified;
 impl JobCtx<'_> {
     pub fn task_id(&self) -> &str {
         &self.request.task_id
+    }
+
+    /// Records why the job goes to the origin (the first reason stands), counts it and logs
+    /// it; callers see it with the origin's pieces.
+    pub fn going_to_origin(&self, reason: OriginReason) {
+        info!(reason = %reason, "downloading from the origin");
+        let code = reason.code();
+        if self.origin.set(reason).is_ok() {
+            metrics::back_to_source(code);
+        }
     }
 
     /// Limiters for bytes from parents.
@@ -123,6 +138,7 @@ pub async fn run(
         task_limiter: limiter(request.rate_limit.unwrap_or(0)),
         origin_ranges: AtomicBool::new(true),
         content_verified: OnceLock::new(),
+        origin: &handle.origin,
     };
     let outcome = tokio::select! {
         result = download(&job, &handle.state) => result,
@@ -261,9 +277,13 @@ async fn start(
         piece_length: task.piece_length,
         response_header: stat.headers.clone(),
     };
-    state.send_replace(JobState::Running(shape.clone()));
     let layout = task.layout();
     let missing = missing_pieces(job, &layout)?;
+    if goes_straight_to_origin(job, &layout) && !missing.is_empty() {
+        // Known before the first byte, so the proxy can name it in its response headers.
+        job.going_to_origin(OriginReason::SmallFile);
+    }
+    state.send_replace(JobState::Running(shape.clone()));
     if missing.is_empty() {
         return Ok((shape, None));
     }
@@ -271,14 +291,19 @@ async fn start(
     Ok((shape, Some((layout, missing))))
 }
 
-/// Small content goes straight to the origin (a single piece gains nothing from a swarm),
-/// the rest through the scheduler.
+/// Small content goes straight to the origin (a single piece gains nothing from a swarm).
+fn goes_straight_to_origin(job: &JobCtx<'_>, layout: &PieceLayout) -> bool {
+    layout.is_small() && !job.request.disable_back_to_source
+}
+
+/// Small content from the origin (its reason recorded in `start`), the rest through the
+/// scheduler.
 async fn fetch_missing(
     job: &JobCtx<'_>,
     layout: PieceLayout,
     mut missing: BTreeMap<u32, PieceSpan>,
 ) -> Result<(), DaemonError> {
-    if layout.is_small() && !job.request.disable_back_to_source {
+    if goes_straight_to_origin(job, &layout) {
         return origin::fetch(job, &mut missing, None).await;
     }
     p2p::download(job, layout, missing).await
@@ -313,9 +338,10 @@ async fn whole_body(
     if request.disable_back_to_source {
         return Err(DaemonError::BackToSourceDisabled {
             url: request.url.clone(),
-            reason: "the origin gives no content length, so peers cannot share it".into(),
+            reason: OriginReason::NoContentLength.to_string(),
         });
     }
+    job.going_to_origin(OriginReason::NoContentLength);
     let piece_length = request
         .piece_length
         .unwrap_or(damselfly_core::MIN_PIECE_LENGTH);

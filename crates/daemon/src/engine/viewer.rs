@@ -10,9 +10,10 @@ use super::request::TaskRequest;
 use super::Engine;
 use crate::error::DownloadError;
 use crate::metrics::{self, Traffic};
+use damselfly_core::OriginReason;
 use damselfly_storage::{PieceEvent, PieceMetadata};
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info};
 
@@ -65,8 +66,10 @@ async fn serve_task(
             return local_hit(engine, request, viewer, task.content_length).await;
         }
     }
-    let (peer_id, mut state) = engine.join_or_start(request);
-    let mut viewer = Viewer::new(sink, request, peer_id);
+    let joined = engine.join_or_start(request);
+    let mut state = joined.state;
+    let mut viewer = Viewer::new(sink, request, joined.peer_id);
+    viewer.origin = Some(joined.origin);
     // Subscribe before listing pieces, so none is missed in between.
     let mut events = ctx.storage.subscribe(&request.task_id);
     let shape = wait_started(&mut state).await?;
@@ -219,6 +222,8 @@ struct Viewer<'a> {
     task_id: String,
     peer_id: String,
     sent: HashSet<u32>,
+    /// The job's origin reason until this caller was told it.
+    origin: Option<Arc<OnceLock<OriginReason>>>,
 }
 
 impl<'a> Viewer<'a> {
@@ -228,7 +233,15 @@ impl<'a> Viewer<'a> {
             task_id: request.task_id.clone(),
             peer_id,
             sent: HashSet::new(),
+            origin: None,
         }
+    }
+
+    /// The job's origin reason if it is known and this caller was not told yet.
+    fn untold_origin(&mut self) -> Option<OriginReason> {
+        let reason = self.origin.as_ref()?.get()?.clone();
+        self.origin = None;
+        Some(reason)
     }
 
     async fn send(&self, event: EngineEvent) -> Result<(), CallerGone> {
@@ -242,12 +255,14 @@ impl<'a> Viewer<'a> {
         landed: &[PieceMetadata],
         cached: bool,
     ) -> Result<(), CallerGone> {
+        let origin = self.untold_origin();
         self.send(EngineEvent::Started(Started {
             task_id: self.task_id.clone(),
             peer_id: self.peer_id.clone(),
             shape: shape.clone(),
             landed: landed.to_vec(),
             cached,
+            origin,
         }))
         .await
     }
@@ -259,6 +274,11 @@ impl<'a> Viewer<'a> {
     ) -> Result<(), CallerGone> {
         if !self.sent.insert(piece.number) {
             return Ok(());
+        }
+        if source == PieceSource::Origin {
+            if let Some(reason) = self.untold_origin() {
+                self.send(EngineEvent::Origin(reason)).await?;
+            }
         }
         self.send(EngineEvent::Piece(piece.clone(), source)).await
     }

@@ -39,6 +39,7 @@ impl State {
                         assigned_tx_bandwidth: 0,
                         active_children: 0,
                         peers: BTreeSet::new(),
+                        traffic: HostTraffic::default(),
                     },
                 );
             }
