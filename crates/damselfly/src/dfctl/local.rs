@@ -134,8 +134,15 @@ pub struct TaskDetail {
     pub pieces_from_origin: u64,
     /// Missing piece numbers as ranges, `0-3,7`; empty when none is missing.
     pub pieces_missing: String,
-    /// Parent peer → pieces it gave, most first.
-    pub parents: Vec<(String, u64)>,
+    /// The parents that gave pieces, most first.
+    pub parents: Vec<ParentPieces>,
+}
+
+/// A parent peer and how many of the task's pieces it gave.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ParentPieces {
+    pub peer_id: String,
+    pub pieces: u64,
 }
 
 /// The daemon's record of one task with its pieces.
@@ -172,8 +179,15 @@ fn detail(task: LocalTask, pieces: &[Piece]) -> TaskDetail {
         *parents.entry(parent.clone()).or_default() += 1;
     }
     let from_peers: u64 = parents.values().sum();
-    let mut parents: Vec<(String, u64)> = parents.into_iter().collect();
-    parents.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut parents: Vec<ParentPieces> = parents
+        .into_iter()
+        .map(|(peer_id, pieces)| ParentPieces { peer_id, pieces })
+        .collect();
+    parents.sort_by(|a, b| {
+        b.pieces
+            .cmp(&a.pieces)
+            .then_with(|| a.peer_id.cmp(&b.peer_id))
+    });
     let have: BTreeSet<u64> = pieces.iter().map(|p| u64::from(p.number)).collect();
     let total = task.pieces;
     TaskDetail {
@@ -218,7 +232,7 @@ pub fn print_detail(task: &TaskDetail, output: Output) -> anyhow::Result<String>
     let parents: Vec<String> = task
         .parents
         .iter()
-        .map(|(p, n)| format!("{p} ({n})"))
+        .map(|p| format!("{} ({})", p.peer_id, p.pieces))
         .collect();
     let rows = [
         ("ID", t.id.clone()),
@@ -302,7 +316,13 @@ mod tests {
         assert_eq!((d.pieces_done, d.pieces_total), (3, 4));
         assert_eq!((d.pieces_from_peers, d.pieces_from_origin), (2, 1));
         assert_eq!(d.pieces_missing, "2");
-        assert_eq!(d.parents, vec![("a".to_string(), 2)]);
+        assert_eq!(
+            d.parents,
+            vec![ParentPieces {
+                peer_id: "a".into(),
+                pieces: 2
+            }]
+        );
         let table = print_detail(&d, Output::Table).unwrap();
         assert!(table.contains("PIECES        3/4"), "{table}");
     }
