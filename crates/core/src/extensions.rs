@@ -27,6 +27,23 @@ pub const RATION_METADATA_KEY: &str = "x-damselfly-ration";
 /// The value of [`RATION_METADATA_KEY`].
 pub const RATION_EXCLUSIVE: &str = "exclusive";
 
+/// DownloadTask response trailer (gRPC metadata sent with the final OK status) of a download
+/// that took bytes from the origin: why, as an [`crate::OriginReason`] description. dfget
+/// prints it in its summary; official clients ignore it.
+pub const ORIGIN_REASON_TRAILER: &str = "x-damselfly-origin-reason";
+
+/// HTTP response header of the proxy with the same text, when the reason is known before the
+/// headers go out.
+pub const ORIGIN_REASON_HEADER: &str = "X-Damselfly-Origin-Reason";
+
+/// `DfdaemonDownload.StatTask` request metadata: with the value [`STAT_VIEW_LOCAL`], a
+/// Damselfly daemon answers from its own record, with its stored pieces (`dfctl task show`),
+/// instead of asking the scheduler. Official daemons ignore it.
+pub const STAT_VIEW_METADATA_KEY: &str = "x-damselfly-stat-view";
+
+/// The value of [`STAT_VIEW_METADATA_KEY`].
+pub const STAT_VIEW_LOCAL: &str = "local";
+
 /// Whether a comma-separated feature list names `feature`.
 pub fn has_feature(list: &str, feature: &str) -> bool {
     list.split(',').any(|f| f.trim() == feature)

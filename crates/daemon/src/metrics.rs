@@ -38,6 +38,7 @@ struct Metrics {
     tasks: IntCounterVec,
     pieces: IntCounterVec,
     rejected: IntCounterVec,
+    back_to_source: IntCounterVec,
     duration: Histogram,
 }
 
@@ -73,6 +74,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "damselfly_download_piece_rejected_total",
         "Pieces from parents refused because their bytes failed a digest check",
         &["check"],
+    ),
+    back_to_source: counter_vec(
+        "damselfly_download_back_to_source_total",
+        "Downloads that went to the origin, by reason (damselfly_core::OriginReason codes)",
+        &["reason"],
     ),
     duration: register(
         Histogram::with_opts(
@@ -114,6 +120,11 @@ pub fn piece_rejected(check: PieceCheckKind) {
         PieceCheckKind::Crc32 => "crc32",
     };
     METRICS.rejected.with_label_values(&[label]).inc();
+}
+
+/// A download went to the origin; `reason` is an `OriginReason` code.
+pub fn back_to_source(reason: &str) {
+    METRICS.back_to_source.with_label_values(&[reason]).inc();
 }
 
 pub fn task_started() {

@@ -1,6 +1,6 @@
 //! End-to-end: a file preheat over the scheduler's JSON API (driven with dfctl), a dfget that
-//! then takes nothing from the origin, and dfctl's task listing and removal checked against
-//! the daemon. Images: see `e2e_registry.rs`.
+//! then takes nothing from the origin, and dfctl's task listing, showing and removal checked
+//! against the daemon. Images: see `e2e_registry.rs`.
 
 mod common;
 
@@ -153,6 +153,7 @@ fn dfctl_lists_and_removes_the_daemons_tasks() {
     let id = task["id"].as_str().unwrap().to_string();
     let (ok, table, _) = dfctl(&["task", "ls", "-e", &socket]);
     assert!(ok && table.starts_with("ID") && table.contains(&id) && table.contains(&file.url));
+    assert_task_shown(&socket, &id, &file);
     let held: Vec<_> = walk(&daemon.storage)
         .into_iter()
         .filter(|p| p.contains(&id))
@@ -182,6 +183,34 @@ fn dfctl_lists_and_removes_the_daemons_tasks() {
     let (ok, _, stderr) = dfctl(&["task", "rm", &id, "-e", &socket]);
     assert!(!ok && stderr.contains("not"), "removing twice: {stderr}");
     c.assert_no_panics();
+}
+
+/// `dfctl task show` names the task's URL, size and state, and counts its pieces: all there,
+/// all from the origin (the only daemon went there itself).
+fn assert_task_shown(socket: &str, id: &str, file: &OriginFile) {
+    let (ok, out, _) = dfctl(&["task", "show", id, "-e", socket, "-o", "json"]);
+    assert!(ok);
+    let shown = json(&out);
+    assert_eq!(shown["id"], id);
+    assert_eq!(shown["url"], file.url.as_str());
+    assert_eq!(shown["content_length"], file.len() as u64);
+    assert_eq!(shown["state"], "Succeeded");
+    let total = shown["pieces_total"].as_u64().unwrap();
+    assert!(total >= 2, "{shown}");
+    assert_eq!(shown["pieces_done"], total);
+    assert_eq!(shown["pieces_from_origin"], total);
+    assert_eq!(shown["pieces_from_peers"], 0);
+    assert_eq!(shown["pieces_missing"], "");
+    assert!(shown["last_access"].is_string(), "{shown}");
+    let (ok, table, _) = dfctl(&["task", "show", id, "-e", socket]);
+    assert!(ok, "{table}");
+    assert!(
+        table.contains(&format!("PIECES        {total}/{total}")),
+        "{table}"
+    );
+    assert!(table.contains(&file.url), "{table}");
+    let (ok, _, stderr) = dfctl(&["task", "show", "no-such-task", "-e", socket]);
+    assert!(!ok && stderr.contains("not"), "{stderr}");
 }
 
 /// Every file path under `dir`.

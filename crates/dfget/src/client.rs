@@ -3,6 +3,7 @@
 
 use crate::error::DfgetError;
 use crate::progress::{Progress, Traffic};
+use damselfly_core::extensions::ORIGIN_REASON_TRAILER;
 use dragonfly_api::common::v2::{Download, ObjectStorage, Range, TaskType};
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_client::DfdaemonDownloadClient;
 use dragonfly_api::dfdaemon::v2::download_task_response::Response;
@@ -192,6 +193,13 @@ pub async fn download(
             Ok(None) => break,
             Err(status) => return Err(DfgetError::from_status(&status, socket)),
         }
+    }
+    // Read after the end; a daemon that sends no reason (an official one) leaves it unset.
+    if let Ok(Some(trailers)) = stream.trailers().await {
+        traffic.origin_reason = trailers
+            .get(ORIGIN_REASON_TRAILER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
     }
     traffic.settle();
     progress.update(&traffic);

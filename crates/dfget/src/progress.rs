@@ -37,6 +37,9 @@ pub struct Traffic {
     pub from_local: u64,
     /// The daemon said the task was already complete in its cache when it started.
     pub complete_at_start: bool,
+    /// Why the daemon went to the origin, as it said in the call's trailers (Damselfly
+    /// daemons only).
+    pub origin_reason: Option<String>,
     seen: HashSet<u32>,
 }
 
@@ -91,6 +94,9 @@ impl Traffic {
                 ", source not reported {}",
                 HumanBytes(self.unattributed())
             ));
+        }
+        if let Some(reason) = self.origin_reason.as_ref().filter(|_| self.from_origin > 0) {
+            line.push_str(&format!("; origin reason: {reason}"));
         }
         line
     }
@@ -284,6 +290,24 @@ mod tests {
         assert!(line.contains("(1.50 MiB/s)"), "{line}");
         assert!(
             line.contains("from peers 2.00 MiB, origin 1.00 MiB, local cache 0 B"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn summary_names_the_origin_reason_only_with_origin_bytes() {
+        let mut t = Traffic {
+            origin_reason: Some("small-file: the file fits in one piece".into()),
+            ..Traffic::default()
+        };
+        t.record(&piece(0, 1024, Some(TrafficType::RemotePeer), Some("p")));
+        let out = std::path::Path::new("/tmp/out");
+        let line = t.summary(Duration::from_secs(1), out);
+        assert!(!line.contains("origin reason"), "{line}");
+        t.record(&piece(1, 1024, Some(TrafficType::BackToSource), None));
+        let line = t.summary(Duration::from_secs(1), out);
+        assert!(
+            line.ends_with("; origin reason: small-file: the file fits in one piece"),
             "{line}"
         );
     }

@@ -6,8 +6,13 @@
 //! | `POST /api/v1/jobs` | start a preheat job (Dragonfly manager's body); token required |
 //! | `GET /api/v1/jobs` | every kept job, newest first |
 //! | `GET /api/v1/jobs/{id}` | one job: state, progress, result |
-//! | `GET /api/v1/hosts` | announced hosts |
-//! | `GET /api/v1/tasks` | known tasks with their peers |
+//! | `GET /api/v1/hosts` | announced hosts, with the bytes their peers moved |
+//! | `GET /api/v1/tasks` | known tasks with their peers, byte sources and origin reasons |
+//! | `GET /api/v1/tasks/{id}` | one task with its flow: parent → child edges with bytes |
+//! | `DELETE /api/v1/tasks/{id}` | forget the task in the scheduler (nodes keep their caches); token required |
+//! | `GET /api/v1/console` | `{"writable": bool}`: whether a token is configured |
+//! | `GET /api/v1/events` | server-sent events for the console (`console::events`) |
+//! | `GET /`, `/console`, `/console/*` | the console page (`console`) |
 //! | `GET /healthy` | 200 |
 //!
 //! Reads are open. Routes that change something need `Authorization: Bearer <server.http.token>`,
@@ -16,21 +21,23 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use futures::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use crate::console::{self, views, Change};
 use crate::preheat::{self, spec::JobRequest};
 use crate::service::Shared;
-use crate::state::State;
 use crate::SchedulerError;
 
 /// Largest request body accepted (a preheat job is a few hundred bytes).
@@ -38,7 +45,7 @@ pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 /// Route prefix, Dragonfly manager's.
 pub const API_PREFIX: &str = "/api/v1";
 
-type ApiResponse = Response<Full<Bytes>>;
+type ApiResponse = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
 /// A refusal: its status and the message sent as `{"error": …}`.
 struct ApiError {
@@ -86,11 +93,27 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> ApiResponse
     let path = request.uri().path().trim_end_matches('/').to_string();
     let span = tracing::info_span!("api", %method, %path);
     async {
+        let asset = console::asset(&path).filter(|_| method == Method::GET);
+        if let Some((content_type, body)) = asset {
+            return asset_response(content_type, body);
+        }
         let route = path.strip_prefix(API_PREFIX).unwrap_or(&path);
         let result = match (&method, route) {
             (&Method::GET, "/healthy") => Ok(text(StatusCode::OK, "OK")),
-            (&Method::GET, "/hosts") => Ok(ok(shared.with_state(|s| hosts_json(s)))),
-            (&Method::GET, "/tasks") => Ok(ok(shared.with_state(|s| tasks_json(s)))),
+            (&Method::GET, "/hosts") => Ok(ok(shared.with_state(|s| views::hosts_json(s)))),
+            (&Method::GET, "/tasks") => Ok(ok(shared.with_state(|s| views::tasks_json(s)))),
+            (&Method::GET, "/console") => Ok(ok(json!({ "writable": token(shared).is_some() }))),
+            (&Method::GET, "/events") => Ok(event_stream(shared)),
+            (&Method::GET, r) if r.starts_with("/tasks/") => {
+                let id = &r["/tasks/".len()..];
+                match shared.with_state(|s| views::task_flow_json(s, id)) {
+                    Some(view) => Ok(ok(view)),
+                    None => Err(error(StatusCode::NOT_FOUND, format!("no task {id}"))),
+                }
+            }
+            (&Method::DELETE, r) if r.starts_with("/tasks/") => {
+                forget_task(shared, &request, &r["/tasks/".len()..])
+            }
             (&Method::GET, "/jobs") => Ok(ok(json!(shared.preheat.list()))),
             (&Method::POST, "/jobs") => create_job(shared, request).await,
             (&Method::GET, r) if r.starts_with("/jobs/") => {
@@ -137,16 +160,47 @@ async fn create_job(
     Ok(json_response(StatusCode::CREATED, &json!(view)))
 }
 
-/// Mutations need the configured token; without one the API is read-only.
-fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), ApiError> {
-    let Some(token) = shared
+/// The console's live updates, until the scheduler stops.
+fn event_stream(shared: &Shared) -> ApiResponse {
+    let body = console::events::stream(shared.console.subscribe(), shared.stop_signal())
+        .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(body)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The scheduler forgets the task (its peers and flow): the next download starts it anew.
+fn forget_task(
+    shared: &Shared,
+    request: &Request<Incoming>,
+    task_id: &str,
+) -> Result<ApiResponse, ApiError> {
+    authorize(shared, request)?;
+    let removed = shared.with_state(|s| s.forget_task(task_id));
+    if !removed {
+        return Err(error(StatusCode::NOT_FOUND, format!("no task {task_id}")));
+    }
+    tracing::info!(%task_id, "task forgotten on request");
+    shared.console.publish(Change::Task(task_id.to_string()));
+    Ok(ok(json!({ "removed": task_id })))
+}
+
+/// The configured token, if any (an empty one is none).
+fn token(shared: &Shared) -> Option<&str> {
+    shared
         .config
         .server
         .http
         .token
         .as_deref()
         .filter(|t| !t.is_empty())
-    else {
+}
+
+/// Mutations need the configured token; without one the API is read-only.
+fn authorize(shared: &Shared, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(token) = token(shared) else {
         return Err(error(
             StatusCode::FORBIDDEN,
             "the API is read-only: set server.http.token to allow changes".into(),
@@ -182,76 +236,6 @@ fn from_scheduler(e: SchedulerError) -> ApiError {
     error(status, e.to_string())
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
-fn hosts_json(state: &State) -> Value {
-    let hosts: Vec<Value> = state
-        .hosts()
-        .into_iter()
-        .map(|h| {
-            let a = &h.announced;
-            let disk = a.disk.as_ref();
-            json!({
-                "id": h.id,
-                "type": if h.host_type.is_seed() { "seed" } else { "normal" },
-                "hostname": a.hostname,
-                "ip": a.ip,
-                "port": a.port,
-                "download_port": a.download_port,
-                "idc": a.network.as_ref().and_then(|n| n.idc.clone()),
-                "location": a.network.as_ref().and_then(|n| n.location.clone()),
-                "max_tx_bandwidth": h.max_tx_bandwidth(),
-                "assigned_tx_bandwidth": h.assigned_tx_bandwidth,
-                "active_children": h.active_children,
-                "disk_total": disk.map(|d| d.total),
-                "disk_used": disk.map(|d| d.used),
-                "peers": h.peers.len(),
-                "seconds_since_announce": h.last_announce.elapsed().as_secs(),
-            })
-        })
-        .collect();
-    Value::Array(hosts)
-}
-
-fn tasks_json(state: &State) -> Value {
-    let tasks: Vec<Value> = state
-        .tasks()
-        .into_iter()
-        .map(|t| {
-            let peers: Vec<Value> = t
-                .peers
-                .iter()
-                .filter_map(|id| state.peer(id))
-                .map(|p| {
-                    let host = state.host(&p.host_id).map(|h| &h.announced);
-                    json!({
-                        "id": p.id,
-                        "host_id": p.host_id,
-                        "ip": host.map(|h| h.ip.clone()),
-                        "hostname": host.map(|h| h.hostname.clone()),
-                        "state": p.state.name(),
-                        "back_to_source": t.back_to_source_peers.contains(&p.id),
-                    })
-                })
-                .collect();
-            json!({
-                "id": t.id,
-                "url": t.url,
-                "state": t.state.name(),
-                "content_length": t.content_length,
-                "piece_length": t.piece_length,
-                "piece_count": t.piece_count,
-                "peers": peers,
-                "created_at": rfc3339(t.created_at),
-                "updated_at": rfc3339(t.updated_at),
-            })
-        })
-        .collect();
-    Value::Array(tasks)
-}
-
 fn ok(value: Value) -> ApiResponse {
     json_response(StatusCode::OK, &value)
 }
@@ -262,7 +246,7 @@ fn error(status: StatusCode, message: String) -> ApiError {
 
 fn json_response(status: StatusCode, value: &Value) -> ApiResponse {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -271,7 +255,19 @@ fn json_response(status: StatusCode, value: &Value) -> ApiResponse {
 }
 
 fn text(status: StatusCode, body: &'static str) -> ApiResponse {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response
+}
+
+fn asset_response(content_type: &'static str, body: &'static str) -> ApiResponse {
+    let mut response = text(StatusCode::OK, body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn full(bytes: Bytes) -> UnsyncBoxBody<Bytes, Infallible> {
+    BodyExt::boxed_unsync(Full::new(bytes))
 }

@@ -10,11 +10,14 @@
 //! - [`serve`] runs the gRPC service (plus `grpc.health.v1`) on a listener and is embeddable;
 //!   [`serve_metrics`] serves `/metrics` and `/healthy`;
 //! - [`preheat`] jobs fetch files or images onto seed peers ahead of a rollout, started over
-//!   gRPC or the JSON HTTP API ([`api`]), which also lists hosts and tasks.
+//!   gRPC or the JSON HTTP API ([`api`]), which also lists hosts and tasks;
+//! - the [`console`] page, on the same listener, shows the swarm live and why peers went to
+//!   the origin.
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 mod error;
 pub mod fsm;
 pub mod metrics;

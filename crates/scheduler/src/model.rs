@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
+pub use damselfly_core::OriginReason;
 use dragonfly_api::common::v2 as pb;
 use tonic::Status;
 
@@ -82,6 +83,8 @@ pub struct Host {
     pub peers: BTreeSet<String>,
     /// What its children say it served lately (piece reports).
     pub upload: crate::upload::UploadMeter,
+    /// Bytes its peers moved, for the console.
+    pub traffic: crate::state::HostTraffic,
 }
 
 impl Host {
@@ -137,6 +140,8 @@ pub struct Task {
     /// Piece number → its `sha256:` digest from a peer that fetched it from the origin.
     pub piece_digests: BTreeMap<u32, crate::state::TrustedDigest>,
     pub seed: SeedTrigger,
+    /// Who fed whom, for the console.
+    pub flow: crate::state::TaskFlow,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
 }
@@ -150,7 +155,12 @@ pub struct Peer {
     pub state: PeerState,
     pub priority: i32,
     pub range: Option<pb::Range>,
-    pub need_back_to_source: bool,
+    /// Set when the peer must fetch from the origin, with why (the register asked for it, a
+    /// seed host, priority LEVEL3, no seed for a new task).
+    pub need_back_to_source: Option<OriginReason>,
+    /// Why the peer went to the origin, once it did: our decision's reason, replaced by the
+    /// daemon's own description when it reports `DownloadPeerBackToSourceStarted`.
+    pub origin_reason: Option<OriginReason>,
     pub disable_back_to_source: bool,
     pub concurrent_piece_count: u32,
     pub finished_pieces: BTreeSet<u32>,
@@ -263,6 +273,7 @@ impl Task {
             back_to_source_peers: HashSet::new(),
             piece_digests: BTreeMap::new(),
             seed: SeedTrigger::Idle,
+            flow: Default::default(),
             created_at: now,
             updated_at: now,
         }
@@ -311,7 +322,8 @@ impl Peer {
             state: PeerState::Pending,
             priority: download.priority,
             range: download.range,
-            need_back_to_source: false,
+            need_back_to_source: None,
+            origin_reason: None,
             disable_back_to_source: download.disable_back_to_source,
             concurrent_piece_count: download
                 .concurrent_piece_count

@@ -116,5 +116,6 @@ fn sweep(shared: &Shared, what: &str, f: impl FnOnce(&mut crate::state::State, I
     let removed = shared.with_state(|s| f(s, now));
     if removed > 0 {
         tracing::info!(removed, "{what} GC removed expired entries");
+        shared.console.publish(crate::console::Change::All);
     }
 }

@@ -18,11 +18,12 @@ use tracing::{instrument, Instrument};
 
 use crate::auth::{Authority, Caller};
 use crate::config::SchedulerConfig;
+use crate::console::{Change, Events};
 use crate::fsm::{PeerEvent, SizeScope};
 use crate::metrics::{self, metrics};
 use crate::preheat::{self, Jobs, PreheatSpec};
 use crate::seed;
-use crate::state::{Decision, Policy, Push, State, Step, Terminal};
+use crate::state::{Decision, PieceOrigin, Policy, Push, State, Step, Terminal};
 use crate::SchedulerError;
 use damselfly_core::extensions::{
     has_feature, FEATURES_METADATA_KEY, FEATURE_PARENT_PUSH, FEATURE_PIECE_DIGESTS,
@@ -52,6 +53,8 @@ pub struct Shared {
     pub seed_tls: Option<Arc<rustls::ClientConfig>>,
     /// Preheat jobs (gRPC `PreheatImage`/`PreheatFile` and the HTTP API).
     pub preheat: Jobs,
+    /// Change notices for the console's live view.
+    pub console: Events,
 }
 
 impl Shared {
@@ -66,6 +69,7 @@ impl Shared {
             authority: Authority::default(),
             seed_tls: None,
             preheat: Jobs::default(),
+            console: Events::default(),
         }
     }
 
@@ -353,6 +357,7 @@ impl PeerSession {
                 ids.check(&request)?;
                 let flow = self.dispatch(&ids, inner).await;
                 self.shared.swarm_changed();
+                self.shared.console.publish(Change::Task(ids.task_id));
                 flow
             }
         }
@@ -384,6 +389,9 @@ impl PeerSession {
                 .with_pushers(|p| p.insert(ids.peer_id.clone(), tx));
         }
         self.shared.swarm_changed();
+        self.shared
+            .console
+            .publish(Change::Task(ids.task_id.clone()));
         tracing::info!(scope = ?registered.scope, "peer registered");
         if let Some(job) = registered.seed_job {
             metrics().seed_trigger("started");
@@ -502,8 +510,12 @@ impl PeerSession {
                 self.shared.deliver_pushes();
                 flow
             }
-            PeerRequest::DownloadPeerBackToSourceStartedRequest(_) => {
-                self.event(peer_id, PeerEvent::DownloadBackToSource)
+            PeerRequest::DownloadPeerBackToSourceStartedRequest(started) => {
+                let flow = self.event(peer_id, PeerEvent::DownloadBackToSource)?;
+                let description = started.description.as_deref();
+                self.shared
+                    .with_state(|s| s.origin_reported(peer_id, description))?;
+                Ok(flow)
             }
             PeerRequest::ReschedulePeerRequest(reschedule) => {
                 self.reschedule(ids, reschedule).await
@@ -607,8 +619,16 @@ impl PeerSession {
         let Some(piece) = piece else {
             return Err(Status::invalid_argument("piece report without a piece"));
         };
-        self.shared
-            .with_state(|s| s.piece_finished(peer_id, &piece, Instant::now()))?;
+        let origin = if default_label == "back_to_source" {
+            PieceOrigin::Origin
+        } else {
+            PieceOrigin::of(&piece)
+        };
+        self.shared.with_state(|s| {
+            s.piece_finished(peer_id, &piece, Instant::now())?;
+            s.record_flow(peer_id, &origin, piece.length);
+            Ok::<_, Status>(())
+        })?;
         // Fast parents for a child whose parents turned out slow (`state::topup`).
         self.shared.deliver_pushes();
         let label = if default_label == "back_to_source" {
@@ -691,6 +711,7 @@ impl Scheduler for SchedulerService {
         require("peer_id", &request.peer_id)?;
         self.shared
             .with_state(|s| s.delete_peer(&request.peer_id))?;
+        self.shared.console.publish(Change::Task(request.task_id));
         tracing::info!("peer deleted");
         Ok(Response::new(()))
     }
@@ -731,6 +752,7 @@ impl Scheduler for SchedulerService {
         require("task_id", &request.task_id)?;
         self.shared
             .with_state(|s| s.delete_task(&request.host_id, &request.task_id))?;
+        self.shared.console.publish(Change::Task(request.task_id));
         tracing::info!("task deleted from host");
         Ok(Response::new(()))
     }
@@ -756,6 +778,7 @@ impl Scheduler for SchedulerService {
         let (id, ip, port, host_type) = (host.id.clone(), host.ip.clone(), host.port, host.r#type);
         self.shared.with_state(|s| s.announce_host(host, now))?;
         tracing::debug!(%id, %ip, port, host_type, "host announced");
+        self.shared.console.publish(Change::Host(id));
         Ok(Response::new(()))
     }
 
@@ -782,6 +805,7 @@ impl Scheduler for SchedulerService {
         self.shared
             .with_state(|s| s.delete_host(&request.host_id))?;
         self.shared.authority.forget(&request.host_id);
+        self.shared.console.publish(Change::All);
         tracing::info!("host deleted");
         Ok(Response::new(()))
     }

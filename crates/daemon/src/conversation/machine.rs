@@ -4,7 +4,7 @@
 use super::round::{DrainReason, Round, RoundEnd};
 use super::{Action, Event, Fault, SchedulerLink, Settings};
 use crate::scheduler_client::Decision;
-use damselfly_core::PieceSpan;
+use damselfly_core::{OriginReason, PieceSpan};
 use dragonfly_api::common::v2::Peer;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -49,6 +49,9 @@ pub struct Conversation {
     banned: BTreeSet<String>,
     /// Why the scheduler session is gone, once it is.
     scheduler_lost: Option<String>,
+    /// The last error a parent gave (a failed piece or a broken SyncPieces stream), for the
+    /// back-to-source reason when parents did not deliver.
+    last_parent_error: Option<String>,
     /// The daemon is stopping: a running round ends, new ones end at once.
     shutdown_requested: bool,
     rng: StdRng,
@@ -75,6 +78,7 @@ impl Conversation {
             pushed: Vec::new(),
             banned: BTreeSet::new(),
             scheduler_lost: None,
+            last_parent_error: None,
             shutdown_requested: false,
             rng: StdRng::seed_from_u64(rng_seed),
         };
@@ -148,7 +152,7 @@ impl Conversation {
 
     fn on_scheduler_lost(&mut self, now: Instant, reason: String, out: &mut Vec<Action>) {
         if matches!(self.phase, Phase::AwaitingDecision { .. }) {
-            return self.terminate(back_to_source(reason, SchedulerLink::Lost), out);
+            return self.terminate(no_scheduler(reason), out);
         }
         // A round goes on; what follows it cannot be asked of the scheduler.
         self.scheduler_lost = Some(reason);
@@ -180,12 +184,13 @@ impl Conversation {
                     "no scheduling decision within {}",
                     humantime::format_duration(self.settings.schedule_timeout)
                 );
-                self.terminate(back_to_source(reason, SchedulerLink::Lost), out);
+                self.terminate(no_scheduler(reason), out);
             }
         }
     }
 
     fn on_parent_news(&mut self, now: Instant, event: Event, out: &mut Vec<Action>) {
+        self.remember_parent_error(&event);
         let Phase::InRound(round) = &mut self.phase else {
             return;
         };
@@ -232,6 +237,21 @@ impl Conversation {
         }
     }
 
+    /// Keeps the last error a parent gave, for the reason if the origin has to take over.
+    fn remember_parent_error(&mut self, event: &Event) {
+        match event {
+            Event::PieceFailed {
+                fault: Fault::Parent | Fault::Forged,
+                error,
+                ..
+            }
+            | Event::SyncEnded {
+                error: Some(error), ..
+            } => self.last_parent_error = Some(error.clone()),
+            _ => {}
+        }
+    }
+
     /// Lets the round start pieces, and ends it when it is over.
     fn step_round(&mut self, now: Instant, out: &mut Vec<Action>) {
         let Phase::InRound(round) = &mut self.phase else {
@@ -269,14 +289,17 @@ impl Conversation {
             return self.act_on(now, decision, out);
         }
         if self.decisions >= self.settings.max_schedule_count {
-            let reason = format!(
-                "{} scheduling decisions left pieces missing",
-                self.decisions
-            );
+            let last_error = self.last_parent_error.clone().unwrap_or_else(|| {
+                format!(
+                    "{} scheduling decisions left pieces missing",
+                    self.decisions
+                )
+            });
+            let reason = OriginReason::ParentsFailed { last_error };
             return self.terminate(back_to_source(reason, SchedulerLink::Reachable), out);
         }
         if let Some(reason) = self.scheduler_lost.clone() {
-            return self.terminate(back_to_source(reason, SchedulerLink::Lost), out);
+            return self.terminate(no_scheduler(reason), out);
         }
         self.reschedule(now, end, out);
     }
@@ -307,7 +330,7 @@ impl Conversation {
         self.decisions += 1;
         match decision {
             Decision::BackToSource(description) => {
-                let reason = description.unwrap_or_else(|| "scheduler asked for it".into());
+                let reason = OriginReason::parse(description.as_deref().unwrap_or_default());
                 self.terminate(back_to_source(reason, SchedulerLink::Reachable), out);
             }
             Decision::Empty | Decision::MetadataOnly if self.missing.is_empty() => {
@@ -316,7 +339,9 @@ impl Conversation {
             }
             Decision::Empty | Decision::MetadataOnly => {
                 // The scheduler thinks the task is empty but the origin said otherwise.
-                let reason = "scheduler sent no parents".to_string();
+                let reason = OriginReason::NoParentFound {
+                    detail: "the scheduler sent no parents".into(),
+                };
                 self.terminate(back_to_source(reason, SchedulerLink::Reachable), out);
             }
             Decision::Normal(parents) => self.start_round(now, parents, out),
@@ -394,6 +419,11 @@ fn without(banned: &BTreeSet<String>, mut peers: Vec<Peer>) -> Vec<Peer> {
     peers
 }
 
-fn back_to_source(reason: String, link: SchedulerLink) -> Action {
+fn back_to_source(reason: OriginReason, link: SchedulerLink) -> Action {
     Action::BackToSource { reason, link }
+}
+
+/// The scheduler is gone or silent: the origin, without reports.
+fn no_scheduler(detail: String) -> Action {
+    back_to_source(OriginReason::NoScheduler { detail }, SchedulerLink::Lost)
 }

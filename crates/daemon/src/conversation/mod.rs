@@ -29,7 +29,7 @@ pub use machine::Conversation;
 pub use parent::{ParentKind, ParentState};
 
 use crate::scheduler_client::Decision;
-use damselfly_core::PieceSpan;
+use damselfly_core::{OriginReason, PieceSpan};
 use damselfly_transfer::PieceServer;
 use dragonfly_api::common::v2::Peer;
 use std::net::SocketAddr;
@@ -173,7 +173,10 @@ pub enum Action {
         description: String,
     },
     /// Fetch what is missing from the origin. Terminal.
-    BackToSource { reason: String, link: SchedulerLink },
+    BackToSource {
+        reason: OriginReason,
+        link: SchedulerLink,
+    },
     /// Every piece is stored (`DownloadPeerFinishedRequest`). Terminal.
     Finish,
     /// A local failure no parent can fix (`DownloadPeerFailedRequest`). Terminal.

@@ -203,7 +203,9 @@ fn no_decision_in_time_goes_to_the_origin_unreported() {
     assert_eq!(
         s.at(10_000).feed(Event::Tick),
         vec![Action::BackToSource {
-            reason: "no scheduling decision within 10s".into(),
+            reason: OriginReason::NoScheduler {
+                detail: "no scheduling decision within 10s".into()
+            },
             link: SchedulerLink::Lost,
         }]
     );
@@ -251,7 +253,56 @@ fn back_to_source_after_max_schedule_count() {
     assert_eq!(
         s.drained(),
         vec![Action::BackToSource {
-            reason: "2 scheduling decisions left pieces missing".into(),
+            reason: OriginReason::ParentsFailed {
+                last_error: "2 scheduling decisions left pieces missing".into()
+            },
+            link: SchedulerLink::Reachable,
+        }]
+    );
+}
+
+#[test]
+fn parents_that_failed_name_their_last_error_when_the_origin_takes_over() {
+    let (mut s, _) = Script::new(1, 4, 1);
+    s.at(0).decide(&[normal("a", 0)]);
+    assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
+    // Its only parent's stream breaks: the round ends, and the decisions are used up.
+    let broken = s.at(2).feed(Event::SyncEnded {
+        parent: ParentKey(0),
+        error: Some("stream reset".into()),
+    });
+    assert!(broken.contains(&Action::EndRound), "{broken:?}");
+    assert_eq!(
+        s.drained(),
+        vec![Action::BackToSource {
+            reason: OriginReason::ParentsFailed {
+                last_error: "stream reset".into()
+            },
+            link: SchedulerLink::Reachable,
+        }]
+    );
+}
+
+#[test]
+fn a_scheduler_description_is_read_as_a_reason() {
+    let (mut s, _) = Script::new(2, 4, 3);
+    let described = |text: &str| Event::Scheduler(Decision::BackToSource(Some(text.into())));
+    assert_eq!(
+        s.at(0).feed(described(
+            "first-in-cluster: no other peer holds the task yet"
+        )),
+        vec![Action::BackToSource {
+            reason: OriginReason::FirstInCluster,
+            link: SchedulerLink::Reachable,
+        }]
+    );
+    let (mut s, _) = Script::new(2, 4, 3);
+    assert_eq!(
+        s.at(0).feed(described("peer needs back-to-source")),
+        vec![Action::BackToSource {
+            reason: OriginReason::Other {
+                description: "peer needs back-to-source".into()
+            },
             link: SchedulerLink::Reachable,
         }]
     );
@@ -473,7 +524,7 @@ fn a_decision_mid_round_waits_for_the_pieces_in_flight() {
     let (mut s, _) = Script::new(3, 1, 3);
     s.at(0).decide(&[normal("a", 0)]);
     s.offer(0, 0);
-    let back = Decision::BackToSource(Some("load".into()));
+    let back = Decision::BackToSource(Some("no-seed-peer: none".into()));
     assert!(s.at(1).feed(Event::Scheduler(back)).is_empty());
     assert!(fetches(&s.offer(0, 1)).is_empty(), "no new piece starts");
     assert_eq!(
@@ -482,7 +533,7 @@ fn a_decision_mid_round_waits_for_the_pieces_in_flight() {
             Action::ReportPieceFinished { number: 0 },
             Action::EndRound,
             Action::BackToSource {
-                reason: "load".into(),
+                reason: OriginReason::NoSeedPeer,
                 link: SchedulerLink::Reachable
             }
         ]
@@ -512,7 +563,9 @@ fn shutdown_during_a_round_ends_it_and_later_rounds_at_once() {
     assert_eq!(
         s.drained(),
         vec![Action::BackToSource {
-            reason: "2 scheduling decisions left pieces missing".into(),
+            reason: OriginReason::ParentsFailed {
+                last_error: "2 scheduling decisions left pieces missing".into()
+            },
             link: SchedulerLink::Reachable
         }]
     );
@@ -538,7 +591,9 @@ fn a_lost_scheduler_lets_the_round_finish_then_goes_to_the_origin() {
             Action::ReportPieceFinished { number: 0 },
             Action::EndRound,
             Action::BackToSource {
-                reason: "stream closed".into(),
+                reason: OriginReason::NoScheduler {
+                    detail: "stream closed".into()
+                },
                 link: SchedulerLink::Lost
             }
         ]

@@ -3,6 +3,7 @@
 //! into an HTTP response whose body follows the landed pieces.
 
 use crate::error::DownloadError;
+use damselfly_core::OriginReason;
 use damselfly_storage::PieceMetadata;
 use futures::Stream;
 use std::pin::Pin;
@@ -48,12 +49,18 @@ pub struct Started {
     pub landed: Vec<PieceMetadata>,
     /// The whole task was already here (a cache hit): no origin, no scheduler.
     pub cached: bool,
+    /// Why the bytes come from the origin, when that was decided before the start (a small
+    /// file); later decisions arrive as [`EngineEvent::Origin`].
+    pub origin: Option<OriginReason>,
 }
 
 #[derive(Debug, Clone)]
 pub enum EngineEvent {
     /// Always first.
     Started(Started),
+    /// Why the job went to the origin: at most once per caller, before the first piece from
+    /// the origin, unless `Started` already said it.
+    Origin(OriginReason),
     /// A piece is on disk and readable; each piece is reported once per caller.
     Piece(PieceMetadata, PieceSource),
     /// Every piece landed, the digest matched and the output (if any) is written. Last.

@@ -10,7 +10,7 @@ use super::{finish, origin, p2p, ranged};
 use crate::context::{limiter, Context};
 use crate::error::{DaemonError, DownloadError};
 use crate::metrics;
-use damselfly_core::{Digest, PieceLayout, PieceSpan};
+use damselfly_core::{Digest, OriginReason, PieceLayout, PieceSpan};
 use damselfly_transfer::{Backend, RateLimiter};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +38,8 @@ impl JobState {
 pub struct JobHandle {
     pub peer_id: String,
     pub state: Arc<watch::Sender<JobState>>,
+    /// Why the job went to the origin, once it did (a job goes there at most once).
+    pub origin: Arc<OnceLock<OriginReason>>,
 }
 
 impl JobHandle {
@@ -45,6 +47,7 @@ impl JobHandle {
         Self {
             peer_id,
             state: Arc::new(watch::channel(JobState::Preparing).0),
+            origin: Arc::new(OnceLock::new()),
         }
     }
 
@@ -72,6 +75,8 @@ pub struct JobCtx<'a> {
     pub content_verified: OnceLock<ContentVerified>,
     /// The task's demand on this host: ranged jobs claim pieces in it, bulk jobs yield to it.
     pub demand: Arc<TaskDemand>,
+    /// Why this job's bytes come from the origin, shared with its callers.
+    pub origin: &'a OnceLock<OriginReason>,
 }
 
 /// The content matched the request's digest.
@@ -81,6 +86,16 @@ pub struct ContentVerified;
 impl JobCtx<'_> {
     pub fn task_id(&self) -> &str {
         &self.request.task_id
+    }
+
+    /// Records why the job goes to the origin (the first reason stands), counts it and logs
+    /// it; callers see it with the origin's pieces.
+    pub fn going_to_origin(&self, reason: OriginReason) {
+        info!(reason = %reason, "downloading from the origin");
+        let code = reason.code();
+        if self.origin.set(reason).is_ok() {
+            metrics::back_to_source(code);
+        }
     }
 
     /// Limiters for bytes from parents.
@@ -128,6 +143,7 @@ pub async fn run(
         origin_ranges: AtomicBool::new(true),
         content_verified: OnceLock::new(),
         demand,
+        origin: &handle.origin,
     };
     let outcome = tokio::select! {
         result = download(&job, &handle.state) => result,
@@ -281,6 +297,10 @@ async fn start(
             .collect();
         missing.retain(|n, _| covering.contains(n));
     }
+    if goes_straight_to_origin(job, &layout) && !missing.is_empty() {
+        // Known before the first byte, so the proxy can name it in its response headers.
+        job.going_to_origin(OriginReason::SmallFile);
+    }
     if missing.is_empty() {
         return Ok((shape, None));
     }
@@ -350,14 +370,19 @@ async fn stat_and_prepare(job: &JobCtx<'_>) -> Result<Laid, DaemonError> {
     Ok(Laid::Pieces(shape, task.layout()))
 }
 
-/// Small content goes straight to the origin (a single piece gains nothing from a swarm),
-/// the rest through the scheduler.
+/// Small content goes straight to the origin (a single piece gains nothing from a swarm).
+fn goes_straight_to_origin(job: &JobCtx<'_>, layout: &PieceLayout) -> bool {
+    layout.is_small() && !job.request.disable_back_to_source
+}
+
+/// Small content from the origin (its reason recorded in `start`), the rest through the
+/// scheduler.
 pub(super) async fn fetch_missing(
     job: &JobCtx<'_>,
     layout: PieceLayout,
     mut missing: BTreeMap<u32, PieceSpan>,
 ) -> Result<(), DaemonError> {
-    if layout.is_small() && !job.request.disable_back_to_source {
+    if goes_straight_to_origin(job, &layout) {
         return origin::fetch(job, &mut missing, None).await;
     }
     p2p::download(job, layout, missing).await
@@ -392,9 +417,10 @@ async fn whole_body(
     if request.disable_back_to_source {
         return Err(DaemonError::BackToSourceDisabled {
             url: request.url.clone(),
-            reason: "the origin gives no content length, so peers cannot share it".into(),
+            reason: OriginReason::NoContentLength.to_string(),
         });
     }
+    job.going_to_origin(OriginReason::NoContentLength);
     let piece_length = request
         .piece_length
         .unwrap_or(damselfly_core::MIN_PIECE_LENGTH);

@@ -15,6 +15,7 @@ mod trust;
 mod viewer;
 
 use crate::context::Context;
+use damselfly_core::OriginReason;
 use damselfly_storage::PieceMetadata;
 use demand::DemandTable;
 use dragonfly_api::common::v2::{Piece, TrafficType};
@@ -22,7 +23,7 @@ pub use events::{EngineEvent, EngineEvents, PieceSource, Started, TaskShape};
 use job::{JobHandle, JobState};
 pub use request::{Scope, TaskRequest};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info_span, Instrument};
@@ -95,12 +96,9 @@ impl Engine {
     /// A new job for the pieces covering the request's range, with its own peer (as each
     /// ranged download is in Dragonfly); it shares pieces with the task's other jobs through
     /// the task's demand.
-    fn start_ranged(
-        self: &Arc<Self>,
-        request: &TaskRequest,
-    ) -> (String, watch::Receiver<JobState>) {
+    fn start_ranged(self: &Arc<Self>, request: &TaskRequest) -> Joined {
         let handle = JobHandle::new(self.ctx.host.new_peer_id());
-        let result = (handle.peer_id.clone(), handle.state.subscribe());
+        let result = Joined::of(&handle);
         self.count_ranged(&request.task_id, true);
         let engine = self.clone();
         let request = request.clone();
@@ -147,26 +145,23 @@ impl Engine {
         whole.download.prefetch = false;
         whole.download.is_prefetch = true;
         whole.download.output_path = None;
-        let (peer_id, _) = self.join_or_start(&whole);
+        let peer_id = self.join_or_start(&whole).peer_id;
         tracing::debug!(%peer_id, "prefetching the whole task");
     }
 
     /// The running job of this task, or a new one.
-    fn join_or_start(
-        self: &Arc<Self>,
-        request: &TaskRequest,
-    ) -> (String, watch::Receiver<JobState>) {
+    fn join_or_start(self: &Arc<Self>, request: &TaskRequest) -> Joined {
         let mut jobs = match self.jobs.lock() {
             Ok(jobs) => jobs,
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some(handle) = jobs.get(&request.task_id) {
             if !handle.state.borrow().is_done() {
-                return (handle.peer_id.clone(), handle.state.subscribe());
+                return Joined::of(handle);
             }
         }
         let handle = JobHandle::new(self.ctx.host.new_peer_id());
-        let result = (handle.peer_id.clone(), handle.state.subscribe());
+        let result = Joined::of(&handle);
         jobs.insert(request.task_id.clone(), handle.clone());
         drop(jobs);
         let engine = self.clone();
@@ -190,6 +185,23 @@ impl Engine {
             if jobs.get(task_id).is_some_and(|h| h.same(handle)) {
                 jobs.remove(task_id);
             }
+        }
+    }
+}
+
+/// A caller's hold on a job: its peer, its state and its origin reason.
+struct Joined {
+    peer_id: String,
+    state: watch::Receiver<JobState>,
+    origin: Arc<OnceLock<OriginReason>>,
+}
+
+impl Joined {
+    fn of(handle: &JobHandle) -> Self {
+        Self {
+            peer_id: handle.peer_id.clone(),
+            state: handle.state.subscribe(),
+            origin: handle.origin.clone(),
         }
     }
 }

@@ -17,7 +17,7 @@ use super::trust::TrustedDigests;
 use crate::conversation::{Action, Conversation, Event, PieceFailure, SchedulerLink, Settings};
 use crate::error::DaemonError;
 use crate::scheduler_client::{PeerIds, PeerSession, PieceDigests};
-use damselfly_core::{PieceLayout, PieceSpan};
+use damselfly_core::{OriginReason, PieceLayout, PieceSpan};
 use damselfly_storage::PieceMetadata;
 use damselfly_transfer::TransferError;
 use dragonfly_api::common::v2::{Download, Peer, TrafficType};
@@ -46,7 +46,7 @@ pub async fn download(
 ) -> Result<(), DaemonError> {
     let ctx = job.ctx;
     if ctx.schedulers.is_empty() {
-        return without_scheduler(job, &mut pending, "no scheduler is configured").await;
+        return without_scheduler(job, &mut pending, "none is configured".into()).await;
     }
     let ids = PeerIds {
         host_id: ctx.host.id.clone(),
@@ -64,7 +64,7 @@ pub async fn download(
         .await
     {
         Ok(session) => session,
-        Err(error) => return without_scheduler(job, &mut pending, &error.to_string()).await,
+        Err(error) => return without_scheduler(job, &mut pending, error.to_string()).await,
     };
     converse(job, session, pending).await
 }
@@ -246,11 +246,11 @@ async fn conclude(
         Action::BackToSource {
             reason,
             link: SchedulerLink::Reachable,
-        } => back_to_source(job, session, &mut missing, &reason).await,
+        } => back_to_source(job, session, &mut missing, reason).await,
         Action::BackToSource {
             reason,
             link: SchedulerLink::Lost,
-        } => without_scheduler(job, &mut missing, &reason).await,
+        } => to_origin_unreported(job, &mut missing, reason).await,
         Action::Fail { description } => {
             session
                 .finish(failed_request(description.clone()), CLOSE_WAIT)
@@ -308,7 +308,7 @@ async fn back_to_source(
     job: &JobCtx<'_>,
     mut session: PeerSession,
     pending: &mut BTreeMap<u32, PieceSpan>,
-    reason: &str,
+    reason: OriginReason,
 ) -> Result<(), DaemonError> {
     if job.request.disable_back_to_source {
         session
@@ -319,15 +319,14 @@ async fn back_to_source(
             reason: reason.to_string(),
         });
     }
-    info!(
-        reason,
-        remaining = pending.len(),
-        "downloading from the origin"
-    );
+    info!(remaining = pending.len(), "pieces left for the origin");
+    // The scheduler keeps the reason per peer (our description's code reads back).
+    let description = reason.to_description();
+    job.going_to_origin(reason);
     session
         .send(PeerRequest::DownloadPeerBackToSourceStartedRequest(
             DownloadPeerBackToSourceStartedRequest {
-                description: Some(reason.to_string()),
+                description: Some(description),
             },
         ))
         .await;
@@ -353,15 +352,25 @@ async fn back_to_source(
 async fn without_scheduler(
     job: &JobCtx<'_>,
     pending: &mut BTreeMap<u32, PieceSpan>,
-    reason: &str,
+    detail: String,
+) -> Result<(), DaemonError> {
+    warn!(%detail, url = %job.request.url, "scheduler unreachable");
+    to_origin_unreported(job, pending, OriginReason::NoScheduler { detail }).await
+}
+
+/// The origin without reports to a scheduler, unless back-to-source is disabled.
+async fn to_origin_unreported(
+    job: &JobCtx<'_>,
+    pending: &mut BTreeMap<u32, PieceSpan>,
+    reason: OriginReason,
 ) -> Result<(), DaemonError> {
     if job.request.disable_back_to_source {
         return Err(DaemonError::BackToSourceDisabled {
             url: job.request.url.clone(),
-            reason: format!("scheduler unavailable: {reason}"),
+            reason: reason.to_string(),
         });
     }
-    warn!(reason, url = %job.request.url, "scheduler unreachable; downloading from the origin");
+    job.going_to_origin(reason);
     origin::fetch(job, pending, None).await
 }
 

@@ -10,9 +10,10 @@ use super::request::{Scope, TaskRequest};
 use super::Engine;
 use crate::error::DownloadError;
 use crate::metrics::{self, Traffic};
+use damselfly_core::OriginReason;
 use damselfly_storage::{PieceEvent, PieceMetadata};
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info};
 
@@ -65,11 +66,13 @@ async fn serve_task(
             return local_hit(engine, request, viewer, task.content_length).await;
         }
     }
-    let (peer_id, mut state) = match request.scope {
+    let joined = match request.scope {
         Scope::Whole => engine.join_or_start(request),
         Scope::Range { .. } => engine.start_ranged(request),
     };
-    let mut viewer = Viewer::new(sink, request, peer_id);
+    let mut state = joined.state;
+    let mut viewer = Viewer::new(sink, request, joined.peer_id);
+    viewer.origin = Some(joined.origin);
     // Subscribe before listing pieces, so none is missed in between.
     let mut events = ctx.storage.subscribe(&request.task_id);
     let shape = wait_started(&mut state).await?;
@@ -248,6 +251,8 @@ struct Viewer<'a> {
     sent: HashSet<u32>,
     /// The bytes `[start, end)` the caller asked for: pieces outside are not its news.
     window: (u64, u64),
+    /// The job's origin reason until this caller was told it.
+    origin: Option<Arc<OnceLock<OriginReason>>>,
 }
 
 impl<'a> Viewer<'a> {
@@ -258,12 +263,20 @@ impl<'a> Viewer<'a> {
             peer_id,
             sent: HashSet::new(),
             window: (0, u64::MAX),
+            origin: None,
         }
     }
 
     fn shows(&self, piece: &PieceMetadata) -> bool {
         let (start, end) = self.window;
         piece.offset < end && piece.offset.saturating_add(piece.length) > start
+    }
+
+    /// The job's origin reason if it is known and this caller was not told yet.
+    fn untold_origin(&mut self) -> Option<OriginReason> {
+        let reason = self.origin.as_ref()?.get()?.clone();
+        self.origin = None;
+        Some(reason)
     }
 
     async fn send(&self, event: EngineEvent) -> Result<(), CallerGone> {
@@ -277,12 +290,14 @@ impl<'a> Viewer<'a> {
         landed: &[PieceMetadata],
         cached: bool,
     ) -> Result<(), CallerGone> {
+        let origin = self.untold_origin();
         self.send(EngineEvent::Started(Started {
             task_id: self.task_id.clone(),
             peer_id: self.peer_id.clone(),
             shape: shape.clone(),
             landed: landed.to_vec(),
             cached,
+            origin,
         }))
         .await
     }
@@ -294,6 +309,11 @@ impl<'a> Viewer<'a> {
     ) -> Result<(), CallerGone> {
         if !self.shows(piece) || !self.sent.insert(piece.number) {
             return Ok(());
+        }
+        if source == PieceSource::Origin {
+            if let Some(reason) = self.untold_origin() {
+                self.send(EngineEvent::Origin(reason)).await?;
+            }
         }
         self.send(EngineEvent::Piece(piece.clone(), source)).await
     }

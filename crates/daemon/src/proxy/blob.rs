@@ -16,6 +16,7 @@ use super::range::{parse_ranges, ByteRange, RangeError};
 use crate::engine::{Engine, EngineEvent, EngineEvents, Started, TaskRequest};
 use crate::error::DownloadError;
 use bytes::Bytes;
+use damselfly_core::extensions::ORIGIN_REASON_HEADER;
 use damselfly_core::id::blob_digest_string;
 use damselfly_storage::{ContentReader, PieceMetadata, Storage, StorageError};
 use dragonfly_api::common::v2::Range;
@@ -272,6 +273,11 @@ pub(super) fn response_headers(
     set(&mut headers, TASK_ID_HEADER, &started.task_id);
     let finished = if started.cached { "true" } else { "false" };
     set(&mut headers, TASK_FINISHED_HEADER, finished);
+    // Ours alone: an origin's header of that name is not passed on.
+    headers.remove(ORIGIN_REASON_HEADER);
+    if let Some(reason) = &started.origin {
+        set(&mut headers, ORIGIN_REASON_HEADER, &reason.header_value());
+    }
     if status == StatusCode::PARTIAL_CONTENT {
         let value = format!("bytes {start}-{}/{total}", end.saturating_sub(1));
         set(&mut headers, header::CONTENT_RANGE.as_str(), &value);
@@ -395,7 +401,8 @@ impl Pump {
                 Ok(EngineEvent::Piece(piece, _)) => {
                     self.pieces.insert(piece.offset, piece.length);
                 }
-                Ok(EngineEvent::Started(_)) => {}
+                // The headers are gone by now: a later origin reason has no way out.
+                Ok(EngineEvent::Started(_) | EngineEvent::Origin(_)) => {}
                 // Digest checked: the held-back chunk may go.
                 Ok(EngineEvent::Finished) => return self.finish().await,
                 Err(error) => {

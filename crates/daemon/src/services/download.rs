@@ -5,6 +5,7 @@ use super::{delete_task, local_task, stat_local, task_from_local, unsupported, B
 use crate::context::Context;
 use crate::engine::Engine;
 use crate::error::DaemonError;
+use damselfly_core::extensions::{STAT_VIEW_LOCAL, STAT_VIEW_METADATA_KEY};
 use dragonfly_api::common::v2::{CacheTask, PersistentCacheTask, PersistentTask, Task};
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_server::DfdaemonDownload;
 use dragonfly_api::dfdaemon::v2::*;
@@ -51,10 +52,18 @@ impl DfdaemonDownload for DownloadService {
 
     /// The scheduler's view of the task when it answers, else ours.
     async fn stat_task(&self, request: Request<StatTaskRequest>) -> Result<Response<Task>, Status> {
+        let local_view = request
+            .metadata()
+            .get(STAT_VIEW_METADATA_KEY)
+            .is_some_and(|v| v.as_bytes() == STAT_VIEW_LOCAL.as_bytes());
         let task_id = request.into_inner().task_id;
-        let span = info_span!("download.StatTask", %task_id);
+        let span = info_span!("download.StatTask", %task_id, local_view);
         let ctx = self.ctx();
         async {
+            if local_view {
+                let task = local_task(ctx, &task_id)?;
+                return Ok(Response::new(task_from_local(ctx, &task)));
+            }
             match ctx.schedulers.stat_task(&ctx.host.id, &task_id).await {
                 Ok(task) => Ok(Response::new(task)),
                 Err(_) => {

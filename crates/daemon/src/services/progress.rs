@@ -5,14 +5,16 @@
 use super::BoxStream;
 use crate::engine::{piece_proto, traffic_type, EngineEvent, EngineEvents, Started, TaskRequest};
 use crate::error::{DaemonError, DownloadError};
+use damselfly_core::extensions::ORIGIN_REASON_TRAILER;
+use damselfly_core::OriginReason;
 use dragonfly_api::common::v2::{Download, Range};
 use dragonfly_api::dfdaemon::v2::download_task_response::Response;
 use dragonfly_api::dfdaemon::v2::{
     DownloadPieceFinishedResponse, DownloadTaskResponse, DownloadTaskStartedResponse,
 };
 use futures::StreamExt;
-use tonic::metadata::MetadataMap;
-use tonic::Status;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
 
 /// gRPC metadata carrying a per-download rate limit in bytes/s (the Download message has no
 /// such field; see DESIGN.md "Per-task rate limit").
@@ -47,37 +49,44 @@ pub fn task_request(
 }
 
 /// The engine's events as `DownloadTaskResponse`s for a caller on `host_id`; `range` is
-/// echoed in the started message, as Dragonfly does.
+/// echoed in the started message, as Dragonfly does. A download that took bytes from the
+/// origin ends with its reason in the trailers (`ORIGIN_REASON_TRAILER`, next to the OK
+/// status), which official clients ignore.
 pub fn responses(
     host_id: String,
     range: Option<Range>,
     events: EngineEvents,
 ) -> BoxStream<DownloadTaskResponse> {
-    // Piece events do not repeat the task and peer IDs: the started event names them.
-    let ids = (String::new(), String::new());
     let stream = events
-        .scan(ids, move |(task_id, peer_id), event| {
+        .scan(Edge::default(), move |edge, event| {
             let message = match event {
                 Err(error) => Some(Err(Status::from(error))),
                 Ok(EngineEvent::Started(started)) => {
-                    task_id.clone_from(&started.task_id);
-                    peer_id.clone_from(&started.peer_id);
+                    edge.task_id.clone_from(&started.task_id);
+                    edge.peer_id.clone_from(&started.peer_id);
+                    edge.origin.clone_from(&started.origin);
                     Some(Ok(Response::DownloadTaskStartedResponse(started_message(
                         started, range,
                     ))))
+                }
+                Ok(EngineEvent::Origin(reason)) => {
+                    edge.origin = Some(reason);
+                    None
                 }
                 Ok(EngineEvent::Piece(piece, source)) => Some(Ok(
                     Response::DownloadPieceFinishedResponse(DownloadPieceFinishedResponse {
                         piece: Some(piece_proto(&piece, traffic_type(source))),
                     }),
                 )),
-                Ok(EngineEvent::Finished) => None,
+                // tonic sends a status item as the trailers and ends the stream; with code OK
+                // the call still succeeds.
+                Ok(EngineEvent::Finished) => edge.origin.take().map(|r| Err(origin_trailer(&r))),
             };
             let item = message.map(|message| {
                 message.map(|response| DownloadTaskResponse {
                     host_id: host_id.clone(),
-                    task_id: task_id.clone(),
-                    peer_id: peer_id.clone(),
+                    task_id: edge.task_id.clone(),
+                    peer_id: edge.peer_id.clone(),
                     response: Some(response),
                 })
             });
@@ -85,6 +94,24 @@ pub fn responses(
         })
         .filter_map(std::future::ready);
     Box::pin(stream)
+}
+
+/// What the edge remembers across events: the IDs (piece events do not repeat them, the
+/// started event names them) and the origin reason, sent last.
+#[derive(Default)]
+struct Edge {
+    task_id: String,
+    peer_id: String,
+    origin: Option<OriginReason>,
+}
+
+/// The OK status that ends a download which took bytes from the origin, with the reason.
+fn origin_trailer(reason: &OriginReason) -> Status {
+    let mut metadata = MetadataMap::new();
+    if let Ok(value) = MetadataValue::try_from(reason.header_value()) {
+        metadata.insert(ORIGIN_REASON_TRAILER, value);
+    }
+    Status::with_metadata(Code::Ok, "", metadata)
 }
 
 fn started_message(started: Started, range: Option<Range>) -> DownloadTaskStartedResponse {

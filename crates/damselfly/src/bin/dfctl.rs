@@ -67,6 +67,15 @@ enum TaskCommand {
         #[command(flatten)]
         output: OutputArg,
     },
+    /// Shows one task of the local daemon: ID, URL, size, state, pieces done/total, where
+    /// the pieces came from, missing pieces, last access.
+    Show {
+        id: String,
+        #[command(flatten)]
+        socket: SocketArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Removes a task from the local daemon (its scheduler is told).
     Rm {
         id: String,
@@ -280,6 +289,12 @@ async fn run(command: ClusterCommand) -> Result<String, String> {
             local::list(&socket)
                 .await
                 .and_then(|tasks| local::print(&tasks, output.output))
+        }
+        ClusterCommand::Task(TaskCommand::Show { id, socket, output }) => {
+            let socket = socket.endpoint.unwrap_or_else(dfctl::default_socket);
+            local::show(&socket, &id)
+                .await
+                .and_then(|task| local::print_detail(&task, output.output))
         }
         ClusterCommand::Task(TaskCommand::Rm { id, socket }) => {
             let socket = socket.endpoint.unwrap_or_else(dfctl::default_socket);

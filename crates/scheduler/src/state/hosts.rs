@@ -40,6 +40,7 @@ impl State {
                         active_children: 0,
                         peers: BTreeSet::new(),
                         upload: UploadMeter::default(),
+                        traffic: HostTraffic::default(),
                     },
                 );
             }

@@ -10,6 +10,7 @@
 //! - `scheduling`: one scheduling decision (back to source, or ranked candidate parents);
 //! - `graph`: edges and the bandwidth they reserve, mesh back-edges, the outbox of pushes;
 //! - `reports`: what a peer's stream reports (state events, pieces, reschedule, the end);
+//! - `flow`: bytes per (parent, child) edge, per task source and per host, for the console;
 //! - `digests`: trusted piece digests from the peers that fetched from the origin;
 //! - `queries`: StatPeer, StatTask, deletes, and the protobuf views they answer with;
 //! - `expiry`: the GC of hosts, peers and tasks.
@@ -26,9 +27,11 @@ pub use crate::model::*;
 use crate::scoring::{self, ChildFeatures, HostKind, ParentFeatures};
 use crate::upload::UploadMeter;
 pub use digests::{DigestReport, DigestSource, TrustedDigest};
+pub use flow::{HostTraffic, PieceOrigin, TaskFlow};
 
 mod digests;
 mod expiry;
+mod flow;
 mod graph;
 mod hosts;
 mod listing;
@@ -184,7 +187,7 @@ mod tests {
         // p0 on h0 read piece 1 from the origin and finished.
         s.register("h0", "t", "p0", ranged(5 << 20, 1 << 20), now)
             .unwrap();
-        assert!(!s.peer("p0").unwrap().need_back_to_source);
+        assert!(s.peer("p0").unwrap().need_back_to_source.is_none());
         assert!(s.is_ranged("p0"));
         assert!(matches!(
             s.schedule_once("p0", 0, now),
@@ -251,10 +254,13 @@ mod tests {
         s.announce_host(host("h1", 0), Instant::now()).unwrap();
         s.register("h0", "t", "p0", download(), Instant::now())
             .unwrap();
-        assert!(s.peer("p0").unwrap().need_back_to_source);
+        assert_eq!(
+            s.peer("p0").unwrap().need_back_to_source,
+            Some(OriginReason::FirstInCluster)
+        );
         s.register("h1", "t", "p1", download(), Instant::now())
             .unwrap();
-        assert!(!s.peer("p1").unwrap().need_back_to_source);
+        assert!(s.peer("p1").unwrap().need_back_to_source.is_none());
     }
 
     #[test]
@@ -271,7 +277,7 @@ mod tests {
         let job = job.unwrap();
         assert_eq!(job.endpoint, "http://127.0.0.1:4000");
         assert!(job.download.need_back_to_source);
-        assert!(!s.peer("p0").unwrap().need_back_to_source);
+        assert!(s.peer("p0").unwrap().need_back_to_source.is_none());
         assert!(s.seed_on_its_way("t", now));
         // The task is running now; the second peer neither triggers nor goes to the origin.
         let second = s.register("h1", "t", "p1", download(), now).unwrap();
@@ -279,10 +285,16 @@ mod tests {
         assert!(matches!(s.schedule_once("p1", 0, now), Step::Wait));
         s.seed_trigger_failed("t", "seed", now);
         // First one to ask after the failure becomes the source; the next one waits for it.
-        assert!(matches!(
-            s.schedule_once("p1", 0, now),
-            Step::Decided(Decision::BackToSource(_))
-        ));
+        match s.schedule_once("p1", 0, now) {
+            Step::Decided(Decision::BackToSource(why)) => {
+                assert_eq!(OriginReason::parse(&why), OriginReason::NoSeedPeer);
+                assert_eq!(
+                    s.peer("p1").unwrap().origin_reason,
+                    Some(OriginReason::NoSeedPeer)
+                );
+            }
+            other => panic!("expected back to source, got {other:?}"),
+        }
         assert!(matches!(
             s.schedule_once("p0", 0, now),
             Step::Decided(Decision::Normal(_))
@@ -367,7 +379,12 @@ mod tests {
             .register("h0", "t", "p0", level(pb::Priority::Level3), now)
             .unwrap();
         assert!(r.seed_job.is_none());
-        assert!(s.peer("p0").unwrap().need_back_to_source);
+        assert_eq!(
+            s.peer("p0").unwrap().need_back_to_source,
+            Some(OriginReason::Forced {
+                by: "priority LEVEL3".into()
+            })
+        );
     }
 
     #[test]

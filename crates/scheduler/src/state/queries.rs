@@ -51,6 +51,19 @@ impl State {
         Ok(())
     }
 
+    /// Forgets the task and all its peers (an operator's reset); whether it was known.
+    pub fn forget_task(&mut self, task_id: &str) -> bool {
+        let Some(task) = self.tasks.get(task_id) else {
+            return false;
+        };
+        let peers: Vec<String> = task.peers.iter().cloned().collect();
+        for peer_id in peers {
+            self.remove_peer(&peer_id);
+        }
+        self.tasks.remove(task_id);
+        true
+    }
+
     /// Drops a peer and every edge touching it.
     pub(super) fn remove_peer(&mut self, peer_id: &str) {
         self.release_parents(peer_id);
@@ -68,6 +81,7 @@ impl State {
         if let Some(task) = self.tasks.get_mut(&peer.task_id) {
             task.peers.remove(peer_id);
             task.back_to_source_peers.remove(peer_id);
+            task.flow.forget_peer(peer_id);
             if task.peers.is_empty() {
                 task.state = task.state.on(TaskEvent::Leave);
             }
@@ -89,7 +103,7 @@ impl State {
             state: peer.state.name().to_string(),
             task,
             host,
-            need_back_to_source: peer.need_back_to_source,
+            need_back_to_source: peer.need_back_to_source.is_some(),
             created_at: Some(peer.created_at.into()),
             updated_at: Some(peer.updated_at.into()),
             concurrent_piece_count: Some(peer.concurrent_piece_count),

@@ -115,8 +115,14 @@ impl State {
         download: &pb::Download,
         now: Instant,
     ) -> Result<Option<SeedJob>, Status> {
-        if download.need_back_to_source || requester.is_seed {
-            peer.need_back_to_source = true;
+        if requester.is_seed {
+            peer.need_back_to_source = Some(OriginReason::SeedPeer);
+            return Ok(None);
+        }
+        if download.need_back_to_source {
+            peer.need_back_to_source = Some(OriginReason::Forced {
+                by: "the download request (need_back_to_source)".into(),
+            });
             return Ok(None);
         }
         // A ranged peer (a lazy read) wants a few pieces now: scheduling sends it to peers
@@ -131,14 +137,16 @@ impl State {
                 Err(status)
             }
             Ok(FirstDownload::BackToSource) => {
-                peer.need_back_to_source = true;
+                peer.need_back_to_source = Some(OriginReason::Forced {
+                    by: "priority LEVEL3".into(),
+                });
                 Ok(None)
             }
             Ok(FirstDownload::SeedFirst) => {
                 let seed_job = self.plan_seed(task_id, requester.host_id, download, now);
                 if seed_job.is_none() && !self.seed_on_its_way(task_id, now) {
                     // No seed to fetch it: this first peer is the task's source.
-                    peer.need_back_to_source = true;
+                    peer.need_back_to_source = Some(self.unseeded_reason(task_id));
                 }
                 Ok(seed_job)
             }

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Characters of a peer's back-to-source description the scheduler keeps.
+const MAX_ORIGIN_DESCRIPTION: usize = 512;
+
 impl State {
     fn peer_mut(&mut self, peer_id: &str) -> Result<&mut Peer, Status> {
         self.peers
@@ -40,6 +43,22 @@ impl State {
             if let Some(task) = self.tasks.get_mut(&task_id) {
                 task.back_to_source_peers.insert(peer_id.to_string());
             }
+        }
+        Ok(())
+    }
+
+    /// The peer's daemon said why it goes to the origin: its word (a Damselfly daemon's
+    /// reason code, or an official one's free text) replaces the reason we had.
+    pub fn origin_reported(
+        &mut self,
+        peer_id: &str,
+        description: Option<&str>,
+    ) -> Result<(), Status> {
+        let peer = self.peer_mut(peer_id)?;
+        if let Some(description) = description.filter(|d| !d.is_empty()) {
+            // A peer's text is kept, so its size is bounded.
+            let description: String = description.chars().take(MAX_ORIGIN_DESCRIPTION).collect();
+            peer.origin_reason = Some(OriginReason::parse(&description));
         }
         Ok(())
     }

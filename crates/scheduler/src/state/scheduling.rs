@@ -18,14 +18,13 @@ impl State {
         let task_id = peer.task_id.clone();
         let can_back_to_source =
             !peer.disable_back_to_source && self.task_has_source_slot(&task_id);
-        if can_back_to_source && peer.need_back_to_source {
-            return self.send_back_to_source(peer_id, "peer needs back-to-source");
+        let planned = peer.need_back_to_source.clone();
+        if let Some(reason) = planned.filter(|_| can_back_to_source) {
+            return self.send_back_to_source(peer_id, reason);
         }
         if can_back_to_source && rounds >= self.policy.retry_back_to_source_limit {
-            return self.send_back_to_source(
-                peer_id,
-                &format!("no parent found in {rounds} scheduling rounds"),
-            );
+            let detail = format!("none in {rounds} scheduling rounds");
+            return self.send_back_to_source(peer_id, OriginReason::NoParentFound { detail });
         }
         if rounds >= self.policy.retry_limit {
             return Step::Decided(Decision::Fail(Status::failed_precondition(format!(
@@ -50,7 +49,8 @@ impl State {
                 .get(&task_id)
                 .is_some_and(|t| !self.has_provider(t, Some(peer_id)));
         if can_back_to_source && nobody_has_it {
-            return self.send_back_to_source(peer_id, "no peer holds or fetches the task");
+            let reason = self.unseeded_reason(&task_id);
+            return self.send_back_to_source(peer_id, reason);
         }
         Step::Retry
     }
@@ -62,7 +62,7 @@ impl State {
             .is_some_and(|t| t.back_to_source_peers.len() < self.policy.back_to_source_count)
     }
 
-    fn send_back_to_source(&mut self, peer_id: &str, why: &str) -> Step {
+    fn send_back_to_source(&mut self, peer_id: &str, why: OriginReason) -> Step {
         let Some(peer) = self.peers.get_mut(peer_id) else {
             return Step::Decided(Decision::Fail(not_found_peer(peer_id)));
         };
@@ -72,13 +72,14 @@ impl State {
                 return Step::Decided(Decision::Fail(Status::failed_precondition(e.to_string())))
             }
         }
-        peer.need_back_to_source = true;
+        peer.need_back_to_source = Some(why.clone());
+        peer.origin_reason = Some(why.clone());
         let task_id = peer.task_id.clone();
         if let Some(task) = self.tasks.get_mut(&task_id) {
             task.back_to_source_peers.insert(peer_id.to_string());
             task.state = task.state.on(TaskEvent::Download);
         }
-        Step::Decided(Decision::BackToSource(why.to_string()))
+        Step::Decided(Decision::BackToSource(why.to_description()))
     }
 
     /// Filter, sample, score and cut to `candidateParentLimit`. Returns parent ids, best first.

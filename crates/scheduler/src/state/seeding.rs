@@ -35,9 +35,23 @@ impl State {
             // Registered and about to be sent to the origin (its session has not run its
             // scheduling round yet): counting it closes the race where two peers registering
             // together would both go back to source.
-            PeerState::Received(_) => peer.need_back_to_source,
+            PeerState::Received(_) => peer.need_back_to_source.is_some(),
             PeerState::Running => !peer.parents.is_empty() || self.is_seed_host(&peer.host_id),
             _ => false,
+        }
+    }
+
+    /// Why a task nobody holds goes to the origin through a normal peer: the seed failed it
+    /// (recently), or the cluster has no seed to ask (this peer is simply the first).
+    pub(super) fn unseeded_reason(&self, task_id: &str) -> OriginReason {
+        let seed_failed = self
+            .tasks
+            .get(task_id)
+            .is_some_and(|t| matches!(t.seed, SeedTrigger::Failed { .. }));
+        if seed_failed {
+            OriginReason::NoSeedPeer
+        } else {
+            OriginReason::FirstInCluster
         }
     }
 
