@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use damselfly_daemon::DaemonConfig;
-use damselfly_testkit::{Origin, OriginOptions, Ranges};
+use damselfly_testkit::{Origin, OriginOptions};
 use dragonfly_api::common::v2::Download;
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_client::DfdaemonDownloadClient;
 use dragonfly_api::dfdaemon::v2::download_task_response::Response as TaskResponse;
@@ -22,22 +22,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 /// Serves `data` at `/file.bin` with HEAD and Range support; the counter is the body bytes
 /// sent. The origin runs on the test's runtime until the test ends.
 pub async fn start_origin(data: Bytes) -> (SocketAddr, Arc<AtomicU64>) {
-    start_origin_with(data, true).await
-}
-
-/// Like [`start_origin`]; with `ranges` false it ignores Range (always 200, whole body) and
-/// sends no Accept-Ranges, as Python's http.server does.
-pub async fn start_origin_with(data: Bytes, ranges: bool) -> (SocketAddr, Arc<AtomicU64>) {
-    let ranges = if ranges {
-        Ranges::Honoured
-    } else {
-        Ranges::Ignored
-    };
-    let origin = Origin::spawn(OriginOptions {
-        ranges,
-        ..OriginOptions::default()
-    })
-    .await;
+    let origin = Origin::spawn(OriginOptions::default()).await;
     origin.add("file.bin", data);
     (origin.addr, origin.served_counter())
 }
