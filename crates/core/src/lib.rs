@@ -3,7 +3,11 @@
 //! Everything here must be bit-identical to the official Dragonfly client, or our peers and
 //! official peers stop sharing tasks and pieces. The unit tests pin each rule with the
 //! upstream test vectors from `shared/reference/ids-and-vectors.md`.
+//!
+//! Beside them, [`admission`]: the per-address connection cap every listening server shares
+//! (piece servers, proxy, metrics and health), kept here because it needs only `std`.
 
+pub mod admission;
 pub mod digest;
 pub mod error;
 pub mod extensions;

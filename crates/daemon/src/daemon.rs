@@ -9,11 +9,12 @@ use crate::engine::Engine;
 use crate::error::DaemonError;
 use crate::host::HostInfo;
 use crate::lifecycle::{Lifecycle, SHUTDOWN_GRACE};
+use crate::metrics;
 use crate::ration::SeedRation;
 use crate::scheduler_client::Schedulers;
 use crate::services::download::DownloadService;
 use crate::services::upload::UploadService;
-use crate::{http, metrics};
+use damselfly_monitor::Endpoints;
 use damselfly_storage::{Storage, StorageConfig};
 use damselfly_transfer::{
     Backend, BackendConfig, QuicListener, QuicSecurity, UploadHook, VortexServerConfig,
@@ -425,12 +426,16 @@ fn spawn_servers(engine: &Arc<Engine>, listeners: Listeners) {
         stop.clone(),
         piece_server_config(&ctx),
     ));
-    life.spawn(http::serve(
+    life.spawn(damselfly_monitor::serve(
         listeners.metrics,
-        http::Endpoint::Metrics,
+        Endpoints::Metrics,
         stop.clone(),
     ));
-    life.spawn(http::serve(listeners.health, http::Endpoint::Health, stop));
+    life.spawn(damselfly_monitor::serve(
+        listeners.health,
+        Endpoints::Health,
+        stop,
+    ));
 }
 
 /// `DfdaemonUpload` (and gRPC health) for peers and schedulers, on TCP.

@@ -2,7 +2,7 @@
 //!
 //! [`run`] (or [`Daemon::start`]) brings up, on the configured IP: the `DfdaemonUpload` gRPC
 //! service for peers and schedulers, the Vortex TCP and QUIC piece servers, the `DfdaemonDownload` gRPC
-//! service on a unix socket for dfget, and the metrics and health HTTP servers. Every
+//! service on a unix socket for dfget, and the metrics and health HTTP servers (damselfly-monitor). Every
 //! download, whoever asks for it, goes through the one [`Engine`].
 
 pub mod cli;
@@ -16,7 +16,6 @@ pub mod engine;
 pub mod error;
 pub mod held;
 pub mod host;
-pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;

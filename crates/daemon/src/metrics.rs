@@ -1,9 +1,7 @@
 //! Download metrics in Prometheus' default registry (names from DESIGN.md). Upload metrics
 //! are registered by damselfly-transfer, which moves those bytes.
 
-use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{exponential_buckets, Histogram, HistogramOpts, IntCounterVec, Opts};
 use std::sync::LazyLock;
 
 /// Where downloaded bytes came from, as Dragonfly's traffic types.
@@ -143,13 +141,6 @@ pub fn task_failed() {
 /// Makes the metric families exist before the first download, so `/metrics` lists them.
 pub fn init() {
     LazyLock::force(&METRICS);
-}
-
-/// The Prometheus text exposition of a registry.
-pub fn render(registry: &Registry) -> String {
-    TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .unwrap_or_default()
 }
 
 /// Total uploaded bytes as counted by damselfly-transfer's Vortex server.

@@ -4,35 +4,12 @@
 mod common;
 
 use bytes::Bytes;
-use common::{daemon_config, socket_client, start_origin};
+use common::{daemon_config, download, request, sha256_file, start_origin};
 use damselfly_daemon::Daemon;
-use dragonfly_api::common::v2::Download;
-use dragonfly_api::dfdaemon::v2::DownloadTaskRequest;
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use damselfly_testkit::sha256_hex;
 use tonic::Code;
 
 const SIZE: usize = 9 * 1024 * 1024 + 7;
-
-async fn download(socket: PathBuf, download: Download) -> Result<(), tonic::Status> {
-    let mut client = socket_client(socket).await;
-    let request = DownloadTaskRequest {
-        download: Some(download),
-    };
-    let mut stream = client.download_task(request).await?.into_inner();
-    while stream.message().await?.is_some() {}
-    Ok(())
-}
-
-fn request(url: &str, output: &Path) -> Download {
-    Download {
-        url: url.to_string(),
-        output_path: Some(output.to_string_lossy().into_owned()),
-        timeout: prost_wkt_types::Duration::try_from(Duration::from_secs(60)).ok(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn user_visible_errors_and_origin_fallback() {
@@ -41,7 +18,7 @@ async fn user_visible_errors_and_origin_fallback() {
         .map(|i| (i % 253) as u8)
         .collect::<Vec<u8>>()
         .into();
-    let sha = hex::encode(Sha256::digest(&data));
+    let sha = sha256_hex(&data);
     let (origin, _) = start_origin(data).await;
     let url = format!("http://{origin}/file.bin");
     // A scheduler address nobody listens on: downloads fall back to the origin.
@@ -72,10 +49,7 @@ async fn user_visible_errors_and_origin_fallback() {
     let mut right = request(&url, &out);
     right.digest = Some(format!("sha256:{sha}"));
     download(socket.clone(), right).await.unwrap();
-    assert_eq!(
-        hex::encode(Sha256::digest(std::fs::read(&out).unwrap())),
-        sha
-    );
+    assert_eq!(sha256_file(&out), sha);
 
     // The output exists and no overwrite.
     let status = download(socket.clone(), request(&url, &out))

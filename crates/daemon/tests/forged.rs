@@ -6,19 +6,18 @@
 mod common;
 
 use bytes::Bytes;
-use common::{daemon_config, socket_client, start_origin};
+use common::{
+    daemon_config, request, sha256_file, socket_client, start_origin, start_scheduler, Outcome,
+};
 use damselfly_core::{PieceLayout, MIN_PIECE_LENGTH};
 use damselfly_daemon::Daemon;
 use damselfly_storage::{Storage, StorageConfig};
+use damselfly_testkit::sha256_hex;
 use dragonfly_api::common::v2::Download;
-use dragonfly_api::dfdaemon::v2::download_task_response::Response as TaskResponse;
-use dragonfly_api::dfdaemon::v2::{DownloadTaskRequest, ListLocalTasksRequest};
-use sha2::{Digest, Sha256};
-use std::net::SocketAddr;
+use dragonfly_api::dfdaemon::v2::ListLocalTasksRequest;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tonic::Code;
 
 const SIZE: usize = 6 * MIN_PIECE_LENGTH as usize + 4321;
@@ -34,57 +33,21 @@ fn content(seed: usize) -> Bytes {
         .into()
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn sha256_file(path: &Path) -> String {
-    sha256_hex(&std::fs::read(path).unwrap())
-}
-
-/// What one download through a daemon's socket showed its caller.
-struct Outcome {
-    /// Parent ID of each piece (None: from the origin).
-    parents: Vec<Option<String>>,
-}
-
+/// Downloads `url` through `socket`, with `digest` when given.
 async fn download(
     socket: PathBuf,
     url: &str,
     output: &Path,
     digest: Option<String>,
 ) -> Result<Outcome, tonic::Status> {
-    let mut client = socket_client(socket).await;
-    let request = DownloadTaskRequest {
-        download: Some(Download {
-            url: url.to_string(),
-            output_path: Some(output.to_string_lossy().into_owned()),
-            timeout: prost_wkt_types::Duration::try_from(Duration::from_secs(90)).ok(),
+    common::download(
+        socket,
+        Download {
             digest,
-            ..Default::default()
-        }),
-    };
-    let mut stream = client.download_task(request).await?.into_inner();
-    let mut parents = Vec::new();
-    while let Some(message) = stream.message().await? {
-        if let Some(TaskResponse::DownloadPieceFinishedResponse(p)) = message.response {
-            parents.push(p.piece.and_then(|p| p.parent_id));
-        }
-    }
-    Ok(Outcome { parents })
-}
-
-async fn start_scheduler() -> (SocketAddr, tokio_util::sync::CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stop_scheduler = stop.clone();
-    tokio::spawn(async move {
-        let config = damselfly_scheduler::SchedulerConfig::default();
-        let _ =
-            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
-    });
-    (scheduler, stop)
+            ..request(url, output)
+        },
+    )
+    .await
 }
 
 async fn only_task_id(daemon: &Daemon) -> String {
@@ -303,10 +266,9 @@ async fn a_whole_file_digest_mismatch_leaves_no_finished_task() {
     .unwrap();
     let out = dir.path().join("a.bin");
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let status = download(a.addrs().socket.clone(), &url, &out, Some(wrong))
-        .await
-        .err()
-        .expect("the download fails");
+    let Err(status) = download(a.addrs().socket.clone(), &url, &out, Some(wrong)).await else {
+        panic!("the download with a wrong digest succeeded");
+    };
     assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     assert!(
         status.message().contains("digest mismatch") && status.message().contains(&want),

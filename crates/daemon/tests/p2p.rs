@@ -4,66 +4,22 @@
 mod common;
 
 use bytes::Bytes;
-use common::{daemon_config, socket_client, start_origin, start_origin_with};
+use common::{daemon_config, request, sha256_file, socket_client, start_origin, start_scheduler};
 use damselfly_daemon::Daemon;
-use dragonfly_api::common::v2::Download;
-use dragonfly_api::dfdaemon::v2::download_task_response::Response as TaskResponse;
-use dragonfly_api::dfdaemon::v2::DownloadTaskRequest;
-use sha2::{Digest, Sha256};
+use damselfly_testkit::{sha256_hex, Origin, OriginOptions, Ranges};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
-use tokio::net::TcpListener;
 
 const SIZE: usize = 40 * 1024 * 1024 + 12345;
 
 /// Downloads through the daemon's socket; returns the parent IDs of the pieces.
 async fn download(socket: PathBuf, url: &str, output: &Path) -> Vec<Option<String>> {
-    let mut client = socket_client(socket).await;
-    let request = DownloadTaskRequest {
-        download: Some(Download {
-            url: url.to_string(),
-            output_path: Some(output.to_string_lossy().into_owned()),
-            timeout: prost_wkt_types::Duration::try_from(Duration::from_secs(60)).ok(),
-            ..Default::default()
-        }),
-    };
-    let mut stream = client.download_task(request).await.unwrap().into_inner();
-    let mut parents = Vec::new();
-    let mut started = false;
-    while let Some(message) = stream.message().await.unwrap() {
-        match message.response {
-            Some(TaskResponse::DownloadTaskStartedResponse(s)) => {
-                assert_eq!(s.content_length, SIZE as u64);
-                started = true;
-            }
-            Some(TaskResponse::DownloadPieceFinishedResponse(p)) => {
-                parents.push(p.piece.unwrap().parent_id);
-            }
-            None => {}
-        }
-    }
-    assert!(started);
-    parents
-}
-
-/// An in-process scheduler on 127.0.0.1; cancel the token to stop it.
-async fn start_scheduler() -> (SocketAddr, tokio_util::sync::CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stop_scheduler = stop.clone();
-    tokio::spawn(async move {
-        let config = damselfly_scheduler::SchedulerConfig::default();
-        let _ =
-            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
-    });
-    (scheduler, stop)
-}
-
-fn sha256_file(path: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+    let outcome = common::download(socket, request(url, output))
+        .await
+        .unwrap();
+    assert_eq!(outcome.content_length, Some(SIZE as u64));
+    outcome.parents
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,7 +29,7 @@ async fn second_daemon_downloads_from_the_first() {
         .map(|i| (i * 7 % 251) as u8)
         .collect::<Vec<u8>>()
         .into();
-    let want = hex::encode(Sha256::digest(&data));
+    let want = sha256_hex(&data);
     let (origin, origin_bytes) = start_origin(data).await;
     let url = format!("http://{origin}/file.bin");
 
@@ -160,7 +116,7 @@ async fn parent_without_the_task_is_dropped() {
         .map(|i| (i * 13 % 241) as u8)
         .collect::<Vec<u8>>()
         .into();
-    let want = hex::encode(Sha256::digest(&data));
+    let want = sha256_hex(&data);
     let (origin, origin_bytes) = start_origin(data).await;
     let url = format!("http://{origin}/file.bin");
     let (scheduler, stop) = start_scheduler().await;
@@ -216,9 +172,20 @@ async fn an_origin_ignoring_range_is_fetched_once_and_shared() {
         .map(|i| (i * 13 % 241) as u8)
         .collect::<Vec<u8>>()
         .into();
-    let want = hex::encode(Sha256::digest(&data));
-    let (origin, origin_bytes) = start_origin_with(data, false).await;
-    let url = format!("http://{origin}/file.bin");
+    let want = sha256_hex(&data);
+    let origin = Origin::spawn(OriginOptions {
+        ranges: Ranges::Ignored,
+        ..OriginOptions::default()
+    })
+    .await;
+    let url = origin.add("file.bin", data).url;
+    let gets = || {
+        origin
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .count()
+    };
 
     let (scheduler, stop) = start_scheduler().await;
     let a = Daemon::start(daemon_config("127.0.0.4", "plain-a", dir.path(), scheduler))
@@ -232,15 +199,15 @@ async fn an_origin_ignoring_range_is_fetched_once_and_shared() {
     let from_origin = download(a.addrs().socket.clone(), &url, &out_a).await;
     assert_eq!(sha256_file(&out_a), want);
     assert!(from_origin.iter().all(Option::is_none), "{from_origin:?}");
-    // The stat's `Range: bytes=0-0` probe (answered 200; this origin counts the whole body
-    // it builds, though the client drops it after the head) plus one whole-body stream:
-    // nothing per piece.
-    let after_first = origin_bytes.load(Ordering::Relaxed);
+    // The stat's `Range: bytes=0-0` probe (answered 200 with the whole body, which the
+    // client drops after the head) plus one whole-body stream: nothing per piece.
     assert_eq!(
-        after_first,
-        2 * SIZE as u64,
-        "one probe and one body stream expected"
+        gets(),
+        2,
+        "one probe and one body stream: {:?}",
+        origin.requests()
     );
+    assert!(origin.served() >= SIZE as u64, "the stream was whole");
 
     let out_b = dir.path().join("b.bin");
     let parents = download(b.addrs().socket.clone(), &url, &out_b).await;
@@ -251,10 +218,11 @@ async fn an_origin_ignoring_range_is_fetched_once_and_shared() {
             .is_some_and(|id| id.starts_with("127.0.0.4-plain-a-"))),
         "every piece came from daemon A: {parents:?}"
     );
-    let second = origin_bytes.load(Ordering::Relaxed) - after_first;
     assert_eq!(
-        second, SIZE as u64,
-        "the second daemon's stat probes the origin, its pieces do not touch it"
+        gets(),
+        3,
+        "the second daemon's stat probes the origin, its pieces do not touch it: {:?}",
+        origin.requests()
     );
     a.stop().await;
     b.stop().await;

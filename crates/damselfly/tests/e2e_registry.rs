@@ -918,30 +918,17 @@ fn private_layers_reach_only_clients_the_registry_admits() {
 
 /// A test CA and a leaf certificate for 127.0.0.1, written as PEM files in `dir`.
 fn private_ca(dir: &std::path::Path) -> (PathBuf, RegistryTls) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Damselfly test registry CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
+    let ca = damselfly_testkit::TestCa::named("Damselfly test registry CA");
+    let leaf = ca.leaf();
     fs::create_dir_all(dir).unwrap();
     let ca_path = dir.join("ca.pem");
-    fs::write(&ca_path, ca.pem()).unwrap();
+    fs::write(&ca_path, &ca.pem).unwrap();
     let tls = RegistryTls {
         cert: dir.join("registry.pem"),
         key: dir.join("registry.key"),
     };
-    fs::write(&tls.cert, leaf.pem()).unwrap();
-    fs::write(&tls.key, leaf_key.serialize_pem()).unwrap();
+    fs::write(&tls.cert, &leaf.pem).unwrap();
+    fs::write(&tls.key, &leaf.key_pem).unwrap();
     (ca_path, tls)
 }
 

@@ -16,9 +16,6 @@ pub enum SchedulerError {
     /// The gRPC server failed.
     #[error("scheduler gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// A Prometheus metric could not be registered or encoded.
-    #[error("scheduler metrics error: {0}")]
-    Metrics(#[from] prometheus::Error),
     /// A preheat request is malformed (bad URL, scope, count…).
     #[error("invalid preheat request: {0}")]
     InvalidPreheat(String),

@@ -1,20 +1,15 @@
 //! Prometheus metrics in the default registry (DESIGN.md), plus the `/metrics` + `/healthy`
 //! HTTP server.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::OnceLock;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder};
+use damselfly_monitor::Endpoints;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::state::Counts;
-use crate::SchedulerError;
 
 /// The scheduler's collectors.
 struct Collectors {
@@ -190,64 +185,19 @@ impl Metrics {
     }
 }
 
-/// The Prometheus text exposition of the default registry.
-pub fn render() -> Result<String, SchedulerError> {
-    let mut buffer = Vec::new();
-    TextEncoder::new().encode(&prometheus::gather(), &mut buffer)?;
-    Ok(String::from_utf8_lossy(&buffer).into_owned())
-}
-
-/// Serves `GET /metrics` (Prometheus text) and `GET /healthy` (200) until `shutdown` fires.
-/// Connections already open finish on their own; scrapes are short.
+/// Serves `GET /metrics` (Prometheus text) and `GET /healthy` (200) with damselfly-monitor
+/// until `shutdown` fires.
 pub async fn serve_metrics(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), SchedulerError> {
+) {
     // Make sure the scheduler's own series exist even before the first RPC.
     let _ = metrics();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics accept failed");
-                        continue;
-                    }
-                };
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(handle))
-                    .into_owned();
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "metrics connection ended");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    Ok(())
-}
-
-async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => match render() {
-            Ok(text) => (StatusCode::OK, text),
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        (&Method::GET, "/healthy") => (StatusCode::OK, "OK".to_string()),
-        _ => (StatusCode::NOT_FOUND, "not found".to_string()),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if status == StatusCode::OK {
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-        );
-    }
-    Ok(response)
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.cancel();
+    });
+    damselfly_monitor::serve(listener, Endpoints::MetricsAndHealth, stop).await;
 }

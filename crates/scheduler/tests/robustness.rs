@@ -332,6 +332,6 @@ async fn metrics_server_exposes_scheduler_series() {
     assert!(http_get(addr, "/healthy").await.starts_with("HTTP/1.1 200"));
     assert!(http_get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.await.unwrap();
     scheduler.shutdown().await;
 }

@@ -1,7 +1,6 @@
 //! Moving piece bytes: the Vortex TCP and QUIC piece servers and clients, the origin HTTP backend,
 //! bandwidth limits, and the SyncPieces server stream.
 
-pub mod admission;
 mod backend;
 mod error;
 mod frame;

@@ -5,11 +5,11 @@
 //! server certificate, so their QUIC is encrypted but not authenticated. [`QuicSecurity`]
 //! chooses between speaking exactly that and verifying both ends against a cluster CA.
 
-use crate::admission::ConnectionLimits;
 use crate::error::TransferError;
 use crate::limiter::RateLimiter;
 use crate::metrics::{UPLOAD_PIECE_TOTAL, UPLOAD_TRAFFIC_BYTES};
 use crate::vortex::{self, PieceSink, PieceSource, Refusal, VortexServerConfig};
+use damselfly_core::admission::ConnectionLimits;
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceMetadata, Storage};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -441,11 +441,7 @@ impl QuicPieceClient {
         limiters: &[RateLimiter],
         timeout: Duration,
     ) -> Result<PieceMetadata, TransferError> {
-        let source = PieceSource {
-            addr,
-            parent_id,
-            trusted_digest: None,
-        };
+        let source = PieceSource::untrusted(addr, parent_id);
         self.download_piece_from(source, task_id, span, storage, limiters, timeout)
             .await
     }
@@ -461,27 +457,8 @@ impl QuicPieceClient {
         limiters: &[RateLimiter],
         timeout: Duration,
     ) -> Result<PieceMetadata, TransferError> {
-        let PieceSource {
-            addr,
-            parent_id,
-            trusted_digest,
-        } = source;
-        let sink = PieceSink {
-            addr,
-            task_id,
-            span,
-            parent_id,
-            trusted_digest,
-            storage,
-            limiters,
-        };
-        match tokio::time::timeout(timeout, self.fetch(&sink)).await {
-            Ok(result) => result,
-            Err(_) => Err(TransferError::Timeout(format!(
-                "piece {} of task {task_id} from parent {parent_id} at {addr} over QUIC after {timeout:?}",
-                span.number
-            ))),
-        }
+        let sink = source.sink(task_id, span, storage, limiters);
+        sink.within(timeout, " over QUIC", self.fetch(&sink)).await
     }
 
     async fn fetch(&self, sink: &PieceSink<'_>) -> Result<PieceMetadata, TransferError> {

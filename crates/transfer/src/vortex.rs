@@ -5,7 +5,6 @@
 //! The frame reading and writing here is shared with the QUIC transport (`crate::quic`),
 //! which carries the same frames on one bidirectional stream per piece.
 
-use crate::admission::ConnectionLimits;
 use crate::error::TransferError;
 use crate::frame::{
     answer_value_length, decode_answer_value, decode_request_value, request_value_length,
@@ -14,6 +13,7 @@ use crate::frame::{
 use crate::limiter::{RateLimiter, ThrottledReader};
 use crate::metrics::{UPLOAD_PIECE_TOTAL, UPLOAD_TRAFFIC_BYTES};
 use bytes::BytesMut;
+use damselfly_core::admission::ConnectionLimits;
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceCheck, PieceMetadata, Storage, StorageError};
 use std::net::SocketAddr;
@@ -442,6 +442,36 @@ pub struct PieceSource<'a> {
     pub trusted_digest: Option<&'a str>,
 }
 
+impl<'a> PieceSource<'a> {
+    /// A parent with no trusted digest to hold it to: only its own crc32 claim is checked.
+    pub fn untrusted(addr: SocketAddr, parent_id: &'a str) -> Self {
+        Self {
+            addr,
+            parent_id,
+            trusted_digest: None,
+        }
+    }
+
+    /// Where this source's answer for `span` of `task_id` goes.
+    pub(crate) fn sink(
+        self,
+        task_id: &'a str,
+        span: PieceSpan,
+        storage: &'a Storage,
+        limiters: &'a [RateLimiter],
+    ) -> PieceSink<'a> {
+        PieceSink {
+            addr: self.addr,
+            task_id,
+            span,
+            parent_id: self.parent_id,
+            trusted_digest: self.trusted_digest,
+            storage,
+            limiters,
+        }
+    }
+}
+
 /// Fetches one piece from a parent's Vortex server into storage (verifies the crc32 digest
 /// the parent sends, records parent_id).
 pub async fn download_piece_vortex(
@@ -453,11 +483,7 @@ pub async fn download_piece_vortex(
     limiters: &[RateLimiter],
     timeout: Duration,
 ) -> Result<PieceMetadata, TransferError> {
-    let source = PieceSource {
-        addr,
-        parent_id,
-        trusted_digest: None,
-    };
+    let source = PieceSource::untrusted(addr, parent_id);
     download_piece_from(source, task_id, span, storage, limiters, timeout).await
 }
 
@@ -471,29 +497,13 @@ pub async fn download_piece_from(
     limiters: &[RateLimiter],
     timeout: Duration,
 ) -> Result<PieceMetadata, TransferError> {
-    let download = download_piece(source, task_id, span, storage, limiters);
-    match tokio::time::timeout(timeout, download).await {
-        Ok(result) => result,
-        Err(_) => Err(TransferError::Timeout(format!(
-            "piece {} of task {task_id} from parent {} at {} after {timeout:?}",
-            span.number, source.parent_id, source.addr
-        ))),
-    }
+    let sink = source.sink(task_id, span, storage, limiters);
+    sink.within(timeout, "", download_piece(&sink)).await
 }
 
-async fn download_piece(
-    source: PieceSource<'_>,
-    task_id: &str,
-    span: PieceSpan,
-    storage: &Storage,
-    limiters: &[RateLimiter],
-) -> Result<PieceMetadata, TransferError> {
-    let PieceSource {
-        addr,
-        parent_id,
-        trusted_digest,
-    } = source;
-    check_task_id(task_id)?;
+async fn download_piece(sink: &PieceSink<'_>) -> Result<PieceMetadata, TransferError> {
+    let addr = sink.addr;
+    check_task_id(sink.task_id)?;
     let started = Instant::now();
     let mut stream =
         TcpStream::connect(addr)
@@ -504,19 +514,10 @@ async fn download_piece(
             })?;
     stream.set_nodelay(true).ok();
     stream
-        .write_all(&request_packet(task_id, span.number))
+        .write_all(&request_packet(sink.task_id, sink.span.number))
         .await
         .map_err(|e| peer_io(addr, e))?;
-    let piece = PieceSink {
-        addr,
-        task_id,
-        span,
-        parent_id,
-        trusted_digest,
-        storage,
-        limiters,
-    };
-    piece.receive(&mut stream, started).await
+    sink.receive(&mut stream, started).await
 }
 
 /// Refuses a task ID the 64-byte Vortex field cannot carry.
@@ -551,6 +552,24 @@ pub(crate) struct PieceSink<'a> {
 }
 
 impl PieceSink<'_> {
+    /// Runs `fetch` (this sink's download over some transport) within `timeout`; `over`
+    /// names the transport in the error (empty for TCP).
+    pub(crate) async fn within(
+        &self,
+        timeout: Duration,
+        over: &str,
+        fetch: impl std::future::Future<Output = Result<PieceMetadata, TransferError>>,
+    ) -> Result<PieceMetadata, TransferError> {
+        tokio::time::timeout(timeout, fetch)
+            .await
+            .unwrap_or_else(|_| {
+                Err(TransferError::Timeout(format!(
+                    "piece {} of task {} from parent {} at {}{over} after {timeout:?}",
+                    self.span.number, self.task_id, self.parent_id, self.addr
+                )))
+            })
+    }
+
     /// Reads the answer to a sent request and stores the piece (digest checked, parent
     /// recorded); the request was sent at `started`.
     pub(crate) async fn receive<R: AsyncRead + Unpin>(

@@ -4,10 +4,7 @@ mod common;
 
 use common::*;
 use damselfly_transfer::{Backend, BackendConfig, RateLimiter, TransferError};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-const PIECE: u64 = 256 * 1024;
 
 fn backend() -> Backend {
     Backend::new(BackendConfig {
@@ -25,7 +22,7 @@ async fn fetch_by_pieces(
     id: &str,
 ) -> Vec<u8> {
     let backend = backend();
-    let stat = backend.stat(&origin.url(), &[]).await.unwrap();
+    let stat = backend.stat(&origin.url(BLOB), &[]).await.unwrap();
     let len = stat.content_length.unwrap();
     let task = storage
         .prepare_task(id, len, PIECE, stat.headers)
@@ -34,7 +31,7 @@ async fn fetch_by_pieces(
     for span in task.layout().spans() {
         let piece = backend
             .fetch_piece(
-                &origin.url(),
+                &origin.url(BLOB),
                 &[],
                 storage,
                 id,
@@ -53,29 +50,25 @@ async fn fetch_by_pieces(
 #[tokio::test]
 async fn stat_uses_head_and_reports_range_support() {
     let data = content(1_000_003, 1);
-    let origin = start_origin(data, OriginBehaviour::default()).await;
-    let stat = backend().stat(&origin.url(), &[]).await.unwrap();
+    let origin = start_origin(data, OriginOptions::default()).await;
+    let stat = backend().stat(&origin.url(BLOB), &[]).await.unwrap();
     assert_eq!(stat.content_length, Some(1_000_003));
     assert!(stat.supports_range);
     assert_eq!(stat.status, 200);
-    assert_eq!(
-        origin.requests.load(Ordering::SeqCst),
-        1,
-        "HEAD alone was enough"
-    );
+    assert_eq!(origin.request_count(), 1, "HEAD alone was enough");
 }
 
 #[tokio::test]
 async fn stat_falls_back_to_a_ranged_get_when_head_is_refused() {
     let origin = start_origin(
         content(5000, 2),
-        OriginBehaviour {
+        OriginOptions {
             head_status: Some(405),
             ..Default::default()
         },
     )
     .await;
-    let stat = backend().stat(&origin.url(), &[]).await.unwrap();
+    let stat = backend().stat(&origin.url(BLOB), &[]).await.unwrap();
     assert_eq!(stat.content_length, Some(5000));
     assert!(stat.supports_range);
     assert!(stat
@@ -88,14 +81,14 @@ async fn stat_falls_back_to_a_ranged_get_when_head_is_refused() {
 async fn stat_of_an_origin_without_range_support_or_length() {
     let origin = start_origin(
         content(5000, 3),
-        OriginBehaviour {
-            ignore_range: true,
-            chunked: true,
+        OriginOptions {
+            ranges: Ranges::Ignored,
+            length: BodyLength::Chunked,
             ..Default::default()
         },
     )
     .await;
-    let stat = backend().stat(&origin.url(), &[]).await.unwrap();
+    let stat = backend().stat(&origin.url(BLOB), &[]).await.unwrap();
     assert_eq!(stat.content_length, None);
     assert!(!stat.supports_range);
 }
@@ -104,15 +97,15 @@ async fn stat_of_an_origin_without_range_support_or_length() {
 async fn origin_errors_are_reported_clearly() {
     let origin = start_origin(
         vec![1],
-        OriginBehaviour {
+        OriginOptions {
             status: Some(404),
             ..Default::default()
         },
     )
     .await;
-    let err = backend().stat(&origin.url(), &[]).await.unwrap_err();
+    let err = backend().stat(&origin.url(BLOB), &[]).await.unwrap_err();
     assert!(
-        matches!(err, TransferError::OriginStatus { status: 404, ref url } if url == &origin.url()),
+        matches!(err, TransferError::OriginStatus { status: 404, ref url } if url == &origin.url(BLOB)),
         "{err}"
     );
 
@@ -136,7 +129,7 @@ async fn ranged_pieces_land_in_storage_intact() {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage(dir.path());
     let data = content(3 * PIECE as usize + 4321, 4);
-    let origin = start_origin(data.clone(), OriginBehaviour::default()).await;
+    let origin = start_origin(data.clone(), OriginOptions::default()).await;
     let stored = fetch_by_pieces(&origin, &storage, &task_id(1)).await;
     assert_eq!(sha256(&stored), sha256(&data));
 }
@@ -148,8 +141,8 @@ async fn an_origin_ignoring_range_still_yields_the_right_piece() {
     let data = content(2 * PIECE as usize + 10, 5);
     let origin = start_origin(
         data.clone(),
-        OriginBehaviour {
-            ignore_range: true,
+        OriginOptions {
+            ranges: Ranges::Ignored,
             ..Default::default()
         },
     )
@@ -165,8 +158,8 @@ async fn transient_failures_are_retried() {
     let data = content(PIECE as usize, 6);
     let origin = start_origin(
         data.clone(),
-        OriginBehaviour {
-            fail_first: 1.into(),
+        OriginOptions {
+            fail_first: 1,
             ..Default::default()
         },
     )
@@ -178,16 +171,16 @@ async fn transient_failures_are_retried() {
         .unwrap();
     let span = task.layout().span(0).unwrap();
     backend()
-        .fetch_piece(&origin.url(), &[], &storage, &id, span, &[])
+        .fetch_piece(&origin.url(BLOB), &[], &storage, &id, span, &[])
         .await
         .unwrap();
-    assert_eq!(origin.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(origin.request_count(), 2);
 
     // Two failures exceed the single default retry.
     let origin = start_origin(
         data,
-        OriginBehaviour {
-            fail_first: 2.into(),
+        OriginOptions {
+            fail_first: 2,
             ..Default::default()
         },
     )
@@ -198,7 +191,7 @@ async fn transient_failures_are_retried() {
         .await
         .unwrap();
     let err = backend()
-        .fetch_piece(&origin.url(), &[], &storage, &id, span, &[])
+        .fetch_piece(&origin.url(BLOB), &[], &storage, &id, span, &[])
         .await
         .unwrap_err();
     assert!(
@@ -215,9 +208,9 @@ async fn fetch_all_streams_an_unknown_length_body_into_pieces() {
     let data = content(2 * PIECE as usize + 777, 7);
     let origin = start_origin(
         data.clone(),
-        OriginBehaviour {
-            chunked: true,
-            ignore_range: true,
+        OriginOptions {
+            length: BodyLength::Chunked,
+            ranges: Ranges::Ignored,
             ..Default::default()
         },
     )
@@ -225,7 +218,7 @@ async fn fetch_all_streams_an_unknown_length_body_into_pieces() {
     let id = task_id(4);
     storage.prepare_task(&id, 0, PIECE, vec![]).await.unwrap();
     let (total, pieces) = backend()
-        .fetch_all(&origin.url(), &[], &storage, &id, PIECE, &[])
+        .fetch_all(&origin.url(BLOB), &[], &storage, &id, PIECE, &[])
         .await
         .unwrap();
     assert_eq!(total, data.len() as u64);
@@ -243,7 +236,7 @@ async fn the_limiter_bounds_the_download_rate() {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage(dir.path());
     let data = content(PIECE as usize, 8);
-    let origin = start_origin(data, OriginBehaviour::default()).await;
+    let origin = start_origin(data, OriginOptions::default()).await;
     let id = task_id(5);
     let task = storage
         .prepare_task(&id, PIECE, PIECE, vec![])
@@ -254,7 +247,7 @@ async fn the_limiter_bounds_the_download_rate() {
     let started = Instant::now();
     backend()
         .fetch_piece(
-            &origin.url(),
+            &origin.url(BLOB),
             &[],
             &storage,
             &id,

@@ -7,10 +7,7 @@ mod common;
 use common::*;
 use damselfly_transfer::{Backend, BackendConfig, OriginTrust, RateLimiter, TransferError};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-const PIECE: u64 = 256 * 1024;
 
 /// A backend whose "system store" is `bundle` (an empty file: no private CA in it).
 fn backend(bundle: PathBuf) -> Backend {
@@ -50,7 +47,10 @@ async fn private_ca_origin_is_refused_without_its_ca() {
     std::fs::write(&empty, "").unwrap();
     let ca = TestCa::new();
     let origin = start_tls_origin(content(700_000, 3), &ca).await;
-    let error = backend(empty).stat(&origin.url(), &[]).await.unwrap_err();
+    let error = backend(empty)
+        .stat(&origin.url(BLOB), &[])
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, TransferError::OriginCertificate { .. }),
         "{error:?}"
@@ -64,7 +64,7 @@ async fn private_ca_origin_is_refused_without_its_ca() {
         !error.is_transient(),
         "a refused certificate is not retried"
     );
-    assert_eq!(origin.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(origin.request_count(), 0);
 }
 
 #[tokio::test]
@@ -75,7 +75,7 @@ async fn private_ca_from_the_system_bundle_is_trusted() {
     std::fs::write(&bundle, &ca.pem).unwrap();
     let data = content(1_000_003, 4);
     let origin = start_tls_origin(data.clone(), &ca).await;
-    let got = fetch(&backend(bundle), &origin.url(), dir.path())
+    let got = fetch(&backend(bundle), &origin.url(BLOB), dir.path())
         .await
         .unwrap();
     assert_eq!(sha256(&got), sha256(&data));
@@ -91,13 +91,15 @@ async fn private_ca_from_the_download_is_trusted_and_clients_are_shared() {
     let origin = start_tls_origin(data.clone(), &ca).await;
     let base = backend(empty);
     let trusted = base
-        .with_trust(&OriginTrust::with_cas(vec![ca.der.clone()]))
+        .with_trust(&OriginTrust::with_cas(vec![ca.der.to_vec()]))
         .unwrap();
-    let got = fetch(&trusted, &origin.url(), dir.path()).await.unwrap();
+    let got = fetch(&trusted, &origin.url(BLOB), dir.path())
+        .await
+        .unwrap();
     assert_eq!(sha256(&got), sha256(&data));
     // The base backend still refuses: the CA belongs to the downloads that sent it.
     assert!(matches!(
-        base.stat(&origin.url(), &[]).await,
+        base.stat(&origin.url(BLOB), &[]).await,
         Err(TransferError::OriginCertificate { .. })
     ));
 }
@@ -111,6 +113,8 @@ async fn insecure_accepts_any_certificate() {
     let data = content(300_000, 6);
     let origin = start_tls_origin(data.clone(), &ca).await;
     let insecure = backend(empty).with_trust(&OriginTrust::Insecure).unwrap();
-    let got = fetch(&insecure, &origin.url(), dir.path()).await.unwrap();
+    let got = fetch(&insecure, &origin.url(BLOB), dir.path())
+        .await
+        .unwrap();
     assert_eq!(sha256(&got), sha256(&data));
 }

@@ -10,60 +10,31 @@ use damselfly_transfer::{
     bind_quic, serve_quic, QuicPieceClient, QuicSecurity, RateLimiter, TransferError,
     UnverifiedPeers, VortexServerConfig,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const PIECE: u64 = 256 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A cluster CA that issues host certificates valid for 127.0.0.1, for both TLS roles.
-struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-}
+/// A cluster CA (damselfly-testkit's) whose host certificates serve both TLS roles.
+struct ClusterCa(TestCa);
 
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let der = params.self_signed(&key).unwrap().der().clone();
-        TestCa {
-            issuer: Issuer::new(params, key),
-            der,
-        }
+impl ClusterCa {
+    fn new(name: &str) -> ClusterCa {
+        ClusterCa(TestCa::named(name))
     }
 
     /// A host certificate and its key.
     fn host(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let key = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-        (vec![cert.der().clone()], key)
+        let leaf = self.0.leaf();
+        (leaf.chain(), leaf.key())
     }
 
     fn roots(&self) -> Arc<rustls::RootCertStore> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
+        roots.add(self.0.der.clone()).unwrap();
         Arc::new(roots)
     }
 
@@ -119,23 +90,6 @@ impl TestCa {
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A storage holding every piece of `data`.
-async fn seeded(dir: &std::path::Path, id: &str, data: &[u8]) -> (Storage, PieceLayout) {
-    let storage = storage(dir);
-    let task = storage
-        .prepare_task(id, data.len() as u64, PIECE, vec![])
-        .await
-        .unwrap();
-    for span in task.layout().spans() {
-        let bytes = &data[span.offset as usize..span.end() as usize];
-        storage
-            .write_piece(id, span, bytes, None, None, Duration::ZERO)
-            .await
-            .unwrap();
-    }
-    (storage, task.layout())
 }
 
 async fn start_server(
@@ -247,7 +201,7 @@ async fn dragonfly_compatible_pieces_arrive_byte_identical() {
 
 #[tokio::test]
 async fn verified_peers_exchange_pieces() {
-    let ca = TestCa::new("cluster");
+    let ca = ClusterCa::new("cluster");
     let security = ca.verified(UnverifiedPeers::Refuse);
     let p = pair(2, 5 * PIECE as usize + 17, &security).await;
     let client = QuicPieceClient::new(&security).unwrap();
@@ -257,7 +211,7 @@ async fn verified_peers_exchange_pieces() {
 
 #[tokio::test]
 async fn a_verified_server_refuses_a_client_without_a_certificate() {
-    let ca = TestCa::new("cluster");
+    let ca = ClusterCa::new("cluster");
     let p = pair(3, 2 * PIECE as usize, &ca.verified(UnverifiedPeers::Refuse)).await;
     let no_cert = QuicPieceClient::new(&QuicSecurity::Verified {
         server: ca.server_config(),
@@ -275,7 +229,7 @@ async fn a_verified_server_refuses_a_client_without_a_certificate() {
 
 #[tokio::test]
 async fn a_verified_client_refuses_a_server_signed_by_another_ca() {
-    let (ours, theirs) = (TestCa::new("cluster"), TestCa::new("elsewhere"));
+    let (ours, theirs) = (ClusterCa::new("cluster"), ClusterCa::new("elsewhere"));
     let p = pair(
         4,
         2 * PIECE as usize,
@@ -293,7 +247,7 @@ async fn a_verified_client_refuses_a_server_signed_by_another_ca() {
 
 #[tokio::test]
 async fn a_dragonfly_compatible_client_cannot_fetch_from_a_verified_server() {
-    let ca = TestCa::new("cluster");
+    let ca = ClusterCa::new("cluster");
     let p = pair(5, 2 * PIECE as usize, &ca.verified(UnverifiedPeers::Refuse)).await;
     let client = QuicPieceClient::new(&QuicSecurity::DragonflyCompatible).unwrap();
     let error = p.fetch_refused(&client).await;
@@ -306,7 +260,7 @@ async fn a_dragonfly_compatible_client_cannot_fetch_from_a_verified_server() {
 
 #[tokio::test]
 async fn an_official_peer_is_refused_unless_the_operator_allows_it() {
-    let ca = TestCa::new("cluster");
+    let ca = ClusterCa::new("cluster");
     // An official Dragonfly peer: self-signed "d7y" certificate, no client certificates.
     let p = pair(
         6,

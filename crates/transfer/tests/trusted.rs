@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-const PIECE: u64 = 256 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::test]

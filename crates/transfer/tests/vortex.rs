@@ -4,7 +4,6 @@ mod common;
 
 use common::*;
 use damselfly_core::digest::piece_digest;
-use damselfly_core::PieceLayout;
 use damselfly_storage::{Storage, StorageError};
 use damselfly_transfer::{
     download_piece_vortex, serve_vortex, serve_vortex_with, RateLimiter, TransferError,
@@ -16,25 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-const PIECE: u64 = 256 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A storage holding every piece of `data` (not finished, so it can still be tampered with).
-async fn seeded(dir: &std::path::Path, id: &str, data: &[u8]) -> (Storage, PieceLayout) {
-    let storage = storage(dir);
-    let task = storage
-        .prepare_task(id, data.len() as u64, PIECE, vec![])
-        .await
-        .unwrap();
-    for span in task.layout().spans() {
-        let bytes = &data[span.offset as usize..span.end() as usize];
-        storage
-            .write_piece(id, span, bytes, None, None, Duration::ZERO)
-            .await
-            .unwrap();
-    }
-    (storage, task.layout())
-}
 
 async fn start_server(
     storage: Storage,

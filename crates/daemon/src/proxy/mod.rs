@@ -31,7 +31,7 @@ use crate::error::DaemonError;
 use crate::lifecycle::Lifecycle;
 use body::ProxyBody;
 use config::{BasicAuth, ProxyConfig};
-use damselfly_transfer::admission::ConnectionLimits;
+use damselfly_core::admission::ConnectionLimits;
 use guard::{Kind, RequestLimiter};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;

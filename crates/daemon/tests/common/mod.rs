@@ -1,101 +1,30 @@
-//! Test helpers: a counting HTTP origin with Range support, daemon configs, socket clients.
+//! Test helpers: the counting origin (damselfly-testkit) serving one file, an in-process
+//! scheduler, daemon configs, and downloads through a daemon's socket.
 #![allow(dead_code)]
 
 use bytes::Bytes;
 use damselfly_daemon::DaemonConfig;
+use damselfly_testkit::{Origin, OriginOptions};
+use dragonfly_api::common::v2::Download;
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_client::DfdaemonDownloadClient;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use dragonfly_api::dfdaemon::v2::download_task_response::Response as TaskResponse;
+use dragonfly_api::dfdaemon::v2::DownloadTaskRequest;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, UnixStream};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Serves one object with HEAD and Range support, counting body bytes sent.
+/// Serves `data` at `/file.bin` with HEAD and Range support; the counter is the body bytes
+/// sent. The origin runs on the test's runtime until the test ends.
 pub async fn start_origin(data: Bytes) -> (SocketAddr, Arc<AtomicU64>) {
-    start_origin_with(data, true).await
-}
-
-/// Like [`start_origin`]; with `ranges` false it ignores Range (always 200, whole body) and
-/// sends no Accept-Ranges, as Python's http.server does.
-pub async fn start_origin_with(data: Bytes, ranges: bool) -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sent = Arc::new(AtomicU64::new(0));
-    let counter = sent.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let data = data.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let data = data.clone();
-                    let counter = counter.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(answer(&req, &data, &counter, ranges))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, sent)
-}
-
-fn answer(
-    req: &Request<hyper::body::Incoming>,
-    data: &Bytes,
-    sent: &AtomicU64,
-    ranges: bool,
-) -> Response<Full<Bytes>> {
-    if req.uri().path() != "/file.bin" {
-        return Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-    }
-    let len = data.len() as u64;
-    let range = req
-        .headers()
-        .get("range")
-        .filter(|_| ranges)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.split_once('-'))
-        .map(|(a, b)| {
-            let start: u64 = a.parse().unwrap_or(0);
-            let end: u64 = b.parse().unwrap_or(len - 1).min(len - 1);
-            (start, end)
-        });
-    let (status, start, end) = match range {
-        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e),
-        None => (StatusCode::OK, 0, len - 1),
-    };
-    let body = if req.method() == Method::HEAD {
-        Bytes::new()
-    } else {
-        data.slice(start as usize..=end as usize)
-    };
-    sent.fetch_add(body.len() as u64, Ordering::Relaxed);
-    let mut builder = Response::builder()
-        .status(status)
-        .header("content-length", (end - start + 1).to_string());
-    if ranges {
-        builder = builder.header("accept-ranges", "bytes");
-    }
-    if range.is_some() {
-        builder = builder.header("content-range", format!("bytes {start}-{end}/{len}"));
-    }
-    builder.body(Full::new(body)).unwrap()
+    let origin = Origin::spawn(OriginOptions::default()).await;
+    origin.add("file.bin", data);
+    (origin.addr, origin.served_counter())
 }
 
 pub fn daemon_config(ip: &str, name: &str, dir: &Path, scheduler: SocketAddr) -> DaemonConfig {
@@ -123,4 +52,67 @@ pub async fn socket_client(path: PathBuf) -> DfdaemonDownloadClient<Channel> {
         .await
         .unwrap();
     DfdaemonDownloadClient::new(channel)
+}
+
+/// An in-process scheduler on 127.0.0.1; cancel the token to stop it.
+pub async fn start_scheduler() -> (SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheduler = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let stop_scheduler = stop.clone();
+    tokio::spawn(async move {
+        let config = damselfly_scheduler::SchedulerConfig::default();
+        let _ =
+            damselfly_scheduler::serve(config, listener, stop_scheduler.cancelled_owned()).await;
+    });
+    (scheduler, stop)
+}
+
+/// A download of `url` into `output` as dfget asks for it.
+pub fn request(url: &str, output: &Path) -> Download {
+    Download {
+        url: url.to_string(),
+        output_path: Some(output.to_string_lossy().into_owned()),
+        timeout: prost_wkt_types::Duration::try_from(Duration::from_secs(90)).ok(),
+        ..Default::default()
+    }
+}
+
+/// What one download through a daemon's socket showed its caller.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The content length the started message announced.
+    pub content_length: Option<u64>,
+    /// Parent ID of each piece (None: from the origin).
+    pub parents: Vec<Option<String>>,
+}
+
+/// Runs `download` through the daemon's socket to its end.
+pub async fn download(socket: PathBuf, download: Download) -> Result<Outcome, tonic::Status> {
+    let mut client = socket_client(socket).await;
+    let request = DownloadTaskRequest {
+        download: Some(download),
+    };
+    let mut stream = client.download_task(request).await?.into_inner();
+    let mut outcome = Outcome {
+        content_length: None,
+        parents: Vec::new(),
+    };
+    while let Some(message) = stream.message().await? {
+        match message.response {
+            Some(TaskResponse::DownloadTaskStartedResponse(started)) => {
+                outcome.content_length = Some(started.content_length);
+            }
+            Some(TaskResponse::DownloadPieceFinishedResponse(finished)) => {
+                let parent = finished.piece.and_then(|piece| piece.parent_id);
+                outcome.parents.push(parent);
+            }
+            None => {}
+        }
+    }
+    Ok(outcome)
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    damselfly_testkit::sha256_hex(&std::fs::read(path).unwrap())
 }

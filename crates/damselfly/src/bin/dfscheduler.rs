@@ -142,9 +142,8 @@ async fn run(config: SchedulerConfig) -> anyhow::Result<()> {
         return Err(e).context("scheduler failed");
     }
     if let Some(metrics) = metrics {
-        match metrics.await {
-            Ok(result) => result.context("metrics server failed")?,
-            Err(e) => tracing::warn!(error = %e, "metrics server task ended abnormally"),
+        if let Err(e) = metrics.await {
+            tracing::warn!(error = %e, "metrics server task ended abnormally");
         }
     }
     tracing::info!("dfscheduler stopped");

@@ -1,6 +1,6 @@
-//! Shared support for the end-to-end tests: an HTTP origin served from the test process, a
-//! process harness that runs `dfscheduler` / `dfdaemon` / `dfget` as real child processes, and a
-//! Prometheus text scraper.
+//! Shared support for the end-to-end tests: an HTTP origin served from the test process
+//! (damselfly-testkit's), a process harness that runs `dfscheduler` / `dfdaemon` / `dfget` as
+//! real child processes, and a Prometheus text scraper.
 //!
 //! Every test gets its own block of loopback addresses (`127.R.B.n`, `R` random per test process,
 //! `B` per cluster), so daemons bind their default ports side by side and parallel tests, or
@@ -11,23 +11,15 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::body::{Body, Frame, SizeHint};
-use hyper::{Method, Request, Response, StatusCode};
-use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
 pub const MIB: usize = 1024 * 1024;
@@ -41,9 +33,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 // Small helpers
 // ---------------------------------------------------------------------------------------------
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
+// Each test binary uses its own share of these re-exports.
+#[allow(unused_imports)]
+pub use damselfly_testkit::{random_bytes, sha256_hex};
 
 pub fn sha256_file(path: &Path) -> String {
     let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
@@ -57,12 +49,6 @@ pub fn sha256_file(path: &Path) -> String {
         hasher.update(&buf[..n]);
     }
     hex::encode(hasher.finalize())
-}
-
-pub fn random_bytes(len: usize) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    rand::rngs::SmallRng::seed_from_u64(rand::random()).fill_bytes(&mut data);
-    data
 }
 
 /// A port that was free on `ip` a moment ago.
@@ -272,322 +258,11 @@ impl Traffic {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Origin
+// Origin (damselfly-testkit's: one file map on 127.0.0.1, counted, tamperable, throttled)
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
-pub struct OriginRequest {
-    pub method: String,
-    pub path: String,
-    pub range: Option<String>,
-    pub status: u16,
-}
-
-struct OriginState {
-    files: Mutex<HashMap<String, Bytes>>,
-    /// Body bytes handed to the connection (GET bodies only; HEAD has none).
-    served: AtomicU64,
-    /// Flip one byte in every chunk served.
-    tamper: AtomicBool,
-    /// Per-response throttle in bytes per second; 0 = unlimited.
-    rate: AtomicU64,
-    /// Delay before answering any GET, in milliseconds.
-    delay_ms: AtomicU64,
-    requests: Mutex<Vec<OriginRequest>>,
-}
-
-/// A file the origin serves.
-#[derive(Clone)]
-pub struct OriginFile {
-    pub url: String,
-    pub path: String,
-    pub sha256: String,
-    pub data: Bytes,
-}
-
-impl OriginFile {
-    pub fn len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-/// An HTTP/1.1 origin on 127.0.0.1:0, running on its own runtime inside the test process.
-pub struct Origin {
-    pub addr: SocketAddr,
-    state: Arc<OriginState>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Origin {
-    pub fn start() -> Origin {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("origin")
-            .enable_all()
-            .build()
-            .expect("origin runtime");
-        let state = Arc::new(OriginState {
-            files: Mutex::new(HashMap::new()),
-            served: AtomicU64::new(0),
-            tamper: AtomicBool::new(false),
-            rate: AtomicU64::new(0),
-            delay_ms: AtomicU64::new(0),
-            requests: Mutex::new(Vec::new()),
-        });
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind origin");
-        let addr = listener.local_addr().unwrap();
-        let accept_state = state.clone();
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = accept_state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(serve(state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Origin {
-            addr,
-            state,
-            runtime: Some(runtime),
-        }
-    }
-
-    /// Adds a file of `len` random bytes at `/name`.
-    pub fn add_random(&self, name: &str, len: usize) -> OriginFile {
-        self.add(name, Bytes::from(random_bytes(len)))
-    }
-
-    pub fn add(&self, name: &str, data: Bytes) -> OriginFile {
-        let path = format!("/{}", name.trim_start_matches('/'));
-        self.state
-            .files
-            .lock()
-            .unwrap()
-            .insert(path.clone(), data.clone());
-        OriginFile {
-            url: format!("http://{}{}", self.addr, path),
-            sha256: sha256_hex(&data),
-            path,
-            data,
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
-    }
-
-    /// Body bytes served so far.
-    pub fn served(&self) -> u64 {
-        self.state.served.load(Ordering::SeqCst)
-    }
-
-    pub fn set_tamper(&self, on: bool) {
-        self.state.tamper.store(on, Ordering::SeqCst);
-    }
-
-    /// Throttle every response body to `bytes_per_sec` (0 = unlimited).
-    pub fn set_rate(&self, bytes_per_sec: u64) {
-        self.state.rate.store(bytes_per_sec, Ordering::SeqCst);
-    }
-
-    pub fn set_delay(&self, delay: Duration) {
-        self.state
-            .delay_ms
-            .store(delay.as_millis() as u64, Ordering::SeqCst);
-    }
-
-    pub fn requests(&self) -> Vec<OriginRequest> {
-        self.state.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-type OriginBody = http_body_util::Either<Empty<Bytes>, ChunkBody>;
-
-fn empty() -> OriginBody {
-    http_body_util::Either::Left(Empty::new())
-}
-
-/// Parses a single `bytes=` range against `len`; `Err(())` = unsatisfiable.
-fn parse_range(header: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None); // multi-range: serve the whole body, which HTTP allows
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
-    } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
-        let end: u64 = if b.is_empty() {
-            len.saturating_sub(1)
-        } else {
-            b.parse().map_err(|_| ())?
-        };
-        (start, end.min(len.saturating_sub(1)))
-    };
-    if start >= len || start > end {
-        return Err(());
-    }
-    Ok(Some((start, end)))
-}
-
-async fn serve(
-    state: Arc<OriginState>,
-    req: Request<hyper::body::Incoming>,
-) -> Response<OriginBody> {
-    let path = req.uri().path().to_string();
-    let range = req
-        .headers()
-        .get(hyper::header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let method = req.method().clone();
-    let file = state.files.lock().unwrap().get(&path).cloned();
-    let log = |status: StatusCode| {
-        state.requests.lock().unwrap().push(OriginRequest {
-            method: method.to_string(),
-            path: path.clone(),
-            range: range.clone(),
-            status: status.as_u16(),
-        });
-    };
-    if method != Method::GET && method != Method::HEAD {
-        log(StatusCode::METHOD_NOT_ALLOWED);
-        return Response::builder().status(405).body(empty()).unwrap();
-    }
-    if let Some(code) = path
-        .strip_prefix("/status/")
-        .and_then(|c| c.parse::<u16>().ok())
-    {
-        // `/status/NNN` answers NNN, for the error-mapping tests.
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        log(status);
-        return Response::builder().status(status).body(empty()).unwrap();
-    }
-    let Some(data) = file else {
-        log(StatusCode::NOT_FOUND);
-        return Response::builder().status(404).body(empty()).unwrap();
-    };
-    let delay = state.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 && method == Method::GET {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    let len = data.len() as u64;
-    let (status, start, end) = match range.as_deref().map(|r| parse_range(r, len)) {
-        None | Some(Ok(None)) => (StatusCode::OK, 0, len),
-        Some(Ok(Some((s, e)))) => (StatusCode::PARTIAL_CONTENT, s, e + 1),
-        Some(Err(())) => {
-            log(StatusCode::RANGE_NOT_SATISFIABLE);
-            return Response::builder()
-                .status(416)
-                .header("content-range", format!("bytes */{len}"))
-                .body(empty())
-                .unwrap();
-        }
-    };
-    log(status);
-    let mut builder = Response::builder()
-        .status(status)
-        .header("accept-ranges", "bytes")
-        .header("content-type", "application/octet-stream")
-        .header("content-length", end - start);
-    if status == StatusCode::PARTIAL_CONTENT {
-        builder = builder.header(
-            "content-range",
-            format!("bytes {}-{}/{}", start, end - 1, len),
-        );
-    }
-    if method == Method::HEAD {
-        return builder.body(empty()).unwrap();
-    }
-    let body = ChunkBody {
-        data: data.slice(start as usize..end as usize),
-        pos: 0,
-        state: state.clone(),
-        sleep: None,
-    };
-    builder.body(http_body_util::Either::Right(body)).unwrap()
-}
-
-/// A body that hands out 64 KiB chunks, counting them, optionally throttled and tampered.
-pub struct ChunkBody {
-    data: Bytes,
-    pos: usize,
-    state: Arc<OriginState>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-const CHUNK: usize = 64 * 1024;
-
-impl Body for ChunkBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(sleep) = self.sleep.as_mut() {
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.sleep = None;
-        }
-        if self.pos >= self.data.len() {
-            return Poll::Ready(None);
-        }
-        let end = (self.pos + CHUNK).min(self.data.len());
-        let mut chunk = self.data.slice(self.pos..end);
-        self.pos = end;
-        if self.state.tamper.load(Ordering::SeqCst) {
-            let mut v = chunk.to_vec();
-            v[0] ^= 0xff;
-            chunk = Bytes::from(v);
-        }
-        self.state
-            .served
-            .fetch_add(chunk.len() as u64, Ordering::SeqCst);
-        let rate = self.state.rate.load(Ordering::SeqCst);
-        if rate > 0 {
-            let wait = Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
-            self.sleep = Some(Box::pin(tokio::time::sleep(wait)));
-        }
-        Poll::Ready(Some(Ok(Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact((self.data.len() - self.pos) as u64)
-    }
-}
+#[allow(unused_imports)]
+pub use damselfly_testkit::{Origin, OriginFile, OriginRequest};
 
 // ---------------------------------------------------------------------------------------------
 // Processes

@@ -106,32 +106,11 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{download_of, host, state};
     use super::*;
-    use crate::config::SchedulingConfig;
 
     const SHA_A: &str = "sha256:6ae8a75555209fd6c44157c0aed8016e763ff435a19cf186f76863140143ff72";
     const SHA_B: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
-
-    fn host(id: &str, host_type: u32) -> pb::Host {
-        pb::Host {
-            id: id.into(),
-            r#type: host_type,
-            ip: "127.0.0.1".into(),
-            port: 4000,
-            download_port: 4000,
-            ..Default::default()
-        }
-    }
-
-    fn download() -> pb::Download {
-        pb::Download {
-            url: "http://o/f".into(),
-            actual_content_length: Some(10 << 20),
-            actual_piece_length: Some(4 << 20),
-            actual_piece_count: Some(3),
-            ..Default::default()
-        }
-    }
 
     fn piece(number: u32, digest: &str) -> pb::Piece {
         pb::Piece {
@@ -143,13 +122,13 @@ mod tests {
 
     /// Peers p0 (host h0), p1 (h1) and s (seed host), all registered for task t.
     fn swarm() -> State {
-        let mut s = State::new(Policy::new(&SchedulingConfig::default(), true));
+        let mut s = state();
         let now = Instant::now();
         for (h, kind) in [("h0", 0), ("h1", 0), ("seed", 1)] {
             s.announce_host(host(h, kind), now).unwrap();
         }
         for (h, p) in [("h0", "p0"), ("h1", "p1"), ("seed", "s")] {
-            s.register(h, "t", p, download(), now).unwrap();
+            s.register(h, "t", p, download_of(10 << 20), now).unwrap();
         }
         s
     }

@@ -31,6 +31,8 @@ pub use flow::{HostTraffic, PieceOrigin, TaskFlow};
 
 mod digests;
 mod expiry;
+#[cfg(test)]
+mod fixtures;
 mod flow;
 mod graph;
 mod hosts;
@@ -106,34 +108,8 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{download, host, state};
     use super::*;
-    use crate::config::SchedulingConfig;
-
-    fn state() -> State {
-        State::new(Policy::new(&SchedulingConfig::default(), true))
-    }
-
-    fn host(id: &str, host_type: u32) -> pb::Host {
-        pb::Host {
-            id: id.into(),
-            r#type: host_type,
-            ip: "127.0.0.1".into(),
-            port: 4000,
-            download_port: 4000,
-            ..Default::default()
-        }
-    }
-
-    fn download() -> pb::Download {
-        pb::Download {
-            url: "http://o/f".into(),
-            actual_content_length: Some(64 << 20),
-            actual_piece_length: Some(4 << 20),
-            actual_piece_count: Some(16),
-            concurrent_piece_count: Some(8),
-            ..Default::default()
-        }
-    }
 
     /// `n` peers of task "t" on hosts h0..h{n-1}, each running and taking mesh pushes.
     pub(super) fn running_mesh(n: usize) -> State {

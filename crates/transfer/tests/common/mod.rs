@@ -1,171 +1,34 @@
-//! A real loopback HTTP origin (hyper) and helpers shared by the transfer tests.
+//! Helpers shared by the transfer tests; the origin and the test CA are damselfly-testkit's.
 #![allow(dead_code)]
 
-use bytes::Bytes;
+use damselfly_core::PieceLayout;
 use damselfly_storage::{Storage, StorageConfig};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
 
-mod tls;
 #[allow(unused_imports)]
-pub use tls::{start_tls_origin, TestCa};
+pub use damselfly_testkit::{BodyLength, Origin, OriginOptions, Ranges, TestCa};
 
-/// How the test origin misbehaves.
-#[derive(Default)]
-pub struct OriginBehaviour {
-    /// Answer every request with this status.
-    pub status: Option<u16>,
-    /// Answer HEAD with this status (e.g. 405).
-    pub head_status: Option<u16>,
-    /// Serve the whole body with 200 even when a Range is asked for.
-    pub ignore_range: bool,
-    /// No Content-Length, chunked transfer encoding.
-    pub chunked: bool,
-    /// Answer this many requests with 503 before behaving.
-    pub fail_first: AtomicUsize,
+/// Piece length of the piece-transport tests.
+pub const PIECE: u64 = 256 * 1024;
+
+/// The path every transfer test serves its one object at.
+pub const BLOB: &str = "blob";
+
+/// An origin on the test's runtime serving `data` at [`BLOB`].
+pub async fn start_origin(data: Vec<u8>, options: OriginOptions) -> Origin {
+    let origin = Origin::spawn(options).await;
+    origin.add(BLOB, data);
+    origin
 }
 
-pub struct Origin {
-    pub addr: SocketAddr,
-    pub data: Bytes,
-    pub requests: Arc<AtomicUsize>,
-    /// `http` or `https`.
-    pub scheme: &'static str,
-}
-
-impl Origin {
-    pub fn url(&self) -> String {
-        format!("{}://{}/blob", self.scheme, self.addr)
-    }
-}
-
-pub async fn start_origin(data: Vec<u8>, behaviour: OriginBehaviour) -> Origin {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let data = Bytes::from(data);
-    let requests = Arc::new(AtomicUsize::new(0));
-    let state = Arc::new((data.clone(), behaviour, requests.clone()));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(respond(req, &state.0, &state.1, &state.2)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Origin {
-        addr,
-        data,
-        requests,
-        scheme: "http",
-    }
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).boxed()
-}
-
-fn chunked(bytes: Bytes) -> Body {
-    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = bytes
-        .chunks(10_000)
-        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
-        .collect();
-    StreamBody::new(futures::stream::iter(chunks)).boxed()
-}
-
-fn status(code: u16) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::new()));
-    *response.status_mut() = StatusCode::from_u16(code).unwrap();
-    response
-}
-
-fn respond(
-    req: Request<Incoming>,
-    data: &Bytes,
-    behaviour: &OriginBehaviour,
-    requests: &AtomicUsize,
-) -> Response<Body> {
-    requests.fetch_add(1, Ordering::SeqCst);
-    if let Some(code) = behaviour.status {
-        return status(code);
-    }
-    if behaviour
-        .fail_first
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        return status(503);
-    }
-    let len = data.len() as u64;
-    if req.method() == Method::HEAD {
-        if let Some(code) = behaviour.head_status {
-            return status(code);
-        }
-        let mut builder = Response::builder().status(200);
-        if !behaviour.chunked {
-            builder = builder.header("content-length", len);
-        }
-        if !behaviour.ignore_range {
-            builder = builder.header("accept-ranges", "bytes");
-        }
-        return builder.body(full(Bytes::new())).unwrap();
-    }
-    let range = req
-        .headers()
-        .get("range")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_range);
-    match range {
-        Some(_) if behaviour.ignore_range => whole(data, behaviour),
-        Some((start, _)) if start >= len => Response::builder()
-            .status(416)
-            .header("content-range", format!("bytes */{len}"))
-            .body(full(Bytes::new()))
-            .unwrap(),
-        Some((start, end)) => {
-            let end = end.min(len - 1);
-            Response::builder()
-                .status(206)
-                .header("content-range", format!("bytes {start}-{end}/{len}"))
-                .header("accept-ranges", "bytes")
-                .body(full(data.slice(start as usize..=end as usize)))
-                .unwrap()
-        }
-        None => whole(data, behaviour),
-    }
-}
-
-fn whole(data: &Bytes, behaviour: &OriginBehaviour) -> Response<Body> {
-    let body = if behaviour.chunked {
-        chunked(data.clone())
-    } else {
-        full(data.clone())
+/// Like [`start_origin`], over TLS with a certificate signed by `ca`.
+pub async fn start_tls_origin(data: Vec<u8>, ca: &TestCa) -> Origin {
+    let options = OriginOptions {
+        tls: Some(ca.server_config()),
+        ..OriginOptions::default()
     };
-    Response::builder().status(200).body(body).unwrap()
-}
-
-fn parse_range(value: &str) -> Option<(u64, u64)> {
-    let (start, end) = value.strip_prefix("bytes=")?.split_once('-')?;
-    Some((start.parse().ok()?, end.parse().ok()?))
+    start_origin(data, options).await
 }
 
 pub fn content(len: usize, seed: u8) -> Vec<u8> {
@@ -190,4 +53,22 @@ pub fn task_id(n: u8) -> String {
 
 pub fn storage(dir: &std::path::Path) -> Storage {
     Storage::open(StorageConfig::with_dir(dir)).unwrap()
+}
+
+/// A storage holding every piece of `data` in [`PIECE`]s (not finished, so a test can still
+/// tamper with it).
+pub async fn seeded(dir: &std::path::Path, id: &str, data: &[u8]) -> (Storage, PieceLayout) {
+    let storage = storage(dir);
+    let task = storage
+        .prepare_task(id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    for span in task.layout().spans() {
+        let bytes = &data[span.offset as usize..span.end() as usize];
+        storage
+            .write_piece(id, span, bytes, None, None, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    (storage, task.layout())
 }
