@@ -152,6 +152,8 @@ mod tests {
                 id: id.into(),
                 r#type: kind,
                 ip: "127.0.0.1".into(),
+                port: 4000,
+                download_port: 4000,
                 ..Default::default()
             };
             s.announce_host(host, now).unwrap();
