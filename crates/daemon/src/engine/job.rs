@@ -388,17 +388,22 @@ pub(super) async fn fetch_missing(
     p2p::download(job, layout, missing).await
 }
 
-fn missing_pieces(
-    job: &JobCtx<'_>,
-    layout: &PieceLayout,
-) -> Result<BTreeMap<u32, PieceSpan>, DaemonError> {
-    let have: std::collections::HashSet<u32> = job
+/// The numbers of the task's pieces already stored on this host.
+pub(super) fn stored_pieces(job: &JobCtx<'_>) -> Result<HashSet<u32>, DaemonError> {
+    Ok(job
         .ctx
         .storage
         .pieces(job.task_id())?
         .into_iter()
         .map(|p| p.number)
-        .collect();
+        .collect())
+}
+
+fn missing_pieces(
+    job: &JobCtx<'_>,
+    layout: &PieceLayout,
+) -> Result<BTreeMap<u32, PieceSpan>, DaemonError> {
+    let have = stored_pieces(job)?;
     Ok(layout
         .spans()
         .filter(|s| !have.contains(&s.number))

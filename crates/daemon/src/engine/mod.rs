@@ -100,20 +100,33 @@ impl Engine {
         let handle = JobHandle::new(self.ctx.host.new_peer_id());
         let result = Joined::of(&handle);
         self.count_ranged(&request.task_id, true);
+        let span = info_span!("range_job", task_id = %request.task_id, peer_id = %handle.peer_id);
+        self.spawn_job(request, handle, span, |engine, request, _| {
+            engine.count_ranged(&request.task_id, false);
+        });
+        result
+    }
+
+    /// Runs one job under the daemon's lifecycle; `done` does the caller's bookkeeping after.
+    fn spawn_job(
+        self: &Arc<Self>,
+        request: &TaskRequest,
+        handle: JobHandle,
+        span: tracing::Span,
+        done: impl FnOnce(&Engine, &TaskRequest, &JobHandle) + Send + 'static,
+    ) {
         let engine = self.clone();
         let request = request.clone();
-        let span = info_span!("range_job", task_id = %request.task_id, peer_id = %handle.peer_id);
         self.ctx.lifecycle.spawn(
             async move {
                 let _busy = engine.ctx.activity.begin();
                 let in_use = engine.in_flight_tasks();
                 let demand = engine.demand.task(&request.task_id);
                 job::run(&engine.ctx, &request, &handle, &in_use, demand).await;
-                engine.count_ranged(&request.task_id, false);
+                done(&engine, &request, &handle);
             }
             .instrument(span),
         );
-        result
     }
 
     fn count_ranged(&self, task_id: &str, up: bool) {
@@ -164,19 +177,10 @@ impl Engine {
         let result = Joined::of(&handle);
         jobs.insert(request.task_id.clone(), handle.clone());
         drop(jobs);
-        let engine = self.clone();
-        let request = request.clone();
         let span = info_span!("job", task_id = %request.task_id, peer_id = %handle.peer_id);
-        self.ctx.lifecycle.spawn(
-            async move {
-                let _busy = engine.ctx.activity.begin();
-                let in_use = engine.in_flight_tasks();
-                let demand = engine.demand.task(&request.task_id);
-                job::run(&engine.ctx, &request, &handle, &in_use, demand).await;
-                engine.forget(&request.task_id, &handle);
-            }
-            .instrument(span),
-        );
+        self.spawn_job(request, handle, span, |engine, request, handle| {
+            engine.forget(&request.task_id, handle);
+        });
         result
     }
 

@@ -3,12 +3,12 @@
 //! else ranged origin GETs of just those pieces), then waits for the rest to land from the
 //! ranges that claimed them. See [`super::demand`] for the priority rules.
 
-use super::job::{fetch_missing, JobCtx};
+use super::job::{fetch_missing, stored_pieces, JobCtx};
 use super::origin;
 use crate::error::DaemonError;
 use damselfly_core::{PieceLayout, PieceSpan};
 use damselfly_storage::PieceEvent;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::debug;
 
@@ -99,13 +99,7 @@ fn not_stored(
     job: &JobCtx<'_>,
     wanted: &BTreeMap<u32, PieceSpan>,
 ) -> Result<BTreeMap<u32, PieceSpan>, DaemonError> {
-    let have: HashSet<u32> = job
-        .ctx
-        .storage
-        .pieces(job.task_id())?
-        .into_iter()
-        .map(|p| p.number)
-        .collect();
+    let have = stored_pieces(job)?;
     Ok(wanted
         .iter()
         .filter(|(n, _)| !have.contains(n))
