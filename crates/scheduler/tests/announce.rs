@@ -176,20 +176,20 @@ async fn reschedule_blocklists_the_given_parents() {
 }
 
 #[tokio::test]
-async fn bad_parent_by_piece_costs_is_not_offered() {
+async fn bad_parent_by_piece_costs_is_not_offered_until_it_holds_the_task() {
     let mut config = fast_config();
     config.scheduler.retry_back_to_source_limit = 2;
     let scheduler = TestScheduler::start(config).await;
     let mut client = scheduler.client().await;
-    announce_normal_hosts(&mut client, 3).await;
-    // Parent of task "slow": its last piece took 100x the mean.
+    announce_normal_hosts(&mut client, 4).await;
+    // Parent of task "slow": its last piece took 100x the mean, and it is still downloading.
     let mut slow = PeerStream::register(&mut client, "h1", "slow", "s1", download(URL, SIZE)).await;
     assert!(is_back_to_source(&slow.next().await));
     slow.back_to_source_started().await;
     slow.piece_from_source(0, Duration::from_millis(10)).await;
     slow.piece_from_source(1, Duration::from_millis(10)).await;
     slow.piece_from_source(2, Duration::from_secs(1)).await;
-    // Control, task "fast": same shape, normal costs.
+    // Control, task "fast": same shape, normal costs, also still downloading.
     let other = "http://origin.example/other.bin";
     let mut fast =
         PeerStream::register(&mut client, "h1", "fast", "f1", download(other, SIZE)).await;
@@ -198,20 +198,23 @@ async fn bad_parent_by_piece_costs_is_not_offered() {
     fast.piece_from_source(0, Duration::from_millis(10)).await;
     fast.piece_from_source(1, Duration::from_millis(12)).await;
     fast.piece_from_source(2, Duration::from_millis(11)).await;
-    // Both finish: the scheduler closes a stream only after it took in every report before
-    // the end, so the piece costs are known when the children are scheduled.
-    for parent in [&mut slow, &mut fast] {
-        parent.back_to_source_finished().await;
-        parent.expect_closed().await;
-    }
 
     let mut child =
         PeerStream::register(&mut client, "h2", "fast", "f2", download(other, SIZE)).await;
     assert_eq!(parents(&child.next().await), vec!["f1"]);
     let mut child =
         PeerStream::register(&mut client, "h3", "slow", "s2", download(URL, SIZE)).await;
-    // The only holder is bad: no parent, so after the retries it fetches from the origin.
+    // The only holder is bad while it downloads: no parent, so after the retries the child
+    // fetches from the origin.
     assert!(is_back_to_source(&child.next().await));
+
+    // Once it holds the whole task its costs say nothing about its upload: offered again.
+    // (The scheduler closes a stream only after it took in every report before the end.)
+    slow.back_to_source_finished().await;
+    slow.expect_closed().await;
+    let mut child =
+        PeerStream::register(&mut client, "h4", "slow", "s3", download(URL, SIZE)).await;
+    assert!(parents(&child.next().await).contains(&"s1".to_string()));
     scheduler.shutdown().await;
 }
 

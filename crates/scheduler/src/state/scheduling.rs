@@ -156,7 +156,10 @@ impl State {
             && (host.host_type.is_seed()
                 || !parent.parents.is_empty()
                 || matches!(parent.state, PeerState::BackToSource | PeerState::Succeeded))
-            && !scoring::is_bad_by_costs(&cost_samples(parent))
+            // Piece costs measure a peer's own downloads (its parents' links or the origin's),
+            // not its upload: a peer that holds the whole task is never bad by them.
+            && (matches!(parent.state, PeerState::Succeeded)
+                || !scoring::is_bad_by_costs(&cost_samples(parent)))
             // A mesh lets peers feed each other both ways; a DAG does not.
             && (self.policy.mesh || !self.creates_cycle(&parent.id, &child.id))
     }
