@@ -59,6 +59,19 @@ pub fn free_port(ip: IpAddr) -> u16 {
         .expect("bind an ephemeral port")
 }
 
+/// `N` distinct free ports of `ip`: the listeners stay bound until all are picked, since the
+/// kernel may hand the same ephemeral port to two binds that do not overlap.
+pub fn free_ports<const N: usize>(ip: IpAddr) -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind((ip, 0)).expect("bind an ephemeral port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
+}
+
+/// Attempts to start a process on freshly picked ports when another process took one of them
+/// between the pick and the bind.
+const PORT_RACE_ATTEMPTS: u32 = 3;
+
 /// Second octet of every address this test process uses: random, so two concurrent runs of the
 /// suite (e.g. two engineers on one machine) do not collide.
 fn process_octet() -> u8 {
@@ -531,10 +544,30 @@ impl Cluster {
 
     /// [`Cluster::start_scheduler`] with extra flags (e.g. `--config FILE`).
     pub fn start_scheduler_with(&mut self, extra: &[String]) -> SchedulerInfo {
+        let mut attempt = 1;
+        loop {
+            match self.try_start_scheduler(extra) {
+                Ok(info) => {
+                    self.scheduler = Some(info.clone());
+                    return info;
+                }
+                Err(log) if attempt < PORT_RACE_ATTEMPTS && log.contains("already in use") => {
+                    attempt += 1
+                }
+                Err(log) => panic!("dfscheduler exited early with {log}"),
+            }
+        }
+    }
+
+    /// Starts dfscheduler on fresh ports; `Err` carries its log when it exited before listening.
+    fn try_start_scheduler(&mut self, extra: &[String]) -> Result<SchedulerInfo, String> {
         let ip: IpAddr = Ipv4Addr::LOCALHOST.into();
-        let addr = SocketAddr::new(ip, free_port(ip));
-        let metrics = SocketAddr::new(ip, free_port(ip));
-        let http = SocketAddr::new(ip, free_port(ip));
+        let [grpc, metrics, http] = free_ports::<3>(ip);
+        let (addr, metrics, http) = (
+            SocketAddr::new(ip, grpc),
+            SocketAddr::new(ip, metrics),
+            SocketAddr::new(ip, http),
+        );
         let mut args = vec![
             "--listen".to_string(),
             addr.to_string(),
@@ -549,7 +582,8 @@ impl Cluster {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.proc_exited(pid) {
-                panic!("dfscheduler exited early with {status}");
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("{status}\n{text}"));
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 break;
@@ -560,15 +594,13 @@ impl Cluster {
             );
             thread::sleep(Duration::from_millis(50));
         }
-        let info = SchedulerInfo {
+        Ok(SchedulerInfo {
             addr,
             metrics,
             http,
             pid,
             log,
-        };
-        self.scheduler = Some(info.clone());
-        info
+        })
     }
 
     /// SIGKILLs the scheduler and starts it again on the same addresses, with no state.
