@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# dfget (through a dfdaemon going back to source) vs curl, one file from a local nginx.
+# dfget (through a dfdaemon going back to source) vs curl, one file from a local nginx, and then
+# a second dfdaemon on the same host fetching the same file from the first one (P2P on loopback).
 #
 #   bench/dfget-vs-curl.sh            # 1 GiB, median of 5 runs each
 #   SIZE_MIB=256 RUNS=3 bench/dfget-vs-curl.sh
@@ -17,6 +18,7 @@ source "$(dirname "$0")/lib.sh"
 SIZE_MIB="${SIZE_MIB:-1024}"
 RUNS="${RUNS:-5}"
 IP="${BENCH_IP:-127.0.9.2}"
+CHILD_IP="${BENCH_CHILD_IP:-127.0.9.3}"
 [ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ] || die "RUNS must be 1..20"
 [ -d /dev/shm ] || die "/dev/shm missing"
 
@@ -40,7 +42,23 @@ GIB="$(awk -v b="$BYTES" 'BEGIN { print b / 1073741824 }')"
 log "origin $URL ($SIZE_MIB MiB), $RUNS runs each"
 
 TIMEFORMAT='%R %U %S'
-declare -a c_wall c_cpu d_wall d_cpu d_idle d_peak
+declare -a c_wall c_cpu d_wall d_cpu d_idle d_peak p_wall p_cpu p_idle p_peak p_parent
+
+# timed_dfget SOCKET OUT ERRFILE DAEMON_PID: runs dfget through a daemon and sets WALL, CPU (dfget's
+# own plus the daemon's delta, in seconds), IDLE and PEAK (the daemon's KiB).
+timed_dfget() {
+  local socket="$1" out="$2" errf="$3" pid="$4" t before after usr sys
+  IDLE="$(status_kib "$pid" VmRSS)"
+  before="$(cpu_ticks "$pid")"
+  t="$( { time "$DFGET" "$URL" -O "$out" -e "$socket" --no-progress 2>"$errf"; } 2>&1 )" \
+    || { cat "$errf" >&2; die "dfget through $socket failed"; }
+  after="$(cpu_ticks "$pid")"
+  PEAK="$(status_kib "$pid" VmHWM)"
+  read -r WALL usr sys <<<"$t"
+  cmp -s "$out" "$WORK/nginx/www/file.bin" || die "dfget output through $socket differs"
+  CPU="$(awk -v u="$usr" -v s="$sys" -v a="$after" -v b="$before" -v hz="$CLK_TCK" 'BEGIN { print u + s + (a - b) / hz }')"
+  rm -f "$out"
+}
 
 for run in $(seq 1 "$RUNS"); do
   # curl
@@ -58,22 +76,25 @@ for run in $(seq 1 "$RUNS"); do
   start_scheduler "$rundir" "127.0.0.1:$sport"
   start_daemon d "$IP" "127.0.0.1:$sport" "$rundir/storage" "$rundir/d.sock" "$rundir/dfdaemon.log" ${BENCH_DAEMON_ARGS:-}
   sleep 1
-  idle_kib="$(status_kib "$DAEMON_PID" VmRSS)"
-  before="$(cpu_ticks "$DAEMON_PID")"
-  out="$WORK/dfget.out"
-  t="$( { time "$DFGET" "$URL" -O "$out" -e "$rundir/d.sock" --no-progress 2>"$rundir/dfget.err"; } 2>&1 )" \
-    || { cat "$rundir/dfget.err" >&2; tail -n 50 "$rundir/dfdaemon.log" >&2; die "dfget failed"; }
-  after="$(cpu_ticks "$DAEMON_PID")"
-  peak_kib="$(status_kib "$DAEMON_PID" VmHWM)"
-  read -r wall usr sys <<<"$t"
-  cmp -s "$out" "$WORK/nginx/www/file.bin" || die "dfget output differs"
-  d_wall+=("$wall")
-  d_cpu+=("$(awk -v u="$usr" -v s="$sys" -v a="$after" -v b="$before" -v hz="$CLK_TCK" 'BEGIN { print u + s + (a - b) / hz }')")
-  d_idle+=("$idle_kib"); d_peak+=("$peak_kib")
-  log "dfget run $run: ${wall}s (daemon idle ${idle_kib} KiB, peak ${peak_kib} KiB)"
-  rm -f "$out"
-  stop_pid "$DAEMON_PID"; stop_pid "$SCHED_PID"
-  rm -rf "$rundir/storage"
+  parent_pid="$DAEMON_PID"
+  timed_dfget "$rundir/d.sock" "$WORK/dfget.out" "$rundir/dfget.err" "$parent_pid"
+  d_wall+=("$WALL"); d_cpu+=("$CPU"); d_idle+=("$IDLE"); d_peak+=("$PEAK")
+  log "dfget run $run: ${WALL}s (daemon idle ${IDLE} KiB, peak ${PEAK} KiB)"
+
+  # The same file again through a second daemon: every piece from the first one.
+  start_daemon c "$CHILD_IP" "127.0.0.1:$sport" "$rundir/child-storage" "$rundir/c.sock" "$rundir/child.log" ${BENCH_DAEMON_ARGS:-}
+  sleep 1
+  parent_before="$(cpu_ticks "$parent_pid")"
+  timed_dfget "$rundir/c.sock" "$WORK/child.out" "$rundir/child-dfget.err" "$DAEMON_PID"
+  parent_after="$(cpu_ticks "$parent_pid")"
+  from_peers="$(traffic "$CHILD_IP" remote_peer '*')"
+  [ "${from_peers%.*}" -ge "$BYTES" ] || die "child took only ${from_peers} bytes from peers (of $BYTES)"
+  p_wall+=("$WALL"); p_cpu+=("$CPU"); p_idle+=("$IDLE"); p_peak+=("$PEAK")
+  p_parent+=("$(awk -v a="$parent_after" -v b="$parent_before" -v hz="$CLK_TCK" 'BEGIN { print (a - b) / hz }')")
+  log "p2p   run $run: ${WALL}s (child CPU ${CPU}s, parent CPU ${p_parent[-1]}s)"
+  stop_pid "$DAEMON_PID"
+  stop_pid "$parent_pid"; stop_pid "$SCHED_PID"
+  rm -rf "$rundir/storage" "$rundir/child-storage"
 done
 
 row() { # name walls cpus [idle peak]
@@ -90,7 +111,9 @@ echo "| client | wall s | MiB/s | CPU s per GiB | daemon RSS idle MiB | daemon R
 echo "|---|---|---|---|---|---|"
 row curl "$(median "${c_wall[@]}")" "$(median "${c_cpu[@]}")"
 row "dfget + dfdaemon" "$(median "${d_wall[@]}")" "$(median "${d_cpu[@]}")" "$(median "${d_idle[@]}")" "$(median "${d_peak[@]}")"
+row "dfget + child dfdaemon (P2P)" "$(median "${p_wall[@]}")" "$(median "${p_cpu[@]}")" "$(median "${p_idle[@]}")" "$(median "${p_peak[@]}")"
 echo
 echo "CPU for dfget is dfget's own plus the daemon's (utime+stime delta); curl's is its own; nginx's is in neither."
 echo "Daemon RSS: VmRSS idle before the call, VmHWM after it (a fresh daemon per run)."
-echo "runs (wall s): curl ${c_wall[*]}; dfget ${d_wall[*]}"
+echo "P2P: the parent daemon's upload CPU, median $(median "${p_parent[@]}") s ($(awk -v c="$(median "${p_parent[@]}")" -v g="$GIB" 'BEGIN { printf "%.2f", c / g }') s per GiB)."
+echo "runs (wall s): curl ${c_wall[*]}; dfget ${d_wall[*]}; p2p ${p_wall[*]}"

@@ -14,7 +14,7 @@ pub const FEATURE_PARENT_PUSH: &str = "parent-push";
 /// Trusted piece digests (DESIGN.md "Pieces nobody can forge"). A daemon lists it in its
 /// AnnouncePeer and StatTask metadata; a scheduler that keeps piece digests answers
 /// AnnouncePeer with it in the response metadata. Only then does the daemon report its
-/// back-to-source pieces with a `sha256:` digest, and only then does StatTask list the
+/// back-to-source pieces with a trusted (`blake3:`) digest, and only then does StatTask list the
 /// task's trusted piece digests; official peers never see either.
 pub const FEATURE_PIECE_DIGESTS: &str = "piece-digests";
 

@@ -105,7 +105,7 @@ pub fn piece_done(traffic: Traffic, ok: bool) {
         .inc();
 }
 
-/// What a refused piece failed: the trusted `sha256:` digest, or the parent's own `crc32:`.
+/// What a refused piece failed: the trusted (`blake3:`) digest, or the parent's own `crc32:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceCheckKind {
     Trusted,

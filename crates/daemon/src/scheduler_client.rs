@@ -330,7 +330,7 @@ impl Schedulers {
         .await
     }
 
-    /// The task's trusted piece digests (piece number → `sha256:` digest) from the
+    /// The task's trusted piece digests (piece number → trusted digest) from the
     /// scheduler that keeps them; empty from a scheduler that keeps none.
     pub async fn trusted_piece_digests(
         &self,
@@ -473,7 +473,7 @@ fn offers(metadata: &tonic::metadata::MetadataMap, feature: &str) -> bool {
 /// Whether the scheduler of a session keeps trusted piece digests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceDigests {
-    /// A Damselfly scheduler: report back-to-source pieces with their `sha256:` digest, and
+    /// A Damselfly scheduler: report back-to-source pieces with their trusted digest, and
     /// ask it for the digests of pieces from parents.
     Kept,
     /// An official scheduler (or one that did not say): `crc32:` only, as before.

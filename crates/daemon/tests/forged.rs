@@ -109,7 +109,7 @@ async fn a_lying_parent_is_caught_reported_and_kept_out() {
     let url = format!("http://{origin}/file.bin");
     let (scheduler, stop) = start_scheduler().await;
 
-    // A fetches from the origin and reports each piece's sha256 to the scheduler.
+    // A fetches from the origin and reports each piece's trusted (BLAKE3) digest to the scheduler.
     let a = Daemon::start(daemon_config("127.0.0.21", "honest", dir.path(), scheduler))
         .await
         .unwrap();

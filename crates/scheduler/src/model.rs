@@ -137,7 +137,8 @@ pub struct Task {
     pub piece_count: Option<u32>,
     pub peers: BTreeSet<String>,
     pub back_to_source_peers: HashSet<String>,
-    /// Piece number → its `sha256:` digest from a peer that fetched it from the origin.
+    /// Piece number → its trusted digest (`blake3:`, or earlier peers' `sha256:`) from a peer
+    /// that fetched it from the origin.
     pub piece_digests: BTreeMap<u32, crate::state::TrustedDigest>,
     pub seed: SeedTrigger,
     /// Who fed whom, for the console.

@@ -1,6 +1,8 @@
 //! Content files: streaming piece bytes in (with crc32 on the way) and exporting them out.
 
 use crate::error::StorageError;
+use crate::writers::PieceWriter;
+use damselfly_core::digest::{Digest, DigestAlgorithm, DigestHasher};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -45,13 +47,56 @@ impl BufferPool {
 pub(crate) struct Streamed {
     pub(crate) bytes: u64,
     pub(crate) crc32: u32,
+    /// The trusted digest of the bytes written, when one was asked for.
+    pub(crate) trusted: Option<Digest>,
+    /// The piece, still held against other writers until the caller records it.
+    pub(crate) writer: Option<PieceWriter>,
 }
 
-/// One buffer on its way to the disk, with the running checksum travelling alongside so
-/// hashing also happens off the async worker threads.
+/// The sums a piece's bytes go through on their way to the file, in the same pass: the crc32
+/// that is recorded and served, and the trusted digest the piece must match, if any. Hashing
+/// the bytes as they are written (not read back afterwards) saves a copy per byte; it is sound
+/// because one writer at a time holds a piece (`Storage::piece_writers`).
+pub(crate) struct SpanHasher {
+    crc32: crc32fast::Hasher,
+    trusted: Option<DigestHasher>,
+    /// The piece held against other writers. It travels with the sums into each write task,
+    /// so a cancelled download keeps it until its last write landed: a later writer never
+    /// has its checked bytes overwritten by a cancelled one's.
+    writer: Option<PieceWriter>,
+}
+
+impl SpanHasher {
+    pub(crate) fn new(trusted: Option<DigestAlgorithm>, writer: Option<PieceWriter>) -> Self {
+        Self {
+            crc32: crc32fast::Hasher::new(),
+            trusted: trusted.map(DigestHasher::new),
+            writer,
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        self.crc32.update(chunk);
+        if let Some(trusted) = &mut self.trusted {
+            trusted.update(chunk);
+        }
+    }
+
+    fn finish(self, bytes: u64) -> Streamed {
+        Streamed {
+            bytes,
+            crc32: self.crc32.finalize(),
+            trusted: self.trusted.map(DigestHasher::finalize),
+            writer: self.writer,
+        }
+    }
+}
+
+/// One buffer on its way to the disk, with the running sums travelling alongside so hashing
+/// also happens off the async worker threads.
 struct Flush {
     buffer: Vec<u8>,
-    hasher: crc32fast::Hasher,
+    hasher: SpanHasher,
     result: io::Result<()>,
 }
 
@@ -63,8 +108,9 @@ pub(crate) async fn stream_into_file<R: AsyncRead + Unpin>(
     max_len: u64,
     mut reader: R,
     pool: &BufferPool,
+    sums: SpanHasher,
 ) -> Result<Streamed, StorageError> {
-    let mut hasher = Some(crc32fast::Hasher::new());
+    let mut hasher = Some(sums);
     let mut reading = pool.take();
     let mut in_flight: Option<tokio::task::JoinHandle<Flush>> = None;
     let mut done = 0u64;
@@ -105,8 +151,9 @@ pub(crate) async fn stream_into_file<R: AsyncRead + Unpin>(
         pool.give(flushed.buffer);
     }
     pool.give(reading);
-    let crc32 = hasher.map(|h| h.finalize()).unwrap_or_default();
-    Ok(Streamed { bytes: done, crc32 })
+    hasher
+        .map(|h| h.finish(done))
+        .ok_or_else(|| StorageError::Io(io::Error::other("piece sums lost in a write task")))
 }
 
 /// Writes (and hashes) `buffer[..filled]` at `at` off the async workers.
@@ -115,7 +162,7 @@ fn spawn_flush(
     at: u64,
     buffer: Vec<u8>,
     filled: usize,
-    mut running: crc32fast::Hasher,
+    mut running: SpanHasher,
 ) -> tokio::task::JoinHandle<Flush> {
     let file = Arc::clone(file);
     tokio::task::spawn_blocking(move || {

@@ -16,6 +16,7 @@ mod notify;
 mod pieces;
 mod space;
 mod tasks;
+mod writers;
 
 pub use config::{
     StorageConfig, ABANDONED_TASK_AGE, DEFAULT_HIGH_WATERMARK_PERCENT, DEFAULT_KEEP,
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::{info, warn};
+use writers::PieceWriters;
 
 /// File name of the metadata database inside the storage dir.
 pub const METADATA_FILE: &str = "metadata.redb";
@@ -68,6 +70,8 @@ struct Inner {
     /// Sum of recorded piece lengths: the cache's own usage, independent of the disk's.
     usage: AtomicU64,
     buffers: BufferPool,
+    /// Who writes which piece now: one writer per piece (see `writers.rs`).
+    piece_writers: Arc<PieceWriters>,
     /// Reads the file system's free space (injected so tests need no full disk).
     space: Arc<dyn SpaceProbe>,
 }
@@ -106,6 +110,7 @@ impl Storage {
                 notifier: Notifier::default(),
                 usage: AtomicU64::new(0),
                 buffers: BufferPool::default(),
+                piece_writers: Arc::default(),
                 space,
             }),
         };

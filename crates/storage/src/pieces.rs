@@ -1,12 +1,15 @@
 //! Pieces: write (checked against a digest) into the content file, record, read, announce.
 
-use crate::content::{stream_into_file, Streamed};
+use crate::content::{stream_into_file, SpanHasher, Streamed};
 use crate::export::open_for_write;
+use crate::writers::PieceWriter;
 use crate::{
     ContentReader, PieceEvent, PieceMetadata, Storage, StorageError, TaskMetadata,
     WRITE_BUFFER_SIZE,
 };
-use damselfly_core::digest::format_crc32;
+use damselfly_core::digest::{
+    format_crc32, Digest, DigestAlgorithm, TRUSTED_PIECE_DIGEST_ALGORITHM,
+};
 use damselfly_core::PieceSpan;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -41,9 +44,10 @@ impl Storage {
     }
 
     /// [`Storage::write_piece`] with the piece's check spelled out: with
-    /// [`PieceCheck::Trusted`], the bytes written are read back and hashed before the piece is
-    /// recorded, so a piece that does not match is never recorded, announced or served (its
-    /// unrecorded bytes in the content file are overwritten by the next attempt).
+    /// [`PieceCheck::Trusted`], the bytes are hashed with the trusted digest's algorithm as
+    /// they are written, so a piece that does not match is never recorded, announced or served
+    /// (its unrecorded bytes in the content file are overwritten by the next attempt). One
+    /// writer at a time holds a piece; a second one waits and then gets the recorded piece.
     pub async fn write_piece_checked<R: AsyncRead + Unpin>(
         &self,
         task_id: &str,
@@ -56,6 +60,7 @@ impl Storage {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         check_span(&task, span)?;
+        let writer = self.inner.piece_writers.hold(task_id, span.number).await;
         if let Some(existing) = self.piece(task_id, span.number)? {
             debug!(
                 task_id,
@@ -65,7 +70,14 @@ impl Storage {
             return Ok(existing);
         }
         let streamed = self
-            .stream_span(task_id, span.offset, span.length, reader)
+            .stream_span(
+                task_id,
+                span.offset,
+                span.length,
+                reader,
+                check.algorithm(),
+                writer,
+            )
             .await?;
         if streamed.bytes < span.length {
             return Err(StorageError::ShortRead {
@@ -76,16 +88,13 @@ impl Storage {
             });
         }
         let digest = format_crc32(streamed.crc32);
-        match check {
-            PieceCheck::Nothing => {}
-            PieceCheck::Crc32(expected) => {
-                check_digest(task_id, span.number, Some(expected), &digest)?
-            }
-            PieceCheck::Trusted(expected) => {
-                let actual = self.trusted_digest(task_id, span).await?;
-                check_digest(task_id, span.number, Some(expected), &actual)?
-            }
-        }
+        let trusted = streamed.trusted.map(|d| d.to_string());
+        let (expected, actual) = match check {
+            PieceCheck::Nothing => (None, digest.as_str()),
+            PieceCheck::Crc32(expected) => (Some(expected), digest.as_str()),
+            PieceCheck::Trusted(expected) => (Some(expected), trusted.as_deref().unwrap_or("")),
+        };
+        check_digest(task_id, span.number, expected, actual)?;
         let piece = PieceMetadata {
             number: span.number,
             offset: span.offset,
@@ -95,11 +104,14 @@ impl Storage {
             cost: cost + started.elapsed(),
             created_at: SystemTime::now(),
         };
-        self.record_piece(task_id, piece)
+        let recorded = self.record_piece(task_id, piece);
+        // Held until recorded: a waiting writer then finds the piece and writes nothing.
+        drop(streamed.writer);
+        recorded
     }
 
-    /// The trusted (`sha256:`) digest of what the content file holds at `span`: computed by
-    /// a back-to-source peer for its report, and by a child before it records a piece.
+    /// The trusted digest ([`TRUSTED_PIECE_DIGEST_ALGORITHM`]) of what the content file holds
+    /// at `span`: computed by a back-to-source peer for its report.
     pub async fn trusted_digest(
         &self,
         task_id: &str,
@@ -107,10 +119,10 @@ impl Storage {
     ) -> Result<String, StorageError> {
         let path = self.content_path(task_id);
         tokio::task::spawn_blocking(move || -> io::Result<String> {
-            use damselfly_core::digest::{DigestAlgorithm, DigestHasher};
+            use damselfly_core::digest::DigestHasher;
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(&path)?;
-            let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
+            let mut hasher = DigestHasher::new(TRUSTED_PIECE_DIGEST_ALGORITHM);
             let mut buffer = vec![0u8; WRITE_BUFFER_SIZE];
             let mut done = 0u64;
             while done < span.length {
@@ -146,13 +158,18 @@ impl Storage {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         check_span(&task, span)?;
+        let writer = self.inner.piece_writers.hold(task_id, span.number).await;
         if let Some(existing) = self.piece(task_id, span.number)? {
             return Ok(Some(existing));
         }
         let path = self.content_path(task_id);
-        let filled = tokio::task::spawn_blocking(move || {
-            let file = open_for_write(&path).map_err(StorageError::from)?;
-            fill(&file)
+        // The piece stays held inside the write task: a cancelled caller keeps it until the
+        // write ends.
+        let (filled, _writer) = tokio::task::spawn_blocking(move || {
+            let filled = open_for_write(&path)
+                .map_err(|e| E::from(StorageError::from(e)))
+                .and_then(|file| fill(&file));
+            (filled, writer)
         })
         .await
         .map_err(|e| StorageError::Io(io::Error::other(format!("piece write task failed: {e}"))))?;
@@ -184,12 +201,13 @@ impl Storage {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         let offset = piece_offset(&task, number)?;
+        let writer = self.inner.piece_writers.hold(task_id, number).await;
         if let Some(existing) = self.piece(task_id, number)? {
             let drained = self.drain(reader, existing.length).await?;
             return Ok((drained > 0).then_some(existing));
         }
         let streamed = self
-            .stream_span(task_id, offset, task.piece_length, reader)
+            .stream_span(task_id, offset, task.piece_length, reader, None, writer)
             .await?;
         if streamed.bytes == 0 {
             return Ok(None);
@@ -209,7 +227,9 @@ impl Storage {
             cost: started.elapsed(),
             created_at: SystemTime::now(),
         };
-        self.record_piece(task_id, piece).map(Some)
+        let recorded = self.record_piece(task_id, piece).map(Some);
+        drop(streamed.writer);
+        recorded
     }
 
     pub(crate) async fn stream_span<R: AsyncRead + Unpin>(
@@ -218,12 +238,23 @@ impl Storage {
         offset: u64,
         max_len: u64,
         reader: R,
+        trusted: Option<DigestAlgorithm>,
+        writer: PieceWriter,
     ) -> Result<Streamed, StorageError> {
         let path = self.content_path(task_id);
         let file = tokio::task::spawn_blocking(move || open_for_write(&path))
             .await
             .map_err(|e| io::Error::other(e.to_string()))??;
-        stream_into_file(Arc::new(file), offset, max_len, reader, &self.inner.buffers).await
+        let sums = SpanHasher::new(trusted, Some(writer));
+        stream_into_file(
+            Arc::new(file),
+            offset,
+            max_len,
+            reader,
+            &self.inner.buffers,
+            sums,
+        )
+        .await
     }
 
     /// Reads and discards up to `len` bytes; returns how many there were.
@@ -394,9 +425,26 @@ pub enum PieceCheck<'a> {
     Nothing,
     /// The `crc32:` digest the parent sent with the piece: catches corruption, not a liar.
     Crc32(&'a str),
-    /// A `sha256:` digest from a source the child trusts (the back-to-source peer, relayed by
-    /// the scheduler): a parent cannot forge bytes to fit it.
+    /// A trusted digest (`blake3:`, or `sha256:` from earlier peers) from a source the child
+    /// trusts (the back-to-source peer, relayed by the scheduler): a parent cannot forge bytes
+    /// to fit it.
     Trusted(&'a str),
+}
+
+impl PieceCheck<'_> {
+    /// The algorithm to hash a piece with while it is written: the trusted digest's own. A
+    /// digest that is not a trusted one is hashed with ours, so it fails the check.
+    fn algorithm(self) -> Option<DigestAlgorithm> {
+        let PieceCheck::Trusted(expected) = self else {
+            return None;
+        };
+        let named = expected.parse::<Digest>().ok().map(|d| d.algorithm);
+        Some(
+            named
+                .filter(|a| a.is_trusted_for_pieces())
+                .unwrap_or(TRUSTED_PIECE_DIGEST_ALGORITHM),
+        )
+    }
 }
 
 /// Digests are compared as strings, as Dragonfly does; an empty expected digest is accepted

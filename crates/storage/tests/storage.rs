@@ -574,3 +574,61 @@ async fn tasks_whose_ids_share_a_prefix_keep_their_pieces_apart() {
     assert_eq!(storage.pieces("abc-1").unwrap().len(), 1);
     assert_eq!(storage.usage_bytes(), PIECE);
 }
+
+#[tokio::test]
+async fn trusted_digests_of_either_algorithm_are_checked_as_the_bytes_land() {
+    use damselfly_core::digest::{trusted_piece_digest, DigestAlgorithm, DigestHasher};
+    use damselfly_storage::PieceCheck;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let data = content(3 * PIECE as usize, 7);
+    let id = task_id(9);
+    storage
+        .prepare_task(&id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    let layout = storage.task(&id).unwrap().unwrap().layout();
+    let bytes = |n: u32| {
+        let span = layout.span(n).unwrap();
+        &data[span.offset as usize..span.end() as usize]
+    };
+    let sha256 = |b: &[u8]| {
+        let mut h = DigestHasher::new(DigestAlgorithm::Sha256);
+        h.update(b);
+        h.finalize().to_string()
+    };
+    let write = |n: u32, body: Vec<u8>, expected: String| {
+        let storage = storage.clone();
+        let (id, span) = (id.clone(), layout.span(n).unwrap());
+        async move {
+            let check = PieceCheck::Trusted(&expected);
+            storage
+                .write_piece_checked(&id, span, body.as_slice(), check, Some("p"), Duration::ZERO)
+                .await
+        }
+    };
+    // BLAKE3 (ours) and sha256 (earlier peers') both hold the bytes to the digest.
+    write(0, bytes(0).to_vec(), trusted_piece_digest(bytes(0)))
+        .await
+        .unwrap();
+    write(1, bytes(1).to_vec(), sha256(bytes(1))).await.unwrap();
+    // A lie fails either way and is never recorded; the true bytes then land.
+    let lie: Vec<u8> = bytes(2).iter().map(|b| b ^ 0x5a).collect();
+    for expected in [trusted_piece_digest(bytes(2)), sha256(bytes(2))] {
+        let err = write(2, lie.clone(), expected.clone()).await.unwrap_err();
+        assert!(
+            matches!(&err, StorageError::DigestMismatch { number: 2, expected: e, .. } if *e == expected),
+            "{err}"
+        );
+        assert!(storage.piece(&id, 2).unwrap().is_none());
+    }
+    // A digest that is not a trusted one never passes for one.
+    let crc = piece_digest(bytes(2));
+    assert!(write(2, bytes(2).to_vec(), crc).await.is_err());
+    write(2, bytes(2).to_vec(), trusted_piece_digest(bytes(2)))
+        .await
+        .unwrap();
+    for n in 0..3 {
+        assert_eq!(read_all(&storage, &id, n).await, bytes(n));
+    }
+}

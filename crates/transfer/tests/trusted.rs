@@ -1,6 +1,6 @@
 //! A lying parent over real loopback TCP: its Vortex server sends bytes that are not the
 //! origin's, with their own (matching) crc32. The parent's crc32 cannot catch it; the trusted
-//! sha256 digest does, and the piece is never recorded.
+//! trusted (BLAKE3) digest does, and the piece is never recorded.
 
 mod common;
 

@@ -123,8 +123,9 @@ fn start_pieces(
 }
 
 /// Counts a piece from the origin and tells the scheduler, so children can fetch it. A
-/// scheduler that keeps trusted piece digests gets the piece's `sha256:` digest in the report
-/// (children check what parents send against it); others get the stored `crc32:` as before.
+/// scheduler that keeps trusted piece digests gets the piece's trusted (`blake3:`) digest in
+/// the report (children check what parents send against it); others get the stored `crc32:`
+/// as before.
 async fn landed(job: &JobCtx<'_>, piece: &PieceMetadata, session: Option<&mut PeerSession>) {
     metrics::add_traffic(Traffic::BackToSource, piece.length);
     metrics::piece_done(Traffic::BackToSource, true);

@@ -1,6 +1,6 @@
 //! The trusted piece digests a child checks its parents' pieces against (DESIGN.md "Pieces
-//! nobody can forge"): the `sha256:` digests the back-to-source peers reported, asked of the
-//! task's scheduler when a piece without one is about to be fetched.
+//! nobody can forge"): the trusted (`blake3:`) digests the back-to-source peers reported,
+//! asked of the task's scheduler when a piece without one is about to be fetched.
 
 use crate::context::Context;
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! Trusted piece digests (DESIGN.md "Pieces nobody can forge"): the `sha256:` digest of each
+//! Trusted piece digests (DESIGN.md "Pieces nobody can forge"): the `blake3:` digest of each
 //! piece, as computed by the peer that fetched it from the origin, kept per task and handed to
 //! the daemons that ask for it in StatTask, so a child can check what a parent sends.
 
