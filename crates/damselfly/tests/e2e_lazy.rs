@@ -10,6 +10,7 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Dragonfly's proxy port; every daemon binds it on its own loopback address.
 const PROXY_PORT: u16 = 4001;
@@ -139,10 +140,45 @@ fn ranges_fetch_only_their_pieces_and_peers_share_them() {
         first,
         "the second host took bytes from the origin instead of the first host"
     );
+    // Counted when the fetch returns, which may be just after the answer went out.
     assert!(
-        bytes_from_parents(&b) >= (2 * PIECE) as f64,
+        wait_until(Duration::from_secs(10), || bytes_from_parents(&b)
+            >= (2 * PIECE) as f64),
         "the second host's pieces did not come from a parent"
     );
+    cluster.assert_no_panics();
+}
+
+/// A cold range's bytes go out as its piece arrives from the origin: with the origin holding
+/// the piece's GET after its first 2 MiB, a read of the piece's first MiB is answered in full
+/// (no whole piece could have landed); released, the piece lands once and serves the rest.
+#[test]
+fn a_cold_range_streams_while_its_piece_arrives() {
+    let mut cluster = Cluster::new("lazy-stream");
+    cluster.start_scheduler();
+    let a = cluster.start_daemon(DaemonOpts::default());
+    let origin = Origin::start();
+    let blob = add_blob(&origin, BLOB_LEN);
+    let held_at = 2 * MIB as u64;
+    origin.hold_bodies_after(held_at);
+    // Piece 3's first MiB.
+    let start = 3 * PIECE;
+    read_range(&a, &origin, &blob, start, start + MIB as u64 - 1);
+    assert!(
+        origin.served() <= held_at,
+        "the origin sent {} bytes: the answer waited for more than the held part of the piece",
+        origin.served()
+    );
+    origin.release_bodies();
+    // The rest of the piece, once it landed: no second origin fetch.
+    read_range(
+        &a,
+        &origin,
+        &blob,
+        start + 3 * MIB as u64,
+        start + PIECE - 1,
+    );
+    assert_eq!(origin.served(), PIECE, "piece 3 came from the origin once");
     cluster.assert_no_panics();
 }
 

@@ -82,6 +82,13 @@ impl SpanHasher {
         }
     }
 
+    /// The bytes up to file offset `end` are in the file, in order.
+    fn written_to(&self, end: u64) {
+        if let Some(writer) = &self.writer {
+            writer.advance(end);
+        }
+    }
+
     fn finish(self, bytes: u64) -> Streamed {
         Streamed {
             bytes,
@@ -169,6 +176,9 @@ fn spawn_flush(
         let chunk = &buffer[..filled];
         running.update(chunk);
         let result = file.write_all_at(chunk, at);
+        if result.is_ok() {
+            running.written_to(at + filled as u64);
+        }
         Flush {
             buffer,
             hasher: running,

@@ -29,6 +29,7 @@ pub use metadata::{ExportMethod, PieceEvent, PieceMetadata, TaskMetadata};
 pub use notify::PIECE_EVENT_CAPACITY;
 pub use pieces::PieceCheck;
 pub use space::{DiskSpace, SpaceProbe, Statvfs, RESERVED_FREE_BYTES};
+pub use writers::WriteProgress;
 
 use content::{remove_if_exists, BufferPool};
 use db::{Commit, MetadataDb};

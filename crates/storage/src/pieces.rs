@@ -2,7 +2,7 @@
 
 use crate::content::{stream_into_file, SpanHasher, Streamed};
 use crate::export::open_for_write;
-use crate::writers::PieceWriter;
+use crate::writers::{PieceWriter, WriteProgress};
 use crate::{
     ContentReader, PieceEvent, PieceMetadata, Storage, StorageError, TaskMetadata,
     WRITE_BUFFER_SIZE,
@@ -60,7 +60,7 @@ impl Storage {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         check_span(&task, span)?;
-        let writer = self.inner.piece_writers.hold(task_id, span.number).await;
+        let mut writer = self.inner.piece_writers.hold(task_id, span.number).await;
         if let Some(existing) = self.piece(task_id, span.number)? {
             debug!(
                 task_id,
@@ -68,6 +68,9 @@ impl Storage {
                 "piece already recorded, not rewriting it"
             );
             return Ok(existing);
+        }
+        if check == PieceCheck::Nothing && parent_id.is_none() {
+            writer.publish_from(span.offset);
         }
         let streamed = self
             .stream_span(
@@ -152,23 +155,27 @@ impl Storage {
         fill: F,
     ) -> Result<Option<PieceMetadata>, E>
     where
-        F: FnOnce(&std::fs::File) -> Result<Option<u32>, E> + Send + 'static,
+        F: FnOnce(&std::fs::File, &WriteProgress) -> Result<Option<u32>, E> + Send + 'static,
         E: From<StorageError> + Send + 'static,
     {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         check_span(&task, span)?;
-        let writer = self.inner.piece_writers.hold(task_id, span.number).await;
+        let mut writer = self.inner.piece_writers.hold(task_id, span.number).await;
         if let Some(existing) = self.piece(task_id, span.number)? {
             return Ok(Some(existing));
         }
+        if parent_id.is_none() {
+            writer.publish_from(span.offset);
+        }
+        let progress = writer.progress_handle();
         let path = self.content_path(task_id);
         // The piece stays held inside the write task: a cancelled caller keeps it until the
         // write ends.
         let (filled, _writer) = tokio::task::spawn_blocking(move || {
             let filled = open_for_write(&path)
                 .map_err(|e| E::from(StorageError::from(e)))
-                .and_then(|file| fill(&file));
+                .and_then(|file| fill(&file, &progress));
             (filled, writer)
         })
         .await
@@ -201,7 +208,10 @@ impl Storage {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         let offset = piece_offset(&task, number)?;
-        let writer = self.inner.piece_writers.hold(task_id, number).await;
+        let mut writer = self.inner.piece_writers.hold(task_id, number).await;
+        if parent_id.is_none() {
+            writer.publish_from(offset);
+        }
         if let Some(existing) = self.piece(task_id, number)? {
             let drained = self.drain(reader, existing.length).await?;
             return Ok((drained > 0).then_some(existing));
@@ -372,6 +382,26 @@ impl Storage {
     }
 
     /// Piece events for one task (subscribe BEFORE listing pieces to not miss any).
+    /// The origin write in progress of the piece holding byte `offset` of `task_id`, if one is
+    /// running: the piece's offset and the file offset its bytes are written up to (in order,
+    /// origin bytes only; ends when the writer is done). Lets a reader send what is there
+    /// before the piece lands.
+    pub fn piece_progress(
+        &self,
+        task_id: &str,
+        offset: u64,
+    ) -> Option<(u64, tokio::sync::watch::Receiver<u64>)> {
+        let task = self.task(task_id).ok()??;
+        let number = u32::try_from(offset.checked_div(task.piece_length)?).ok()?;
+        let progress = self.inner.piece_writers.progress(task_id, number)?;
+        Some((u64::from(number) * task.piece_length, progress))
+    }
+
+    /// Changes whenever an origin write starts publishing its progress (any task).
+    pub fn watch_origin_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.piece_writers.watch_started()
+    }
+
     pub fn subscribe(&self, task_id: &str) -> broadcast::Receiver<PieceEvent> {
         self.inner.notifier.subscribe(task_id)
     }

@@ -19,6 +19,8 @@ pub struct ChunkBody {
     pos: usize,
     state: Arc<OriginState>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Waiting for the origin to release held bodies.
+    held: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
 }
 
 impl ChunkBody {
@@ -28,7 +30,20 @@ impl ChunkBody {
             pos: 0,
             state,
             sleep: None,
+            held: None,
         }
+    }
+
+    /// A wait for the release when this body is past the held point while bodies are held.
+    fn hold(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>> {
+        let past = self.pos as u64 >= self.state.hold_after.load(Ordering::SeqCst);
+        if !past || !*self.state.holding.borrow() {
+            return None;
+        }
+        let mut holding = self.state.holding.subscribe();
+        Some(Box::pin(async move {
+            let _ = holding.wait_for(|held| !held).await;
+        }))
     }
 
     /// The next chunk, tampered with when the origin is told to, and counted as served.
@@ -64,6 +79,15 @@ impl Body for ChunkBody {
         }
         if self.pos >= self.data.len() {
             return Poll::Ready(None);
+        }
+        if self.held.is_none() {
+            self.held = self.hold();
+        }
+        if let Some(held) = self.held.as_mut() {
+            if held.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.held = None;
         }
         let chunk = self.next_chunk();
         let rate = self.state.rate.load(Ordering::SeqCst);

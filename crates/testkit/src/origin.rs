@@ -90,6 +90,10 @@ pub(crate) struct OriginState {
     pub(crate) rate: AtomicU64,
     /// Delay before answering any GET, in milliseconds.
     pub(crate) delay_ms: AtomicU64,
+    /// While set, every GET body stops after its first `hold_after` bytes (see
+    /// [`Origin::hold_bodies_after`]).
+    pub(crate) holding: tokio::sync::watch::Sender<bool>,
+    pub(crate) hold_after: AtomicU64,
     /// Failures still owed by [`OriginOptions::fail_first`].
     pub(crate) failures_left: AtomicUsize,
     pub(crate) requests: Mutex<Vec<OriginRequest>>,
@@ -211,6 +215,19 @@ impl Origin {
         self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// Every GET body from now on stops after its first `bytes` (rounded up to the 64 KiB
+    /// chunks bodies are sent in) until [`Origin::release_bodies`]: a transfer caught
+    /// mid-way, for as long as the test needs.
+    pub fn hold_bodies_after(&self, bytes: u64) {
+        self.state.hold_after.store(bytes, Ordering::SeqCst);
+        self.state.holding.send_replace(true);
+    }
+
+    /// Lets held bodies go on.
+    pub fn release_bodies(&self) {
+        self.state.holding.send_replace(false);
+    }
+
     /// Every request answered so far, in order.
     pub fn requests(&self) -> Vec<OriginRequest> {
         self.state.requests.lock().unwrap().clone()
@@ -241,6 +258,8 @@ fn prepare(listener: &TcpListener, options: OriginOptions) -> (SocketAddr, Arc<O
         tamper: AtomicBool::new(false),
         rate: AtomicU64::new(0),
         delay_ms: AtomicU64::new(0),
+        holding: tokio::sync::watch::channel(false).0,
+        hold_after: AtomicU64::new(0),
         requests: Mutex::new(Vec::new()),
     });
     (addr, state)

@@ -320,14 +320,14 @@ impl Backend {
         let limiters = limiters.to_vec();
         let runtime = tokio::runtime::Handle::current();
         storage
-            .write_piece_with(task_id, span, None, move |file| {
+            .write_piece_with(task_id, span, None, move |file, progress| {
                 let request = RangeRequest {
                     url: &url_owned,
                     target: &target,
                     headers: &headers,
                     span,
                 };
-                plain.fetch_range(&request, file, &limiters, &runtime)
+                plain.fetch_range(&request, file, &limiters, &runtime, progress)
             })
             .await
     }

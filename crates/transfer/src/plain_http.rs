@@ -12,7 +12,7 @@ use crate::error::TransferError;
 use crate::limiter::{acquire_all, RateLimiter};
 use crate::metrics::{result_label, BACKEND_REQUEST_TOTAL};
 use damselfly_core::PieceSpan;
-use damselfly_storage::StorageError;
+use damselfly_storage::{StorageError, WriteProgress};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
@@ -109,6 +109,7 @@ impl PlainHttp {
         file: &File,
         limiters: &[RateLimiter],
         runtime: &tokio::runtime::Handle,
+        progress: &WriteProgress,
     ) -> Result<Option<u32>, TransferError> {
         let Some(head) = request_head(request, &self.user_agent) else {
             return Ok(None);
@@ -126,7 +127,15 @@ impl PlainHttp {
                 return Err(error);
             }
         }
-        let crc = copy_body(&mut stream, pending, request, file, limiters, runtime)?;
+        let crc = copy_body(
+            &mut stream,
+            pending,
+            request,
+            file,
+            limiters,
+            runtime,
+            progress,
+        )?;
         count(true);
         if response.keep_alive {
             self.give_back(&request.target.connect, stream);
@@ -349,6 +358,7 @@ fn copy_body(
     file: &File,
     limiters: &[RateLimiter],
     runtime: &tokio::runtime::Handle,
+    progress: &WriteProgress,
 ) -> Result<u32, TransferError> {
     let span = request.span;
     let limited = limiters.iter().any(|l| !l.is_unlimited());
@@ -360,6 +370,7 @@ fn copy_body(
     if !first.is_empty() {
         write_chunk(file, first, span.offset, &mut hasher)?;
         done += first.len() as u64;
+        progress.advance(span.offset + done);
     }
     READ_BUFFER.with(|cell| {
         let mut buffer = cell.borrow_mut();
@@ -388,6 +399,7 @@ fn copy_body(
             }
             write_chunk(file, &buffer[..n], span.offset + done, &mut hasher)?;
             done += n as u64;
+            progress.advance(span.offset + done);
         }
         Ok(hasher.finalize())
     })
@@ -505,7 +517,13 @@ mod tests {
             },
         };
         let plain = PlainHttp::new(Duration::from_secs(2), Duration::from_secs(2), "ua");
-        plain.fetch_range(&request, &file, &[], runtime.handle())
+        plain.fetch_range(
+            &request,
+            &file,
+            &[],
+            runtime.handle(),
+            &WriteProgress::default(),
+        )
     }
 
     #[test]

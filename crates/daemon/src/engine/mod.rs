@@ -101,8 +101,14 @@ impl Engine {
         let result = Joined::of(&handle);
         self.count_ranged(&request.task_id, true);
         let span = info_span!("range_job", task_id = %request.task_id, peer_id = %handle.peer_id);
-        self.spawn_job(request, handle, span, |engine, request, _| {
+        self.spawn_job(request, handle, span, |engine, request, handle| {
             engine.count_ranged(&request.task_id, false);
+            // The prefetch follows the range's job, not its caller: a client that took its
+            // bytes and left (its answer may end before the job does) still gets the blob.
+            if request.prefetch && matches!(*handle.state.borrow(), JobState::Finished(..)) {
+                let limit = engine.ctx.config.proxy.prefetch_bandwidth_limit.as_u64();
+                engine.prefetch(request, limit);
+            }
         });
         result
     }
@@ -113,7 +119,7 @@ impl Engine {
         request: &TaskRequest,
         handle: JobHandle,
         span: tracing::Span,
-        done: impl FnOnce(&Engine, &TaskRequest, &JobHandle) + Send + 'static,
+        done: impl FnOnce(&Arc<Engine>, &TaskRequest, &JobHandle) + Send + 'static,
     ) {
         let engine = self.clone();
         let request = request.clone();

@@ -102,10 +102,6 @@ async fn serve_task(
         _ => None,
     };
     complete(engine, request, checked.as_ref(), viewer.window).await?;
-    if request.prefetch && request.scope != Scope::Whole {
-        let limit = ctx.config.proxy.prefetch_bandwidth_limit.as_u64();
-        engine.prefetch(request, limit);
-    }
     Ok(Ok(()))
 }
 

@@ -28,7 +28,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, Instrument};
 use url::Url;
@@ -340,6 +340,26 @@ pub(super) fn set(headers: &mut HeaderMap, name: &str, value: &str) {
 
 pub(super) type Frames = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
+/// Resolves when more of the task may be in the file before its next piece lands: the
+/// followed origin write moved on or ended, or (following none) an origin write started.
+async fn written_more(
+    partial: &mut Option<(u64, watch::Receiver<u64>)>,
+    origin_writes: &mut watch::Receiver<u64>,
+) {
+    let changed = match partial {
+        Some((_, progress)) => progress.changed().await,
+        None => origin_writes.changed().await,
+    };
+    if changed.is_err() {
+        // The followed write ended: look again (its piece lands as an engine event). A gone
+        // storage never changes again.
+        match partial.take() {
+            Some(_) => {}
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// The client went away; the download goes on for the cache and other callers.
 struct ClientGone;
 
@@ -356,6 +376,11 @@ pub(super) struct Pump {
     /// The chunk held back until the digest is checked.
     pending: Option<Bytes>,
     tx: Frames,
+    /// The origin write of the piece holding `next`, if one runs: its piece offset and how
+    /// far its bytes are written. Followed so a cold range's bytes go out as they arrive.
+    partial: Option<(u64, watch::Receiver<u64>)>,
+    /// Changes when an origin write starts, so a pump waiting for its piece looks again.
+    origin_writes: watch::Receiver<u64>,
 }
 
 impl Pump {
@@ -369,6 +394,7 @@ impl Pump {
         tx: Frames,
     ) -> Self {
         Self {
+            origin_writes: storage.watch_origin_writes(),
             storage,
             task_id: task_id.to_string(),
             next: start,
@@ -378,6 +404,7 @@ impl Pump {
             hold_last,
             pending: None,
             tx,
+            partial: None,
         }
     }
 
@@ -396,7 +423,22 @@ impl Pump {
         if !self.hold_last && self.next >= self.end {
             return true;
         }
-        while let Some(event) = events.next().await {
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = written_more(&mut self.partial, &mut self.origin_writes) => {
+                    if self.drain().await.is_err() {
+                        return false;
+                    }
+                    if !self.hold_last && self.next >= self.end {
+                        return true;
+                    }
+                    continue;
+                }
+            };
+            let Some(event) = event else {
+                break;
+            };
             match event {
                 Ok(EngineEvent::Piece(piece, _)) => {
                     self.pieces.insert(piece.offset, piece.length);
@@ -446,13 +488,14 @@ impl Pump {
         let _ = self.tx.send(Err(std::io::Error::other(message))).await;
     }
 
-    /// Sends every byte from `next` that landed pieces cover.
+    /// Sends every byte from `next` that is in the file: landed pieces, and what an origin
+    /// write in progress has written.
     async fn drain(&mut self) -> Result<(), ClientGone> {
         while self.next < self.end {
-            let Some(piece_end) = self.covered_until(self.next) else {
+            let Some(available) = self.available_until(self.next) else {
                 break;
             };
-            let upto = piece_end.min(self.end);
+            let upto = available.min(self.end);
             while self.next < upto {
                 let len = (upto - self.next).min(CHUNK_SIZE);
                 let chunk = match self.read(self.next, len).await {
@@ -468,6 +511,20 @@ impl Pump {
             }
         }
         Ok(())
+    }
+
+    /// End of the bytes from `offset` on that are in the file, if any: the landed piece
+    /// holding it, else how far an origin write of that piece has come (origin bytes need no
+    /// check; a parent's bytes are never shown before their piece is checked and recorded).
+    fn available_until(&mut self, offset: u64) -> Option<u64> {
+        if let Some(end) = self.covered_until(offset) {
+            self.partial = None;
+            return Some(end);
+        }
+        self.partial = self.storage.piece_progress(&self.task_id, offset);
+        let (start, progress) = self.partial.as_ref()?;
+        let written = *progress.borrow();
+        (*start <= offset && written > offset).then_some(written)
     }
 
     /// End of the landed piece holding `offset`, if any.
