@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -449,7 +449,6 @@ async fn serve_upload(engine: Arc<Engine>, listener: TcpListener, stop: Cancella
         .set_serving::<DfdaemonUploadServer<UploadService>>()
         .await;
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health)
         .add_service(upload);
     let stopped = stop.cancelled_owned();
@@ -459,7 +458,7 @@ async fn serve_upload(engine: Arc<Engine>, listener: TcpListener, stop: Cancella
             router.serve_with_incoming_shutdown(incoming, stopped).await
         }
         None => {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = damselfly_tls::grpc::plain_incoming(listener);
             router.serve_with_incoming_shutdown(incoming, stopped).await
         }
     };

@@ -7,7 +7,6 @@ use std::time::Instant;
 use dragonfly_api::scheduler::v2::scheduler_server::SchedulerServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::service::{stopped, SchedulerService, Shared};
 use crate::{SchedulerConfig, SchedulerError};
@@ -73,7 +72,7 @@ pub async fn serve_with_api(
             router.serve_with_incoming_shutdown(incoming, signal).await
         }
         None => {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = damselfly_tls::grpc::plain_incoming(listener);
             router.serve_with_incoming_shutdown(incoming, signal).await
         }
     };
