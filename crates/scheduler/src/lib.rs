@@ -22,6 +22,7 @@ mod error;
 pub mod fsm;
 pub mod metrics;
 pub mod model;
+pub mod piece_set;
 pub mod preheat;
 pub mod scoring;
 mod seed;
@@ -29,6 +30,7 @@ mod server;
 pub mod service;
 pub mod state;
 pub mod upload;
+pub mod wake;
 
 pub use config::SchedulerConfig;
 pub use error::SchedulerError;

@@ -164,9 +164,13 @@ pub struct Peer {
     pub origin_reason: Option<OriginReason>,
     pub disable_back_to_source: bool,
     pub concurrent_piece_count: u32,
-    pub finished_pieces: BTreeSet<u32>,
-    pub piece_costs: VecDeque<Duration>,
-    /// Peers this one must not be given as parents (itself, rescheduled-away parents).
+    pub finished_pieces: crate::piece_set::PieceSet,
+    /// The last [`crate::scoring::PIECE_COST_WINDOW`] piece costs, microseconds (a quarter
+    /// of a `Duration`'s size; every kept peer has them).
+    pub piece_costs: VecDeque<u32>,
+    /// Parents this one gave up on (rescheduled away, failed pieces). Not itself: the parent
+    /// filter skips the peer's own id anyway, and an entry per kept peer costs a table and a
+    /// copy of its id.
     pub blocklist: HashSet<String>,
     /// Parent id → bandwidth reserved on the parent's host for this edge.
     pub parents: BTreeMap<String, u64>,
@@ -330,9 +334,9 @@ impl Peer {
                 .concurrent_piece_count
                 .filter(|c| *c > 0)
                 .unwrap_or(DEFAULT_CONCURRENT_PIECE_COUNT),
-            finished_pieces: BTreeSet::new(),
+            finished_pieces: Default::default(),
             piece_costs: VecDeque::new(),
-            blocklist: HashSet::from([id.to_string()]),
+            blocklist: HashSet::new(),
             parents: BTreeMap::new(),
             children: BTreeSet::new(),
             takes_pushes: false,
@@ -352,5 +356,8 @@ impl Peer {
 
 /// The cost window as a slice for the pure bad-parent rule (it is small; a copy is fine).
 pub(crate) fn cost_samples(peer: &Peer) -> Vec<Duration> {
-    peer.piece_costs.iter().copied().collect()
+    peer.piece_costs
+        .iter()
+        .map(|&micros| Duration::from_micros(u64::from(micros)))
+        .collect()
 }

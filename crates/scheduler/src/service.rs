@@ -11,7 +11,7 @@ use dragonfly_api::scheduler::v2::scheduler_server::Scheduler;
 use dragonfly_api::scheduler::v2::*;
 use futures::StreamExt;
 use rand::Rng;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{instrument, Instrument};
@@ -24,6 +24,7 @@ use crate::metrics::{self, metrics};
 use crate::preheat::{self, Jobs, PreheatSpec};
 use crate::seed;
 use crate::state::{Decision, PieceOrigin, Policy, Push, State, Step, Terminal};
+use crate::wake::Wakers;
 use crate::SchedulerError;
 use damselfly_core::extensions::{
     has_feature, FEATURES_METADATA_KEY, FEATURE_PARENT_PUSH, FEATURE_PIECE_DIGESTS,
@@ -42,9 +43,9 @@ pub struct Shared {
     pub config: SchedulerConfig,
     state: Mutex<State>,
     stop: watch::Receiver<bool>,
-    /// Wakes peers waiting for a parent when the swarm changed (a peer registered, started,
-    /// landed a piece or finished), so they do not sit out a whole `retryInterval`.
-    changed: Notify,
+    /// Wakes peers waiting for a parent when their task's swarm changed (a peer registered,
+    /// started, landed a piece or finished), so they do not sit out a whole `retryInterval`.
+    changed: Wakers,
     /// Response streams of the peers that take pushed parents, by peer id.
     pushers: Mutex<HashMap<String, ResponseSender>>,
     /// Which certificate announced which host (mTLS only).
@@ -64,7 +65,7 @@ impl Shared {
             config,
             state: Mutex::new(State::new(policy)),
             stop,
-            changed: Notify::new(),
+            changed: Wakers::default(),
             pushers: Mutex::new(HashMap::new()),
             authority: Authority::default(),
             seed_tls: None,
@@ -89,9 +90,9 @@ impl Shared {
         result
     }
 
-    /// Tells waiting peers to look for parents again.
-    pub fn swarm_changed(&self) {
-        self.changed.notify_waiters();
+    /// Tells the peers waiting in `task_id` to look for parents again.
+    pub fn swarm_changed(&self, task_id: &str) {
+        self.changed.changed(task_id);
     }
 
     fn with_pushers<R>(&self, f: impl FnOnce(&mut HashMap<String, ResponseSender>) -> R) -> R {
@@ -356,7 +357,7 @@ impl PeerSession {
             Some(ids) => {
                 ids.check(&request)?;
                 let flow = self.dispatch(&ids, inner).await;
-                self.shared.swarm_changed();
+                self.shared.swarm_changed(&ids.task_id);
                 self.shared.console.publish(Change::Task(ids.task_id));
                 flow
             }
@@ -388,7 +389,7 @@ impl PeerSession {
             self.shared
                 .with_pushers(|p| p.insert(ids.peer_id.clone(), tx));
         }
-        self.shared.swarm_changed();
+        self.shared.swarm_changed(&ids.task_id);
         self.shared
             .console
             .publish(Change::Task(ids.task_id.clone()));
@@ -423,7 +424,7 @@ impl PeerSession {
         let mut round_ends = tokio::time::Instant::now() + jittered(interval);
         loop {
             // Armed before looking, so a change between the look and the wait is not lost.
-            let changed = shared.changed.notified();
+            let changed = shared.changed.of(&ids.task_id).notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let now = Instant::now();

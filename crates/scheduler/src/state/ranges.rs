@@ -34,7 +34,7 @@ impl State {
         match self.wanted_pieces(child) {
             None => whole_parent,
             Some(_) if whole_parent && parent.state == PeerState::Succeeded => true,
-            Some(wanted) => wanted.iter().any(|n| parent.finished_pieces.contains(n)),
+            Some(wanted) => wanted.iter().any(|&n| parent.finished_pieces.contains(n)),
         }
     }
 

@@ -83,7 +83,8 @@ impl State {
             .cost
             .and_then(|c| Duration::try_from(c).ok())
             .unwrap_or_default();
-        peer.piece_costs.push_back(cost);
+        peer.piece_costs
+            .push_back(u32::try_from(cost.as_micros()).unwrap_or(u32::MAX));
         while peer.piece_costs.len() > scoring::PIECE_COST_WINDOW {
             peer.piece_costs.pop_front();
         }
