@@ -6,20 +6,24 @@
 # the file of the other contenders and T_min is the same). Every host namespace runs a containerd
 # of its own (root, state and socket under the run's work dir). Three waves, every host at once:
 #   image-direct: `ctr images pull` straight from the registry (no mirror): the baseline;
-#   image-cold:   the same pull through each host's dfdaemon mirror (hosts.toml written by
-#                 dfinit), with dfscheduler and a seed peer next to the registry;
+#   image-swarm:  (IMAGE_SWARM=1, the default) no containerd: curl on every host fetches every
+#                 blob at once through its dfdaemon mirror, caches empty: what the swarm alone
+#                 takes to serve the image, for the analysis of cold minus warm;
+#   image-cold:   `ctr` through each host's dfdaemon mirror (hosts.toml written by dfinit), with
+#                 dfscheduler and a seed peer next to the registry, caches empty again;
 #   image-warm:   the image and its content removed from every containerd (the dfdaemons keep
 #                 their caches), then pulled again: what containerd's own work costs.
 # cold minus warm is what serving the layers through the swarm costs beyond containerd.
 #
 # IMAGE_PULL=pull (default: `ctr images pull`, fetch and unpack) or fetch (`ctr content fetch`,
 # no unpack); IMAGE_SNAPSHOTTER=overlayfs (containerd's default); IMAGE_DIRECT=0 skips the
-# baseline (it takes about N x the image / origin uplink).
+# baseline (it takes about N x the image / origin uplink); IMAGE_SWARM=0 skips image-swarm.
 
 IMAGE_LAYERS="${IMAGE_LAYERS:-4}"
 IMAGE_PULL="${IMAGE_PULL:-pull}"
 IMAGE_SNAPSHOTTER="${IMAGE_SNAPSHOTTER:-overlayfs}"
 IMAGE_DIRECT="${IMAGE_DIRECT:-1}"
+IMAGE_SWARM="${IMAGE_SWARM:-1}"
 IMAGE_REPO="bench/img"
 IMAGE_TAG="v1"
 
@@ -27,7 +31,7 @@ image_check_params() {
   { isnum "$IMAGE_LAYERS" && [ "$IMAGE_LAYERS" -ge 1 ] && [ "$IMAGE_LAYERS" -le 64 ]; } \
     || die "IMAGE_LAYERS must be 1..64"
   case "$IMAGE_PULL" in pull|fetch) ;; *) die "IMAGE_PULL must be pull or fetch" ;; esac
-  case "$IMAGE_DIRECT" in 0|1) ;; *) die "IMAGE_DIRECT must be 0 or 1" ;; esac
+  case "$IMAGE_DIRECT$IMAGE_SWARM" in [01][01]) ;; *) die "IMAGE_DIRECT and IMAGE_SWARM must be 0 or 1" ;; esac
 }
 
 # image_build DIR: an OCI layout of IMAGE_LAYERS random layers in DIR; prints the layer bytes.
@@ -131,9 +135,13 @@ EOF
 
 ctr_at() { local i="$1"; shift; nsx "$(host_ns "$i")" ctr -a "$IMAGE_DIR/ctd/h$i/containerd.sock" "$@"; }
 
-# image_pull_cmd I MODE: the pull command of host I (MODE mirror: through its dfdaemon).
+# image_pull_cmd I MODE: the pull command of host I (MODE registry: ctr straight from the
+# registry; mirror: ctr through its dfdaemon; swarm: curl through its dfdaemon, no containerd).
 image_pull_cmd() {
   local i="$1" hosts=()
+  if [ "$2" = swarm ]; then
+    PULL_CMD=(bash "$IMAGE_DIR/fetch-blobs.sh" "$WORK/rc/h$i.size"); return
+  fi
   [ "$2" = mirror ] && hosts=(--hosts-dir "$IMAGE_DIR/ctd/h$i/certs.d")
   PULL_CMD=(ctr -a "$IMAGE_DIR/ctd/h$i/containerd.sock")
   if [ "$IMAGE_PULL" = fetch ]; then
@@ -155,11 +163,37 @@ image_forget() {
   done
 }
 
+# fetch_blobs_script: IM/fetch-blobs.sh, run on a host: every layer of the image at once through
+# 127.0.0.1:4001 as containerd asks for it (?ns=, X-Dragonfly-Registry); fails on a short body.
+# shellcheck disable=SC2016  # the $ in single quotes are the generated script's
+fetch_blobs_script() {
+  local layout="$IMAGE_DIR/layout" d
+  {
+    echo "set -u; fail=0; pids=()"
+    while read -r d; do
+      d="${d#sha256:}"
+      printf 'curl -fsS -o /dev/null -w "%%{size_download}" -H "X-Dragonfly-Registry: http://%s" "http://127.0.0.1:4001/v2/%s/blobs/sha256:%s?ns=%s" >"$1.%s" & pids+=($!)\n' \
+        "$REGISTRY_ADDR" "$IMAGE_REPO" "$d" "$REGISTRY_ADDR" "$d"
+    done <"$layout/layers.txt"
+    echo 'for p in "${pids[@]}"; do wait "$p" || fail=1; done'
+    while read -r d; do
+      d="${d#sha256:}"
+      echo "[ \"\$(cat \"\$1.$d\")\" = $(stat -c %s "$layout/blobs/sha256/$d") ] || { echo 'short $d' >&2; fail=1; }"
+    done <"$layout/layers.txt"
+    echo 'exit "$fail"'
+  } >"$IMAGE_DIR/fetch-blobs.sh"
+}
+
 # image_wave NAME MODE: every host pulls at once; times.csv rows; IMAGE_T0 and the origin
 # counters before (W0, R0, RR0, S0) for image_summary.
 image_wave() {
-  local name="$1" mode="$2" i jobs=()
-  log "$name: $N x ctr $IMAGE_PULL at once ($([ "$mode" = mirror ] && echo "through the dfdaemon mirrors" || echo "straight from the registry"))"
+  local name="$1" mode="$2" i jobs=() how
+  case "$mode" in
+    registry) how="ctr $IMAGE_PULL straight from the registry" ;;
+    mirror) how="ctr $IMAGE_PULL through the dfdaemon mirrors" ;;
+    swarm) how="curl of every layer through the dfdaemon mirrors" ;;
+  esac
+  log "$name: $N x $how at once"
   fresh_dirs
   W0="$(origin_tx)"; R0="$(registry_blob_bytes all)"; RR0="$(registry_blob_bytes remote)"
   S0="$(image_seed_bytes "$mode")"; C0="$(cpu_sum "${CTD_PIDS[@]}")"; B0="$(registry_blob_bytes containerd)"
@@ -175,10 +209,10 @@ image_wave() {
     jobs+=("$!")
   done
   wait_jobs "${jobs[@]}"
-  image_collect "$name" "$t0"
+  image_collect "$name" "$t0" "$mode"
   image_summary "$name" "$mode"
   local bypass=$(( $(registry_blob_bytes containerd) - B0 ))
-  if [ "$mode" = mirror ] && [ "$bypass" -gt 0 ]; then
+  if [ "$mode" != registry ] && [ "$bypass" -gt 0 ]; then
     # containerd falls back to the registry when its mirror fails: that is no mirror pull.
     log "$name: containerd fetched $bypass blob bytes from the registry itself, not through its mirror"
     [ "${STRICT:-0}" = 0 ] || die "$name: the mirror was bypassed"
@@ -189,13 +223,13 @@ image_wave() {
 # ctr fetches every blob, then unpacks: its last "elapsed:" and "done:" lines are the two phases
 # (image-phases.csv; Go durations as ctr prints them).
 image_collect() {
-  local c="$1" t0="$2" i end ok have d
+  local c="$1" t0="$2" mode="$3" i end ok have d
   for i in $(seq 1 "$N"); do
     echo "$c,h$i,$(grep -ao 'elapsed: [0-9.]* s' "$WORK/rc/h$i.out" | tail -n 1 | awk '{ print $2 }'),$(grep -ao 'done: [0-9.]*[a-zµ]*' "$WORK/rc/h$i.out" | tail -n 1 | awk '{ print $2 }')" \
       >>"$RESULTS_DIR/image-phases.csv"
     end="$(cat "$WORK/done/h$i" 2>/dev/null || echo)"
     ok="$(cat "$WORK/rc/h$i" 2>/dev/null || echo timeout)"
-    if [ -n "$end" ] && [ "$ok" = 0 ]; then
+    if [ -n "$end" ] && [ "$ok" = 0 ] && [ "$mode" != swarm ]; then
       have="$(ctr_at "$i" content ls -q 2>/dev/null || true)"
       while read -r d; do
         grep -qxF "$d" <<<"$have" || ok=missing-layer
@@ -204,7 +238,8 @@ image_collect() {
     if [ -n "$end" ] && [ "$ok" = 0 ]; then
       echo "$c,h$i,$(awk -v a="$end" -v b="$t0" 'BEGIN { printf "%.3f", a - b }'),1" >>"$RESULTS_DIR/times.csv"
     else
-      echo "$c,h$i,,$ok" >>"$RESULTS_DIR/times.csv"
+      # A number here is ctr's exit status: not to be read as the ok flag 1.
+      echo "$c,h$i,,$(isnum "$ok" && echo "exit-$ok" || echo "$ok")" >>"$RESULTS_DIR/times.csv"
       tail -n 5 "$WORK/rc/h$i.err" >&2 2>/dev/null || true
     fi
   done
@@ -219,7 +254,7 @@ cpu_sum() {
 # image_seed_bytes MODE: bytes the hosts' dfdaemons got from the seed peer so far (0 without them).
 image_seed_bytes() {
   local i s=0
-  [ "$1" = mirror ] || { echo 0; return; }
+  [ "$1" != registry ] || { echo 0; return; }
   for i in $(seq 1 "$N"); do
     s=$(( s + $(traffic_in "$(host_ns "$i")" "$(host_ip "$i")" remote_peer seed) ))
   done
@@ -231,7 +266,7 @@ image_summary() {
   local name="$1" mode="$2" w1 r1 rr1 s1 c1 dcpu="" drss="" seed_cpu="" seed_rss="" sched_cpu="" sched_rss=""
   w1="$(origin_tx)"; r1="$(registry_blob_bytes all)"; rr1="$(registry_blob_bytes remote)"
   s1="$(image_seed_bytes "$mode")"; c1="$(cpu_sum "${CTD_PIDS[@]}")"
-  if [ "$mode" = mirror ]; then
+  if [ "$mode" != registry ]; then
     # Cumulative over the cold and warm waves: image-waves.csv has the per-wave CPU.
     dcpu="$(cpu_sum "${DF_PIDS[@]}" "$DF_SEED_PID")"
     drss=0; local p r
@@ -239,9 +274,9 @@ image_summary() {
     seed_cpu="$(cpu_secs "$DF_SEED_PID")"; seed_rss="$(hwm_kib "$DF_SEED_PID")"
     sched_cpu="$(cpu_secs "$DF_SCHED_PID")"; sched_rss="$(hwm_kib "$DF_SCHED_PID")"
   fi
-  echo "$name,$((r1 - R0)),$((s1 - S0 + rr1 - RR0)),$((w1 - W0)),$dcpu,$drss,$([ "$mode" = mirror ] && echo $((N + 1))),$seed_cpu,$seed_rss,$sched_cpu,$sched_rss" \
+  echo "$name,$((r1 - R0)),$((s1 - S0 + rr1 - RR0)),$((w1 - W0)),$dcpu,$drss,$([ "$mode" = registry ] || echo $((N + 1))),$seed_cpu,$seed_rss,$sched_cpu,$sched_rss" \
     >>"$RESULTS_DIR/summary.csv"
-  echo "$name,$IMAGE_T0,$(awk -v a="$c1" -v b="$C0" 'BEGIN { printf "%.2f", a - b }'),$([ "$mode" = mirror ] && cpu_sum "${DF_PIDS[@]}" "$DF_SEED_PID")" \
+  echo "$name,$IMAGE_T0,$(awk -v a="$c1" -v b="$C0" 'BEGIN { printf "%.2f", a - b }'),$([ "$mode" = registry ] || cpu_sum "${DF_PIDS[@]}" "$DF_SEED_PID")" \
     >>"$RESULTS_DIR/image-waves.csv"
 }
 
@@ -283,21 +318,37 @@ EOF
     image_wave image-direct registry
     image_forget
   fi
+  if [ "$IMAGE_SWARM" = 1 ]; then
+    fetch_blobs_script
+    swarm_up "$WORK/image-swarm" --registry "http://$REGISTRY_ADDR"
+    image_wave image-swarm swarm
+    image_keep_logs "$WORK/image-swarm" image-swarm-logs
+    swarm_down
+    rm -rf "$WORK/image-swarm"
+  fi
   swarm_up "$WORK/image-df" --registry "http://$REGISTRY_ADDR"
   image_mirrors
   image_wave image-cold mirror
   image_forget
   image_wave image-warm mirror
-  image_keep_logs
+  image_keep_logs "$WORK/image-df" image-logs
+  swarm_down
   local p
-  for p in "${DF_PIDS[@]}" "$DF_SEED_PID" "$DF_SCHED_PID" "${CTD_PIDS[@]}" "$REGISTRY_PID"; do stop_pid "$p"; done
+  for p in "${CTD_PIDS[@]}" "$REGISTRY_PID"; do stop_pid "$p"; done
   rm -rf "$IMAGE_DIR" "$WORK/image-df"/*/storage
 }
 
+swarm_down() {
+  local p
+  for p in "${DF_PIDS[@]}" "$DF_SEED_PID" "$DF_SCHED_PID"; do stop_pid "$p"; done
+}
+
+# image_keep_logs DF NAME: the daemons' logs in DF, the registry's and containerd's, gzipped in
+# RESULTS_DIR/NAME.
 image_keep_logs() {
-  local d="$RESULTS_DIR/image-logs" i
+  local d="$RESULTS_DIR/$2" i
   mkdir -p "$d"
-  cp "$WORK/image-df"/*.log "$d/" 2>/dev/null || true
+  cp "$1"/*.log "$d/" 2>/dev/null || true
   cp "$IMAGE_DIR/registry.log" "$d/registry.log" 2>/dev/null || true
   for i in $(seq 1 "$N"); do
     cp "$IMAGE_DIR/ctd/h$i/containerd.log" "$d/containerd-h$i.log" 2>/dev/null || true

@@ -27,10 +27,10 @@ import sys
 import zlib
 
 FILE_ORDER = ["direct", "bittorrent", "damselfly"]
-IMAGE_ORDER = ["image-direct", "image-cold", "image-warm"]
+IMAGE_ORDER = ["image-direct", "image-swarm", "image-cold", "image-warm"]
 ORDER = FILE_ORDER + IMAGE_ORDER
 COLORS = {"direct": (0x99, 0x99, 0x99), "bittorrent": (0xE0, 0x7B, 0x39), "damselfly": (0x2A, 0x6F, 0xDB),
-          "image-direct": (0x55, 0x55, 0x55), "image-cold": (0x2E, 0x9E, 0x4F), "image-warm": (0x9A, 0xD8, 0x9F)}
+          "image-direct": (0x55, 0x55, 0x55), "image-swarm": (0x8E, 0x44, 0xAD), "image-cold": (0x2E, 0x9E, 0x4F), "image-warm": (0x9A, 0xD8, 0x9F)}
 # Issue 14: serving an image's layers through the mirror costs at most this much beyond
 # containerd's own work (cold pull minus warm pull of the last host, over T_min).
 IMAGE_COLD_MINUS_WARM_TARGET = 1.08
@@ -310,9 +310,11 @@ def image_markdown(ip, results):
                      f"| {fnum(r['uplink_payload_over_f'], 3)} | {w.get('containerd_cpu_s') or 'n/a'} "
                      f"| {w.get('dfdaemon_cpu_s_cumulative') or 'n/a'} |")
     lines.append("")
-    lines.append("- image-direct: every containerd pulls straight from the registry; image-cold: through its "
-                 "dfdaemon mirror (hosts.toml by dfinit), caches empty; image-warm: the same again after the image "
-                 "and its content left every containerd, with every layer still in every dfdaemon.")
+    lines.append("- image-direct: every containerd pulls straight from the registry; image-swarm: no containerd, "
+                 "curl fetches every layer at once through the host's dfdaemon mirror, caches empty; image-cold: "
+                 "containerd through its dfdaemon mirror (hosts.toml by dfinit), caches empty again; image-warm: the "
+                 "same again after the image and its content left every containerd, with every layer still in every "
+                 "dfdaemon. ctr fetches every blob, then unpacks (its own elapsed and done lines).")
     by = {r["contender"]: r for r in rows}
     if "image-cold" in by and "image-warm" in by:
         diff = by["image-cold"]["max_s"] - by["image-warm"]["max_s"]

@@ -451,7 +451,8 @@ collect() {
       if [ "$c" = direct ] && [ "$(stat -c %s "$WORK/dl/h$i/$FILE_NAME" 2>/dev/null || echo 0)" != "$FILE_BYTES" ]; then ok=short; fi
       echo "$c,h$i,$(awk -v a="$end" -v b="$t0" 'BEGIN { printf "%.3f", a - b }'),$([ "$ok" = 0 ] && echo 1 || echo "$ok")" >>"$RESULTS_DIR/times.csv"
     else
-      echo "$c,h$i,,$ok" >>"$RESULTS_DIR/times.csv"
+      # A number here is the client's exit status: not to be read as the ok flag 1.
+      echo "$c,h$i,,$(isnum "$ok" && echo "exit-$ok" || echo "$ok")" >>"$RESULTS_DIR/times.csv"
     fi
   done
 }
