@@ -220,12 +220,12 @@ image_wave() {
 }
 
 # image_collect NAME T0: per-host times; ok when ctr exited 0 and containerd holds every layer.
-# ctr fetches every blob, then unpacks: its last "elapsed:" and "done:" lines are the two phases
-# (image-phases.csv; Go durations as ctr prints them).
+# ctr fetches every blob, then unpacks: its last "elapsed:" ("0.7 s", "94.3s") and "done:" lines
+# are the two phases (image-phases.csv; the unpack as the Go duration ctr prints).
 image_collect() {
   local c="$1" t0="$2" mode="$3" i end ok have d
   for i in $(seq 1 "$N"); do
-    echo "$c,h$i,$(grep -ao 'elapsed: [0-9.]* s' "$WORK/rc/h$i.out" | tail -n 1 | awk '{ print $2 }'),$(grep -ao 'done: [0-9.]*[a-zµ]*' "$WORK/rc/h$i.out" | tail -n 1 | awk '{ print $2 }')" \
+    echo "$c,h$i,$(grep -ao 'elapsed: [0-9.]* *s' "$WORK/rc/h$i.out" | tail -n 1 | tr -d 's' | awk '{ print $2 }'),$(grep -ao 'done: [0-9.]*[a-zµ]*' "$WORK/rc/h$i.out" | tail -n 1 | awk '{ print $2 }')" \
       >>"$RESULTS_DIR/image-phases.csv"
     end="$(cat "$WORK/done/h$i" 2>/dev/null || echo)"
     ok="$(cat "$WORK/rc/h$i" 2>/dev/null || echo timeout)"

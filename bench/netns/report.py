@@ -239,9 +239,11 @@ def markdown(params, rows, results):
     try:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import pieces
-        note = pieces.analyse(results)
-        if note:
-            lines.append(note)
+        for logs, name in (("damselfly-logs", "damselfly"), ("image-swarm-logs", "image-swarm"),
+                           ("image-logs", "image-cold")):
+            note = pieces.analyse(results, logs, name)
+            if note:
+                lines.append(note)
     except Exception as e:  # the analysis is a bonus; the table stands without it
         print(f"report.py: piece analysis failed: {e}", file=sys.stderr)
     lines.append("")

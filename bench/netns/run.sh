@@ -36,6 +36,7 @@
 #   NO_INSTALL=1 (never apt-get)  KEEP_WORK=1 (keep the work dir: daemon logs, aria2 logs)
 #   STRICT=1 (exit 1 when any host did not get the file; --ci sets it)
 #   DF_LOG_LEVEL=info,damselfly_daemon=debug (the daemons' log filter; logs land in RESULTS_DIR)
+#   DF_SEED_CONFIG=<dfdaemon.yaml for the seed peer only> (e.g. its seedPeer.ration settings)
 #
 # LATENCY_MS adds one-way delay on every host link with tc netem; when the kernel has no netem
 # the bench says so and stops (latency is unsupported there) instead of silently running without.
@@ -625,7 +626,7 @@ swarm_up() {
     bg "$ns" "$df/$name.log" "$DAMSELFLY_BIN_DIR/dfdaemon" --scheduler "$ORIGIN_IP:8002" --ip "$ip" \
       --hostname "$name" --storage-dir "$df/$name/storage" --socket "$df/$name.sock" --log-level "$level" "$@"
   }
-  daemon "$ORIGIN_NS" "$ORIGIN_IP" seed --seed-peer "$@"
+  daemon "$ORIGIN_NS" "$ORIGIN_IP" seed --seed-peer ${DF_SEED_CONFIG:+--config "$DF_SEED_CONFIG"} "$@"
   DF_SEED_PID=$LAST_PID
   DF_PIDS=()
   for i in $(seq 1 "$N"); do
