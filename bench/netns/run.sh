@@ -58,7 +58,8 @@ EOF
 # The command line as given, for the report (variables the bench reads, then the flags).
 CMDLINE="bench/netns/run.sh${*:+ $*}"
 for v in N HOST_MBIT ORIGIN_MBIT SEED_MBIT ORIGIN_DOWN_MBIT HOST_UP_MBIT HOST_DOWN_MBIT SLOW_HOSTS \
-  SLOW_UP_MBIT SIZE_MIB LATENCY_MS CONTENDERS; do
+  SLOW_UP_MBIT SIZE_MIB LATENCY_MS CONTENDERS IMAGE_LAYERS IMAGE_PULL IMAGE_SNAPSHOTTER IMAGE_DIRECT \
+  IMAGE_SWARM DF_SEED_CONFIG; do
   case "${!v:-}" in
     '') ;;
     *' '*) CMDLINE="$v='${!v}' $CMDLINE" ;;
