@@ -7,7 +7,10 @@ its source peer. Writes damselfly-pieces.md into the results directory and retur
 summary for results.md: how many piece copies the seed sent (distinct and duplicate), when the
 seed's last distinct piece landed, and the pieces per host from the seed and from other peers.
 
-Usage: pieces.py RESULTS_DIR
+The image-pull contender's logs (image-logs, image-swarm-logs) hold one task per layer:
+pieces are told apart by task and number there.
+
+Usage: pieces.py RESULTS_DIR [LOGS_SUBDIR]
 """
 
 import datetime
@@ -17,7 +20,7 @@ import os
 import re
 import sys
 
-LINE = re.compile(r"^(\S+Z)\s.*piece downloaded.*\bpiece=(\d+)\b.*\bsource=(\S+)")
+LINE = re.compile(r"^(\S+Z)\s.*piece downloaded.*\btask_id=(\w+).*\bpiece=(\d+)\b.*\bsource=(\S+)")
 START = re.compile(r"^(\S+Z)\s.*download requested")
 # Peer ids are "{ip}-{hostname}-{uuid}".
 PEER = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(.+?)-[0-9a-f]{8}-")
@@ -27,19 +30,20 @@ def ts(text):
     return datetime.datetime.strptime(text[:26], "%Y-%m-%dT%H:%M:%S.%f").timestamp()
 
 
-def read_logs(results):
-    pieces = {}   # host -> list of (time, piece, source host name)
+def read_logs(results, logs):
+    pieces = {}   # host -> list of (time, (task, piece), source host name)
     starts = []
-    for path in sorted(glob.glob(os.path.join(results, "damselfly-logs", "h*.log*"))):
+    for path in sorted(glob.glob(os.path.join(results, logs, "h*.log*"))):
         host = os.path.basename(path).split(".")[0]
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rt", errors="replace") as fh:
             for line in fh:
                 m = LINE.match(line)
                 if m:
-                    p = PEER.match(m.group(3))
-                    src = p.group(2) if p else m.group(3)
-                    pieces.setdefault(host, []).append((ts(m.group(1)), int(m.group(2)), src))
+                    p = PEER.match(m.group(4))
+                    src = p.group(2) if p else m.group(4)
+                    key = (m.group(2), int(m.group(3)))
+                    pieces.setdefault(host, []).append((ts(m.group(1)), key, src))
                     continue
                 m = START.match(line)
                 if m:
@@ -47,12 +51,13 @@ def read_logs(results):
     return pieces, (min(starts) if starts else None)
 
 
-def analyse(results):
-    pieces, t0 = read_logs(results)
+def analyse(results, logs="damselfly-logs", name="damselfly"):
+    """Writes NAME-pieces.md from the daemon logs in RESULTS/LOGS; returns the summary line."""
+    pieces, t0 = read_logs(results, logs)
     if not pieces or t0 is None:
         return None
-    out = ["# Damselfly: where the pieces came from", ""]
-    out.append("Times are seconds since the first dfget request reached a daemon.")
+    out = [f"# {name}: where the pieces came from", ""]
+    out.append("Times are seconds since the first download request reached a daemon.")
     out.append("")
     out.append("| host | pieces | from seed | from peers | parents used | first piece (s) | last piece (s) |")
     out.append("|---|---|---|---|---|---|---|")
@@ -93,18 +98,21 @@ def analyse(results):
                     first += 1
             out.append(f"| {w:.0f}-{w + 10:.0f} | {len(inwin)} | {first} |")
             w += 10
-    with open(os.path.join(results, "damselfly-pieces.md"), "w") as fh:
+    with open(os.path.join(results, f"{name}-pieces.md"), "w") as fh:
         fh.write("\n".join(out) + "\n")
     hosts = len(pieces)
     from_seed = sum(1 for h in pieces for r in pieces[h] if r[2] == "seed")
     all_ = sum(len(v) for v in pieces.values())
-    return (f"Damselfly pieces (daemon logs): the seed sent {total} copies of {distinct} distinct pieces "
+    tasks = len({key[0] for h in pieces for _, key, _ in pieces[h]})
+    return (f"{name[:1].upper()}{name[1:]} pieces ({tasks} task{'s' if tasks > 1 else ''}, daemon logs): the seed sent {total} copies of {distinct} distinct pieces "
             f"({dup} duplicates, {total / max(distinct, 1):.2f} copies per piece), its last distinct piece "
             f"landed at {last_distinct:.1f} s; {from_seed}/{all_} pieces on {hosts} hosts came from the seed "
-            f"(see damselfly-pieces.md).")
+            f"(see {name}-pieces.md).")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    print(analyse(sys.argv[1]) or "no debug piece lines in the damselfly logs")
+    logs = sys.argv[2] if len(sys.argv) == 3 else "damselfly-logs"
+    name = "damselfly" if logs == "damselfly-logs" else logs.removesuffix("-logs")
+    print(analyse(sys.argv[1], logs, name) or f"no debug piece lines in {logs}")

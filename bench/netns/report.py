@@ -4,7 +4,10 @@
 Input, in the results directory run.sh filled:
   params.json   the configuration and the measured shaping;
   times.csv     contender,host,seconds,ok  (seconds from the common start; ok=1, or why not);
-  summary.csv   per contender: origin bytes, daemon CPU and peak RSS.
+  summary.csv   per contender: origin bytes, daemon CPU and peak RSS;
+  image.json, image-waves.csv  (image-pull contender only) the image's size and each wave's
+                containerd CPU; the image rows (image-direct, -cold, -warm) measure against the
+                image's size instead of the file's.
 
 Percentiles interpolate linearly between the sorted completion times (p99 of 8 hosts lies between
 the 7th and the 8th). The Kumar-Ross bound (Mundinger's for uneven links) is
@@ -18,12 +21,19 @@ import csv
 import json
 import math
 import os
+import re
 import struct
 import sys
 import zlib
 
-ORDER = ["direct", "bittorrent", "damselfly"]
-COLORS = {"direct": (0x99, 0x99, 0x99), "bittorrent": (0xE0, 0x7B, 0x39), "damselfly": (0x2A, 0x6F, 0xDB)}
+FILE_ORDER = ["direct", "bittorrent", "damselfly"]
+IMAGE_ORDER = ["image-direct", "image-swarm", "image-cold", "image-warm"]
+ORDER = FILE_ORDER + IMAGE_ORDER
+COLORS = {"direct": (0x99, 0x99, 0x99), "bittorrent": (0xE0, 0x7B, 0x39), "damselfly": (0x2A, 0x6F, 0xDB),
+          "image-direct": (0x55, 0x55, 0x55), "image-swarm": (0x8E, 0x44, 0xAD), "image-cold": (0x2E, 0x9E, 0x4F), "image-warm": (0x9A, 0xD8, 0x9F)}
+# Issue 14: serving an image's layers through the mirror costs at most this much beyond
+# containerd's own work (cold pull minus warm pull of the last host, over T_min).
+IMAGE_COLD_MINUS_WARM_TARGET = 1.08
 
 
 def percentile(values, p):
@@ -102,11 +112,21 @@ def num(row, key):
     return float(v) if v not in ("", None) else None
 
 
-def rows_for(params, times, failures, summary):
+def image_params(params, results):
+    """params with the image's size as the file size (None: no image-pull contender ran)."""
+    path = os.path.join(results, "image.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        image = json.load(fh)
+    return dict(params, file_bytes=image["image_bytes"], image=image)
+
+
+def rows_for(params, times, failures, summary, order=FILE_ORDER):
     t_min, _ = bound(params)
     fb = params["file_bytes"]
     out = []
-    for c in [c for c in ORDER if c in summary]:
+    for c in [c for c in order if c in summary]:
         secs = [s for _, s in times.get(c, [])]
         s = summary[c]
         last = max(secs) if secs else float("nan")
@@ -145,15 +165,11 @@ def write_csv(path, rows):
             w.writerow(["" if r[k] is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in keys])
 
 
-def markdown(params, rows, results):
-    t_min, terms = bound(params)
+def file_table(rows):
+    """The file contenders' table and its notes (nothing when only the image contender ran)."""
+    if not rows:
+        return []
     lines = []
-    p = params
-    lines.append(f"N={links_text(p)}, origin uplink {p['origin_mbit']} Mbit/s, "
-                 f"file {p['size_mib']} MiB, latency {p['latency_ms']} ms; {p['cpus']} CPUs, kernel {p['kernel']}.")
-    lines.append(f"Shaping measured with iperf3 before the run: origin uplink {p['measured_origin_up_mbit']} Mbit/s, "
-                 f"host to host {p['measured_host_mbit']} Mbit/s.")
-    lines.append("T_min = max(" + ", ".join(f"{k} = {v:.1f} s" for k, v in terms.items()) + f") = {t_min:.1f} s.")
     lines.append("")
     lines.append("| contender | hosts ok | p50 (s) | p99 (s) | last (s) | T_last / T_min | origin HTTP / F "
                  "| origin uplink / F | CPU s (all daemons) | peak RSS MiB (max daemon) |")
@@ -178,6 +194,19 @@ def markdown(params, rows, results):
                          f"dfscheduler: {fnum(r['sched_cpu_s'], 1)} CPU s, {fnum(r['sched_rss_mib'], 1)} MiB peak RSS.")
         if r["failures"]:
             lines.append(f"- {r['contender']}: hosts that did not finish: {r['failures']}")
+    return lines
+
+
+def markdown(params, rows, results):
+    t_min, terms = bound(params)
+    lines = []
+    p = params
+    lines.append(f"N={links_text(p)}, origin uplink {p['origin_mbit']} Mbit/s, "
+                 f"file {p['size_mib']} MiB, latency {p['latency_ms']} ms; {p['cpus']} CPUs, kernel {p['kernel']}.")
+    lines.append(f"Shaping measured with iperf3 before the run: origin uplink {p['measured_origin_up_mbit']} Mbit/s, "
+                 f"host to host {p['measured_host_mbit']} Mbit/s.")
+    lines.append("T_min = max(" + ", ".join(f"{k} = {v:.1f} s" for k, v in terms.items()) + f") = {t_min:.1f} s.")
+    lines.extend(file_table(rows))
     df = [r for r in rows if r["contender"] == "damselfly"]
     bt = [r for r in rows if r["contender"] == "bittorrent"]
     if df:
@@ -210,14 +239,91 @@ def markdown(params, rows, results):
     try:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import pieces
-        note = pieces.analyse(results)
-        if note:
-            lines.append(note)
+        for logs, name in (("damselfly-logs", "damselfly"), ("image-swarm-logs", "image-swarm"),
+                           ("image-logs", "image-cold")):
+            note = pieces.analyse(results, logs, name)
+            if note:
+                lines.append(note)
     except Exception as e:  # the analysis is a bonus; the table stands without it
         print(f"report.py: piece analysis failed: {e}", file=sys.stderr)
     lines.append("")
+    ip = image_params(p, results)
+    if ip:
+        lines.extend(image_markdown(ip, results))
+        lines.append("")
     lines.append(f"Command: `{p['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def go_seconds(text):
+    """A Go duration as ctr prints it ("638.1ms", "1.2s", "1m2.5s") in seconds; None if empty."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"([0-9.]+)(h|ms|m|s|us|µs|ns)", text or "")
+    return sum(float(v) * units[u] for v, u in parts) if parts else None
+
+
+def image_phases(results):
+    """wave -> (fetch seconds per host, unpack seconds per host), from ctr's own lines."""
+    path = os.path.join(results, "image-phases.csv")
+    out = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            for r in csv.DictReader(fh):
+                f, u = out.setdefault(r["wave"], ([], []))
+                if r["fetch_s"]:
+                    f.append(float(r["fetch_s"]))
+                if go_seconds(r["unpack"]) is not None:
+                    u.append(go_seconds(r["unpack"]))
+    return out
+
+
+def p50_max(values):
+    return f"{fnum(percentile(values, 0.5), 1)} / {fnum(max(values), 1)}" if values else "n/a"
+
+
+def image_markdown(ip, results):
+    """The image-pull table: the same columns as the file table, F the image's size."""
+    _, times, failures, summary = load(results)
+    rows = rows_for(ip, times, failures, summary, IMAGE_ORDER)
+    if not rows:
+        return []
+    im = ip["image"]
+    t_min, terms = bound(ip)
+    how = ("`ctr images pull` (fetch and unpack)" if im["pull"] == "pull" else "`ctr content fetch` (no unpack)")
+    waves = {}
+    path = os.path.join(results, "image-waves.csv")
+    if os.path.exists(path):
+        with open(path) as fh:
+            waves = {r["wave"]: r for r in csv.DictReader(fh)}
+    lines = ["", f"Image pulls: one image of {im['layers']} layers, {im['image_bytes'] / 2**20:.1f} MiB, "
+             f"from docker-registry in the origin namespace; containerd {im['containerd']} on every host, "
+             f"{how}, snapshotter {im['snapshotter']}. T_min = {t_min:.1f} s for the image.", "",
+             "| pull | hosts ok | p50 (s) | last (s) | T_last / T_min | ctr fetch p50 / max (s) "
+             "| ctr unpack p50 / max (s) | registry HTTP / image "
+             "| origin uplink / image | containerd CPU s | dfdaemon CPU s (cumulative) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    phases = image_phases(results)
+    for r in rows:
+        w = waves.get(r["contender"], {})
+        fetch, unpack = phases.get(r["contender"], ([], []))
+        lines.append(f"| {r['contender']} | {r['hosts_ok']} | {fnum(r['p50_s'], 1)} | {fnum(r['max_s'], 1)} "
+                     f"| {fnum(r['last_over_tmin'], 2)} | {p50_max(fetch)} | {p50_max(unpack)} "
+                     f"| {fnum(r['http_origin_over_f'], 3)} "
+                     f"| {fnum(r['uplink_payload_over_f'], 3)} | {w.get('containerd_cpu_s') or 'n/a'} "
+                     f"| {w.get('dfdaemon_cpu_s_cumulative') or 'n/a'} |")
+    lines.append("")
+    lines.append("- image-direct: every containerd pulls straight from the registry; image-swarm: no containerd, "
+                 "curl fetches every layer at once through the host's dfdaemon mirror, caches empty; image-cold: "
+                 "containerd through its dfdaemon mirror (hosts.toml by dfinit), caches empty again; image-warm: the "
+                 "same again after the image and its content left every containerd, with every layer still in every "
+                 "dfdaemon. ctr fetches every blob, then unpacks (its own elapsed and done lines).")
+    by = {r["contender"]: r for r in rows}
+    if "image-cold" in by and "image-warm" in by:
+        diff = by["image-cold"]["max_s"] - by["image-warm"]["max_s"]
+        ok = not math.isnan(diff) and diff / t_min <= IMAGE_COLD_MINUS_WARM_TARGET
+        lines.append(f"- cold minus warm (last host): {fnum(diff, 1)} s = {fnum(diff / t_min, 2)} x T_min; "
+                     f"target (issue 14) at most {IMAGE_COLD_MINUS_WARM_TARGET} x T_min: {'met' if ok else 'MISSED'}.")
+    return lines
 
 
 def by_uplink(params, times):
@@ -305,7 +411,9 @@ def main():
     params, times, failures, summary = load(results)
     t_min, _ = bound(params)
     rows = rows_for(params, times, failures, summary)
-    write_csv(os.path.join(results, "results.csv"), rows)
+    ip = image_params(params, results)
+    image_rows = rows_for(ip, times, failures, summary, IMAGE_ORDER) if ip else []
+    write_csv(os.path.join(results, "results.csv"), rows + image_rows)
     with open(os.path.join(results, "results.md"), "w") as fh:
         fh.write(markdown(params, rows, results))
     png = os.path.join(results, "chart.png")

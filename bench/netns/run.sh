@@ -9,12 +9,15 @@
 #   1. direct:     curl on every host at once, from nginx in the origin namespace;
 #   2. bittorrent: opentracker + an aria2c seeder in the origin namespace, aria2c on every host;
 #   3. damselfly:  dfscheduler + a seed-peer dfdaemon in the origin namespace, a dfdaemon on every
-#                  host, dfget on every host at once.
+#                  host, dfget on every host at once;
+#   4. image:      (only when asked for, CONTENDERS="... image") a registry in the origin namespace
+#                  and a containerd on every host: pulls straight from the registry, then through
+#                  each host's dfdaemon mirror, cold and warm (bench/netns/image.sh says how).
 # The report (markdown, CSV, PNG) lands in RESULTS_DIR; bench/netns/report.py writes it.
 #
 # Run as root:
 #   bench/netns/run.sh                       # default: N=8, hosts 100 Mbit/s, origin 50, 256 MiB
-#   bench/netns/run.sh --ci                  # CI size: N=3, 16 MiB
+#   bench/netns/run.sh --ci                  # CI size: N=3, 16 MiB, the image pulls too
 #   N=16 bench/netns/run.sh                  # or any of the variables below
 #   SLOW_HOSTS=4 SLOW_UP_MBIT=10 bench/netns/run.sh   # half the hosts upload at 10 Mbit/s
 #   SEED_MBIT=500 bench/netns/run.sh         # seed and origin uplink 5 x the hosts'
@@ -22,6 +25,8 @@
 # Variables (or the matching --flags, see usage()):
 #   N=8 HOST_MBIT=100 ORIGIN_MBIT=50 ORIGIN_DOWN_MBIT=HOST_MBIT SIZE_MIB=256 LATENCY_MS=0
 #   CONTENDERS="direct bittorrent damselfly" RESULTS_DIR=bench/netns/results/<stamp>
+#   (add image for the image pulls; IMAGE_LAYERS=4 IMAGE_PULL=pull IMAGE_DIRECT=1, see image.sh;
+#   DFINIT=<dfinit binary>, default DAMSELFLY_BIN_DIR/dfinit)
 #   Uneven links: HOST_UP_MBIT="100 10 100 10 ..." and HOST_DOWN_MBIT="..." (one rate per host,
 #   h1 first; hosts past the end of a list use HOST_MBIT), or SLOW_HOSTS=K SLOW_UP_MBIT=R (the
 #   last K hosts upload at R; their download stays HOST_MBIT). SEED_MBIT is ORIGIN_MBIT under
@@ -31,6 +36,7 @@
 #   NO_INSTALL=1 (never apt-get)  KEEP_WORK=1 (keep the work dir: daemon logs, aria2 logs)
 #   STRICT=1 (exit 1 when any host did not get the file; --ci sets it)
 #   DF_LOG_LEVEL=info,damselfly_daemon=debug (the daemons' log filter; logs land in RESULTS_DIR)
+#   DF_SEED_CONFIG=<dfdaemon.yaml for the seed peer only> (e.g. its seedPeer.ration settings)
 #
 # LATENCY_MS adds one-way delay on every host link with tc netem; when the kernel has no netem
 # the bench says so and stops (latency is unsupported there) instead of silently running without.
@@ -43,16 +49,17 @@ usage() {
   cat <<'EOF'
 usage: bench/netns/run.sh [--ci] [--hosts N] [--host-mbit R] [--origin-mbit R]
                           [--origin-down-mbit R] [--size-mib S] [--latency-ms L]
-                          [--contenders "direct bittorrent damselfly"] [--results DIR]
+                          [--contenders "direct bittorrent damselfly image"] [--results DIR]
 Runs as root. Defaults: --hosts 8 --host-mbit 100 --origin-mbit 50 --size-mib 256.
---ci is --hosts 3 --size-mib 16 (and keeps the run short).
+--ci is --hosts 3 --size-mib 16 and adds the image contender (and keeps the run short).
 EOF
 }
 
 # The command line as given, for the report (variables the bench reads, then the flags).
 CMDLINE="bench/netns/run.sh${*:+ $*}"
 for v in N HOST_MBIT ORIGIN_MBIT SEED_MBIT ORIGIN_DOWN_MBIT HOST_UP_MBIT HOST_DOWN_MBIT SLOW_HOSTS \
-  SLOW_UP_MBIT SIZE_MIB LATENCY_MS CONTENDERS; do
+  SLOW_UP_MBIT SIZE_MIB LATENCY_MS CONTENDERS IMAGE_LAYERS IMAGE_PULL IMAGE_SNAPSHOTTER IMAGE_DIRECT \
+  IMAGE_SWARM DF_SEED_CONFIG; do
   case "${!v:-}" in
     '') ;;
     *' '*) CMDLINE="$v='${!v}' $CMDLINE" ;;
@@ -62,7 +69,8 @@ done
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --ci) N="${N:-3}"; SIZE_MIB="${SIZE_MIB:-16}"; STRICT=1; shift ;;
+    --ci) N="${N:-3}"; SIZE_MIB="${SIZE_MIB:-16}"; STRICT=1
+      CONTENDERS="${CONTENDERS:-direct bittorrent damselfly image}"; shift ;;
     --hosts) N="$2"; shift 2 ;;
     --host-mbit) HOST_MBIT="$2"; shift 2 ;;
     --origin-mbit) ORIGIN_MBIT="$2"; shift 2 ;;
@@ -114,8 +122,12 @@ for i in $(seq 1 "$N"); do
 done
 HOST_UPS="${UP[*]}"; HOST_DOWNS="${DOWN[*]}"
 for c in $CONTENDERS; do
-  case "$c" in direct|bittorrent|damselfly) ;; *) die "unknown contender $c" ;; esac
+  case "$c" in direct|bittorrent|damselfly|image) ;; *) die "unknown contender $c" ;; esac
 done
+has_contender() { case " $CONTENDERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+# shellcheck source=bench/netns/image.sh
+source "$HERE/image.sh"
+has_contender image && image_check_params
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces and tc need it)"
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +144,9 @@ need python3 python3
 case " $CONTENDERS " in
   *" bittorrent "*) need aria2c aria2; need opentracker opentracker; need mktorrent mktorrent ;;
 esac
+if has_contender image; then
+  need containerd containerd; need ctr containerd; need docker-registry docker-registry; need skopeo skopeo
+fi
 # The chart needs matplotlib for Debian's python3; report.py falls back to its own PNG writer.
 /usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1 || need_pkgs+=(python3-matplotlib)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -154,7 +169,7 @@ NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY="$(command -v python3)"
 
-if case " $CONTENDERS " in *" damselfly "*) true ;; *) false ;; esac; then
+if has_contender damselfly || has_contender image; then
   if [ -z "${DAMSELFLY_BIN_DIR:-}" ]; then
     log "building release binaries (cargo build --release --bins)"
     (cd "$REPO" && cargo build --release --bins </dev/null) >&2 || die "cargo build failed"
@@ -163,6 +178,11 @@ if case " $CONTENDERS " in *" damselfly "*) true ;; *) false ;; esac; then
   for b in dfscheduler dfdaemon dfget; do
     [ -x "$DAMSELFLY_BIN_DIR/$b" ] || die "missing $DAMSELFLY_BIN_DIR/$b"
   done
+fi
+if has_contender image; then
+  DFINIT="${DFINIT:-$DAMSELFLY_BIN_DIR/dfinit}"
+  [ -x "$DFINIT" ] || die "missing dfinit at $DFINIT (set DFINIT)"
+  for b in containerd ctr docker-registry skopeo; do command -v "$b" >/dev/null || die "$b not found"; done
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +226,8 @@ cleanup() {
     if [ "${KEEP_WORK:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
       # Logs are what tells why a run failed: keep them, drop the bulky payloads.
       find "$WORK" -name '*.bin' -type f -delete 2>/dev/null || true
-      rm -rf "$WORK"/dl "$WORK"/*/storage "$WORK"/hosts/*/storage 2>/dev/null || true
+      rm -rf "$WORK"/dl "$WORK"/*/storage "$WORK"/hosts/*/storage "$WORK"/image/registry \
+        "$WORK"/image/layout "$WORK"/image/ctd/*/root 2>/dev/null || true
       log "work dir kept: $WORK"
     else
       rm -rf "$WORK"
@@ -251,6 +272,7 @@ if [ -n "${DAMSELFLY_BIN_DIR:-}" ]; then
   # A snapshot of the binaries: a rebuild in the shared target dir must not swap them mid-run.
   mkdir -p "$WORK/bin"
   cp "$DAMSELFLY_BIN_DIR/dfscheduler" "$DAMSELFLY_BIN_DIR/dfdaemon" "$DAMSELFLY_BIN_DIR/dfget" "$WORK/bin/"
+  if has_contender image; then cp "$DFINIT" "$WORK/bin/dfinit"; DFINIT="$WORK/bin/dfinit"; fi
   DAMSELFLY_BIN_DIR="$WORK/bin"
 fi
 GIT_REV="$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)"
@@ -431,7 +453,8 @@ collect() {
       if [ "$c" = direct ] && [ "$(stat -c %s "$WORK/dl/h$i/$FILE_NAME" 2>/dev/null || echo 0)" != "$FILE_BYTES" ]; then ok=short; fi
       echo "$c,h$i,$(awk -v a="$end" -v b="$t0" 'BEGIN { printf "%.3f", a - b }'),$([ "$ok" = 0 ] && echo 1 || echo "$ok")" >>"$RESULTS_DIR/times.csv"
     else
-      echo "$c,h$i,,$ok" >>"$RESULTS_DIR/times.csv"
+      # A number here is the client's exit status: not to be read as the ok flag 1.
+      echo "$c,h$i,,$(isnum "$ok" && echo "exit-$ok" || echo "$ok")" >>"$RESULTS_DIR/times.csv"
     fi
   done
 }
@@ -584,32 +607,32 @@ r = json.load(sys.stdin)["result"]; print(sum(int(t["uploadLength"]) for t in r)
 # ---------------------------------------------------------------------------------------------
 # 3. damselfly
 
-run_damselfly() {
-  log "damselfly: dfscheduler + seed peer in the origin namespace, $N dfdaemons, $N x dfget"
-  fresh_dirs
-  local df="$WORK/df" i
+# swarm_up DIR EXTRA...: dfscheduler and a seed-peer dfdaemon in the origin namespace, a dfdaemon
+# on every host (EXTRA: more dfdaemon flags for all of them), logs and storage under DIR; waits
+# until every daemon is healthy. Sets DF_SCHED_PID, DF_SEED_PID and DF_PIDS (h1 first).
+swarm_up() {
+  local df="$1" i; shift
   rm -rf "$df"; mkdir -p "$df"
   # damselfly_daemon at debug logs one line per piece with its source (pieces.py reads them).
   local level="${DF_LOG_LEVEL:-info,damselfly_daemon=debug}"
   bg "$ORIGIN_NS" "$df/dfscheduler.log" "$DAMSELFLY_BIN_DIR/dfscheduler" --listen "$ORIGIN_IP:8002" \
     --metrics none --log-level "$level"
-  local sched_pid=$LAST_PID
+  DF_SCHED_PID=$LAST_PID
   wait_until 20 nsx "$ORIGIN_NS" bash -c "exec 3<>/dev/tcp/$ORIGIN_IP/8002" \
     || { tail -n 30 "$df/dfscheduler.log" >&2; die "dfscheduler does not listen"; }
-
-  # daemon NS IP NAME EXTRA...: one dfdaemon; waits for /healthy.
+  # daemon NS IP NAME EXTRA...: one dfdaemon.
   daemon() {
     local ns="$1" ip="$2" name="$3"; shift 3
     mkdir -p "$df/$name/storage"
     bg "$ns" "$df/$name.log" "$DAMSELFLY_BIN_DIR/dfdaemon" --scheduler "$ORIGIN_IP:8002" --ip "$ip" \
       --hostname "$name" --storage-dir "$df/$name/storage" --socket "$df/$name.sock" --log-level "$level" "$@"
-    DAEMON_PID=$LAST_PID
   }
-  daemon "$ORIGIN_NS" "$ORIGIN_IP" seed --seed-peer
-  local seed_pid=$DAEMON_PID pids=()
+  daemon "$ORIGIN_NS" "$ORIGIN_IP" seed --seed-peer ${DF_SEED_CONFIG:+--config "$DF_SEED_CONFIG"} "$@"
+  DF_SEED_PID=$LAST_PID
+  DF_PIDS=()
   for i in $(seq 1 "$N"); do
-    daemon "$(host_ns "$i")" "$(host_ip "$i")" "h$i"
-    pids+=("$DAEMON_PID")
+    daemon "$(host_ns "$i")" "$(host_ip "$i")" "h$i" "$@"
+    DF_PIDS+=("$LAST_PID")
   done
   wait_until 30 nsx "$ORIGIN_NS" curl -fsS -o /dev/null "http://$ORIGIN_IP:4003/healthy" \
     || { tail -n 30 "$df/seed.log" >&2; die "seed dfdaemon not healthy"; }
@@ -618,6 +641,14 @@ run_damselfly() {
       || { tail -n 30 "$df/h$i.log" >&2; die "dfdaemon h$i not healthy"; }
     [ -S "$df/h$i.sock" ] || die "dfdaemon h$i has no socket"
   done
+}
+
+run_damselfly() {
+  log "damselfly: dfscheduler + seed peer in the origin namespace, $N dfdaemons, $N x dfget"
+  fresh_dirs
+  local df="$WORK/df" i
+  swarm_up "$df"
+  local sched_pid=$DF_SCHED_PID seed_pid=$DF_SEED_PID pids=("${DF_PIDS[@]}")
 
   local o0 w0 t0 jobs=()
   o0="$(nginx_bytes all)"; w0="$(origin_tx)"

@@ -309,15 +309,16 @@ pub struct SeedPeerConfig {
 
 /// A seed rations its `SyncPieces` announcements by default (see `crate::ration`).
 pub const DEFAULT_RATION_ENABLE: bool = true;
-/// Given pieces a rationing seed has waiting for their first upload, per task, at least (the
-/// seed keeps more in flight while they add to its measured upload, see `crate::ration`). Each seed
-/// upload shares its child's downlink with the child's transfers from peers, so one or two
-/// flows leave a seed's uplink partly idle; four kept a 50 Mbit/s seed at its line rate in
+/// Given pieces a rationing seed has waiting for their first upload, over all its tasks (the
+/// layers of an image pull share its uplink), at least (the seed keeps more in flight while
+/// they add to its measured upload, see `crate::ration`). Each seed upload shares its child's
+/// downlink with the child's transfers from peers, so one or two flows leave a seed's uplink
+/// partly idle; four kept a 50 Mbit/s seed at its line rate in
 /// bench/netns (16 hosts: the last piece left the seed at 45.0 s with 4, 45.8-46.8 s with 2)
 /// while the last pieces still leave it close together.
 pub const DEFAULT_RATION_PIECES_IN_FLIGHT: usize = 4;
-/// At most this many given pieces in flight per task: 4 MiB pieces at a 100 Mbit/s child's
-/// downlink take 0.34 s each, so 32 keep a 10 Gbit/s seed busy.
+/// At most this many given pieces in flight over all tasks: 4 MiB pieces at a 100 Mbit/s
+/// child's downlink take 0.34 s each, so 32 keep a 10 Gbit/s seed busy.
 pub const DEFAULT_RATION_MAX_PIECES_IN_FLIGHT: usize = 32;
 
 /// `seedPeer.ration:`. Turning it off lets every child take any piece from the seed at once,

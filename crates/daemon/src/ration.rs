@@ -15,12 +15,17 @@
 //!   again (bench/netns, half the hosts at 10 Mbit/s up: the seed sent 2.04-2.18 x the file).
 //!   A child below [`SLOW_CHILD_SHARE`] of the fastest gets a piece only when no faster child
 //!   is waiting; it still downloads at full speed from its other parents;
-//! - only so many given pieces are waiting for their upload at a time per task, shared out
-//!   between the children, so pieces leave the seed a few at a time at its full rate rather
-//!   than all at once at a trickle each (a trickle would finish every piece near the end, and
-//!   the swarm would have nothing to trade until then). How many follows the seed's measured
-//!   upload ([`pace`]): from `seedPeer.ration.piecesInFlight` up to `maxPiecesInFlight`, as
-//!   long as one more piece in flight still adds to what leaves the seed;
+//! - only so many given pieces are waiting for their upload at a time, over all the seed's
+//!   tasks, shared out between the children, so pieces leave the seed a few at a time at its
+//!   full rate rather than all at once at a trickle each (a trickle would finish every piece
+//!   near the end, and the swarm would have nothing to trade until then). The tasks share
+//!   the one uplink, so they share the limit: an image pull's layers are tasks that start
+//!   together, and four layers each with their own limit put four times the flows on the
+//!   uplink (bench/netns image pulls, 4 x 64 MiB: pieces took 11 s each to leave the seed,
+//!   longer than [`RATION_SLOT_HOLD`], so the seed gave yet more). How many follows the
+//!   seed's measured upload ([`pace`]): from `seedPeer.ration.piecesInFlight` up to
+//!   `maxPiecesInFlight`, as long as one more piece in flight still adds to what leaves the
+//!   seed;
 //! - a given piece stays the child's until the seed has given out every piece of the task
 //!   (the end game): before that the seed's uplink is worth most as first copies, and a copy
 //!   of a piece the swarm already holds only delays the next first copy (bench/netns, half
@@ -80,7 +85,7 @@ type Inner = Pin<Box<dyn Stream<Item = Item> + Send>>;
 
 /// Who got which piece first, per task.
 pub struct SeedRation {
-    /// Given pieces waiting for their first upload, per task.
+    /// How many given pieces may wait for their first upload, over all tasks.
     pace: Mutex<Pace>,
     /// The children's measured upload, as the scheduler last told.
     rates: Mutex<Arc<UploadRates>>,
@@ -124,8 +129,8 @@ struct TaskRation {
 }
 
 impl TaskRation {
-    fn give(&mut self, child: &str, piece: &SyncPiecesResponse, now: Instant) {
-        let level = self.waiting_total(now) + 1;
+    /// `level`: the given pieces of all the seed's tasks in flight with this one.
+    fn give(&mut self, child: &str, piece: &SyncPiecesResponse, now: Instant, level: usize) {
         self.wanting.remove(child);
         *self.given_count.entry(child.to_string()).or_default() += 1;
         self.given.insert(
@@ -192,9 +197,16 @@ impl TaskRation {
         (in_flight / quick.max(1)).max(1)
     }
 
-    fn may_give(&self, child: &str, in_flight: usize, speeds: &Speeds, now: Instant) -> bool {
-        self.waiting_total(now) < in_flight
-            && self.next_in_line(in_flight, speeds, now) == Some(child)
+    /// `seed_waiting`: the given pieces of all the seed's tasks still waiting for their upload.
+    fn may_give(
+        &self,
+        child: &str,
+        in_flight: usize,
+        seed_waiting: usize,
+        speeds: &Speeds,
+        now: Instant,
+    ) -> bool {
+        seed_waiting < in_flight && self.next_in_line(in_flight, speeds, now) == Some(child)
     }
 
     /// Among the wanting children that have room in their share, a fast one before a slow
@@ -257,7 +269,7 @@ impl Speeds {
 }
 
 impl SeedRation {
-    /// `floor` to `ceiling` given pieces in flight per task (`piecesInFlight`,
+    /// `floor` to `ceiling` given pieces in flight over all tasks (`piecesInFlight`,
     /// `maxPiecesInFlight`), as the seed's measured upload allows ([`Pace`]).
     pub fn new(floor: usize, ceiling: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -348,6 +360,7 @@ impl SeedRation {
         let in_flight = self.in_flight();
         let rates = Arc::clone(&self.rates.lock().unwrap_or_else(PoisonError::into_inner));
         self.with_tasks(|tasks| {
+            let seed_waiting: usize = tasks.values().map(|t| t.waiting_total(now)).sum();
             let task = tasks.entry(task_id.to_string()).or_default();
             let speeds = Speeds::of(task, rates);
             let end_game = task.is_end_game(&speeds);
@@ -375,11 +388,11 @@ impl SeedRation {
                     seen: now,
                 })
                 .seen = now;
-            if !task.may_give(child, in_flight, &speeds, now) {
+            if !task.may_give(child, in_flight, seed_waiting, &speeds, now) {
                 return None;
             }
             let piece = held.remove(&number)?;
-            task.give(child, &piece, now);
+            task.give(child, &piece, now, seed_waiting + 1);
             tracing::debug!(task_id, child, number, in_flight, "ration: piece given");
             Some(piece)
         })
@@ -540,6 +553,22 @@ mod tests {
         assert_eq!(next_a.len(), 1, "{next_a:?}");
         assert!(!first_b.contains(&next_a[0]) && !first_a.contains(&next_a[0]));
         assert!(take(&mut b, 1).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn tasks_share_the_pieces_in_flight() {
+        // One slot for the whole seed: a piece of t1 in flight holds back t2 (the layers of
+        // an image are tasks pulled together over the one uplink) until it left the seed.
+        let ration = SeedRation::new(1, 1);
+        let all = || futures::stream::iter((0..8).map(piece));
+        let mut a1 = Box::pin(ration.wrap("t1".into(), "a".into(), all()));
+        let mut b2 = Box::pin(ration.wrap("t2".into(), "b".into(), all()));
+        let first = take(&mut a1, 2).await;
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(take(&mut b2, 1).await.is_empty(), "t1 holds the one slot");
+        ration.uploaded("t1", first[0]);
+        assert_eq!(take(&mut b2, 2).await.len(), 1, "the slot is free again");
+        assert!(take(&mut a1, 1).await.is_empty(), "t2 holds it now");
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! How many given pieces a rationing seed keeps in flight per task: as many as still add to
-//! what leaves its uplink.
+//! How many given pieces a rationing seed keeps in flight over all its tasks: as many as
+//! still add to what leaves its uplink.
 //!
 //! Each given piece is one flow from the seed to one child. A flow runs at the child's spare
 //! downlink or at its share of the seed's uplink, whichever is less. A thin seed (50 Mbit/s
@@ -35,7 +35,7 @@ struct Level {
     at: Instant,
 }
 
-/// The seed's pieces-in-flight limit per task.
+/// The seed's pieces-in-flight limit (over all its tasks).
 #[derive(Debug, Clone)]
 pub struct Pace {
     floor: usize,
