@@ -23,6 +23,9 @@ pub struct ClaimId(u64);
 #[derive(Debug, Default)]
 pub struct Claims {
     owner: BTreeMap<u32, ClaimId>,
+    /// Pieces a bulk job is fetching from the origin right now: not demand (bulk never
+    /// yields to itself), but a range must wait for them rather than ask the origin again.
+    bulk: BTreeSet<u32>,
     next: u64,
 }
 
@@ -35,7 +38,7 @@ impl Claims {
         let mine: BTreeSet<u32> = wanted
             .iter()
             .copied()
-            .filter(|n| !self.owner.contains_key(n))
+            .filter(|n| !self.is_claimed(*n))
             .collect();
         for &number in &mine {
             self.owner.insert(number, id);
@@ -50,8 +53,9 @@ impl Claims {
         self.owner.len() != before
     }
 
+    /// Whether a range or a bulk origin request is fetching the piece.
     pub fn is_claimed(&self, number: u32) -> bool {
-        self.owner.contains_key(&number)
+        self.owner.contains_key(&number) || self.bulk.contains(&number)
     }
 
     /// Whether some demand of the task is outstanding.
@@ -129,6 +133,15 @@ impl TaskDemand {
         self.lock().is_claimed(number)
     }
 
+    /// Marks a piece a bulk job asks the origin for, until the guard drops (landed or failed).
+    pub fn start_bulk(self: &Arc<Self>, number: u32) -> BulkGuard {
+        self.lock().bulk.insert(number);
+        BulkGuard {
+            demand: self.clone(),
+            number,
+        }
+    }
+
     /// [`bulk_step`] over the current claims.
     pub fn bulk_step(&self, queue: &[u32]) -> BulkStep {
         bulk_step(queue, &self.lock())
@@ -152,6 +165,21 @@ pub struct ClaimGuard {
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         if self.demand.lock().release(self.id) {
+            self.demand.generation.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+/// A bulk job's origin request for one piece; a range waiting on it looks again when dropped.
+#[derive(Debug)]
+pub struct BulkGuard {
+    demand: Arc<TaskDemand>,
+    number: u32,
+}
+
+impl Drop for BulkGuard {
+    fn drop(&mut self) {
+        if self.demand.lock().bulk.remove(&self.number) {
             self.demand.generation.send_modify(|g| *g += 1);
         }
     }
@@ -208,6 +236,29 @@ mod tests {
         claims.release(id);
         assert_eq!(bulk_step(&queue, &claims), BulkStep::Start(0));
         assert_eq!(bulk_step(&[], &claims), BulkStep::Idle);
+    }
+
+    #[tokio::test]
+    async fn a_range_leaves_pieces_bulk_is_fetching_and_bulk_never_waits_on_itself() {
+        let table = DemandTable::default();
+        let demand = table.task("t");
+        let bulk = demand.start_bulk(4);
+        assert_eq!(demand.bulk_step(&[5]), BulkStep::Start(5));
+        let claim = demand.claim(&set(&[3, 4]));
+        assert_eq!(
+            claim.pieces,
+            set(&[3]),
+            "piece 4 is on its way from the origin"
+        );
+        assert!(demand.is_claimed(4));
+        let mut changes = demand.subscribe();
+        changes.borrow_and_update();
+        drop(bulk);
+        assert!(
+            changes.has_changed().unwrap(),
+            "a waiting range looks again"
+        );
+        assert!(!demand.is_claimed(4));
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Back-to-source: concurrent ranged GETs of the missing pieces, each streamed into storage,
 //! or, for origins that ignore Range, one GET of the whole body cut into pieces in order.
 
-use super::demand::BulkStep;
+use super::demand::{BulkGuard, BulkStep};
 use super::job::JobCtx;
 use super::piece_proto;
 use super::request::Scope;
@@ -18,7 +18,7 @@ use dragonfly_api::scheduler::v2::download_piece_back_to_source_failed_request::
 use dragonfly_api::scheduler::v2::{
     DownloadPieceBackToSourceFailedRequest, DownloadPieceBackToSourceFinishedRequest,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use tokio::task::JoinSet;
 use tracing::{debug, warn, Instrument};
@@ -26,6 +26,8 @@ use tracing::{debug, warn, Instrument};
 /// Tries per piece for failures that may be transient (connection reset, short body).
 const ORIGIN_PIECE_ATTEMPTS: u32 = 3;
 
+/// A bulk job's pieces on their way from the origin, each marked in the task's demand.
+type BulkInFlight = HashMap<u32, BulkGuard>;
 type PieceResult = (PieceSpan, u32, Result<PieceMetadata, TransferError>);
 
 /// Fetches every piece of `pending` from the origin, removing each as it lands; reports to
@@ -38,12 +40,12 @@ pub async fn fetch(
     if !job.origin_ranges.load(Ordering::Relaxed) {
         return fetch_in_order(job, pending, session).await;
     }
-    let concurrency = job.ctx.config.download.back_to_source_concurrency.max(1) as usize;
     let mut queue: VecDeque<(PieceSpan, u32)> = pending.values().map(|s| (*s, 1)).collect();
     let mut running: JoinSet<PieceResult> = JoinSet::new();
+    let mut in_flight = BulkInFlight::new();
     let mut demand = job.demand.subscribe();
     loop {
-        let blocked = start_pieces(job, &mut queue, pending, &mut running, concurrency)?;
+        let blocked = start_pieces(job, &mut queue, pending, &mut running, &mut in_flight)?;
         if running.is_empty() {
             if !blocked {
                 return Ok(());
@@ -61,11 +63,10 @@ pub async fn fetch(
             joined = running.join_next() => joined,
             _ = demand.changed(), if blocked => continue,
         };
-        let Some(joined) = joined else {
-            continue;
-        };
+        let Some(joined) = joined else { continue };
         let (span, attempt, result) =
             joined.map_err(|e| DaemonError::io("origin piece task", std::io::Error::other(e)))?;
+        in_flight.remove(&span.number); // landed or failed: a range waiting on it looks again
         match result {
             Ok(piece) => {
                 pending.remove(&span.number);
@@ -99,9 +100,10 @@ fn start_pieces(
     queue: &mut VecDeque<(PieceSpan, u32)>,
     pending: &mut BTreeMap<u32, PieceSpan>,
     running: &mut JoinSet<PieceResult>,
-    concurrency: usize,
+    in_flight: &mut BulkInFlight,
 ) -> Result<bool, DaemonError> {
     let bulk = job.request.scope == Scope::Whole;
+    let concurrency = job.ctx.config.download.back_to_source_concurrency.max(1) as usize;
     while running.len() < concurrency {
         let Some(&(span, attempt)) = queue.front() else {
             return Ok(false);
@@ -115,6 +117,7 @@ fn start_pieces(
                 pending.remove(&span.number);
                 continue;
             }
+            in_flight.insert(span.number, job.demand.start_bulk(span.number));
         }
         queue.pop_front();
         spawn_piece(job, running, span, attempt);

@@ -643,3 +643,41 @@ pub fn timed_get(url: &str) -> (f64, f64, String) {
 pub fn listening(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
+
+/// Uploads `data` as a blob of `repo` (a monolithic upload: `POST` a session, `PUT` the bytes
+/// with their digest) and returns the digest. For blobs no manifest names, such as a Nydus data
+/// blob that nydusd fetches by digest.
+pub fn push_blob(registry: SocketAddr, repo: &str, data: Vec<u8>) -> String {
+    let digest = format!("sha256:{}", sha256_hex(&data));
+    let session = request(
+        "POST",
+        &format!("http://{registry}/v2/{repo}/blobs/uploads/"),
+        &[],
+    );
+    assert_eq!(session.status, 202, "the registry refused a blob upload");
+    let location = session.header("location").expect("upload Location");
+    let location = if location.starts_with('/') {
+        format!("http://{registry}{location}")
+    } else {
+        location
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let url = format!("{location}{separator}digest={digest}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let response = client
+            .put(&url)
+            .header("content-type", "application/octet-stream")
+            .body(data)
+            .send()
+            .await
+            .expect("blob upload");
+        response.status().as_u16()
+    });
+    assert_eq!(status, 201, "blob upload of {digest} failed");
+    digest
+}

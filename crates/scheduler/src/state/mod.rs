@@ -278,6 +278,32 @@ mod tests {
     }
 
     #[test]
+    fn a_prefetch_nobody_provides_goes_to_the_origin_not_a_seed() {
+        let mut s = state();
+        let now = Instant::now();
+        s.announce_host(host("seed", 1), now).unwrap();
+        s.announce_host(host("h0", 0), now).unwrap();
+        s.announce_host(host("h1", 0), now).unwrap();
+        let mut prefetch = download();
+        prefetch.is_prefetch = true;
+        let registered = s.register("h0", "t", "p0", prefetch.clone(), now).unwrap();
+        assert!(
+            registered.seed_job.is_none(),
+            "a prefetch triggered the seed"
+        );
+        assert_eq!(
+            s.peer("p0").unwrap().need_back_to_source,
+            Some(OriginReason::Forced {
+                by: registration::PREFETCH_SOURCE.into()
+            })
+        );
+        // The task has a source now: another host's prefetch takes it from peers.
+        let second = s.register("h1", "t", "p1", prefetch, now).unwrap();
+        assert!(second.seed_job.is_none());
+        assert!(s.peer("p1").unwrap().need_back_to_source.is_none());
+    }
+
+    #[test]
     fn credentials_reach_the_seed_but_not_stat_answers() {
         let mut s = state();
         let now = Instant::now();

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Why a prefetch nobody can feed goes to the origin itself (an `OriginReason::Forced` cause).
+pub(super) const PREFETCH_SOURCE: &str = "a prefetch (its host holds the ranges it read)";
+
 /// How the first download of a task is done, from the peer's priority (Dragonfly semantics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FirstDownload {
@@ -139,6 +142,16 @@ impl State {
             Ok(FirstDownload::BackToSource) => {
                 peer.need_back_to_source = Some(OriginReason::Forced {
                     by: "priority LEVEL3".into(),
+                });
+                Ok(None)
+            }
+            // A prefetch completes a task its host started with ranged reads, which fetched
+            // their pieces from the origin: a seed fetching the whole task again would cost the
+            // origin those pieces twice. With nobody to provide the task, the prefetching host
+            // is its source, for the pieces it lacks only.
+            Ok(FirstDownload::SeedFirst) if download.is_prefetch => {
+                peer.need_back_to_source = Some(OriginReason::Forced {
+                    by: PREFETCH_SOURCE.into(),
                 });
                 Ok(None)
             }
