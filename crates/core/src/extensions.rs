@@ -18,6 +18,14 @@ pub const FEATURE_PARENT_PUSH: &str = "parent-push";
 /// task's trusted piece digests; official peers never see either.
 pub const FEATURE_PIECE_DIGESTS: &str = "piece-digests";
 
+/// Cut-through forwarding (DESIGN.md "Cut-through forwarding"). A daemon lists it in its
+/// SyncPieces request metadata; a parent that has it answers with it in the response metadata
+/// and then announces pieces as soon as their write starts. The child asks for those with
+/// Vortex's reserved cut-through tag and gets their bytes as they arrive at the parent, then
+/// the parent's recorded piece (or an error) as a trailer. Official parents never get the
+/// metadata's meaning nor the tag; official children never ask.
+pub const FEATURE_CUT_THROUGH: &str = "cut-through";
+
 /// SyncPieces response metadata of a seed peer that rations its announcements (super-seeding):
 /// each piece it announces was given to this child alone, or left the seed long enough ago
 /// that the swarm should have brought it, so the child should take it from the seed without

@@ -20,6 +20,11 @@ pub const DEFAULT_PIECE_PORT: u16 = 4005;
 pub const DEFAULT_QUIC_PORT: u16 = 4006;
 /// How pieces are fetched from parents, as Dragonfly's `download.protocol` default.
 pub const DEFAULT_PIECE_PROTOCOL: PieceProtocol = PieceProtocol::Tcp;
+/// Damselfly: ask parents that offer it to forward pieces still arriving at them
+/// (`download.cutThrough`), so a piece crosses a chain of peers in about the time of one hop
+/// instead of one whole piece per hop. Parents serve it either way; only official peers,
+/// which never offer it, are asked for recorded pieces only.
+pub const DEFAULT_CUT_THROUGH: bool = true;
 /// A verifying QUIC client refuses parents without a cluster certificate unless the
 /// operator turns on `download.quic.allowUnverifiedPeers`.
 pub const DEFAULT_ALLOW_UNVERIFIED_PEERS: bool = false;
@@ -176,6 +181,8 @@ pub struct DownloadConfig {
     pub protocol: PieceProtocol,
     /// Damselfly: how the QUIC client treats parents.
     pub quic: DownloadQuicConfig,
+    /// Damselfly: fetch pieces still arriving at parents that offer it (TCP only).
+    pub cut_through: bool,
 }
 
 /// `download.protocol`: Vortex over TCP or over QUIC. QUIC is used only with parents that
@@ -216,6 +223,7 @@ impl Default for DownloadConfig {
             collected_piece_timeout: DEFAULT_COLLECTED_PIECE_TIMEOUT,
             protocol: DEFAULT_PIECE_PROTOCOL,
             quic: DownloadQuicConfig::default(),
+            cut_through: DEFAULT_CUT_THROUGH,
         }
     }
 }

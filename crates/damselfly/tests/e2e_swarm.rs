@@ -191,3 +191,53 @@ fn swarm_survives_a_killed_peer() {
     }
     c.assert_no_panics();
 }
+
+/// Cut-through: a daemon still fetching a file from the origin forwards the bytes it already
+/// has to a second daemon, which ends with the same bytes; the origin serves the file once.
+#[test]
+fn a_piece_still_arriving_is_forwarded_to_a_second_daemon() {
+    let origin = Origin::start();
+    let file = origin.add_random("cut-through/8mib.bin", 8 * MIB);
+    let size = file.len() as u64;
+    let mut c = Cluster::new("cut-through");
+    c.start_scheduler();
+    let a = c.start_daemon(DaemonOpts::default());
+    let b = c.start_daemon(DaemonOpts::default());
+    // Every origin body (one per 4 MiB piece) stops after 2 MiB until released.
+    let held = 2 * MIB as u64;
+    origin.hold_bodies_after(held);
+    let wait = Duration::from_secs(30);
+
+    let (out_a, out_b) = (c.path("a.bin"), c.path("b.bin"));
+    let first = c.spawn_dfget(&a.socket, &file.url, &out_a, &[]);
+    assert!(
+        wait_until(wait, || origin.served() >= 2 * held),
+        "daemon a never fetched both pieces' first halves (origin served {})",
+        origin.served()
+    );
+    let second = c.spawn_dfget(&b.socket, &file.url, &out_b, &[]);
+    // While the origin still holds both pieces, b gets what a has of them.
+    let uploaded = || a.metrics().sum("damselfly_upload_traffic_bytes_total", &[]);
+    assert!(
+        wait_until(wait, || uploaded() >= MIB as f64),
+        "daemon a forwarded {} bytes of its arriving pieces to b",
+        uploaded()
+    );
+    assert_eq!(
+        origin.served(),
+        2 * held,
+        "b must not go to the held origin"
+    );
+
+    origin.release_bodies();
+    assert_download_ok(&first.wait(), &out_a, &file);
+    assert_download_ok(&second.wait(), &out_b, &file);
+    assert_eq!(origin.served(), size, "the origin served the file once");
+    let forwarded = a
+        .metrics()
+        .sum("damselfly_upload_forwarded_piece_total", &[]);
+    assert_eq!(forwarded, 2.0, "both pieces were forwarded as they arrived");
+    let b_traffic = b.traffic();
+    assert_eq!(b_traffic.remote_normal, size as f64, "{b_traffic:?}");
+    c.assert_no_panics();
+}

@@ -27,9 +27,9 @@ pub use db::DURABLE_COMMIT_INTERVAL;
 pub use error::StorageError;
 pub use metadata::{ExportMethod, PieceEvent, PieceMetadata, TaskMetadata};
 pub use notify::PIECE_EVENT_CAPACITY;
-pub use pieces::PieceCheck;
+pub use pieces::{ArrivingPiece, HeldPiece, PieceCheck, PieceOrigin, Written};
 pub use space::{DiskSpace, SpaceProbe, Statvfs, RESERVED_FREE_BYTES};
-pub use writers::WriteProgress;
+pub use writers::{WriteProgress, WriteState};
 
 use content::{remove_if_exists, BufferPool};
 use db::{Commit, MetadataDb};

@@ -1,6 +1,7 @@
 //! Records kept per task and per piece, and the events published when they change.
 
 use damselfly_core::PieceLayout;
+use damselfly_core::PieceSpan;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
@@ -51,8 +52,22 @@ pub struct PieceMetadata {
     pub created_at: SystemTime,
 }
 
+impl PieceMetadata {
+    /// Where the piece sits in the task.
+    pub fn span(&self) -> PieceSpan {
+        PieceSpan {
+            number: self.number,
+            offset: self.offset,
+            length: self.length,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum PieceEvent {
+    /// A write of this piece started (from the origin or a parent); it is recorded only when
+    /// `Finished` follows. A piece server may forward it as it arrives (cut-through).
+    Arriving(PieceSpan),
     Finished(PieceMetadata),
     TaskFinished,
     /// Also sent when the task is deleted, so waiting streams end.

@@ -2,7 +2,7 @@
 
 use crate::content::{stream_into_file, SpanHasher, Streamed};
 use crate::export::open_for_write;
-use crate::writers::{PieceWriter, WriteProgress};
+use crate::writers::{PieceWriter, WriteProgress, WriteSource, WriteState};
 use crate::{
     ContentReader, PieceEvent, PieceMetadata, Storage, StorageError, TaskMetadata,
     WRITE_BUFFER_SIZE,
@@ -57,6 +57,29 @@ impl Storage {
         parent_id: Option<&str>,
         cost: Duration,
     ) -> Result<PieceMetadata, StorageError> {
+        let source = PieceOrigin { parent_id, cost };
+        match self
+            .write_piece_unrecorded(task_id, span, reader, check.algorithm(), source)
+            .await?
+        {
+            Written::Recorded(piece) => Ok(piece),
+            Written::Held(held) => held.record(self, check),
+        }
+    }
+
+    /// Writes piece `span`'s bytes from `reader` as [`Storage::write_piece_checked`] does,
+    /// hashing them with crc32 and `trusted` (if given) on the way, but leaves the check and
+    /// the record to the caller: for a piece whose expected digest arrives after its bytes (a
+    /// parent forwarding a piece that is still arriving there). The piece stays held against
+    /// other writers until the returned [`HeldPiece`] is recorded or dropped.
+    pub async fn write_piece_unrecorded<R: AsyncRead + Unpin>(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        reader: R,
+        trusted: Option<DigestAlgorithm>,
+        source: PieceOrigin<'_>,
+    ) -> Result<Written, StorageError> {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         check_span(&task, span)?;
@@ -67,20 +90,11 @@ impl Storage {
                 number = span.number,
                 "piece already recorded, not rewriting it"
             );
-            return Ok(existing);
+            return Ok(Written::Recorded(existing));
         }
-        if check == PieceCheck::Nothing && parent_id.is_none() {
-            writer.publish_from(span.offset);
-        }
+        self.publish_write(&mut writer, task_id, span, source.parent_id);
         let streamed = self
-            .stream_span(
-                task_id,
-                span.offset,
-                span.length,
-                reader,
-                check.algorithm(),
-                writer,
-            )
+            .stream_span(task_id, span.offset, span.length, reader, trusted, writer)
             .await?;
         if streamed.bytes < span.length {
             return Err(StorageError::ShortRead {
@@ -90,27 +104,54 @@ impl Storage {
                 received: streamed.bytes,
             });
         }
-        let digest = format_crc32(streamed.crc32);
-        let trusted = streamed.trusted.map(|d| d.to_string());
-        let (expected, actual) = match check {
-            PieceCheck::Nothing => (None, digest.as_str()),
-            PieceCheck::Crc32(expected) => (Some(expected), digest.as_str()),
-            PieceCheck::Trusted(expected) => (Some(expected), trusted.as_deref().unwrap_or("")),
+        let writer = streamed
+            .writer
+            .ok_or_else(|| StorageError::Io(io::Error::other("piece writer lost in a write")))?;
+        Ok(Written::Held(HeldPiece {
+            task_id: task_id.to_string(),
+            piece: PieceMetadata {
+                number: span.number,
+                offset: span.offset,
+                length: span.length,
+                digest: format_crc32(streamed.crc32),
+                parent_id: source.parent_id.map(str::to_string),
+                cost: source.cost + started.elapsed(),
+                created_at: SystemTime::now(),
+            },
+            trusted: streamed.trusted.map(|d| d.to_string()),
+            writer,
+        }))
+    }
+
+    /// Shows a write of `span` to readers as it goes: origin bytes to everyone, a parent's
+    /// (unverified) bytes only to cut-through forwarding; and announces it as arriving.
+    fn publish_write(
+        &self,
+        writer: &mut PieceWriter,
+        task_id: &str,
+        span: PieceSpan,
+        parent_id: Option<&str>,
+    ) {
+        let source = match parent_id {
+            None => WriteSource::Origin,
+            Some(_) => WriteSource::Parent,
         };
-        check_digest(task_id, span.number, expected, actual)?;
-        let piece = PieceMetadata {
-            number: span.number,
-            offset: span.offset,
-            length: span.length,
-            digest,
-            parent_id: parent_id.map(str::to_string),
-            cost: cost + started.elapsed(),
-            created_at: SystemTime::now(),
-        };
-        let recorded = self.record_piece(task_id, piece);
-        // Held until recorded: a waiting writer then finds the piece and writes nothing.
-        drop(streamed.writer);
-        recorded
+        writer.publish_from(span.offset, source);
+        self.inner
+            .notifier
+            .publish(task_id, PieceEvent::Arriving(span));
+    }
+
+    /// Records `piece`, written by `writer`, and tells readers following that write.
+    fn record_written(
+        &self,
+        task_id: &str,
+        piece: PieceMetadata,
+        writer: &PieceWriter,
+    ) -> Result<PieceMetadata, StorageError> {
+        let recorded = self.record_piece(task_id, piece)?;
+        writer.recorded();
+        Ok(recorded)
     }
 
     /// The trusted digest ([`TRUSTED_PIECE_DIGEST_ALGORITHM`]) of what the content file holds
@@ -165,14 +206,12 @@ impl Storage {
         if let Some(existing) = self.piece(task_id, span.number)? {
             return Ok(Some(existing));
         }
-        if parent_id.is_none() {
-            writer.publish_from(span.offset);
-        }
+        self.publish_write(&mut writer, task_id, span, parent_id);
         let progress = writer.progress_handle();
         let path = self.content_path(task_id);
         // The piece stays held inside the write task: a cancelled caller keeps it until the
         // write ends.
-        let (filled, _writer) = tokio::task::spawn_blocking(move || {
+        let (filled, writer) = tokio::task::spawn_blocking(move || {
             let filled = open_for_write(&path)
                 .map_err(|e| E::from(StorageError::from(e)))
                 .and_then(|file| fill(&file, &progress));
@@ -192,7 +231,7 @@ impl Storage {
             cost: started.elapsed(),
             created_at: SystemTime::now(),
         };
-        Ok(Some(self.record_piece(task_id, piece)?))
+        Ok(Some(self.record_written(task_id, piece, &writer)?))
     }
 
     /// Writes piece `number` of a task whose length may be unknown (content_length 0): reads up
@@ -209,12 +248,18 @@ impl Storage {
         let task = self.require_task(task_id)?;
         let offset = piece_offset(&task, number)?;
         let mut writer = self.inner.piece_writers.hold(task_id, number).await;
-        if parent_id.is_none() {
-            writer.publish_from(offset);
-        }
         if let Some(existing) = self.piece(task_id, number)? {
             let drained = self.drain(reader, existing.length).await?;
             return Ok((drained > 0).then_some(existing));
+        }
+        // The span is known only when the length is; a stream of unknown length is not
+        // shown before its pieces land.
+        if let Some(span) = task
+            .layout()
+            .span(number)
+            .filter(|_| task.content_length > 0)
+        {
+            self.publish_write(&mut writer, task_id, span, parent_id);
         }
         let streamed = self
             .stream_span(task_id, offset, task.piece_length, reader, None, writer)
@@ -237,9 +282,10 @@ impl Storage {
             cost: started.elapsed(),
             created_at: SystemTime::now(),
         };
-        let recorded = self.record_piece(task_id, piece).map(Some);
-        drop(streamed.writer);
-        recorded
+        match &streamed.writer {
+            Some(writer) => self.record_written(task_id, piece, writer).map(Some),
+            None => self.record_piece(task_id, piece).map(Some),
+        }
     }
 
     pub(crate) async fn stream_span<R: AsyncRead + Unpin>(
@@ -374,6 +420,28 @@ impl Storage {
         Ok((piece, file))
     }
 
+    /// A piece still being written, for cut-through forwarding: its span, how far the write
+    /// has come, and the content file to send its bytes from. `None` when no write of it runs.
+    pub fn open_arriving_piece(
+        &self,
+        task_id: &str,
+        number: u32,
+    ) -> Result<Option<ArrivingPiece>, StorageError> {
+        let task = self.require_task(task_id)?;
+        let Some(span) = task
+            .layout()
+            .span(number)
+            .filter(|_| task.content_length > 0)
+        else {
+            return Ok(None);
+        };
+        let Some(state) = self.arriving_piece(task_id, number) else {
+            return Ok(None);
+        };
+        let file = std::fs::File::open(self.content_path(task_id))?;
+        Ok(Some(ArrivingPiece { span, state, file }))
+    }
+
     /// The task's content readable at any offset, for callers that stream byte ranges of
     /// landed pieces (the proxy); which bytes have landed is theirs to know (piece events).
     pub async fn content_reader(&self, task_id: &str) -> Result<ContentReader, StorageError> {
@@ -390,15 +458,48 @@ impl Storage {
         &self,
         task_id: &str,
         offset: u64,
-    ) -> Option<(u64, tokio::sync::watch::Receiver<u64>)> {
+    ) -> Option<(u64, tokio::sync::watch::Receiver<WriteState>)> {
         let task = self.task(task_id).ok()??;
         let number = u32::try_from(offset.checked_div(task.piece_length)?).ok()?;
-        let progress = self.inner.piece_writers.progress(task_id, number)?;
+        let progress =
+            self.inner
+                .piece_writers
+                .progress(task_id, number, &[WriteSource::Origin])?;
         Some((u64::from(number) * task.piece_length, progress))
     }
 
-    /// Changes whenever an origin write starts publishing its progress (any task).
-    pub fn watch_origin_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// A write in progress of piece `number` of `task_id`, from the origin or a parent, for
+    /// cut-through forwarding: how far its bytes are in the file, and at the end whether this
+    /// write was recorded (the channel closes without `recorded` when it was abandoned, e.g.
+    /// its bytes failed their check). The bytes are the parent's claim until then.
+    pub fn arriving_piece(
+        &self,
+        task_id: &str,
+        number: u32,
+    ) -> Option<tokio::sync::watch::Receiver<WriteState>> {
+        self.inner.piece_writers.progress(
+            task_id,
+            number,
+            &[WriteSource::Origin, WriteSource::Parent],
+        )
+    }
+
+    /// The pieces of `task_id` being written now (their [`PieceEvent::Arriving`] went out).
+    pub fn arriving_pieces(&self, task_id: &str) -> Result<Vec<PieceSpan>, StorageError> {
+        let Some(task) = self.task(task_id)? else {
+            return Ok(Vec::new());
+        };
+        if task.content_length == 0 {
+            return Ok(Vec::new());
+        }
+        let layout = task.layout();
+        let mut numbers = self.inner.piece_writers.arriving(task_id);
+        numbers.sort_unstable();
+        Ok(numbers.into_iter().filter_map(|n| layout.span(n)).collect())
+    }
+
+    /// Changes whenever a piece write starts publishing its progress (any task, any source).
+    pub fn watch_piece_writes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.piece_writers.watch_started()
     }
 
@@ -448,6 +549,61 @@ pub(crate) fn check_span(task: &TaskMetadata, span: PieceSpan) -> Result<(), Sto
     Ok(())
 }
 
+/// Who a piece's bytes come from, for its record: the parent (None = origin) and the time
+/// spent before the bytes flowed.
+#[derive(Debug, Clone, Copy)]
+pub struct PieceOrigin<'a> {
+    pub parent_id: Option<&'a str>,
+    pub cost: Duration,
+}
+
+/// A piece being written, opened for forwarding (see [`Storage::open_arriving_piece`]).
+pub struct ArrivingPiece {
+    pub span: PieceSpan,
+    /// How far the write has come, and whether it was recorded; closes when the writer ends.
+    pub state: tokio::sync::watch::Receiver<WriteState>,
+    pub file: std::fs::File,
+}
+
+/// What [`Storage::write_piece_unrecorded`] left: the piece was recorded already (by an
+/// earlier writer; nothing was read), or its bytes are written and wait for their check.
+pub enum Written {
+    Recorded(PieceMetadata),
+    Held(HeldPiece),
+}
+
+/// A piece's bytes in the content file with their sums, not recorded yet; held against other
+/// writers until [`HeldPiece::record`] or drop (dropped: never recorded, never served, and
+/// overwritten by the next attempt).
+pub struct HeldPiece {
+    task_id: String,
+    /// What will be recorded; `digest` is the crc32 of the bytes written.
+    piece: PieceMetadata,
+    /// The trusted digest of the bytes written, when one was asked for.
+    trusted: Option<String>,
+    writer: PieceWriter,
+}
+
+impl HeldPiece {
+    /// Checks the bytes against `check` and records the piece if they match.
+    pub fn record(
+        self,
+        storage: &Storage,
+        check: PieceCheck<'_>,
+    ) -> Result<PieceMetadata, StorageError> {
+        let (expected, actual) = match check {
+            PieceCheck::Nothing => (None, self.piece.digest.as_str()),
+            PieceCheck::Crc32(expected) => (Some(expected), self.piece.digest.as_str()),
+            PieceCheck::Trusted(expected) => {
+                (Some(expected), self.trusted.as_deref().unwrap_or(""))
+            }
+        };
+        check_digest(&self.task_id, self.piece.number, expected, actual)?;
+        // Held until recorded: a waiting writer then finds the piece and writes nothing.
+        storage.record_written(&self.task_id, self.piece, &self.writer)
+    }
+}
+
 /// What a piece must match before it is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceCheck<'a> {
@@ -464,7 +620,7 @@ pub enum PieceCheck<'a> {
 impl PieceCheck<'_> {
     /// The algorithm to hash a piece with while it is written: the trusted digest's own. A
     /// digest that is not a trusted one is hashed with ours, so it fails the check.
-    fn algorithm(self) -> Option<DigestAlgorithm> {
+    pub fn algorithm(self) -> Option<DigestAlgorithm> {
         let PieceCheck::Trusted(expected) = self else {
             return None;
         };

@@ -1,14 +1,17 @@
-//! One writer per piece at a time, and how far an origin write has come.
+//! One writer per piece at a time, and how far a write in progress has come.
 //!
 //! A piece's bytes are checked as they are written, so a second writer of the same span (a
 //! fetch moved to a faster parent, a ranged job and the whole-task job asking for the same
 //! piece) must not overwrite them between the check and the record: it waits, then finds the
 //! piece recorded and reads nothing.
 //!
-//! A write of origin bytes (which need no check: the origin is the source of truth) publishes
-//! its progress, so a reader waiting for the piece (the proxy answering a byte range) can send
-//! the bytes already written instead of waiting for the whole piece. Writes of a parent's
-//! bytes never publish: they are unverified until the piece's digest is checked.
+//! Every write of a task with a known layout publishes its progress, tagged with where its
+//! bytes come from. Origin bytes need no check (the origin is the source of truth), so a
+//! reader waiting for the piece (the proxy answering a byte range) may send the bytes already
+//! written. A parent's bytes are unverified until the piece's digest is checked: only the
+//! piece server's cut-through forwarding shows them, to Damselfly children that check the
+//! piece themselves and learn at the end whether this write was recorded
+//! ([`WriteState::recorded`]) or abandoned (the channel closes without it).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,12 +19,37 @@ use tokio::sync::{watch, Notify};
 
 type PieceKey = (String, u32);
 
+/// Where the bytes of a write come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteSource {
+    /// The origin: whatever is written is what the task holds.
+    Origin,
+    /// A parent: unverified until the piece's digest is checked and the piece recorded.
+    Parent,
+}
+
+/// How far one write of a piece has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteState {
+    /// The bytes up to this file offset are in the file, in order.
+    pub written_to: u64,
+    /// The piece passed its check and is recorded: this write's bytes are the piece's.
+    pub recorded: bool,
+}
+
+/// A write in progress, as readers see it.
+#[derive(Clone)]
+struct Published {
+    source: WriteSource,
+    state: watch::Receiver<WriteState>,
+}
+
 pub(crate) struct PieceWriters {
     busy: Mutex<HashSet<PieceKey>>,
     released: Notify,
-    /// Origin writes in progress: the file offset their bytes are written up to, in order.
-    progress: Mutex<HashMap<PieceKey, watch::Receiver<u64>>>,
-    /// Bumped whenever an origin write starts publishing, so waiting readers look again.
+    /// Writes in progress that publish how far they have come.
+    progress: Mutex<HashMap<PieceKey, Published>>,
+    /// Bumped whenever a write starts publishing, so waiting readers look again.
     started: watch::Sender<u64>,
 }
 
@@ -60,14 +88,29 @@ impl PieceWriters {
         }
     }
 
-    /// The progress of an origin write of piece `number` of `task_id`, if one is running.
-    pub(crate) fn progress(&self, task_id: &str, number: u32) -> Option<watch::Receiver<u64>> {
+    /// The progress of a write of piece `number` of `task_id` whose bytes come from `sources`.
+    pub(crate) fn progress(
+        &self,
+        task_id: &str,
+        number: u32,
+        sources: &[WriteSource],
+    ) -> Option<watch::Receiver<WriteState>> {
         lock(&self.progress)
             .get(&(task_id.to_string(), number))
-            .cloned()
+            .filter(|published| sources.contains(&published.source))
+            .map(|published| published.state.clone())
     }
 
-    /// Changes whenever an origin write starts publishing its progress.
+    /// The pieces of `task_id` being written now (from any source).
+    pub(crate) fn arriving(&self, task_id: &str) -> Vec<u32> {
+        lock(&self.progress)
+            .keys()
+            .filter(|(task, _)| task == task_id)
+            .map(|(_, number)| *number)
+            .collect()
+    }
+
+    /// Changes whenever a write starts publishing its progress.
     pub(crate) fn watch_started(&self) -> watch::Receiver<u64> {
         self.started.subscribe()
     }
@@ -82,10 +125,13 @@ pub(crate) struct PieceWriter {
 }
 
 impl PieceWriter {
-    /// Publishes this write's progress from `start` (the piece's offset): for origin bytes only.
-    pub(crate) fn publish_from(&mut self, start: u64) {
-        let (tx, rx) = watch::channel(start);
-        lock(&self.writers.progress).insert(self.key.clone(), rx);
+    /// Publishes this write's progress from `start` (the piece's offset).
+    pub(crate) fn publish_from(&mut self, start: u64, source: WriteSource) {
+        let (tx, state) = watch::channel(WriteState {
+            written_to: start,
+            recorded: false,
+        });
+        lock(&self.writers.progress).insert(self.key.clone(), Published { source, state });
         self.progress = WriteProgress(Some(tx));
         self.writers.started.send_modify(|n| *n += 1);
     }
@@ -93,6 +139,13 @@ impl PieceWriter {
     /// The bytes up to file offset `written_to` are in the file (a no-op unless published).
     pub(crate) fn advance(&self, written_to: u64) {
         self.progress.advance(written_to);
+    }
+
+    /// The piece this write filled is recorded; readers following it may vouch for it.
+    pub(crate) fn recorded(&self) {
+        if let Some(progress) = &self.progress.0 {
+            progress.send_modify(|state| state.recorded = true);
+        }
     }
 
     /// A handle a blocking writer outside this crate reports its progress through.
@@ -114,15 +167,15 @@ impl Drop for PieceWriter {
 /// How a writer that moves a piece's bytes itself (`Storage::write_piece_with`) tells readers
 /// how far it has come; silent for a write that does not publish (and by default).
 #[derive(Clone, Default)]
-pub struct WriteProgress(Option<watch::Sender<u64>>);
+pub struct WriteProgress(Option<watch::Sender<WriteState>>);
 
 impl WriteProgress {
     /// The bytes up to file offset `written_to` are in the file, in order.
     pub fn advance(&self, written_to: u64) {
         if let Some(progress) = &self.0 {
-            progress.send_if_modified(|at| {
-                let moved = written_to > *at;
-                *at = (*at).max(written_to);
+            progress.send_if_modified(|state| {
+                let moved = written_to > state.written_to;
+                state.written_to = state.written_to.max(written_to);
                 moved
             });
         }
@@ -159,28 +212,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_published_writes_show_progress_and_it_ends_with_the_writer() {
+    async fn progress_is_shown_by_source_and_ends_with_the_writer() {
+        const ORIGIN: &[WriteSource] = &[WriteSource::Origin];
+        const ANY: &[WriteSource] = &[WriteSource::Origin, WriteSource::Parent];
         let writers = Arc::new(PieceWriters::default());
         let mut started = writers.watch_started();
-        let checked = writers.hold("t", 0).await;
+        let mut checked = writers.hold("t", 0).await;
+        checked.publish_from(0, WriteSource::Parent);
         checked.advance(100);
         assert!(
-            writers.progress("t", 0).is_none(),
-            "a parent's bytes are never shown"
+            writers.progress("t", 0, ORIGIN).is_none(),
+            "a parent's bytes are not shown as origin bytes"
         );
+        let mut parent = writers.progress("t", 0, ANY).expect("shown to cut-through");
+        assert_eq!(writers.arriving("t"), vec![0]);
+        assert!(writers.arriving("u").is_empty());
+        assert_eq!(parent.borrow_and_update().written_to, 100);
         drop(checked);
+        assert!(
+            parent.changed().await.is_err(),
+            "abandoned: closed unrecorded"
+        );
+        assert!(!parent.borrow().recorded);
+        started.borrow_and_update();
 
         let mut origin = writers.hold("t", 0).await;
-        origin.publish_from(4096);
+        origin.publish_from(4096, WriteSource::Origin);
         assert!(started.has_changed().unwrap());
-        started.borrow_and_update();
-        let mut seen = writers.progress("t", 0).expect("published");
-        assert_eq!(*seen.borrow_and_update(), 4096);
+        let mut seen = writers.progress("t", 0, ORIGIN).expect("published");
+        assert_eq!(seen.borrow_and_update().written_to, 4096);
         origin.advance(8192);
         origin.progress_handle().advance(6000); // never backwards
-        assert_eq!(*seen.borrow_and_update(), 8192);
+        assert_eq!(seen.borrow_and_update().written_to, 8192);
+        origin.recorded();
+        assert!(seen.borrow_and_update().recorded);
         drop(origin);
         assert!(seen.changed().await.is_err(), "the writer is gone");
-        assert!(writers.progress("t", 0).is_none());
+        assert!(writers.progress("t", 0, ANY).is_none());
+        assert!(writers.arriving("t").is_empty());
     }
 }

@@ -114,7 +114,11 @@ async fn tampered_piece_is_rejected_and_not_recorded() {
         "{err}"
     );
     assert!(storage.piece(&id, 0).unwrap().is_none());
-    assert!(events.try_recv().is_err(), "nothing may be announced");
+    assert!(
+        matches!(events.try_recv(), Ok(PieceEvent::Arriving(_))),
+        "its write was shown as arriving"
+    );
+    assert!(events.try_recv().is_err(), "but never as finished");
     assert_eq!(storage.usage_bytes(), 0);
     assert!(storage.read_piece(&id, 0).await.is_err());
 
@@ -131,6 +135,7 @@ async fn tampered_piece_is_rejected_and_not_recorded() {
         .unwrap();
     assert_eq!(piece.parent_id.as_deref(), Some("parent"));
     assert!(read_all(&storage, &id, 0).await == good);
+    assert!(matches!(events.try_recv(), Ok(PieceEvent::Arriving(s)) if s.number == 0));
     assert!(matches!(events.try_recv(), Ok(PieceEvent::Finished(p)) if p.number == 0));
 }
 
@@ -513,6 +518,7 @@ async fn subscribers_see_pieces_then_the_end_of_the_task() {
             PieceEvent::Finished(piece) => numbers.push(piece.number),
             PieceEvent::TaskFinished => break,
             PieceEvent::TaskFailed => panic!("task failed"),
+            PieceEvent::Arriving(_) => {}
         }
     }
     assert_eq!(numbers, vec![0, 1]);

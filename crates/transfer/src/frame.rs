@@ -19,6 +19,56 @@ pub const MAX_FRAME_VALUE_LENGTH: u32 = 64 * 1024;
 /// The value of a DownloadPiece request: a task ID and a piece number, nothing else.
 pub(crate) const REQUEST_LENGTH: usize = TASK_ID_SIZE + PIECE_NUMBER_SIZE;
 
+/// Damselfly's cut-through request (DESIGN.md "Cut-through forwarding"), on a tag Vortex
+/// reserves: the value of a DownloadPiece, for a piece the parent may still be receiving. Sent
+/// only to parents that offered cut-through in their SyncPieces answer, so official peers
+/// never see it.
+pub const CUT_THROUGH_REQUEST_TAG: u8 = 200;
+/// The answer to a cut-through request for a piece still arriving: a PieceContent value with
+/// an empty digest, then the piece's raw bytes as they arrive, then a trailer: a PieceContent
+/// frame of the recorded piece (its `crc32:` digest) or an Error frame if the parent's own
+/// copy failed its check. A piece already recorded is answered as DownloadPiece is.
+pub const ARRIVING_CONTENT_TAG: u8 = 201;
+
+/// What a piece request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Vortex's DownloadPiece: a recorded piece, or NotFound.
+    Recorded,
+    /// Damselfly's cut-through: a recorded piece, or one still arriving, forwarded as it comes.
+    CutThrough,
+}
+
+/// A piece request as the server reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceRequest {
+    pub piece: DownloadPiece,
+    pub kind: RequestKind,
+}
+
+impl PieceRequest {
+    /// The request as it goes on the wire, header included.
+    pub fn encode_packet(&self, buffer: &mut impl bytes::BufMut) {
+        match self.kind {
+            RequestKind::Recorded => self.piece.encode_packet(buffer),
+            RequestKind::CutThrough => {
+                let tag = Tag::Reserved(CUT_THROUGH_REQUEST_TAG);
+                Header::new(tag, REQUEST_LENGTH as u32).encode(buffer);
+                self.piece.encode(buffer);
+            }
+        }
+    }
+}
+
+/// The first frame of a parent's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A recorded piece; its bytes follow, checked by its digest.
+    Recorded(WireMetadata),
+    /// A piece still arriving at the parent; its bytes follow, then a trailer.
+    Arriving(WireMetadata),
+}
+
 /// A request the server answers with an Error frame (code and message).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadRequest(pub Code, pub String);
@@ -27,23 +77,30 @@ fn invalid(message: String) -> BadRequest {
     BadRequest(Code::InvalidArgument, message)
 }
 
-/// Server side: checks a request header and returns the value length to read (always
-/// [`REQUEST_LENGTH`]); anything but a DownloadPiece of that size is refused unread.
-pub(crate) fn request_value_length(header: &[u8; HEADER_SIZE]) -> Result<usize, BadRequest> {
+/// Server side: checks a request header and returns the request's kind and the value length
+/// to read (always [`REQUEST_LENGTH`]); anything but a DownloadPiece or cut-through request of
+/// that size is refused unread.
+pub(crate) fn request_value_length(
+    header: &[u8; HEADER_SIZE],
+) -> Result<(RequestKind, usize), BadRequest> {
     let header = Header::decode(header).map_err(|e| invalid(e.to_string()))?;
-    if header.tag() != Tag::DownloadPiece {
-        return Err(invalid(format!(
-            "expected a DownloadPiece request, got tag {}",
-            u8::from(header.tag())
-        )));
-    }
+    let kind = match header.tag() {
+        Tag::DownloadPiece => RequestKind::Recorded,
+        Tag::Reserved(CUT_THROUGH_REQUEST_TAG) => RequestKind::CutThrough,
+        other => {
+            return Err(invalid(format!(
+                "expected a DownloadPiece request, got tag {}",
+                u8::from(other)
+            )))
+        }
+    };
     if header.length() as usize != REQUEST_LENGTH {
         return Err(invalid(format!(
             "DownloadPiece value must be {REQUEST_LENGTH} bytes, got {}",
             header.length()
         )));
     }
-    Ok(REQUEST_LENGTH)
+    Ok((kind, REQUEST_LENGTH))
 }
 
 pub(crate) fn decode_request_value(value: &[u8]) -> Result<DownloadPiece, BadRequest> {
@@ -53,14 +110,15 @@ pub(crate) fn decode_request_value(value: &[u8]) -> Result<DownloadPiece, BadReq
 /// Server side, whole frame: the request a peer's first bytes make. Bytes after the request
 /// are never read. Entry point of the `vortex_request` fuzz target.
 #[doc(hidden)]
-pub fn decode_request_frame(frame: &[u8]) -> Result<DownloadPiece, BadRequest> {
+pub fn decode_request_frame(frame: &[u8]) -> Result<PieceRequest, BadRequest> {
     let short = || invalid(format!("connection closed after {} bytes", frame.len()));
     let header = frame.first_chunk::<HEADER_SIZE>().ok_or_else(short)?;
-    let length = request_value_length(header)?;
+    let (kind, length) = request_value_length(header)?;
     let value = frame
         .get(HEADER_SIZE..HEADER_SIZE + length)
         .ok_or_else(short)?;
-    decode_request_value(value)
+    let piece = decode_request_value(value)?;
+    Ok(PieceRequest { piece, kind })
 }
 
 /// Client side: the tag and value length of a parent's answer header, refusing a length
@@ -88,17 +146,32 @@ pub(crate) fn decode_answer_value(
     task_id: &str,
     span: PieceSpan,
 ) -> Result<WireMetadata, TransferError> {
+    match decode_any_answer(tag, value, addr, task_id, span)? {
+        Answer::Recorded(metadata) => Ok(metadata),
+        Answer::Arriving(_) => Err(TransferError::Protocol(format!(
+            "parent {addr} answered a DownloadPiece with a cut-through frame"
+        ))),
+    }
+}
+
+/// Client side: a parent's answer to a cut-through request (or to a DownloadPiece, which
+/// never is `Arriving`), checked against the span asked for.
+pub(crate) fn decode_any_answer(
+    tag: Tag,
+    value: &[u8],
+    addr: SocketAddr,
+    task_id: &str,
+    span: PieceSpan,
+) -> Result<Answer, TransferError> {
     let protocol = |e: vortex_protocol::error::Error| TransferError::Protocol(e.to_string());
     match tag {
         Tag::PieceContent => {
-            let m = PieceContent::decode(value).map_err(protocol)?.metadata;
-            if m.number != span.number || m.offset != span.offset || m.length != span.length {
-                return Err(TransferError::Protocol(format!(
-                    "parent {addr} sent piece {} at {}+{}, asked for piece {} at {}+{}",
-                    m.number, m.offset, m.length, span.number, span.offset, span.length
-                )));
-            }
-            Ok(m)
+            let metadata = PieceContent::decode(value).map_err(protocol)?.metadata;
+            check_answer_span(&metadata, addr, span).map(Answer::Recorded)
+        }
+        Tag::Reserved(ARRIVING_CONTENT_TAG) => {
+            let metadata = PieceContent::decode(value).map_err(protocol)?.metadata;
+            check_answer_span(&metadata, addr, span).map(Answer::Arriving)
         }
         Tag::Error => {
             let error = ErrorFrame::decode(value).map_err(protocol)?;
@@ -119,6 +192,20 @@ pub(crate) fn decode_answer_value(
             u8::from(other)
         ))),
     }
+}
+
+fn check_answer_span(
+    m: &WireMetadata,
+    addr: SocketAddr,
+    span: PieceSpan,
+) -> Result<WireMetadata, TransferError> {
+    if m.number != span.number || m.offset != span.offset || m.length != span.length {
+        return Err(TransferError::Protocol(format!(
+            "parent {addr} sent piece {} at {}+{}, asked for piece {} at {}+{}",
+            m.number, m.offset, m.length, span.number, span.offset, span.length
+        )));
+    }
+    Ok(m.clone())
 }
 
 /// Client side, whole frame: what a parent's answer to a request for `span` decodes to.
@@ -149,7 +236,25 @@ mod tests {
         let mut frame = BytesMut::new();
         DownloadPiece::new("a".repeat(TASK_ID_SIZE), 7).encode_packet(&mut frame);
         let request = decode_request_frame(&frame).unwrap();
-        assert_eq!(request.piece_number, 7);
+        assert_eq!(request.piece.piece_number, 7);
+        assert_eq!(request.kind, RequestKind::Recorded);
+        let mut cut = BytesMut::new();
+        PieceRequest {
+            piece: DownloadPiece::new("a".repeat(TASK_ID_SIZE), 9),
+            kind: RequestKind::CutThrough,
+        }
+        .encode_packet(&mut cut);
+        let request = decode_request_frame(&cut).unwrap();
+        assert_eq!(
+            (request.piece.piece_number, request.kind),
+            (9, RequestKind::CutThrough)
+        );
+        let mut other = cut.clone();
+        other[1] = CUT_THROUGH_REQUEST_TAG + 1;
+        assert_eq!(
+            decode_request_frame(&other).unwrap_err().0,
+            Code::InvalidArgument
+        );
         assert!(decode_request_frame(&frame[..frame.len() - 1]).is_err());
         let mut error = BytesMut::new();
         ErrorFrame::new(Code::Internal, "x".into()).encode_packet(&mut error);

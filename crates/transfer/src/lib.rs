@@ -20,7 +20,10 @@ pub use backend::{
 pub use error::TransferError;
 pub use frame::MAX_FRAME_VALUE_LENGTH;
 #[doc(hidden)]
-pub use frame::{decode_answer_frame, decode_request_frame, BadRequest};
+pub use frame::{
+    decode_answer_frame, decode_request_frame, Answer, BadRequest, PieceRequest, RequestKind,
+    ARRIVING_CONTENT_TAG, CUT_THROUGH_REQUEST_TAG,
+};
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
 pub use piece_server::{PieceFetcher, PieceServer};
@@ -29,7 +32,7 @@ pub use quic::{
     bind_quic, serve_quic, QuicListener, QuicPieceClient, QuicSecurity, UnverifiedPeers,
     CLIENT_STREAM_WINDOW, DRAGONFLY_SERVER_NAME, MAX_STREAMS_PER_CONNECTION, QUIC_IDLE_TIMEOUT,
 };
-pub use sync::sync_pieces_stream;
+pub use sync::{sync_pieces_stream, Announce, PiecePorts};
 pub use trust::{OriginTrust, CLIENT_CACHE_LIMIT, SSL_CERT_FILE_ENV, SYSTEM_CA_FILES};
 pub use vortex::{
     download_piece_from, download_piece_vortex, serve_vortex, serve_vortex_with, PieceSource,

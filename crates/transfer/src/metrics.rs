@@ -30,6 +30,18 @@ pub static UPLOAD_PIECE_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Pieces sent to Damselfly children while they were still arriving here (cut-through), whole
+/// and confirmed by their trailer; they are counted in `damselfly_upload_piece_total` too.
+pub static UPLOAD_FORWARDED_PIECE_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "damselfly_upload_forwarded_piece_total",
+            "Pieces forwarded to children while they were still arriving (cut-through).",
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
 /// Origin HTTP requests, by result (`success`, `failure`).
 pub static BACKEND_REQUEST_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
@@ -48,6 +60,7 @@ pub static BACKEND_REQUEST_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub fn register_metrics() {
     LazyLock::force(&UPLOAD_TRAFFIC_BYTES);
     LazyLock::force(&UPLOAD_PIECE_TOTAL);
+    LazyLock::force(&UPLOAD_FORWARDED_PIECE_TOTAL);
     LazyLock::force(&BACKEND_REQUEST_TOTAL);
 }
 

@@ -2,6 +2,7 @@
 //! dragonfly-v2.md §3.3) and fetching one piece over the transport chosen for it.
 
 use crate::error::TransferError;
+use crate::frame::RequestKind;
 use crate::limiter::RateLimiter;
 use crate::quic::QuicPieceClient;
 use crate::vortex::{download_piece_from, PieceSource};
@@ -14,13 +15,25 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PieceServer {
     Tcp(SocketAddr),
+    /// A Damselfly parent's TCP server that also forwards pieces still arriving there.
+    TcpCutThrough(SocketAddr),
     Quic(SocketAddr),
 }
 
 impl PieceServer {
     pub fn addr(&self) -> SocketAddr {
         match self {
-            PieceServer::Tcp(addr) | PieceServer::Quic(addr) => *addr,
+            PieceServer::Tcp(addr) | PieceServer::TcpCutThrough(addr) | PieceServer::Quic(addr) => {
+                *addr
+            }
+        }
+    }
+
+    /// The request this server is asked for a piece with.
+    fn request(&self) -> RequestKind {
+        match self {
+            PieceServer::TcpCutThrough(_) => RequestKind::CutThrough,
+            PieceServer::Tcp(_) | PieceServer::Quic(_) => RequestKind::Recorded,
         }
     }
 }
@@ -34,18 +47,23 @@ pub enum PieceFetcher {
 }
 
 impl PieceFetcher {
-    /// The server to fetch from, given what the parent advertised; `None` when it offers
-    /// no port this fetcher can use.
+    /// The server to fetch from, given what the parent advertised (and whether it offered
+    /// cut-through, which only its TCP server speaks); `None` when it offers no port this
+    /// fetcher can use.
     pub fn choose(
         &self,
         ip: IpAddr,
         tcp_port: Option<u16>,
         quic_port: Option<u16>,
+        cut_through: bool,
     ) -> Option<PieceServer> {
         let usable = |port: Option<u16>| port.filter(|p| *p != 0);
         match (self, usable(quic_port), usable(tcp_port)) {
             (PieceFetcher::Quic(_), Some(port), _) => {
                 Some(PieceServer::Quic(SocketAddr::new(ip, port)))
+            }
+            (_, _, Some(port)) if cut_through => {
+                Some(PieceServer::TcpCutThrough(SocketAddr::new(ip, port)))
             }
             (_, _, Some(port)) => Some(PieceServer::Tcp(SocketAddr::new(ip, port))),
             _ => None,
@@ -70,9 +88,10 @@ impl PieceFetcher {
             addr: server.addr(),
             parent_id,
             trusted_digest,
+            request: server.request(),
         };
         match (server, self) {
-            (PieceServer::Tcp(_), _) => {
+            (PieceServer::Tcp(_) | PieceServer::TcpCutThrough(_), _) => {
                 download_piece_from(source, task_id, span, storage, limiters, timeout).await
             }
             (PieceServer::Quic(_), PieceFetcher::Quic(client)) => {

@@ -235,7 +235,7 @@ impl StreamServer {
         };
         let outcome = match request {
             Ok(request) => match Arc::clone(&self.turns).acquire_owned().await {
-                Ok(_turn) => self.send_piece(&mut send, &request).await,
+                Ok(_turn) => self.send_piece(&mut send, &request.piece).await,
                 Err(_) => Err(Refusal::Drop("server stopping".to_string())),
             },
             Err(refusal) => Err(refusal),

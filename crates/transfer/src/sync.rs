@@ -2,7 +2,8 @@
 //! as they land.
 
 use crate::error::TransferError;
-use damselfly_storage::{PieceEvent, PieceMetadata, Storage};
+use damselfly_core::PieceSpan;
+use damselfly_storage::{PieceEvent, Storage};
 use dragonfly_api::dfdaemon::v2::SyncPiecesResponse;
 use futures::Stream;
 use std::collections::{HashSet, VecDeque};
@@ -14,13 +15,15 @@ use tracing::debug;
 /// land), ends when all interested pieces were sent or the task finished/failed. Empty
 /// `interested` means every piece. Err(TaskNotFound) if the task is unknown, Err(TaskFailed)
 /// if it failed. Each answer carries our Vortex TCP port and, if we serve QUIC, its port.
+/// With `announce` [`Announce::Arriving`] (a Damselfly child that asked for cut-through), a
+/// piece is announced as soon as its write starts here, not when it is recorded.
 pub fn sync_pieces_stream(
     storage: Storage,
     task_id: String,
     interested: Vec<u32>,
     advertise_ip: String,
-    vortex_port: u16,
-    quic_port: Option<u16>,
+    ports: PiecePorts,
+    announce: Announce,
 ) -> Result<
     impl Stream<Item = Result<SyncPiecesResponse, tonic::Status>> + Send + 'static,
     TransferError,
@@ -50,8 +53,8 @@ pub fn sync_pieces_stream(
         backlog: VecDeque::new(),
         ended: task.is_finished(),
         advertise_ip,
-        vortex_port,
-        quic_port,
+        ports,
+        announce,
     };
     state.relist()?;
     Ok(futures::stream::unfold(state, |mut state| async move {
@@ -68,12 +71,28 @@ struct SyncState {
     /// None while the length is unknown.
     piece_count: Option<u32>,
     sent: HashSet<u32>,
-    backlog: VecDeque<PieceMetadata>,
+    backlog: VecDeque<PieceSpan>,
     /// No more events will come (task finished, failed or deleted); drain the backlog and stop.
     ended: bool,
     advertise_ip: String,
-    vortex_port: u16,
-    quic_port: Option<u16>,
+    ports: PiecePorts,
+    announce: Announce,
+}
+
+/// Where this daemon serves pieces: its Vortex TCP port and, if it serves QUIC, that port.
+#[derive(Debug, Clone, Copy)]
+pub struct PiecePorts {
+    pub tcp: u16,
+    pub quic: Option<u16>,
+}
+
+/// When a piece is announced to a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// Once it is recorded (what official children expect: they fetch it at once).
+    Recorded,
+    /// As soon as its write starts: the child asks for it by cut-through.
+    Arriving,
 }
 
 impl SyncState {
@@ -99,8 +118,12 @@ impl SyncState {
     async fn wait_for_event(&mut self) -> Result<(), TransferError> {
         match self.events.recv().await {
             Ok(PieceEvent::Finished(piece)) => {
-                if self.wants(piece.number) {
-                    self.backlog.push_back(piece);
+                self.queue(piece.span());
+                Ok(())
+            }
+            Ok(PieceEvent::Arriving(span)) => {
+                if self.announce == Announce::Arriving {
+                    self.queue(span);
                 }
                 Ok(())
             }
@@ -122,14 +145,23 @@ impl SyncState {
         }
     }
 
-    /// Queues every recorded, wanted, unsent piece.
+    /// Queues every recorded (or, to a cut-through child, arriving), wanted, unsent piece.
     fn relist(&mut self) -> Result<(), TransferError> {
         for piece in self.storage.pieces(&self.task_id)? {
-            if self.wants(piece.number) && !self.sent.contains(&piece.number) {
-                self.backlog.push_back(piece);
+            self.queue(piece.span());
+        }
+        if self.announce == Announce::Arriving && !self.ended {
+            for span in self.storage.arriving_pieces(&self.task_id)? {
+                self.queue(span);
             }
         }
         Ok(())
+    }
+
+    fn queue(&mut self, span: PieceSpan) {
+        if self.wants(span.number) && !self.sent.contains(&span.number) {
+            self.backlog.push_back(span);
+        }
     }
 
     fn wants(&self, number: u32) -> bool {
@@ -144,14 +176,14 @@ impl SyncState {
         }
     }
 
-    fn response(&self, piece: &PieceMetadata) -> SyncPiecesResponse {
+    fn response(&self, piece: &PieceSpan) -> SyncPiecesResponse {
         SyncPiecesResponse {
             number: piece.number,
             offset: piece.offset,
             length: piece.length,
             ip: self.advertise_ip.clone(),
-            tcp_port: Some(i32::from(self.vortex_port)),
-            quic_port: self.quic_port.map(i32::from),
+            tcp_port: Some(i32::from(self.ports.tcp)),
+            quic_port: self.ports.quic.map(i32::from),
         }
     }
 }

@@ -7,15 +7,18 @@
 
 use crate::error::TransferError;
 use crate::frame::{
-    answer_value_length, decode_answer_value, decode_request_value, request_value_length,
-    BadRequest,
+    answer_value_length, decode_answer_value, decode_any_answer, decode_request_value,
+    request_value_length, Answer, BadRequest, PieceRequest, RequestKind, ARRIVING_CONTENT_TAG,
 };
 use crate::limiter::{RateLimiter, ThrottledReader};
-use crate::metrics::{UPLOAD_PIECE_TOTAL, UPLOAD_TRAFFIC_BYTES};
+use crate::metrics::{UPLOAD_FORWARDED_PIECE_TOTAL, UPLOAD_PIECE_TOTAL, UPLOAD_TRAFFIC_BYTES};
 use bytes::BytesMut;
 use damselfly_core::admission::ConnectionLimits;
 use damselfly_core::PieceSpan;
-use damselfly_storage::{PieceCheck, PieceMetadata, Storage, StorageError};
+use damselfly_storage::{
+    ArrivingPiece, PieceCheck, PieceMetadata, PieceOrigin, Storage, StorageError, WriteState,
+    Written,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -28,8 +31,8 @@ use vortex_protocol::tlv::download_piece::DownloadPiece;
 use vortex_protocol::tlv::error::{Code, Error as ErrorFrame};
 use vortex_protocol::tlv::piece_content::PieceContent;
 use vortex_protocol::tlv::piece_metadata::PieceMetadata as WireMetadata;
-use vortex_protocol::tlv::TASK_ID_SIZE;
-use vortex_protocol::{Message, HEADER_SIZE};
+use vortex_protocol::tlv::{Tag, TASK_ID_SIZE};
+use vortex_protocol::{Header, Message, HEADER_SIZE};
 
 /// Pieces sent at once; further requests wait for a turn with their request read.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
@@ -226,23 +229,116 @@ impl Connection {
     async fn send_piece(
         &self,
         stream: &mut TcpStream,
-        request: &DownloadPiece,
+        request: &PieceRequest,
     ) -> Result<(), Refusal> {
-        let task_id = request.task_id.as_str();
-        let number = request.piece_number;
-        let (piece, file) = self
-            .storage
-            .open_piece(task_id, number)
-            .map_err(storage_refusal)?;
+        let task_id = request.piece.task_id.as_str();
+        let number = request.piece.piece_number;
         let started = Instant::now();
-        let packet = piece_content_packet(&piece);
-        self.timed(stream.write_all(&packet)).await?;
-        self.send_body(stream, &file, &piece).await?;
+        let piece = match self.storage.open_piece(task_id, number) {
+            Ok((piece, file)) => {
+                self.timed(stream.write_all(&piece_content_packet(&piece)))
+                    .await?;
+                self.send_body(stream, &file, &piece).await?;
+                piece
+            }
+            Err(StorageError::PieceNotFound { .. }) if request.kind == RequestKind::CutThrough => {
+                self.forward_arriving(stream, task_id, number).await?
+            }
+            Err(error) => return Err(storage_refusal(error)),
+        };
         if let Some(hook) = &self.config.on_uploaded {
             hook(task_id, number);
         }
         debug!(peer = %self.peer, task_id, number, length = piece.length, elapsed = ?started.elapsed(), "piece uploaded");
         Ok(())
+    }
+
+    /// Cut-through: sends a piece that is still being written here as its bytes land, then
+    /// the recorded piece as the trailer. A write abandoned after some bytes went out drops
+    /// the connection (the child discards what it got); one abandoned after all of them
+    /// ends with an Error frame instead of the trailer.
+    async fn forward_arriving(
+        &self,
+        stream: &mut TcpStream,
+        task_id: &str,
+        number: u32,
+    ) -> Result<PieceMetadata, Refusal> {
+        let arriving = match self.storage.open_arriving_piece(task_id, number) {
+            Ok(Some(arriving)) => arriving,
+            // Recorded since we looked, or never written: answer as DownloadPiece would.
+            Ok(None) => return self.send_recorded_now(stream, task_id, number).await,
+            Err(error) => return Err(storage_refusal(error)),
+        };
+        let ArrivingPiece {
+            span,
+            mut state,
+            file,
+        } = arriving;
+        self.timed(stream.write_all(&arriving_content_packet(span)))
+            .await?;
+        let mut sent = span.offset;
+        loop {
+            let now = *state.borrow_and_update();
+            let ready = now.written_to.min(span.end());
+            if ready > sent {
+                self.send_range(stream, &file, sent, ready - sent).await?;
+                sent = ready;
+            }
+            if now.recorded && sent == span.end() {
+                break;
+            }
+            if !self.arrival_moves(&mut state).await? {
+                if sent < span.end() {
+                    return Err(Refusal::Drop(format!(
+                        "piece {number} stopped arriving after {} bytes",
+                        sent - span.offset
+                    )));
+                }
+                return Err(Refusal::Frame(
+                    Code::Internal,
+                    format!("piece {number} failed its check here"),
+                ));
+            }
+        }
+        let piece = self
+            .storage
+            .piece(task_id, number)
+            .map_err(storage_refusal)?
+            .ok_or_else(|| Refusal::Drop(format!("piece {number} recorded, then gone")))?;
+        self.timed(stream.write_all(&piece_content_packet(&piece)))
+            .await?;
+        UPLOAD_FORWARDED_PIECE_TOTAL.inc();
+        Ok(piece)
+    }
+
+    /// Waits for the arriving piece's next step; false when its writer ended unrecorded.
+    async fn arrival_moves(
+        &self,
+        state: &mut tokio::sync::watch::Receiver<WriteState>,
+    ) -> Result<bool, Refusal> {
+        match tokio::time::timeout(self.config.send_timeout, state.changed()).await {
+            Ok(Ok(())) => Ok(true),
+            // The writer is gone; its last word says whether the piece was recorded.
+            Ok(Err(_)) => Ok(state.borrow().recorded),
+            Err(_) => Err(Refusal::Drop("arriving piece stalled".to_string())),
+        }
+    }
+
+    /// A piece recorded between the first look and the cut-through one.
+    async fn send_recorded_now(
+        &self,
+        stream: &mut TcpStream,
+        task_id: &str,
+        number: u32,
+    ) -> Result<PieceMetadata, Refusal> {
+        let (piece, file) = self
+            .storage
+            .open_piece(task_id, number)
+            .map_err(storage_refusal)?;
+        self.timed(stream.write_all(&piece_content_packet(&piece)))
+            .await?;
+        self.send_body(stream, &file, &piece).await?;
+        Ok(piece)
     }
 
     /// Streams the piece bytes to the socket, charging the upload limiter per chunk.
@@ -252,16 +348,29 @@ impl Connection {
         file: &std::fs::File,
         piece: &PieceMetadata,
     ) -> Result<(), Refusal> {
+        self.send_range(stream, file, piece.offset, piece.length)
+            .await
+    }
+
+    /// Sends `length` bytes of the content file from `offset`, charging the upload limiter
+    /// per chunk.
+    async fn send_range(
+        &self,
+        stream: &mut TcpStream,
+        file: &std::fs::File,
+        offset: u64,
+        length: u64,
+    ) -> Result<(), Refusal> {
         let mut sent = 0u64;
-        while sent < piece.length {
-            let chunk = (piece.length - sent).min(SEND_CHUNK_SIZE as u64) as usize;
+        while sent < length {
+            let chunk = (length - sent).min(SEND_CHUNK_SIZE as u64) as usize;
             let n = self
-                .timed(send_file_chunk(stream, file, piece.offset + sent, chunk))
+                .timed(send_file_chunk(stream, file, offset + sent, chunk))
                 .await?;
             if n == 0 {
                 return Err(Refusal::Drop(format!(
-                    "content file ends inside piece {}",
-                    piece.number
+                    "content file ends at {}",
+                    offset + sent
                 )));
             }
             sent += n as u64;
@@ -328,22 +437,25 @@ pub(crate) fn piece_content_packet(piece: &PieceMetadata) -> BytesMut {
     packet
 }
 
-/// Reads one DownloadPiece request; anything else is refused without reading further.
+/// Reads one DownloadPiece (or cut-through) request; anything else is refused without
+/// reading further.
 pub(crate) async fn read_request<R: AsyncRead + Unpin>(
     stream: &mut R,
-) -> Result<DownloadPiece, Refusal> {
+) -> Result<PieceRequest, Refusal> {
     let refuse = |BadRequest(code, message)| Refusal::Frame(code, message);
     let mut header = [0u8; HEADER_SIZE];
     stream
         .read_exact(&mut header)
         .await
         .map_err(|e| Refusal::Drop(format!("reading header: {e}")))?;
-    let mut value = vec![0u8; request_value_length(&header).map_err(refuse)?];
+    let (kind, length) = request_value_length(&header).map_err(refuse)?;
+    let mut value = vec![0u8; length];
     stream
         .read_exact(&mut value)
         .await
         .map_err(|e| Refusal::Drop(format!("reading request: {e}")))?;
-    decode_request_value(&value).map_err(refuse)
+    let piece = decode_request_value(&value).map_err(refuse)?;
+    Ok(PieceRequest { piece, kind })
 }
 
 pub(crate) fn storage_refusal(error: StorageError) -> Refusal {
@@ -353,6 +465,30 @@ pub(crate) fn storage_refusal(error: StorageError) -> Refusal {
         }
         other => Refusal::Frame(Code::Internal, other.to_string()),
     }
+}
+
+/// The first frame of a cut-through answer for a piece still arriving: its span, no digest yet.
+fn arriving_content_packet(span: PieceSpan) -> BytesMut {
+    let content = PieceContent {
+        metadata: WireMetadata {
+            number: span.number,
+            offset: span.offset,
+            length: span.length,
+            digest: String::new(),
+            parent_id: String::new(),
+            traffic_type: TRAFFIC_REMOTE_PEER,
+            cost: Duration::ZERO,
+            created_at: chrono::Utc::now().naive_utc(),
+        },
+    };
+    let mut packet = BytesMut::new();
+    Header::new(
+        Tag::Reserved(ARRIVING_CONTENT_TAG),
+        content.encoded_len() as u32,
+    )
+    .encode(&mut packet);
+    content.encode(&mut packet);
+    packet
 }
 
 /// Dragonfly's common.v2.TrafficType: where the piece's bytes originally came from.
@@ -437,9 +573,11 @@ async fn send_file_chunk(
 pub struct PieceSource<'a> {
     pub addr: SocketAddr,
     pub parent_id: &'a str,
-    /// `sha256:` digest from a source the child trusts; without one, the `crc32:` digest the
-    /// parent itself sends is all there is to check.
+    /// Trusted (`blake3:`) digest from a source the child trusts; without one, the `crc32:`
+    /// digest the parent itself sends is all there is to check.
     pub trusted_digest: Option<&'a str>,
+    /// The parent forwards pieces still arriving there (it offered cut-through).
+    pub request: RequestKind,
 }
 
 impl<'a> PieceSource<'a> {
@@ -449,6 +587,7 @@ impl<'a> PieceSource<'a> {
             addr,
             parent_id,
             trusted_digest: None,
+            request: RequestKind::Recorded,
         }
     }
 
@@ -466,6 +605,7 @@ impl<'a> PieceSource<'a> {
             span,
             parent_id: self.parent_id,
             trusted_digest: self.trusted_digest,
+            request: self.request,
             storage,
             limiters,
         }
@@ -513,11 +653,20 @@ async fn download_piece(sink: &PieceSink<'_>) -> Result<PieceMetadata, TransferE
                 reason: e.to_string(),
             })?;
     stream.set_nodelay(true).ok();
+    let request = PieceRequest {
+        piece: DownloadPiece::new(sink.task_id.to_string(), sink.span.number),
+        kind: sink.request,
+    };
+    let mut packet = BytesMut::new();
+    request.encode_packet(&mut packet);
     stream
-        .write_all(&request_packet(sink.task_id, sink.span.number))
+        .write_all(&packet)
         .await
         .map_err(|e| peer_io(addr, e))?;
-    sink.receive(&mut stream, started).await
+    match sink.request {
+        RequestKind::Recorded => sink.receive(&mut stream, started).await,
+        RequestKind::CutThrough => sink.receive_cut_through(&mut stream, started).await,
+    }
 }
 
 /// Refuses a task ID the 64-byte Vortex field cannot carry.
@@ -544,9 +693,11 @@ pub(crate) struct PieceSink<'a> {
     pub task_id: &'a str,
     pub span: PieceSpan,
     pub parent_id: &'a str,
-    /// `sha256:` digest from a source the child trusts; without one, the parent's own
-    /// `crc32:` claim is checked.
+    /// Trusted (`blake3:`) digest from a source the child trusts; without one, the parent's
+    /// own `crc32:` claim is checked.
     pub trusted_digest: Option<&'a str>,
+    /// The request sent, and so the answers to expect.
+    pub request: RequestKind,
     pub storage: &'a Storage,
     pub limiters: &'a [RateLimiter],
 }
@@ -577,11 +728,75 @@ impl PieceSink<'_> {
         stream: &mut R,
         started: Instant,
     ) -> Result<PieceMetadata, TransferError> {
-        let (addr, task_id, span, parent_id) = (self.addr, self.task_id, self.span, self.parent_id);
-        let metadata = read_piece_content(stream, addr, task_id, span).await?;
+        let metadata = read_piece_content(stream, self.addr, self.task_id, self.span).await?;
+        self.store(stream, &metadata.digest, started).await
+    }
+
+    /// Reads the answer to a cut-through request: a recorded piece as [`Self::receive`] does,
+    /// or a piece still arriving at the parent, whose bytes are written as they come and
+    /// recorded only once they match the trusted digest (when the child has one) or the
+    /// crc32 of the parent's recorded copy in the trailer. Anything else (the connection
+    /// dropped, an Error trailer) leaves the bytes unrecorded, to be overwritten.
+    pub(crate) async fn receive_cut_through<R: AsyncRead + Unpin>(
+        &self,
+        stream: &mut R,
+        started: Instant,
+    ) -> Result<PieceMetadata, TransferError> {
+        let (addr, task_id, span) = (self.addr, self.task_id, self.span);
+        match read_answer(stream, addr, task_id, span).await? {
+            Answer::Recorded(metadata) => self.store(stream, &metadata.digest, started).await,
+            Answer::Arriving(_) => self.store_arriving(stream, started).await,
+        }
+    }
+
+    async fn store_arriving<R: AsyncRead + Unpin>(
+        &self,
+        stream: &mut R,
+        started: Instant,
+    ) -> Result<PieceMetadata, TransferError> {
+        let (addr, task_id, span) = (self.addr, self.task_id, self.span);
+        let trusted = self.trusted_digest.map(PieceCheck::Trusted);
+        let mut body = ThrottledReader::new((&mut *stream).take(span.length), self.limiters);
+        let origin = PieceOrigin {
+            parent_id: Some(self.parent_id),
+            cost: started.elapsed(),
+        };
+        let written = self
+            .storage
+            .write_piece_unrecorded(
+                task_id,
+                span,
+                &mut body,
+                trusted.and_then(PieceCheck::algorithm),
+                origin,
+            )
+            .await;
+        body.settle().await;
+        let held = match written.map_err(|e| self.storage_error(e))? {
+            Written::Recorded(piece) => return Ok(piece),
+            Written::Held(held) => held,
+        };
+        let trailer = read_piece_content(stream, addr, task_id, span).await?;
+        let check = trusted.unwrap_or(PieceCheck::Crc32(&trailer.digest));
+        let piece = held
+            .record(self.storage, check)
+            .map_err(|e| self.storage_error(e))?;
+        self.log_landed("piece forwarded by parent as it arrived");
+        Ok(piece)
+    }
+
+    /// Writes the piece's bytes that follow the answer, checked against the trusted digest
+    /// when the child has one, else `parent_digest`.
+    async fn store<R: AsyncRead + Unpin>(
+        &self,
+        stream: &mut R,
+        parent_digest: &str,
+        started: Instant,
+    ) -> Result<PieceMetadata, TransferError> {
+        let (task_id, span, parent_id) = (self.task_id, self.span, self.parent_id);
         let check = match self.trusted_digest {
             Some(trusted) => PieceCheck::Trusted(trusted),
-            None => PieceCheck::Crc32(&metadata.digest),
+            None => PieceCheck::Crc32(parent_digest),
         };
         let mut body = ThrottledReader::new(stream.take(span.length), self.limiters);
         let written = self
@@ -596,21 +811,41 @@ impl PieceSink<'_> {
             )
             .await;
         body.settle().await;
-        let piece = written.map_err(|e| match e {
-            StorageError::SourceRead(io) => peer_io(addr, io),
-            other => TransferError::Storage(other),
-        })?;
-        debug!(
-            task_id,
-            number = span.number,
-            offset = span.offset,
-            length = span.length,
-            source = parent_id,
-            trusted = self.trusted_digest.is_some(),
-            "piece downloaded from parent"
-        );
+        let piece = written.map_err(|e| self.storage_error(e))?;
+        self.log_landed("piece downloaded from parent");
         Ok(piece)
     }
+
+    /// A storage failure as the transfer sees it: a broken read is the parent's connection.
+    fn storage_error(&self, error: StorageError) -> TransferError {
+        match error {
+            StorageError::SourceRead(io) => peer_io(self.addr, io),
+            other => TransferError::Storage(other),
+        }
+    }
+
+    fn log_landed(&self, what: &'static str) {
+        debug!(
+            task_id = self.task_id,
+            number = self.span.number,
+            offset = self.span.offset,
+            length = self.span.length,
+            source = self.parent_id,
+            trusted = self.trusted_digest.is_some(),
+            "{what}"
+        );
+    }
+}
+
+/// Reads the first frame of the answer to a cut-through request.
+async fn read_answer<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    addr: SocketAddr,
+    task_id: &str,
+    span: PieceSpan,
+) -> Result<Answer, TransferError> {
+    let (tag, value) = read_frame(stream, addr).await?;
+    decode_any_answer(tag, &value, addr, task_id, span)
 }
 
 /// Reads the answer frame; returns the piece metadata, which must match the requested span.
@@ -620,6 +855,15 @@ async fn read_piece_content<R: AsyncRead + Unpin>(
     task_id: &str,
     span: PieceSpan,
 ) -> Result<WireMetadata, TransferError> {
+    let (tag, value) = read_frame(stream, addr).await?;
+    decode_answer_value(tag, &value, addr, task_id, span)
+}
+
+/// Reads one frame from a parent: its tag and value, the value's length bounded.
+async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    addr: SocketAddr,
+) -> Result<(Tag, Vec<u8>), TransferError> {
     let mut header = [0u8; HEADER_SIZE];
     stream
         .read_exact(&mut header)
@@ -631,7 +875,7 @@ async fn read_piece_content<R: AsyncRead + Unpin>(
         .read_exact(&mut value)
         .await
         .map_err(|e| peer_io(addr, e))?;
-    decode_answer_value(tag, &value, addr, task_id, span)
+    Ok((tag, value))
 }
 
 pub(crate) fn peer_io(addr: SocketAddr, error: std::io::Error) -> TransferError {

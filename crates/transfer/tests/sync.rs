@@ -5,9 +5,12 @@ mod common;
 use common::*;
 use damselfly_core::PieceSpan;
 use damselfly_storage::Storage;
-use damselfly_transfer::{sync_pieces_stream, TransferError};
+use damselfly_transfer::{sync_pieces_stream, Announce, PiecePorts, TransferError};
+use dragonfly_api::dfdaemon::v2::SyncPiecesResponse;
 use futures::StreamExt;
 use std::time::Duration;
+
+const NO_QUIC: PiecePorts = PiecePorts { tcp: 1, quic: None };
 
 const PIECE: u64 = 64 * 1024;
 
@@ -37,8 +40,11 @@ async fn existing_pieces_first_then_pieces_as_they_land() {
         id.clone(),
         vec![],
         "127.0.0.9".into(),
-        4005,
-        Some(4006),
+        PiecePorts {
+            tcp: 4005,
+            quic: Some(4006),
+        },
+        Announce::Recorded,
     )
     .unwrap();
     let mut stream = Box::pin(stream);
@@ -82,8 +88,8 @@ async fn interested_pieces_only_and_end_when_the_task_finishes() {
         id.clone(),
         vec![1, 2, 99],
         "ip".into(),
-        1,
-        None,
+        NO_QUIC,
+        Announce::Recorded,
     )
     .unwrap();
     let mut stream = Box::pin(stream);
@@ -110,7 +116,15 @@ async fn interested_pieces_only_and_end_when_the_task_finishes() {
         .await
         .unwrap();
     let mut waiting = Box::pin(
-        sync_pieces_stream(storage.clone(), other.clone(), vec![], "ip".into(), 1, None).unwrap(),
+        sync_pieces_stream(
+            storage.clone(),
+            other.clone(),
+            vec![],
+            "ip".into(),
+            NO_QUIC,
+            Announce::Recorded,
+        )
+        .unwrap(),
     );
     storage.fail_task(&other).unwrap();
     assert!(tokio::time::timeout(Duration::from_secs(5), waiting.next())
@@ -118,7 +132,14 @@ async fn interested_pieces_only_and_end_when_the_task_finishes() {
         .unwrap()
         .is_none());
     assert!(matches!(
-        sync_pieces_stream(storage.clone(), other, vec![], "ip".into(), 1, None),
+        sync_pieces_stream(
+            storage.clone(),
+            other,
+            vec![],
+            "ip".into(),
+            NO_QUIC,
+            Announce::Recorded
+        ),
         Err(TransferError::TaskFailed(_))
     ));
 }
@@ -127,6 +148,81 @@ async fn interested_pieces_only_and_end_when_the_task_finishes() {
 async fn unknown_task_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage(dir.path());
-    let result = sync_pieces_stream(storage, task_id(9), vec![], "ip".into(), 1, None);
+    let result = sync_pieces_stream(
+        storage,
+        task_id(9),
+        vec![],
+        "ip".into(),
+        NO_QUIC,
+        Announce::Recorded,
+    );
     assert!(matches!(result, Err(TransferError::TaskNotFound(_))));
+}
+
+#[tokio::test]
+async fn a_cut_through_child_hears_of_pieces_as_their_write_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(dir.path());
+    let id = task_id(7);
+    let data = content(2 * PIECE as usize, 7);
+    let task = storage
+        .prepare_task(&id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    let spans: Vec<_> = task.layout().spans().collect();
+    let open = |announce| {
+        let stream = sync_pieces_stream(
+            storage.clone(),
+            id.clone(),
+            vec![],
+            "ip".into(),
+            NO_QUIC,
+            announce,
+        );
+        Box::pin(stream.unwrap())
+    };
+    // Piece 1's write starts before the streams open (listed), piece 0's after (an event).
+    let (mut feed1, pipe1) = tokio::io::duplex(1024);
+    let writer = storage.clone();
+    let (id1, span1) = (id.clone(), spans[1]);
+    let write1 = tokio::spawn(async move {
+        writer
+            .write_piece(&id1, span1, pipe1, None, None, Duration::ZERO)
+            .await
+    });
+    let mut started = storage.watch_piece_writes();
+    while storage.arriving_piece(&id, 1).is_none() {
+        started.changed().await.unwrap();
+    }
+    let mut arriving = open(Announce::Arriving);
+    let mut recorded = open(Announce::Recorded);
+    let wait = Duration::from_secs(5);
+    let next =
+        |item: Option<Result<SyncPiecesResponse, tonic::Status>>| item.unwrap().unwrap().number;
+    assert_eq!(
+        next(tokio::time::timeout(wait, arriving.next()).await.unwrap()),
+        1
+    );
+    let (_feed0, pipe0) = tokio::io::duplex(1024);
+    let (writer, id0, span0) = (storage.clone(), id.clone(), spans[0]);
+    tokio::spawn(async move {
+        writer
+            .write_piece(&id0, span0, pipe0, None, None, Duration::ZERO)
+            .await
+    });
+    assert_eq!(
+        next(tokio::time::timeout(wait, arriving.next()).await.unwrap()),
+        0
+    );
+    // The official view waits for a recorded piece.
+    use tokio::io::AsyncWriteExt;
+    feed1
+        .write_all(&data[span1.offset as usize..span1.end() as usize])
+        .await
+        .unwrap();
+    write1.await.unwrap().unwrap();
+    assert_eq!(
+        next(tokio::time::timeout(wait, recorded.next()).await.unwrap()),
+        1
+    );
 }

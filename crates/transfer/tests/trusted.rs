@@ -8,7 +8,7 @@ use common::*;
 use damselfly_core::digest::trusted_piece_digest;
 use damselfly_storage::StorageError;
 use damselfly_transfer::{
-    download_piece_from, serve_vortex, PieceSource, RateLimiter, TransferError,
+    download_piece_from, serve_vortex, PieceSource, RateLimiter, RequestKind, TransferError,
 };
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -56,6 +56,7 @@ async fn a_lie_with_a_matching_crc32_fails_the_trusted_digest() {
         addr,
         parent_id: "liar",
         trusted_digest: Some(&trusted),
+        request: RequestKind::Recorded,
     };
     let err = download_piece_from(source, &id, span0, &child, &[], TIMEOUT)
         .await
@@ -80,6 +81,7 @@ async fn a_lie_with_a_matching_crc32_fails_the_trusted_digest() {
         addr,
         parent_id: "liar",
         trusted_digest: None,
+        request: RequestKind::Recorded,
     };
     let span1 = layout.span(1).unwrap();
     let piece = download_piece_from(crc_only, &id, span1, &child, &[], TIMEOUT)

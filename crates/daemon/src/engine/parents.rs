@@ -10,7 +10,9 @@ use super::trust::TrustedDigests;
 use crate::conversation::{Event, Fault, ParentKey};
 use crate::metrics::{self, PieceCheckKind, Traffic};
 use damselfly_core::digest::is_trusted_piece_digest;
-use damselfly_core::extensions::{RATION_EXCLUSIVE, RATION_METADATA_KEY};
+use damselfly_core::extensions::{
+    has_feature, FEATURES_METADATA_KEY, FEATURE_CUT_THROUGH, RATION_EXCLUSIVE, RATION_METADATA_KEY,
+};
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceMetadata, StorageError};
 use damselfly_transfer::{PieceFetcher, PieceServer, TransferError};
@@ -77,11 +79,17 @@ impl<'a, 'j> Links<'a, 'j> {
     pub fn open(&mut self, parent: ParentKey, grpc: SocketAddr, interested: Vec<u32>) {
         let stop = self.round_stop.child_token();
         self.parent_stops.insert(parent, stop.clone());
-        let request = SyncPiecesRequest {
+        let mut request = tonic::Request::new(SyncPiecesRequest {
             host_id: self.job.ctx.host.id.clone(),
             task_id: self.job.task_id().to_string(),
             interested_piece_numbers: interested,
-        };
+        });
+        if self.job.ctx.config.download.cut_through {
+            request.metadata_mut().insert(
+                FEATURES_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static(FEATURE_CUT_THROUGH),
+            );
+        }
         let link = ParentLink {
             parent,
             grpc,
@@ -259,7 +267,7 @@ struct ParentLink {
 /// Streams one parent's piece availability into the round.
 async fn sync_parent(
     link: ParentLink,
-    request: SyncPiecesRequest,
+    request: tonic::Request<SyncPiecesRequest>,
     pieces: PieceFetcher,
     news: mpsc::Sender<Event>,
     stop: CancellationToken,
@@ -275,7 +283,7 @@ async fn sync_parent(
 /// Forwards the parent's announcements until its stream ends; `Err` with why it broke.
 async fn stream_pieces(
     link: ParentLink,
-    request: SyncPiecesRequest,
+    request: tonic::Request<SyncPiecesRequest>,
     pieces: &PieceFetcher,
     news: &mpsc::Sender<Event>,
 ) -> Result<(), String> {
@@ -298,6 +306,7 @@ async fn stream_pieces(
         .metadata()
         .get(RATION_METADATA_KEY)
         .is_some_and(|v| v.as_bytes() == RATION_EXCLUSIVE.as_bytes());
+    let cut_through = offers_cut_through(response.metadata());
     if rationed && news.send(Event::RationExclusive { parent }).await.is_err() {
         return Ok(()); // the round is over
     }
@@ -305,7 +314,9 @@ async fn stream_pieces(
     while let Some(piece) = stream.message().await.map_err(|s| s.to_string())? {
         let ip = piece.ip.parse::<IpAddr>().unwrap_or(grpc.ip());
         let port = |p: Option<i32>| p.and_then(|p| u16::try_from(p).ok());
-        let Some(vortex) = pieces.choose(ip, port(piece.tcp_port), port(piece.quic_port)) else {
+        let Some(vortex) =
+            pieces.choose(ip, port(piece.tcp_port), port(piece.quic_port), cut_through)
+        else {
             return Err(format!("parent {grpc} announced no usable piece port"));
         };
         let event = Event::PieceAvailable {
@@ -318,4 +329,13 @@ async fn stream_pieces(
         }
     }
     Ok(())
+}
+
+/// Whether the parent said it forwards pieces still arriving (it answered our request's
+/// feature in its SyncPieces response metadata; official parents never do).
+fn offers_cut_through(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata
+        .get(FEATURES_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|list| has_feature(list, FEATURE_CUT_THROUGH))
 }

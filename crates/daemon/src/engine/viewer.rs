@@ -202,6 +202,8 @@ async fn follow(
                     }
                 }
                 Ok(PieceEvent::TaskFinished) => break,
+                // Shown only once it lands.
+                Ok(PieceEvent::Arriving(_)) => {}
                 // The job publishes why; wait for it.
                 Ok(PieceEvent::TaskFailed) | Err(broadcast::error::RecvError::Closed) => {
                     if state.changed().await.is_err() {

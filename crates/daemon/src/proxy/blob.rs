@@ -18,7 +18,7 @@ use crate::error::DownloadError;
 use bytes::Bytes;
 use damselfly_core::extensions::ORIGIN_REASON_HEADER;
 use damselfly_core::id::blob_digest_string;
-use damselfly_storage::{ContentReader, PieceMetadata, Storage, StorageError};
+use damselfly_storage::{ContentReader, PieceMetadata, Storage, StorageError, WriteState};
 use dragonfly_api::common::v2::Range;
 use futures::StreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -343,7 +343,7 @@ pub(super) type Frames = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 /// Resolves when more of the task may be in the file before its next piece lands: the
 /// followed origin write moved on or ended, or (following none) an origin write started.
 async fn written_more(
-    partial: &mut Option<(u64, watch::Receiver<u64>)>,
+    partial: &mut Option<(u64, watch::Receiver<WriteState>)>,
     origin_writes: &mut watch::Receiver<u64>,
 ) {
     let changed = match partial {
@@ -378,7 +378,7 @@ pub(super) struct Pump {
     tx: Frames,
     /// The origin write of the piece holding `next`, if one runs: its piece offset and how
     /// far its bytes are written. Followed so a cold range's bytes go out as they arrive.
-    partial: Option<(u64, watch::Receiver<u64>)>,
+    partial: Option<(u64, watch::Receiver<WriteState>)>,
     /// Changes when an origin write starts, so a pump waiting for its piece looks again.
     origin_writes: watch::Receiver<u64>,
 }
@@ -394,7 +394,7 @@ impl Pump {
         tx: Frames,
     ) -> Self {
         Self {
-            origin_writes: storage.watch_origin_writes(),
+            origin_writes: storage.watch_piece_writes(),
             storage,
             task_id: task_id.to_string(),
             next: start,
@@ -523,7 +523,7 @@ impl Pump {
         }
         self.partial = self.storage.piece_progress(&self.task_id, offset);
         let (start, progress) = self.partial.as_ref()?;
-        let written = *progress.borrow();
+        let written = progress.borrow().written_to;
         (*start <= offset && written > offset).then_some(written)
     }
 

@@ -5,7 +5,10 @@ use super::{access, local_task, stat_local, task_from_local, unsupported, BoxStr
 use crate::context::Context;
 use crate::engine::Engine;
 use crate::error::DaemonError;
-use damselfly_core::extensions::{RATION_EXCLUSIVE, RATION_METADATA_KEY};
+use damselfly_core::extensions::{
+    has_feature, FEATURES_METADATA_KEY, FEATURE_CUT_THROUGH, RATION_EXCLUSIVE, RATION_METADATA_KEY,
+};
+use damselfly_transfer::{Announce, PiecePorts};
 use dragonfly_api::common::v2::{CacheTask, Host, PersistentCacheTask, PersistentTask, Task};
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_server::DfdaemonUpload;
 use dragonfly_api::dfdaemon::v2::*;
@@ -104,8 +107,9 @@ impl DfdaemonUpload for UploadService {
         &self,
         request: Request<SyncPiecesRequest>,
     ) -> Result<Response<Self::SyncPiecesStream>, Status> {
+        let cut_through = asks_for_cut_through(request.metadata());
         let request = request.into_inner();
-        let _span = info_span!("upload.SyncPieces", task_id = %request.task_id, child_host = %request.host_id).entered();
+        let _span = info_span!("upload.SyncPieces", task_id = %request.task_id, child_host = %request.host_id, cut_through).entered();
         let ctx = self.ctx();
         ctx.activity.touch();
         debug!(
@@ -113,16 +117,24 @@ impl DfdaemonUpload for UploadService {
             "sync pieces"
         );
         let task_id = request.task_id;
+        let announce = match cut_through {
+            true => Announce::Arriving,
+            false => Announce::Recorded,
+        };
+        let ports = PiecePorts {
+            tcp: ctx.host.piece_port,
+            quic: Some(ctx.host.quic_port),
+        };
         let stream = damselfly_transfer::sync_pieces_stream(
             ctx.storage.clone(),
             task_id.clone(),
             request.interested_piece_numbers,
             ctx.host.ip.to_string(),
-            ctx.host.piece_port,
-            Some(ctx.host.quic_port),
+            ports,
+            announce,
         )
         .map_err(|e| Status::from(DaemonError::from(e)))?;
-        match &ctx.ration {
+        let mut response = match &ctx.ration {
             Some(ration) => {
                 let mut response =
                     Response::new(Box::pin(ration.wrap(task_id, request.host_id, stream))
@@ -132,10 +144,17 @@ impl DfdaemonUpload for UploadService {
                     RATION_METADATA_KEY,
                     tonic::metadata::MetadataValue::from_static(RATION_EXCLUSIVE),
                 );
-                Ok(response)
+                response
             }
-            None => Ok(Response::new(Box::pin(stream))),
+            None => Response::new(Box::pin(stream) as Self::SyncPiecesStream),
+        };
+        if cut_through {
+            response.metadata_mut().insert(
+                FEATURES_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static(FEATURE_CUT_THROUGH),
+            );
         }
+        Ok(response)
     }
 
     type DownloadCacheTaskStream = BoxStream<DownloadCacheTaskResponse>;
@@ -246,4 +265,12 @@ impl DfdaemonUpload for UploadService {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// Whether a SyncPieces request came from a Damselfly child that takes pieces still arriving.
+fn asks_for_cut_through(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata
+        .get(FEATURES_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|list| has_feature(list, FEATURE_CUT_THROUGH))
 }
