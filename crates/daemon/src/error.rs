@@ -228,7 +228,8 @@ pub fn transfer_code(error: &TransferError) -> Code {
         TransferError::OriginUnreachable { .. } | TransferError::Timeout(_) => Code::Unavailable,
         TransferError::PeerUnreachable { .. }
         | TransferError::PeerError { .. }
-        | TransferError::PeerUntrusted { .. } => Code::Unavailable,
+        | TransferError::PeerUntrusted { .. }
+        | TransferError::ArrivalStopped { .. } => Code::Unavailable,
         TransferError::Storage(e) => storage_code(e),
         TransferError::InvalidUrl { .. } | TransferError::CaFile { .. } => Code::InvalidArgument,
         // The operator must add the origin's CA; retrying elsewhere will not help.

@@ -48,6 +48,16 @@ pub enum TransferError {
     #[error("parent {addr} unreachable: {reason}")]
     PeerUnreachable { addr: SocketAddr, reason: String },
 
+    /// A piece the parent was forwarding while it arrived there stopped arriving (the
+    /// parent's own fetch of it failed or moved elsewhere), or its copy failed its check:
+    /// the parent is not at fault and announces the piece again once it holds it.
+    #[error("parent {addr} stopped forwarding piece {number}: {reason}")]
+    ArrivalStopped {
+        addr: SocketAddr,
+        number: u32,
+        reason: String,
+    },
+
     /// The parent answered a Vortex Error frame other than "not found".
     #[error("parent {addr} refused the piece (code {code}): {message}")]
     PeerError {
@@ -76,7 +86,9 @@ impl TransferError {
             TransferError::OriginStatus { status, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
             }
-            TransferError::OriginUnreachable { .. } | TransferError::Timeout(_) => true,
+            TransferError::OriginUnreachable { .. }
+            | TransferError::Timeout(_)
+            | TransferError::ArrivalStopped { .. } => true,
             TransferError::Storage(e) => {
                 matches!(
                     e,

@@ -50,6 +50,7 @@ pub fn sync_pieces_stream(
         wanted,
         piece_count,
         sent: HashSet::new(),
+        awaiting_whole: HashSet::new(),
         backlog: VecDeque::new(),
         ended: task.is_finished(),
         advertise_ip,
@@ -71,7 +72,10 @@ struct SyncState {
     /// None while the length is unknown.
     piece_count: Option<u32>,
     sent: HashSet<u32>,
-    backlog: VecDeque<PieceSpan>,
+    /// Announced while arriving, not yet again whole: a cut-through child that lost the write
+    /// it followed takes us as a holder again only when it hears of the piece whole.
+    awaiting_whole: HashSet<u32>,
+    backlog: VecDeque<(PieceSpan, Stage)>,
     /// No more events will come (task finished, failed or deleted); drain the backlog and stop.
     ended: bool,
     advertise_ip: String,
@@ -95,11 +99,20 @@ pub enum Announce {
     Arriving,
 }
 
+/// What an announcement says of its piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Its write started here (cut-through children only).
+    Arriving,
+    /// It is recorded here.
+    Whole,
+}
+
 impl SyncState {
     async fn next(&mut self) -> Option<Result<SyncPiecesResponse, tonic::Status>> {
         loop {
-            if let Some(piece) = self.backlog.pop_front() {
-                if self.sent.insert(piece.number) {
+            if let Some((piece, stage)) = self.backlog.pop_front() {
+                if self.first_or_now_whole(piece.number, stage) {
                     return Some(Ok(self.response(&piece)));
                 }
                 continue;
@@ -118,12 +131,12 @@ impl SyncState {
     async fn wait_for_event(&mut self) -> Result<(), TransferError> {
         match self.events.recv().await {
             Ok(PieceEvent::Finished(piece)) => {
-                self.queue(piece.span());
+                self.queue(piece.span(), Stage::Whole);
                 Ok(())
             }
             Ok(PieceEvent::Arriving(span)) => {
                 if self.announce == Announce::Arriving {
-                    self.queue(span);
+                    self.queue(span, Stage::Arriving);
                 }
                 Ok(())
             }
@@ -148,19 +161,35 @@ impl SyncState {
     /// Queues every recorded (or, to a cut-through child, arriving), wanted, unsent piece.
     fn relist(&mut self) -> Result<(), TransferError> {
         for piece in self.storage.pieces(&self.task_id)? {
-            self.queue(piece.span());
+            self.queue(piece.span(), Stage::Whole);
         }
         if self.announce == Announce::Arriving && !self.ended {
             for span in self.storage.arriving_pieces(&self.task_id)? {
-                self.queue(span);
+                self.queue(span, Stage::Arriving);
             }
         }
         Ok(())
     }
 
-    fn queue(&mut self, span: PieceSpan) {
-        if self.wants(span.number) && !self.sent.contains(&span.number) {
-            self.backlog.push_back(span);
+    fn queue(&mut self, span: PieceSpan, stage: Stage) {
+        let fresh = !self.sent.contains(&span.number)
+            || (stage == Stage::Whole && self.awaiting_whole.contains(&span.number));
+        if self.wants(span.number) && fresh {
+            self.backlog.push_back((span, stage));
+        }
+    }
+
+    /// Whether a queued announcement still goes out: the first of its piece, or the piece
+    /// whole after it was announced arriving.
+    fn first_or_now_whole(&mut self, number: u32, stage: Stage) -> bool {
+        let first = self.sent.insert(number);
+        match stage {
+            Stage::Arriving if first => {
+                self.awaiting_whole.insert(number);
+                true
+            }
+            Stage::Arriving => false,
+            Stage::Whole => self.awaiting_whole.remove(&number) || first,
         }
     }
 
@@ -169,6 +198,9 @@ impl SyncState {
     }
 
     fn all_sent(&self) -> bool {
+        if !self.awaiting_whole.is_empty() {
+            return false;
+        }
         match (&self.wanted, self.piece_count) {
             (Some(wanted), _) => wanted.iter().all(|n| self.sent.contains(n)),
             (None, Some(count)) => self.sent.len() >= count as usize,

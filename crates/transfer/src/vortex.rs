@@ -772,11 +772,25 @@ impl PieceSink<'_> {
             )
             .await;
         body.settle().await;
-        let held = match written.map_err(|e| self.storage_error(e))? {
-            Written::Recorded(piece) => return Ok(piece),
-            Written::Held(held) => held,
+        let stopped = |reason: String| TransferError::ArrivalStopped {
+            addr,
+            number: span.number,
+            reason,
         };
-        let trailer = read_piece_content(stream, addr, task_id, span).await?;
+        let held = match written {
+            Ok(Written::Recorded(piece)) => return Ok(piece),
+            Ok(Written::Held(held)) => held,
+            Err(StorageError::ShortRead { received, .. }) => {
+                return Err(stopped(format!(
+                    "the connection ended after {received} bytes"
+                )))
+            }
+            Err(error) => return Err(self.storage_error(error)),
+        };
+        let trailer = match read_piece_content(stream, addr, task_id, span).await {
+            Err(TransferError::PeerError { message, .. }) => return Err(stopped(message)),
+            other => other?,
+        };
         let check = trusted.unwrap_or(PieceCheck::Crc32(&trailer.digest));
         let piece = held
             .record(self.storage, check)

@@ -225,4 +225,10 @@ async fn a_cut_through_child_hears_of_pieces_as_their_write_starts() {
         next(tokio::time::timeout(wait, recorded.next()).await.unwrap()),
         1
     );
+    // And the cut-through child hears of it again, whole: it may have let us go for it when
+    // the write it followed was abandoned.
+    assert_eq!(
+        next(tokio::time::timeout(wait, arriving.next()).await.unwrap()),
+        1
+    );
 }

@@ -227,6 +227,12 @@ impl Conversation {
             Event::PieceFailed {
                 parent,
                 number,
+                fault: Fault::Withdrawn,
+                error,
+            } => round.parent_withdrew(now, (parent, number), error, &self.missing),
+            Event::PieceFailed {
+                parent,
+                number,
                 fault: Fault::Forged,
                 error,
             } => {

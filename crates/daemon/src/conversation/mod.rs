@@ -64,6 +64,10 @@ pub enum Fault {
     Forged,
     /// Our own disk or storage: no other parent can fix it, the download fails.
     Local,
+    /// The parent stopped forwarding a piece still arriving there (cut-through): its own
+    /// fetch of it failed or moved. Not its fault: the piece goes to another holder, and the
+    /// parent is a holder again when it announces the piece whole.
+    Withdrawn,
 }
 
 /// How a parent failed a piece, as reported to the scheduler.

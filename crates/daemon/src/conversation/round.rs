@@ -330,6 +330,28 @@ impl Round {
         }
     }
 
+    /// A parent stopped forwarding a piece that was still arriving there: the piece goes to
+    /// another holder; the parent is neither counted nor reported, since its own source
+    /// failed, and is a holder again once it announces the piece whole.
+    pub fn parent_withdrew(
+        &mut self,
+        now: Instant,
+        (parent, number): (ParentKey, u32),
+        error: String,
+        missing: &BTreeMap<u32, PieceSpan>,
+    ) {
+        if self.settle_fetch(now, parent, number).is_none() {
+            return;
+        }
+        debug!(piece = number, %error, "parent stopped forwarding an arriving piece");
+        if let Some(holders) = self.holders.get_mut(&number) {
+            holders.retain(|&h| h != parent.0);
+        }
+        if missing.contains_key(&number) {
+            self.idle.insert(number);
+        }
+    }
+
     /// A parent sent bytes that failed a digest check: it is reported as a bad parent and
     /// dropped at once, and the piece goes to another holder. Returns the parent's ID, to keep
     /// it out of later rounds.

@@ -376,6 +376,32 @@ fn a_forged_piece_reports_and_drops_its_parent_at_once() {
 }
 
 #[test]
+fn a_parent_that_stops_forwarding_an_arriving_piece_is_neither_blamed_nor_forgotten() {
+    let (mut s, _) = Script::new(1, 1, 3);
+    s.at(0).decide(&[normal("relay", 0), normal("slow", 1)]);
+    assert_eq!(fetches(&s.offer(0, 0)), vec![(0, 0)]);
+    s.offer(1, 0);
+    // The relay's own fetch of the piece failed: the piece goes to the other holder, the
+    // relay is not reported and keeps its place.
+    let withdrawn = s.at(1).fail(0, 0, Fault::Withdrawn);
+    assert!(
+        !withdrawn.iter().any(|a| matches!(
+            a,
+            Action::ReportPieceFailed { .. } | Action::DropParent { .. }
+        )),
+        "{withdrawn:?}"
+    );
+    assert_eq!(fetches(&withdrawn), vec![(1, 0)]);
+    // It announces the piece again once whole, and is a holder again.
+    assert!(
+        fetches(&s.at(2).offer(0, 0)).is_empty(),
+        "one fetch per piece"
+    );
+    // The other holder fails it: back to the relay.
+    assert_eq!(fetches(&s.at(3).fail(1, 0, Fault::Parent)), vec![(0, 0)]);
+}
+
+#[test]
 fn a_forger_is_kept_out_of_later_rounds_and_pushes() {
     let (mut s, _) = Script::new(2, 1, 5);
     s.at(0).decide(&[normal("liar", 0)]);

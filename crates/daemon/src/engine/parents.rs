@@ -252,6 +252,7 @@ fn fault_of(error: &TransferError) -> Fault {
             metrics::piece_rejected(check);
             Fault::Forged
         }
+        TransferError::ArrivalStopped { .. } => Fault::Withdrawn,
         _ => Fault::Parent,
     }
 }
