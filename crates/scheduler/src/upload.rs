@@ -147,7 +147,8 @@ mod tests {
             "{}",
             meter.recent.capacity()
         );
-        assert!(mbit(&meter, end) > 5_000.0, "{}", mbit(&meter, end));
+        // 64 pieces of 4 MiB over the 1 s minimum span: about 2 Gbit/s is what it can tell.
+        assert!(mbit(&meter, end) > 2_000.0, "{}", mbit(&meter, end));
     }
 
     #[test]
