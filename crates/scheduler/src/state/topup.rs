@@ -156,7 +156,7 @@ mod tests {
             .unwrap();
         let pushes = s.take_pushes();
         let added: Vec<&str> = pushes.iter().map(|p| p.parent.id.as_str()).collect();
-        assert!(pushes.iter().all(|p| p.to == "p1"), "{pushes:?}");
+        assert!(pushes.iter().all(|p| &*p.to == "p1"), "{pushes:?}");
         assert!(
             added.contains(&"p0"),
             "the measured fast host is pushed: {added:?}"
