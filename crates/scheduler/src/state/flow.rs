@@ -240,14 +240,12 @@ mod tests {
         );
         assert_eq!(flow.origin_bytes_saved(), 300);
         let edges = s.flow_edges("t");
-        assert_eq!(
-            edges,
-            [FlowEdge {
-                parent: "p0",
-                child: "p1",
-                bytes: 200
-            }]
-        );
+        let edge = |parent, child, bytes| FlowEdge {
+            parent,
+            child,
+            bytes,
+        };
+        assert_eq!(edges, [edge("ps", "p0", 100), edge("p0", "p1", 200)]);
         assert_eq!(s.peer("ps").unwrap().flow.from_origin, 100);
         let h0 = s.host("h0").unwrap().traffic;
         assert_eq!((h0.in_from_peers, h0.out_to_peers), (100, 200));
