@@ -22,6 +22,7 @@ mod error;
 pub mod fsm;
 pub mod metrics;
 pub mod model;
+pub mod parents;
 pub mod piece_set;
 pub mod preheat;
 pub mod scoring;

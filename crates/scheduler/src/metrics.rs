@@ -20,6 +20,9 @@ struct Collectors {
     schedule_total: IntCounterVec,
     download_peer_total: IntCounterVec,
     traffic_bytes_total: IntCounterVec,
+    /// `traffic_bytes_total` of each [`TRAFFIC_TYPES`] label, looked up once: every piece
+    /// report counts its bytes.
+    traffic_by_type: Vec<IntCounter>,
     seed_trigger_total: IntCounterVec,
     hosts: IntGauge,
     peers: IntGauge,
@@ -35,6 +38,9 @@ pub const DECISION_FAILED: &str = "failed";
 pub const DECISION_METADATA_ONLY: &str = "metadata_only";
 /// A mesh parent pushed to a peer in the middle of its download.
 pub const DECISION_PUSHED: &str = "pushed";
+
+/// The traffic type labels piece reports count under.
+pub const TRAFFIC_TYPES: [&str; 3] = ["remote_peer", "back_to_source", "local_peer"];
 
 static COLLECTORS: OnceLock<Option<Collectors>> = OnceLock::new();
 
@@ -84,6 +90,15 @@ fn gauge(name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
 
 impl Collectors {
     fn new() -> Result<Self, prometheus::Error> {
+        let traffic_bytes_total = counter_vec(
+            "damselfly_scheduler_traffic_bytes_total",
+            "Bytes reported in finished pieces, by traffic type",
+            "type",
+        )?;
+        let traffic_by_type = TRAFFIC_TYPES
+            .iter()
+            .map(|label| traffic_bytes_total.get_metric_with_label_values(&[label]))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             announce_host_total: counter(
                 "damselfly_scheduler_announce_host_total",
@@ -111,11 +126,8 @@ impl Collectors {
                 "Peer downloads ended, by result",
                 "result",
             )?,
-            traffic_bytes_total: counter_vec(
-                "damselfly_scheduler_traffic_bytes_total",
-                "Bytes reported in finished pieces, by traffic type",
-                "type",
-            )?,
+            traffic_bytes_total,
+            traffic_by_type,
             seed_trigger_total: counter_vec(
                 "damselfly_scheduler_seed_trigger_total",
                 "Seed peer DownloadTask triggers, by result",
@@ -164,9 +176,13 @@ impl Metrics {
 
     pub fn traffic(self, traffic_type: &str, bytes: u64) {
         if let Some(c) = self.0 {
-            c.traffic_bytes_total
-                .with_label_values(&[traffic_type])
-                .inc_by(bytes);
+            match TRAFFIC_TYPES.iter().position(|t| *t == traffic_type) {
+                Some(i) => c.traffic_by_type[i].inc_by(bytes),
+                None => c
+                    .traffic_bytes_total
+                    .with_label_values(&[traffic_type])
+                    .inc_by(bytes),
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! that scheduling rounds hand back to the service.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use damselfly_core::OriginReason;
@@ -16,6 +17,11 @@ pub const DEFAULT_CONCURRENT_PIECE_COUNT: u32 = 8;
 /// A seed that failed a task is not triggered again for it during this long (Dragonfly's
 /// `SeedPeerFailedTimeout`), so a broken seed does not stall every new peer.
 pub const SEED_PEER_FAILED_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// A peer, task or host id, interned: the maps, sets and edges that name a peer share one
+/// allocation of its id (a clone is a reference count), where each held its own `String`
+/// copy before, about six per kept peer. Looked up by `&str` (`Arc<str>: Borrow<str>`).
+pub type Id = Arc<str>;
 
 /// Scheduling knobs copied from the config.
 #[derive(Debug, Clone)]
@@ -72,7 +78,7 @@ impl HostType {
 /// One announced machine.
 #[derive(Debug, Clone)]
 pub struct Host {
-    pub id: String,
+    pub id: Id,
     pub host_type: HostType,
     /// The host exactly as announced; handed out in candidate parents and ListHosts.
     pub announced: pb::Host,
@@ -80,7 +86,7 @@ pub struct Host {
     /// Bandwidth reserved by active edges whose parent runs on this host, bits per second.
     pub assigned_tx_bandwidth: u64,
     pub active_children: u32,
-    pub peers: BTreeSet<String>,
+    pub peers: BTreeSet<Id>,
     /// What its children say it served lately (piece reports).
     pub upload: crate::upload::UploadMeter,
     /// Bytes its peers moved, for the console.
@@ -95,15 +101,18 @@ impl Host {
             .map_or(0, |n| n.max_tx_bandwidth)
     }
 
-    pub(crate) fn idc(&self) -> Option<String> {
-        self.announced.network.as_ref().and_then(|n| n.idc.clone())
-    }
-
-    pub(crate) fn location(&self) -> Option<String> {
+    pub(crate) fn idc(&self) -> Option<&str> {
         self.announced
             .network
             .as_ref()
-            .and_then(|n| n.location.clone())
+            .and_then(|n| n.idc.as_deref())
+    }
+
+    pub(crate) fn location(&self) -> Option<&str> {
+        self.announced
+            .network
+            .as_ref()
+            .and_then(|n| n.location.as_deref())
     }
 }
 
@@ -123,7 +132,7 @@ pub enum SeedTrigger {
 /// One piece of content (a URL plus options), shared by all its peers.
 #[derive(Debug, Clone)]
 pub struct Task {
-    pub id: String,
+    pub id: Id,
     pub state: TaskState,
     pub task_type: i32,
     pub url: String,
@@ -135,14 +144,18 @@ pub struct Task {
     pub content_length: Option<u64>,
     pub piece_length: Option<u64>,
     pub piece_count: Option<u32>,
-    pub peers: BTreeSet<String>,
-    pub back_to_source_peers: HashSet<String>,
+    pub peers: BTreeSet<Id>,
+    pub back_to_source_peers: HashSet<Id>,
     /// Piece number → its trusted digest (`blake3:`, or earlier peers' `sha256:`) from a peer
     /// that fetched it from the origin.
     pub piece_digests: BTreeMap<u32, crate::state::TrustedDigest>,
     pub seed: SeedTrigger,
-    /// Who fed whom, for the console.
+    /// Where its bytes came from, for the console (the edges are on each child's peer).
     pub flow: crate::state::TaskFlow,
+    /// The best measured upload among its normal hosts, and when it was measured: the top-up
+    /// of slow parents (`state::topup`) looks at it for every child, so it is computed once
+    /// per [`crate::state::TOP_UP_INTERVAL`] for the whole task, not once per child.
+    pub fastest_upload: Option<(Instant, Option<u64>)>,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
 }
@@ -150,9 +163,9 @@ pub struct Task {
 /// One download of a task by a host.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    pub id: String,
-    pub task_id: String,
-    pub host_id: String,
+    pub id: Id,
+    pub task_id: Id,
+    pub host_id: Id,
     pub state: PeerState,
     pub priority: i32,
     pub range: Option<pb::Range>,
@@ -173,8 +186,8 @@ pub struct Peer {
     /// copy of its id.
     pub blocklist: HashSet<String>,
     /// Parent id → bandwidth reserved on the parent's host for this edge.
-    pub parents: BTreeMap<String, u64>,
-    pub children: BTreeSet<String>,
+    pub parents: crate::parents::Parents,
+    pub children: BTreeSet<Id>,
     /// The peer's daemon takes extra `NormalTaskResponse`s in the middle of a download (it
     /// said so in the AnnouncePeer metadata), so the mesh may push it new parents.
     pub takes_pushes: bool,
@@ -183,6 +196,8 @@ pub struct Peer {
     pub deferred_pushes: Vec<pb::Peer>,
     /// When the scheduler last looked for fast parents for it (`state::topup`).
     pub topped_up_at: Option<Instant>,
+    /// What it took from the origin and from each parent, for the console.
+    pub flow: crate::state::PeerFlow,
     pub created_at: SystemTime,
     pub updated_at: SystemTime,
     pub touched: Instant,
@@ -238,7 +253,7 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub struct Push {
     /// The peer that gets a new parent.
-    pub to: String,
+    pub to: Id,
     pub parent: pb::Peer,
 }
 
@@ -260,9 +275,9 @@ pub struct Counts {
 }
 
 impl Task {
-    pub(crate) fn new(id: &str, now: SystemTime) -> Self {
+    pub(crate) fn new(id: Id, now: SystemTime) -> Self {
         Self {
-            id: id.to_string(),
+            id,
             state: TaskState::Pending,
             task_type: pb::TaskType::Standard as i32,
             url: String::new(),
@@ -279,6 +294,7 @@ impl Task {
             piece_digests: BTreeMap::new(),
             seed: SeedTrigger::Idle,
             flow: Default::default(),
+            fastest_upload: None,
             created_at: now,
             updated_at: now,
         }
@@ -312,18 +328,19 @@ impl Task {
 }
 
 impl Peer {
+    /// `task_id` and `host_id` are the interned keys of the task's and host's maps.
     pub(crate) fn new(
         id: &str,
-        task_id: &str,
-        host_id: &str,
+        task_id: Id,
+        host_id: Id,
         download: &pb::Download,
         wall: SystemTime,
         now: Instant,
     ) -> Self {
         Self {
-            id: id.to_string(),
-            task_id: task_id.to_string(),
-            host_id: host_id.to_string(),
+            id: Id::from(id),
+            task_id,
+            host_id,
             state: PeerState::Pending,
             priority: download.priority,
             range: download.range,
@@ -337,11 +354,12 @@ impl Peer {
             finished_pieces: Default::default(),
             piece_costs: VecDeque::new(),
             blocklist: HashSet::new(),
-            parents: BTreeMap::new(),
+            parents: Default::default(),
             children: BTreeSet::new(),
             takes_pushes: false,
             deferred_pushes: Vec::new(),
             topped_up_at: None,
+            flow: Default::default(),
             created_at: wall,
             updated_at: wall,
             touched: now,
@@ -354,10 +372,41 @@ impl Peer {
     }
 }
 
-/// The cost window as a slice for the pure bad-parent rule (it is small; a copy is fine).
-pub(crate) fn cost_samples(peer: &Peer) -> Vec<Duration> {
-    peer.piece_costs
-        .iter()
-        .map(|&micros| Duration::from_micros(u64::from(micros)))
-        .collect()
+/// Dragonfly's bad-parent rule on the peer's cost window, read in place.
+pub(crate) fn is_bad_by_costs(peer: &Peer) -> bool {
+    crate::scoring::is_bad_by_cost_seconds(
+        peer.piece_costs
+            .iter()
+            .map(|&micros| Duration::from_micros(u64::from(micros)).as_secs_f64()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scheduler keeps every peer until it expires (finished peers are parents), so a
+    /// field added to `Peer` costs that much per peer at 50,000 peers.
+    #[test]
+    fn a_kept_peer_stays_small() {
+        assert!(
+            std::mem::size_of::<Peer>() <= MAX_PEER_SIZE,
+            "Peer is {} bytes",
+            std::mem::size_of::<Peer>()
+        );
+        // Its ids are shared, not copied.
+        let task: Id = "t".repeat(64).into();
+        let host: Id = "h".repeat(30).into();
+        let peer = Peer::new(
+            "p",
+            task.clone(),
+            host.clone(),
+            &pb::Download::default(),
+            SystemTime::now(),
+            Instant::now(),
+        );
+        assert!(Arc::ptr_eq(&peer.task_id, &task) && Arc::ptr_eq(&peer.host_id, &host));
+    }
+
+    const MAX_PEER_SIZE: usize = 448;
 }

@@ -45,7 +45,7 @@ pub const BAD_COST_SIGMAS: f64 = 3.0;
 
 /// What the evaluator needs to know about one candidate parent.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParentFeatures {
+pub struct ParentFeatures<'a> {
     /// Announced `network.max_tx_bandwidth` of the parent's host, bits per second.
     pub max_tx_bandwidth: u64,
     /// Bandwidth the scheduler has already assigned to the host's active edges, bps.
@@ -61,8 +61,10 @@ pub struct ParentFeatures {
     pub total_pieces: u32,
     /// Whether the parent's host is a seed host and what it is doing.
     pub host_kind: HostKind,
-    pub idc: Option<String>,
-    pub location: Option<String>,
+    /// Borrowed from the host as announced: features are built for every candidate of
+    /// every decision.
+    pub idc: Option<&'a str>,
+    pub location: Option<&'a str>,
 }
 
 /// Host type as far as scoring cares.
@@ -77,9 +79,9 @@ pub enum HostKind {
 
 /// Where the child is, for affinity.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ChildFeatures {
-    pub idc: Option<String>,
-    pub location: Option<String>,
+pub struct ChildFeatures<'a> {
+    pub idc: Option<&'a str>,
+    pub location: Option<&'a str>,
 }
 
 /// Total score in `[0, 1]`; higher is better. Alone, without other candidates to compare
@@ -95,8 +97,8 @@ fn score_among(parent: &ParentFeatures, child: &ChildFeatures, best_upload: Opti
     LOAD_WEIGHT * load_score(parent) * upload_factor(parent.measured_upload, best_upload)
         + PIECES_WEIGHT * pieces_score(parent.finished_pieces, parent.total_pieces)
         + HOST_TYPE_WEIGHT * host_type_score(parent.host_kind)
-        + IDC_WEIGHT * idc_score(parent.idc.as_deref(), child.idc.as_deref())
-        + LOCATION_WEIGHT * location_score(parent.location.as_deref(), child.location.as_deref())
+        + IDC_WEIGHT * idc_score(parent.idc, child.idc)
+        + LOCATION_WEIGHT * location_score(parent.location, child.location)
 }
 
 /// Spare capacity: announced bandwidth minus what was already assigned, and fewer children.
@@ -166,20 +168,29 @@ pub fn location_score(parent: Option<&str>, child: Option<&str>) -> f64 {
 
 /// Dragonfly's bad-parent rule on the parent's recent piece costs (oldest first).
 pub fn is_bad_by_costs(costs: &[Duration]) -> bool {
+    is_bad_by_cost_seconds(costs.iter().map(Duration::as_secs_f64))
+}
+
+/// [`is_bad_by_costs`] on costs in seconds, oldest first, read in place: the parent filter
+/// asks it for every candidate of every decision, so it collects nothing.
+pub fn is_bad_by_cost_seconds<I>(costs: I) -> bool
+where
+    I: ExactSizeIterator<Item = f64> + Clone,
+{
     let len = costs.len();
     if len < MIN_AVAILABLE_COST_LEN {
         return false;
     }
-    let samples: Vec<f64> = costs.iter().map(Duration::as_secs_f64).collect();
-    let (others, last) = samples.split_at(len - 1);
-    let Some(&last) = last.first() else {
+    let others = costs.clone().take(len - 1);
+    let Some(last) = costs.last() else {
         return false;
     };
-    let mean = others.iter().sum::<f64>() / others.len() as f64;
+    let count = (len - 1) as f64;
+    let mean = others.clone().sum::<f64>() / count;
     if len < PIECE_COST_WINDOW {
         return last > mean * BAD_COST_MEAN_FACTOR;
     }
-    let variance = others.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / others.len() as f64;
+    let variance = others.map(|c| (c - mean).powi(2)).sum::<f64>() / count;
     last > mean + BAD_COST_SIGMAS * variance.sqrt()
 }
 
@@ -209,7 +220,7 @@ mod tests {
 
     const GBPS: u64 = 1_000_000_000;
 
-    fn parent() -> ParentFeatures {
+    fn parent() -> ParentFeatures<'static> {
         ParentFeatures {
             max_tx_bandwidth: 10 * GBPS,
             assigned_tx_bandwidth: 0,
@@ -276,11 +287,11 @@ mod tests {
         assert_eq!(location_score(Some("cn|zj"), Some("cn|zj")), 1.0);
         assert_eq!(location_score(Some(""), Some("")), 0.0);
         let child = ChildFeatures {
-            idc: Some("a".into()),
+            idc: Some("a"),
             location: None,
         };
         let same_idc = ParentFeatures {
-            idc: Some("a".into()),
+            idc: Some("a"),
             ..parent()
         };
         assert!(score(&same_idc, &child) > score(&parent(), &child));

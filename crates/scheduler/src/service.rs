@@ -105,6 +105,11 @@ impl Shared {
     /// does not know about.
     fn deliver_pushes(&self) {
         let pushes = self.with_state(State::take_pushes);
+        self.deliver(pushes);
+    }
+
+    /// Sends `pushes`, taken from the state's outbox (see [`Shared::deliver_pushes`]).
+    fn deliver(&self, pushes: Vec<Push>) {
         if pushes.is_empty() {
             return;
         }
@@ -112,7 +117,7 @@ impl Shared {
             pushes
                 .into_iter()
                 .filter(|push| {
-                    let Some(tx) = pushers.get(&push.to) else {
+                    let Some(tx) = pushers.get(&*push.to) else {
                         return true;
                     };
                     let response = AnnouncePeerResponse {
@@ -272,7 +277,8 @@ struct PeerSession {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Result<AnnouncePeerResponse, Status>>,
     stop: watch::Receiver<bool>,
-    ids: Option<PeerIds>,
+    /// Shared, so each message's handling takes a reference count, not three copies.
+    ids: Option<Arc<PeerIds>>,
     /// The daemon said it takes pushed parents (`x-damselfly-features`).
     takes_pushes: bool,
     /// Who opened the stream; it may register peers only for its own host.
@@ -358,7 +364,9 @@ impl PeerSession {
                 ids.check(&request)?;
                 let flow = self.dispatch(&ids, inner).await;
                 self.shared.swarm_changed(&ids.task_id);
-                self.shared.console.publish(Change::Task(ids.task_id));
+                self.shared
+                    .console
+                    .publish_with(|| Change::Task(ids.task_id.clone()));
                 flow
             }
         }
@@ -382,7 +390,7 @@ impl PeerSession {
             .with_state(|s| s.register(&ids.host_id, &ids.task_id, &ids.peer_id, download, now));
         metrics().register_peer(outcome.is_ok());
         let registered = outcome?;
-        self.ids = Some(ids.clone());
+        self.ids = Some(Arc::new(ids.clone()));
         if self.takes_pushes {
             self.shared.with_state(|s| s.set_takes_pushes(&ids.peer_id));
             let tx = self.tx.clone();
@@ -625,13 +633,14 @@ impl PeerSession {
         } else {
             PieceOrigin::of(&piece)
         };
-        self.shared.with_state(|s| {
+        // One lock per report: the fast parents for a child whose parents turned out slow
+        // (`state::topup`) leave the outbox with it.
+        let pushes = self.shared.with_state(|s| {
             s.piece_finished(peer_id, &piece, Instant::now())?;
             s.record_flow(peer_id, &origin, piece.length);
-            Ok::<_, Status>(())
+            Ok::<_, Status>(s.take_pushes())
         })?;
-        // Fast parents for a child whose parents turned out slow (`state::topup`).
-        self.shared.deliver_pushes();
+        self.shared.deliver(pushes);
         let label = if default_label == "back_to_source" {
             default_label
         } else {

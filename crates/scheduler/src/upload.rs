@@ -23,12 +23,21 @@ pub const UPLOAD_PEAK_HALF_LIFE: Duration = Duration::from_secs(60);
 /// Pieces kept per host (bounds memory however fast the reports come).
 pub const UPLOAD_SAMPLES: usize = 64;
 
-/// One served piece.
+/// One served piece: 24 bytes, as every host that served keeps [`UPLOAD_SAMPLES`] of them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Served {
-    start: Instant,
     end: Instant,
-    bytes: u64,
+    /// How long it was in flight, microseconds (saturated: over an hour is no rate anyway).
+    cost_micros: u32,
+    /// Its length (saturated at 4 GiB, far above any piece length).
+    bytes: u32,
+}
+
+impl Served {
+    fn start(&self) -> Instant {
+        let cost = Duration::from_micros(u64::from(self.cost_micros));
+        self.end.checked_sub(cost).unwrap_or(self.end)
+    }
 }
 
 /// What one host served lately.
@@ -45,20 +54,21 @@ impl UploadMeter {
         if bytes == 0 {
             return;
         }
-        let start = now.checked_sub(cost).unwrap_or(now);
-        self.recent.push_back(Served {
-            start,
-            end: now,
-            bytes,
-        });
-        while self.recent.len() > UPLOAD_SAMPLES
+        let cost = now.checked_sub(cost).map_or(Duration::ZERO, |_| cost);
+        // Room is made before the push, so the deque never grows past its bound's capacity.
+        while self.recent.len() >= UPLOAD_SAMPLES
             || self
                 .recent
                 .front()
-                .is_some_and(|s| now.duration_since(s.end) > UPLOAD_WINDOW)
+                .is_some_and(|s| now.saturating_duration_since(s.end) > UPLOAD_WINDOW)
         {
             self.recent.pop_front();
         }
+        self.recent.push_back(Served {
+            end: now,
+            cost_micros: u32::try_from(cost.as_micros()).unwrap_or(u32::MAX),
+            bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+        });
         let current = self.current(now);
         if current > self.peak_at(now) {
             self.peak = Some((current, now));
@@ -68,7 +78,7 @@ impl UploadMeter {
     /// Bytes per second served over the last window (the part of each piece in it).
     fn current(&self, now: Instant) -> f64 {
         let from = now.checked_sub(UPLOAD_WINDOW).unwrap_or(now);
-        let Some(first) = self.recent.iter().map(|s| s.start.max(from)).min() else {
+        let Some(first) = self.recent.iter().map(|s| s.start().max(from)).min() else {
             return 0.0;
         };
         let span = now.duration_since(first).max(MIN_UPLOAD_SPAN).as_secs_f64();
@@ -93,12 +103,13 @@ impl UploadMeter {
 
 /// The bytes of `s` that fall after `from`, assuming an even rate over its transfer.
 fn in_window(s: &Served, from: Instant) -> f64 {
-    let total = s.end.duration_since(s.start).as_secs_f64();
-    if s.start >= from || total <= 0.0 {
-        return s.bytes as f64;
+    let start = s.start();
+    let total = s.end.duration_since(start).as_secs_f64();
+    if start >= from || total <= 0.0 {
+        return f64::from(s.bytes);
     }
     let inside = s.end.saturating_duration_since(from).as_secs_f64();
-    s.bytes as f64 * (inside / total)
+    f64::from(s.bytes) * (inside / total)
 }
 
 #[cfg(test)]
@@ -124,6 +135,20 @@ mod tests {
 
     fn mbit(meter: &UploadMeter, now: Instant) -> f64 {
         meter.bits_per_second(now).unwrap_or(0) as f64 / 1e6
+    }
+
+    #[test]
+    fn samples_stay_within_their_bound() {
+        let mut meter = UploadMeter::default();
+        let end = serve(&mut meter, Instant::now(), 10_000.0, 1000);
+        assert_eq!(meter.recent.len(), UPLOAD_SAMPLES);
+        assert!(
+            meter.recent.capacity() < 2 * UPLOAD_SAMPLES,
+            "{}",
+            meter.recent.capacity()
+        );
+        // 64 pieces of 4 MiB over the 1 s minimum span: about 2 Gbit/s is what it can tell.
+        assert!(mbit(&meter, end) > 2_000.0, "{}", mbit(&meter, end));
     }
 
     #[test]

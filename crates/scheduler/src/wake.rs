@@ -8,8 +8,6 @@
 //! work grew with reports × waiting peers. Tasks that share a shard wake each other, which
 //! costs a spare round and nothing else.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-
 use tokio::sync::Notify;
 
 /// Wake-up shards; a power of two well above the tasks usually downloading at once.
@@ -31,10 +29,16 @@ impl Default for Wakers {
 impl Wakers {
     /// The wake-up the peers of `task_id` wait on.
     pub fn of(&self, task_id: &str) -> &Notify {
-        let mut hasher = DefaultHasher::new();
-        task_id.hash(&mut hasher);
+        // FNV-1a, not SipHash: every message of every peer picks a shard. `DefaultHasher`
+        // was unkeyed too, so a client choosing task ids that share a shard could do so
+        // before as well, and all it gets is the spare rounds of the peers it shares with.
+        let hash = task_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            });
         // The modulo keeps the index in range, so the lookup cannot miss.
-        &self.shards[(hasher.finish() % self.shards.len() as u64) as usize]
+        &self.shards[(hash % self.shards.len() as u64) as usize]
     }
 
     /// Wakes the peers waiting in `task_id`'s shard.

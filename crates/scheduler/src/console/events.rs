@@ -51,6 +51,14 @@ impl Events {
         }
     }
 
+    /// [`Events::publish`], building the notice only when a console is open: the service
+    /// tells of a change on every message of every peer.
+    pub fn publish_with(&self, change: impl FnOnce() -> Change) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(change());
+        }
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.tx.subscribe()
     }

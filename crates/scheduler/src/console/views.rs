@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use std::time::SystemTime;
 
 use crate::model::{Host, OriginReason, Peer, Task};
-use crate::state::State;
+use crate::state::{FlowEdge, State};
 
 fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
@@ -35,7 +35,7 @@ fn host_json(h: &Host) -> Value {
     let disk = a.disk.as_ref();
     let network = a.network.as_ref();
     json!({
-        "id": h.id,
+        "id": &*h.id,
         "type": host_type(Some(h)),
         "hostname": a.hostname,
         "ip": a.ip,
@@ -79,7 +79,7 @@ pub fn task_json(state: &State, t: &Task) -> Value {
         .map(|p| peer_json(state, t, p))
         .collect();
     json!({
-        "id": t.id,
+        "id": &*t.id,
         "url": t.url,
         "state": t.state.name(),
         "content_length": t.content_length,
@@ -99,15 +99,15 @@ fn peer_json(state: &State, t: &Task, p: &Peer) -> Value {
     let host = state.host(&p.host_id);
     let announced = host.map(|h| &h.announced);
     json!({
-        "id": p.id,
-        "host_id": p.host_id,
+        "id": &*p.id,
+        "host_id": &*p.host_id,
         "host_type": host_type(host),
         "ip": announced.map(|h| h.ip.clone()),
         "hostname": announced.map(|h| h.hostname.clone()),
         "state": p.state.name(),
         "back_to_source": t.back_to_source_peers.contains(&p.id),
         "origin_reason": reason_json(p.origin_reason.as_ref()),
-        "bytes_from_origin": t.flow.origin_by_peer.get(&p.id).copied().unwrap_or(0),
+        "bytes_from_origin": p.flow.from_origin,
         "finished_pieces": p.finished_pieces.len(),
     })
 }
@@ -115,23 +115,31 @@ fn peer_json(state: &State, t: &Task, p: &Peer) -> Value {
 /// One task and its flow: every parent → child edge with its bytes, biggest first.
 pub fn task_flow_json(state: &State, task_id: &str) -> Option<Value> {
     let task = state.task(task_id)?;
-    let mut edges: Vec<(&(String, String), &u64)> = task.flow.edges.iter().collect();
-    edges.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let mut edges = state.flow_edges(task_id);
+    edges.sort_by(|a, b| {
+        (b.bytes.cmp(&a.bytes)).then_with(|| (a.parent, a.child).cmp(&(b.parent, b.child)))
+    });
     let edges: Vec<Value> = edges
         .into_iter()
-        .map(|((parent, child), bytes)| {
-            let end = |peer_id: &str| {
-                let host = state.peer(peer_id).and_then(|p| state.host(&p.host_id));
-                json!({
-                    "peer_id": peer_id,
-                    "host_id": host.map(|h| h.id.clone()),
-                    "hostname": host.map(|h| h.announced.hostname.clone()),
-                    "ip": host.map(|h| h.announced.ip.clone()),
-                    "type": host_type(host),
-                })
-            };
-            json!({ "parent": end(parent), "child": end(child), "bytes": bytes })
-        })
+        .map(
+            |FlowEdge {
+                 parent,
+                 child,
+                 bytes,
+             }| {
+                let end = |peer_id: &str| {
+                    let host = state.peer(peer_id).and_then(|p| state.host(&p.host_id));
+                    json!({
+                        "peer_id": peer_id,
+                        "host_id": host.map(|h| h.id.to_string()),
+                        "hostname": host.map(|h| h.announced.hostname.clone()),
+                        "ip": host.map(|h| h.announced.ip.clone()),
+                        "type": host_type(host),
+                    })
+                };
+                json!({ "parent": end(parent), "child": end(child), "bytes": bytes })
+            },
+        )
         .collect();
     let mut value = task_json(state, task);
     value["edges"] = Value::Array(edges);

@@ -55,7 +55,7 @@ impl State {
             DigestSource::Peer
         };
         let task_id = peer.task_id.clone();
-        let Some(task) = self.tasks.get_mut(&task_id) else {
+        let Some(task) = self.tasks.get_mut(&*task_id) else {
             return DigestReport::Ignored;
         };
         let offered = TrustedDigest {
@@ -65,7 +65,7 @@ impl State {
         match task.piece_digests.get(&piece.number) {
             Some(kept) if kept.digest == offered.digest => DigestReport::Confirmed,
             Some(kept) if kept.source >= offered.source => {
-                tracing::warn!(task_id, number = piece.number, kept = %kept.digest, offered = %offered.digest, "conflicting piece digests from the origin; keeping the first");
+                tracing::warn!(task_id = %task_id, number = piece.number, kept = %kept.digest, offered = %offered.digest, "conflicting piece digests from the origin; keeping the first");
                 DigestReport::Conflict
             }
             _ => {

@@ -5,7 +5,7 @@ use super::*;
 impl State {
     /// Hosts silent for longer than `ttl` go, with their peers. Returns how many went.
     pub fn gc_hosts(&mut self, now: Instant, ttl: Duration) -> usize {
-        let expired: Vec<String> = self
+        let expired: Vec<Id> = self
             .hosts
             .values()
             .filter(|h| now.duration_since(h.last_announce) > ttl)
@@ -21,7 +21,7 @@ impl State {
 
     /// Peers untouched for longer than `ttl`, or that left, go.
     pub fn gc_peers(&mut self, now: Instant, ttl: Duration) -> usize {
-        let expired: Vec<String> = self
+        let expired: Vec<Id> = self
             .peers
             .values()
             .filter(|p| p.state == PeerState::Leave || now.duration_since(p.touched) > ttl)
@@ -36,7 +36,7 @@ impl State {
 
     /// Tasks without peers go (unless a seed trigger for them is still on its way).
     pub fn gc_tasks(&mut self, now: Instant) -> usize {
-        let expired: Vec<String> = self
+        let expired: Vec<Id> = self
             .tasks
             .values()
             .filter(|t| t.peers.is_empty() && !self.seed_on_its_way(&t.id, now))

@@ -1,7 +1,8 @@
 //! Who fed whom: bytes counted from every piece report (`DownloadPieceFinished` with its
-//! parent and traffic type, `DownloadPieceBackToSourceFinished`), per task and per host, for
-//! the console. Memory stays bounded by what the scheduler already keeps: a task's edges
-//! live in the task and leave with either of their peers; the totals are a few counters.
+//! parent and traffic type, `DownloadPieceBackToSourceFinished`), per task, per peer and per
+//! host, for the console. A report touches its child's own counters (no map keyed by id
+//! pairs, no id copied): the child holds its in-edges, which leave with it; an edge whose
+//! parent left stays until the child leaves, and the view skips it.
 
 use super::*;
 
@@ -12,10 +13,6 @@ pub struct TaskFlow {
     pub from_origin: u64,
     pub from_seeds: u64,
     pub from_peers: u64,
-    /// (parent peer, child peer) → bytes the child took from the parent.
-    pub edges: HashMap<(String, String), u64>,
-    /// Peer → bytes it took from the origin.
-    pub origin_by_peer: HashMap<String, u64>,
 }
 
 impl TaskFlow {
@@ -23,13 +20,37 @@ impl TaskFlow {
     pub fn origin_bytes_saved(&self) -> u64 {
         self.from_seeds.saturating_add(self.from_peers)
     }
+}
 
-    /// Forgets a leaving peer's edges and origin count (the totals stay).
-    pub(super) fn forget_peer(&mut self, peer_id: &str) {
-        self.edges
-            .retain(|(parent, child), _| parent != peer_id && child != peer_id);
-        self.origin_by_peer.remove(peer_id);
+/// Bytes one peer took, by source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerFlow {
+    /// From the origin.
+    pub from_origin: u64,
+    /// Parent (the interned id of the peer it was when the bytes came) → bytes from it. A
+    /// handful of entries: the parents a peer is given.
+    pub from_parents: Vec<(Id, u64)>,
+}
+
+impl PeerFlow {
+    fn add_from_parent(&mut self, parent: &Id, bytes: u64) {
+        match self
+            .from_parents
+            .iter_mut()
+            .find(|(id, _)| Arc::ptr_eq(id, parent))
+        {
+            Some((_, total)) => *total = total.saturating_add(bytes),
+            None => self.from_parents.push((parent.clone(), bytes)),
+        }
     }
+}
+
+/// One parent → child edge of a task's flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEdge<'a> {
+    pub parent: &'a str,
+    pub child: &'a str,
+    pub bytes: u64,
 }
 
 /// Bytes a host moved, from the piece reports of its peers and of their children.
@@ -45,69 +66,99 @@ pub struct HostTraffic {
 
 /// Where a reported piece came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PieceOrigin {
+pub enum PieceOrigin<'a> {
     /// The origin (back-to-source).
     Origin,
     /// Another peer, by its ID.
-    Parent(String),
+    Parent(&'a str),
     /// Nothing moved (a local hit, or a held task re-announced).
     Local,
 }
 
-impl PieceOrigin {
+impl<'a> PieceOrigin<'a> {
     /// From a `DownloadPieceFinished` report; a missing parent with a remote traffic type is
     /// an official client's sloppiness and counts as nothing rather than a guess.
-    pub fn of(piece: &pb::Piece) -> Self {
+    pub fn of(piece: &'a pb::Piece) -> Self {
         match (
             piece.traffic_type.map(pb::TrafficType::try_from),
             &piece.parent_id,
         ) {
             (Some(Ok(pb::TrafficType::BackToSource)), _) => Self::Origin,
             (Some(Ok(pb::TrafficType::LocalPeer)), _) => Self::Local,
-            (_, Some(parent)) if !parent.is_empty() => Self::Parent(parent.clone()),
+            (_, Some(parent)) if !parent.is_empty() => Self::Parent(parent),
             _ => Self::Local,
         }
     }
 }
 
 impl State {
-    /// Counts a finished piece of `child` on its task and hosts.
+    /// Counts a finished piece of `child` on its task, itself and hosts.
     pub fn record_flow(&mut self, child: &str, origin: &PieceOrigin, bytes: u64) {
+        if matches!(origin, PieceOrigin::Local) {
+            return;
+        }
         let Some(peer) = self.peers.get(child) else {
             return;
         };
         let (task_id, child_host) = (peer.task_id.clone(), peer.host_id.clone());
-        let parent_host = match origin {
-            PieceOrigin::Parent(parent) => self.peers.get(parent).map(|p| p.host_id.clone()),
+        // The parent as the scheduler knows it: its interned id and host.
+        let parent = match origin {
+            PieceOrigin::Parent(parent) => self.peers.get(*parent),
             _ => None,
-        };
+        }
+        .map(|p| (p.id.clone(), p.host_id.clone()));
+        let parent_host = parent.as_ref().map(|(_, host)| host.clone());
         let parent_is_seed = parent_host.as_deref().is_some_and(|h| self.is_seed_host(h));
-        let Some(task) = self.tasks.get_mut(&task_id) else {
-            return;
-        };
-        let flow = &mut task.flow;
-        match origin {
-            PieceOrigin::Local => return,
-            PieceOrigin::Origin => {
-                flow.from_origin = flow.from_origin.saturating_add(bytes);
-                *flow.origin_by_peer.entry(child.to_string()).or_default() += bytes;
-            }
-            // A parent the scheduler no longer knows still fed the child; without its host
-            // the edge cannot be drawn, but the bytes count.
-            PieceOrigin::Parent(parent) => {
-                let total = if parent_is_seed {
-                    &mut flow.from_seeds
-                } else {
-                    &mut flow.from_peers
-                };
-                *total = total.saturating_add(bytes);
-                if parent_host.is_some() {
-                    let key = (parent.clone(), child.to_string());
-                    *flow.edges.entry(key).or_default() += bytes;
+        if let Some(task) = self.tasks.get_mut(&*task_id) {
+            let flow = &mut task.flow;
+            let total = match origin {
+                PieceOrigin::Origin => &mut flow.from_origin,
+                _ if parent_is_seed => &mut flow.from_seeds,
+                // A parent the scheduler no longer knows still fed the child; without it the
+                // edge cannot be drawn, but the bytes count.
+                _ => &mut flow.from_peers,
+            };
+            *total = total.saturating_add(bytes);
+        }
+        if let Some(peer) = self.peers.get_mut(child) {
+            match (origin, &parent) {
+                (PieceOrigin::Origin, _) => {
+                    peer.flow.from_origin = peer.flow.from_origin.saturating_add(bytes);
                 }
+                (_, Some((parent_id, _))) => peer.flow.add_from_parent(parent_id, bytes),
+                _ => {}
             }
         }
         self.count_host_traffic(&child_host, parent_host.as_deref(), origin, bytes);
+    }
+
+    /// The task's parent → child edges whose parent is still the peer that fed the child.
+    pub fn flow_edges(&self, task_id: &str) -> Vec<FlowEdge<'_>> {
+        let Some(task) = self.tasks.get(task_id) else {
+            return Vec::new();
+        };
+        task.peers
+            .iter()
+            .filter_map(|id| self.peer(id))
+            .flat_map(|child| {
+                child.flow.from_parents.iter().map(move |(parent, bytes)| {
+                    (
+                        parent,
+                        FlowEdge {
+                            parent,
+                            child: &child.id,
+                            bytes: *bytes,
+                        },
+                    )
+                })
+            })
+            .filter(|(parent, _)| {
+                self.peers
+                    .get(&***parent)
+                    .is_some_and(|p| Arc::ptr_eq(&p.id, parent))
+            })
+            .map(|(_, edge)| edge)
+            .collect()
     }
 
     fn count_host_traffic(
@@ -188,8 +239,14 @@ mod tests {
             (100, 100, 200)
         );
         assert_eq!(flow.origin_bytes_saved(), 300);
-        assert_eq!(flow.edges[&("p0".to_string(), "p1".to_string())], 200);
-        assert_eq!(flow.origin_by_peer["ps"], 100);
+        let edges = s.flow_edges("t");
+        let edge = |parent, child, bytes| FlowEdge {
+            parent,
+            child,
+            bytes,
+        };
+        assert_eq!(edges, [edge("ps", "p0", 100), edge("p0", "p1", 200)]);
+        assert_eq!(s.peer("ps").unwrap().flow.from_origin, 100);
         let h0 = s.host("h0").unwrap().traffic;
         assert_eq!((h0.in_from_peers, h0.out_to_peers), (100, 200));
         assert_eq!(s.host("seed").unwrap().traffic.in_from_origin, 100);
@@ -201,8 +258,15 @@ mod tests {
         let fed = piece(Some("p0"), pb::TrafficType::RemotePeer);
         s.record_flow("p1", &PieceOrigin::of(&fed), fed.length);
         s.delete_peer("p0").unwrap();
-        let flow = &s.task("t").unwrap().flow;
-        assert!(flow.edges.is_empty());
-        assert_eq!(flow.origin_bytes_saved(), 100);
+        assert!(s.flow_edges("t").is_empty());
+        assert_eq!(s.task("t").unwrap().flow.origin_bytes_saved(), 100);
+        // A new peer under the old parent's id did not feed p1.
+        let download = pb::Download {
+            url: "http://o/f".into(),
+            ..Default::default()
+        };
+        s.register("h0", "t", "p0", download, Instant::now())
+            .unwrap();
+        assert!(s.flow_edges("t").is_empty());
     }
 }

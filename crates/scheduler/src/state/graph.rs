@@ -5,14 +5,20 @@ use super::*;
 
 impl State {
     /// Adds the DAG edges, reserves bandwidth, and builds the response messages.
-    pub(super) fn attach_parents(&mut self, child_id: &str, parents: &[String]) -> Vec<pb::Peer> {
+    pub(super) fn attach_parents(&mut self, child_id: &str, parents: &[Id]) -> Vec<pb::Peer> {
         for parent_id in parents {
             self.add_edge(parent_id, child_id);
         }
+        // The parents share the child's task: its view is built once.
+        let task = self
+            .peers
+            .get(child_id)
+            .and_then(|c| self.tasks.get(&*c.task_id))
+            .map(|t| self.task_pb(t));
         parents
             .iter()
-            .filter_map(|id| self.peers.get(id))
-            .map(|p| self.peer_pb(p))
+            .filter_map(|id| self.peer(id))
+            .map(|p| self.peer_pb_of_task(p, task.clone()))
             .collect()
     }
 
@@ -20,7 +26,7 @@ impl State {
     /// (and takes pushes, and has room) gets the new child as a parent too, so peers that
     /// download together trade both ways. Without this the first peers would carry the task
     /// to everyone, as in a DAG, since a peer learns of later peers only when rescheduled.
-    pub(super) fn link_back(&mut self, child_id: &str, parents: &[String]) {
+    pub(super) fn link_back(&mut self, child_id: &str, parents: &[Id]) {
         let Some(child) = self.peers.get(child_id) else {
             return;
         };
@@ -57,7 +63,7 @@ impl State {
         let normal_parents = peer
             .parents
             .keys()
-            .filter_map(|id| self.peers.get(id))
+            .filter_map(|id| self.peer(id))
             .filter(|p| !self.is_seed_host(&p.host_id))
             .count();
         peer.takes_pushes
@@ -88,25 +94,28 @@ impl State {
     }
 
     pub(super) fn add_edge(&mut self, parent_id: &str, child_id: &str) {
-        let piece_length = self
-            .peers
-            .get(child_id)
-            .and_then(|c| self.tasks.get(&c.task_id))
-            .and_then(|t| t.piece_length)
-            .unwrap_or(damselfly_core::MIN_PIECE_LENGTH);
-        let Some(child) = self.peers.get_mut(child_id) else {
+        let (Some(parent), Some(child)) = (self.peers.get(parent_id), self.peers.get(child_id))
+        else {
             return;
         };
         if child.parents.contains_key(parent_id) {
             return;
         }
+        let (parent_key, child_key) = (parent.id.clone(), child.id.clone());
+        let piece_length = self
+            .tasks
+            .get(&*child.task_id)
+            .and_then(|t| t.piece_length)
+            .unwrap_or(damselfly_core::MIN_PIECE_LENGTH);
         let bandwidth = scoring::edge_bandwidth(piece_length, child.concurrent_piece_count);
-        child.parents.insert(parent_id.to_string(), bandwidth);
+        if let Some(child) = self.peers.get_mut(child_id) {
+            child.parents.insert(parent_key, bandwidth);
+        }
         let Some(parent) = self.peers.get_mut(parent_id) else {
             return;
         };
-        parent.children.insert(child_id.to_string());
-        if let Some(host) = self.hosts.get_mut(&parent.host_id) {
+        parent.children.insert(child_key);
+        if let Some(host) = self.hosts.get_mut(&*parent.host_id) {
             host.assigned_tx_bandwidth = host.assigned_tx_bandwidth.saturating_add(bandwidth);
             host.active_children = host.active_children.saturating_add(1);
         }
@@ -121,7 +130,11 @@ impl State {
             return;
         };
         parent.children.remove(child_id);
-        if let (Some(bandwidth), Some(host)) = (bandwidth, self.hosts.get_mut(&parent.host_id)) {
+        if parent.children.is_empty() {
+            // A set keeps its last node when emptied; a finished peer is kept for long.
+            parent.children = BTreeSet::new();
+        }
+        if let (Some(bandwidth), Some(host)) = (bandwidth, self.hosts.get_mut(&*parent.host_id)) {
             host.assigned_tx_bandwidth = host.assigned_tx_bandwidth.saturating_sub(bandwidth);
             host.active_children = host.active_children.saturating_sub(1);
         }
@@ -129,11 +142,11 @@ impl State {
 
     /// Releases every parent of the peer (it finished, failed, left or is rescheduled).
     pub(super) fn release_parents(&mut self, child_id: &str) {
-        let parents: Vec<String> = self
+        let parents: Vec<Id> = self
             .peers
             .get_mut(child_id)
             .map(|c| {
-                c.deferred_pushes.clear();
+                c.deferred_pushes = Vec::new();
                 c.parents.keys().cloned().collect()
             })
             .unwrap_or_default();

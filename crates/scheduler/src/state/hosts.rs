@@ -21,14 +21,14 @@ impl State {
             )));
         }
         let host_type = HostType::from_pb(host.r#type);
-        match self.hosts.get_mut(&host.id) {
+        match self.hosts.get_mut(host.id.as_str()) {
             Some(existing) => {
                 existing.host_type = host_type;
                 existing.announced = host;
                 existing.last_announce = now;
             }
             None => {
-                let id = host.id.clone();
+                let id = Id::from(host.id.as_str());
                 self.hosts.insert(
                     id.clone(),
                     Host {
@@ -80,7 +80,7 @@ impl State {
             .hosts
             .get(host_id)
             .ok_or_else(|| not_found_host(host_id))?;
-        let peers: Vec<String> = host.peers.iter().cloned().collect();
+        let peers: Vec<Id> = host.peers.iter().cloned().collect();
         for peer_id in peers {
             self.remove_peer(&peer_id);
         }

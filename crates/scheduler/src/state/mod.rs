@@ -16,6 +16,7 @@
 //! - `expiry`: the GC of hosts, peers and tasks.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use dragonfly_api::common::v2 as pb;
@@ -27,7 +28,8 @@ pub use crate::model::*;
 use crate::scoring::{self, ChildFeatures, HostKind, ParentFeatures};
 use crate::upload::UploadMeter;
 pub use digests::{DigestReport, DigestSource, TrustedDigest};
-pub use flow::{HostTraffic, PieceOrigin, TaskFlow};
+pub use flow::{FlowEdge, HostTraffic, PeerFlow, PieceOrigin, TaskFlow};
+pub use topup::{SLOW_PARENT_SHARE, TOP_UP_INTERVAL};
 
 mod digests;
 mod expiry;
@@ -49,9 +51,11 @@ mod topup;
 #[derive(Debug)]
 pub struct State {
     policy: Policy,
-    hosts: HashMap<String, Host>,
-    tasks: HashMap<String, Task>,
-    peers: HashMap<String, Peer>,
+    hosts: HashMap<Id, Host>,
+    tasks: HashMap<Id, Task>,
+    /// Boxed: the table then holds 24 bytes per slot, not a whole `Peer`, and a hash table
+    /// keeps up to half its slots empty.
+    peers: HashMap<Id, Box<Peer>>,
     /// Mesh edges made by the last decisions, for the service to push to their peers.
     outbox: Vec<Push>,
 }
@@ -183,7 +187,7 @@ mod tests {
         // The same range elsewhere: p0 is its parent.
         s.register("h1", "t", "p1", ranged(5 << 20, 100), now)
             .unwrap();
-        assert_eq!(s.find_candidate_parents("p1", now), vec!["p0".to_string()]);
+        assert_eq!(s.find_candidate_parents("p1", now), vec![Id::from("p0")]);
         // Another range: p0 has none of it, so the origin, at once.
         s.register("h1", "t", "p2", ranged(40 << 20, 100), now)
             .unwrap();

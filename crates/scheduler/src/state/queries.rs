@@ -18,7 +18,7 @@ impl State {
     }
 
     pub fn peer(&self, peer_id: &str) -> Option<&Peer> {
-        self.peers.get(peer_id)
+        self.peers.get(peer_id).map(|p| &**p)
     }
 
     pub fn task(&self, task_id: &str) -> Option<&Task> {
@@ -39,10 +39,10 @@ impl State {
             .tasks
             .get(task_id)
             .ok_or_else(|| not_found_task(task_id))?;
-        let leaving: Vec<String> = task
+        let leaving: Vec<Id> = task
             .peers
             .iter()
-            .filter(|id| self.peers.get(*id).is_some_and(|p| p.host_id == host_id))
+            .filter(|id| self.peers.get(*id).is_some_and(|p| &*p.host_id == host_id))
             .cloned()
             .collect();
         for peer_id in leaving {
@@ -56,7 +56,7 @@ impl State {
         let Some(task) = self.tasks.get(task_id) else {
             return false;
         };
-        let peers: Vec<String> = task.peers.iter().cloned().collect();
+        let peers: Vec<Id> = task.peers.iter().cloned().collect();
         for peer_id in peers {
             self.remove_peer(&peer_id);
         }
@@ -67,7 +67,7 @@ impl State {
     /// Drops a peer and every edge touching it.
     pub(super) fn remove_peer(&mut self, peer_id: &str) {
         self.release_parents(peer_id);
-        let children: Vec<String> = self
+        let children: Vec<Id> = self
             .peers
             .get(peer_id)
             .map(|p| p.children.iter().cloned().collect())
@@ -78,24 +78,29 @@ impl State {
         let Some(peer) = self.peers.remove(peer_id) else {
             return;
         };
-        if let Some(task) = self.tasks.get_mut(&peer.task_id) {
+        if let Some(task) = self.tasks.get_mut(&*peer.task_id) {
             task.peers.remove(peer_id);
             task.back_to_source_peers.remove(peer_id);
-            task.flow.forget_peer(peer_id);
             if task.peers.is_empty() {
                 task.state = task.state.on(TaskEvent::Leave);
             }
         }
-        if let Some(host) = self.hosts.get_mut(&peer.host_id) {
+        if let Some(host) = self.hosts.get_mut(&*peer.host_id) {
             host.peers.remove(peer_id);
         }
     }
 
     pub(super) fn peer_pb(&self, peer: &Peer) -> pb::Peer {
-        let task = self.tasks.get(&peer.task_id).map(|t| self.task_pb(t));
-        let host = self.hosts.get(&peer.host_id).map(|h| h.announced.clone());
+        let task = self.tasks.get(&*peer.task_id).map(|t| self.task_pb(t));
+        self.peer_pb_of_task(peer, task)
+    }
+
+    /// [`State::peer_pb`] with its task's view already built (one per decision, not one per
+    /// parent: the view walks the task's peers).
+    pub(super) fn peer_pb_of_task(&self, peer: &Peer, task: Option<pb::Task>) -> pb::Peer {
+        let host = self.hosts.get(&*peer.host_id).map(|h| h.announced.clone());
         pb::Peer {
-            id: peer.id.clone(),
+            id: peer.id.to_string(),
             range: peer.range,
             priority: peer.priority,
             pieces: Vec::new(),
@@ -110,10 +115,10 @@ impl State {
         }
     }
 
-    fn task_pb(&self, task: &Task) -> pb::Task {
+    pub(super) fn task_pb(&self, task: &Task) -> pb::Task {
         let scope = SizeScope::classify(task.content_length, task.piece_count);
         pb::Task {
-            id: task.id.clone(),
+            id: task.id.to_string(),
             r#type: task.task_type,
             url: task.url.clone(),
             digest: task.digest.clone(),

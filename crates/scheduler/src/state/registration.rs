@@ -46,10 +46,10 @@ impl State {
         download: pb::Download,
         now: Instant,
     ) -> Result<Registered, Status> {
-        let host_type = self
+        let (host_key, host_type) = self
             .hosts
             .get(host_id)
-            .map(|h| h.host_type)
+            .map(|h| (h.id.clone(), h.host_type))
             .ok_or_else(|| not_found_host(host_id))?;
         if download.r#type != pb::TaskType::Standard as i32 {
             return Err(Status::invalid_argument(format!(
@@ -65,14 +65,13 @@ impl State {
             self.remove_host_peers_of_task(host_id, task_id);
         }
         let wall = SystemTime::now();
-        let task = self
-            .tasks
-            .entry(task_id.to_string())
-            .or_insert_with(|| Task::new(task_id, wall));
+        let Some(task) = self.task_entry(task_id, wall) else {
+            return Err(not_found_task(task_id));
+        };
         task.update_from(&download, wall);
         let scope = SizeScope::classify(task.content_length, task.piece_count);
 
-        let mut peer = Peer::new(peer_id, task_id, host_id, &download, wall, now);
+        let mut peer = Peer::new(peer_id, task.id.clone(), host_key, &download, wall, now);
         peer.state = peer
             .state
             .on(PeerEvent::Register(scope))
@@ -96,16 +95,25 @@ impl State {
         Ok(Registered { scope, seed_job })
     }
 
+    /// The task, created (its id interned) when new.
+    fn task_entry(&mut self, task_id: &str, wall: SystemTime) -> Option<&mut Task> {
+        if !self.tasks.contains_key(task_id) {
+            let key = Id::from(task_id);
+            self.tasks.insert(key.clone(), Task::new(key, wall));
+        }
+        self.tasks.get_mut(task_id)
+    }
+
     /// Enters a registered peer in its task's and its host's lists.
     fn link_peer(&mut self, peer: Peer) {
-        if let Some(task) = self.tasks.get_mut(&peer.task_id) {
+        if let Some(task) = self.tasks.get_mut(&*peer.task_id) {
             task.state = task.state.on(TaskEvent::Download);
             task.peers.insert(peer.id.clone());
         }
-        if let Some(host) = self.hosts.get_mut(&peer.host_id) {
+        if let Some(host) = self.hosts.get_mut(&*peer.host_id) {
             host.peers.insert(peer.id.clone());
         }
-        self.peers.insert(peer.id.clone(), peer);
+        self.peers.insert(peer.id.clone(), Box::new(peer));
     }
 
     /// Who fetches the task's bytes first: this peer from the origin (forced, a seed host, or
@@ -169,13 +177,13 @@ impl State {
     /// A host re-announcing what it holds replaces its earlier peers of that task, so a link
     /// that broke without a restart does not leave the host listed twice.
     fn remove_host_peers_of_task(&mut self, host_id: &str, task_id: &str) {
-        let stale: Vec<String> = self
+        let stale: Vec<Id> = self
             .hosts
             .get(host_id)
             .map(|host| {
                 host.peers
                     .iter()
-                    .filter(|id| self.peers.get(*id).is_some_and(|p| p.task_id == task_id))
+                    .filter(|id| self.peers.get(*id).is_some_and(|p| &*p.task_id == task_id))
                     .cloned()
                     .collect()
             })

@@ -9,6 +9,7 @@ impl State {
     fn peer_mut(&mut self, peer_id: &str) -> Result<&mut Peer, Status> {
         self.peers
             .get_mut(peer_id)
+            .map(|p| &mut **p)
             .ok_or_else(|| not_found_peer(peer_id))
     }
 
@@ -24,11 +25,12 @@ impl State {
         if event == PeerEvent::Download {
             // Its round runs now: the mesh parents made meanwhile can reach it, those whose
             // edge still stands.
+            let to = peer.id.clone();
             let still: Vec<Push> = deferred
                 .into_iter()
                 .filter(|p| peer.parents.contains_key(&p.id))
                 .map(|parent| Push {
-                    to: peer_id.to_string(),
+                    to: to.clone(),
                     parent,
                 })
                 .collect();
@@ -39,9 +41,10 @@ impl State {
             }
         }
         if event == PeerEvent::DownloadBackToSource {
-            let task_id = self.peer_mut(peer_id)?.task_id.clone();
-            if let Some(task) = self.tasks.get_mut(&task_id) {
-                task.back_to_source_peers.insert(peer_id.to_string());
+            let peer = self.peer_mut(peer_id)?;
+            let (task_id, key) = (peer.task_id.clone(), peer.id.clone());
+            if let Some(task) = self.tasks.get_mut(&*task_id) {
+                task.back_to_source_peers.insert(key);
             }
         }
         Ok(())
@@ -103,10 +106,10 @@ impl State {
         let Some(parent_id) = piece.parent_id.as_deref().filter(|id| !id.is_empty()) else {
             return;
         };
-        let Some(host_id) = self.peers.get(parent_id).map(|p| p.host_id.clone()) else {
+        let Some(parent) = self.peers.get(parent_id) else {
             return;
         };
-        if let Some(host) = self.hosts.get_mut(&host_id) {
+        if let Some(host) = self.hosts.get_mut(&*parent.host_id) {
             host.upload.record(piece.length, cost, now);
         }
     }
@@ -172,7 +175,7 @@ impl State {
             Terminal::Failed => None,
         };
         let seed_failed = event == PeerEvent::Fail && self.is_seed_host(&host_id);
-        if let Some(task) = self.tasks.get_mut(&task_id) {
+        if let Some(task) = self.tasks.get_mut(&*task_id) {
             if let Some(task_event) = task_event {
                 task.state = task.state.on(task_event);
             }

@@ -74,9 +74,9 @@ impl State {
         }
         peer.need_back_to_source = Some(why.clone());
         peer.origin_reason = Some(why.clone());
-        let task_id = peer.task_id.clone();
-        if let Some(task) = self.tasks.get_mut(&task_id) {
-            task.back_to_source_peers.insert(peer_id.to_string());
+        let (task_id, key) = (peer.task_id.clone(), peer.id.clone());
+        if let Some(task) = self.tasks.get_mut(&*task_id) {
+            task.back_to_source_peers.insert(key);
             task.state = task.state.on(TaskEvent::Download);
         }
         Step::Decided(Decision::BackToSource(why.to_description()))
@@ -90,19 +90,27 @@ impl State {
     /// child gets the best seed on top of its normal parents: a Damselfly seed shows each
     /// child different pieces (`daemon::ration`) and the mesh spreads them, so each piece
     /// still leaves the seed about once, while the seed feeds many peers at a time.
-    pub fn find_candidate_parents(&self, peer_id: &str, now: Instant) -> Vec<String> {
+    pub fn find_candidate_parents(&self, peer_id: &str, now: Instant) -> Vec<Id> {
         let Some(child) = self.peers.get(peer_id) else {
             return Vec::new();
         };
-        let Some(task) = self.tasks.get(&child.task_id) else {
+        let Some(task) = self.tasks.get(&*child.task_id) else {
             return Vec::new();
         };
-        let (seeds, normal): (Vec<&Peer>, Vec<&Peer>) = task
-            .peers
-            .iter()
-            .filter_map(|id| self.peers.get(id))
-            .filter(|p| self.is_eligible_parent(child, p))
-            .partition(|p| self.is_seed_host(&p.host_id));
+        // Each candidate's host is looked up once, for the filter and the partition.
+        let (mut seeds, mut normal): (Vec<&Peer>, Vec<&Peer>) = (Vec::new(), Vec::new());
+        for parent in task.peers.iter().filter_map(|id| self.peer(id)) {
+            let Some(host) = self.hosts.get(&*parent.host_id) else {
+                continue;
+            };
+            if !self.is_eligible_parent_on(child, parent, host) {
+                continue;
+            }
+            match host.host_type {
+                HostType::Seed(_) => seeds.push(parent),
+                HostType::Normal => normal.push(parent),
+            }
+        }
         let limit = self.policy.candidate_parent_limit;
         if self.policy.mesh {
             let mut chosen = self.rank_parents(child, task, normal, limit, now);
@@ -122,7 +130,7 @@ impl State {
         mut pool: Vec<&Peer>,
         limit: usize,
         now: Instant,
-    ) -> Vec<String> {
+    ) -> Vec<Id> {
         pool.shuffle(&mut rand::rng());
         pool.truncate(self.policy.filter_parent_limit);
         let total_pieces = task.piece_count.unwrap_or(0);
@@ -138,11 +146,16 @@ impl State {
 
     /// Dragonfly's filter: one rule per line, each with its reason.
     pub(super) fn is_eligible_parent(&self, child: &Peer, parent: &Peer) -> bool {
-        let Some(host) = self.hosts.get(&parent.host_id) else {
-            return false;
-        };
-        parent.id != child.id
-            && !child.blocklist.contains(&parent.id)
+        self.hosts
+            .get(&*parent.host_id)
+            .is_some_and(|host| self.is_eligible_parent_on(child, parent, host))
+    }
+
+    /// [`State::is_eligible_parent`] with the parent's host already looked up.
+    fn is_eligible_parent_on(&self, child: &Peer, parent: &Peer, host: &Host) -> bool {
+        // Interned ids: one peer is one allocation.
+        !Arc::ptr_eq(&parent.id, &child.id)
+            && !child.blocklist.contains(&*parent.id)
             // Same host: the child already has whatever that host has.
             && parent.host_id != child.host_id
             && self.serves_range(child, parent)
@@ -159,7 +172,7 @@ impl State {
             // Piece costs measure a peer's own downloads (its parents' links or the origin's),
             // not its upload: a peer that holds the whole task is never bad by them.
             && (matches!(parent.state, PeerState::Succeeded)
-                || !scoring::is_bad_by_costs(&cost_samples(parent)))
+                || !is_bad_by_costs(parent))
             // A mesh lets peers feed each other both ways; a DAG does not.
             && (self.policy.mesh || !self.creates_cycle(&parent.id, &child.id))
     }
@@ -176,14 +189,19 @@ impl State {
                 continue;
             }
             if let Some(peer) = self.peers.get(id) {
-                stack.extend(peer.children.iter().map(String::as_str));
+                stack.extend(peer.children.iter().map(|id| &**id));
             }
         }
         false
     }
 
-    fn parent_features(&self, parent: &Peer, total_pieces: u32, now: Instant) -> ParentFeatures {
-        let host = self.hosts.get(&parent.host_id);
+    fn parent_features(
+        &self,
+        parent: &Peer,
+        total_pieces: u32,
+        now: Instant,
+    ) -> ParentFeatures<'_> {
+        let host = self.hosts.get(&*parent.host_id);
         let host_kind = match host.map(|h| h.host_type) {
             Some(HostType::Seed(_)) => match parent.state {
                 PeerState::Running | PeerState::BackToSource | PeerState::Succeeded => {
@@ -210,8 +228,8 @@ impl State {
         }
     }
 
-    fn child_features(&self, child: &Peer) -> ChildFeatures {
-        let host = self.hosts.get(&child.host_id);
+    fn child_features(&self, child: &Peer) -> ChildFeatures<'_> {
+        let host = self.hosts.get(&*child.host_id);
         ChildFeatures {
             idc: host.and_then(Host::idc),
             location: host.and_then(Host::location),

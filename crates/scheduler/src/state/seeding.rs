@@ -20,8 +20,8 @@ impl State {
     pub(super) fn has_provider(&self, task: &Task, except: Option<&str>) -> bool {
         task.peers
             .iter()
-            .filter(|id| Some(id.as_str()) != except)
-            .filter_map(|id| self.peers.get(id))
+            .filter(|id| Some(&***id) != except)
+            .filter_map(|id| self.peer(id))
             .any(|p| self.is_provider(p))
     }
 
@@ -83,7 +83,7 @@ impl State {
         }
         let seed = self.pick_seed_host(task_id, requester)?;
         let endpoint = host_endpoint(&seed.announced.ip, seed.announced.port);
-        let host_id = seed.id.clone();
+        let host_id = seed.id.to_string();
         let mut download = download.clone();
         // The seed fetches from the origin and keeps the content in its cache only.
         download.need_back_to_source = true;
@@ -107,7 +107,7 @@ impl State {
         let mut seeds: Vec<&Host> = self
             .hosts
             .values()
-            .filter(|h| h.host_type.is_seed() && h.id != requester)
+            .filter(|h| h.host_type.is_seed() && &*h.id != requester)
             .collect();
         if seeds.is_empty() {
             return None;
