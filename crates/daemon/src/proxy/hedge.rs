@@ -36,7 +36,7 @@ pub enum Hedge {
     /// back-to-source disabled, `proxy.rangeHedge: false`, or no origin client.
     Off,
     /// Starts once the range's job goes to the origin, or at once when `now`.
-    Armed { source: HedgeSource, now: bool },
+    Armed { source: Box<HedgeSource>, now: bool },
     /// The origin's bytes from offset `at` on.
     Running {
         chunks: mpsc::Receiver<Result<Bytes, TransferError>>,
@@ -61,7 +61,7 @@ impl Hedge {
                 return Hedge::Off;
             }
         };
-        let source = HedgeSource {
+        let source = Box::new(HedgeSource {
             backend,
             url: request.url.clone(),
             headers: request.headers.clone(),
@@ -69,7 +69,7 @@ impl Hedge {
                 ctx.limits.download.clone(),
                 ctx.limits.back_to_source.clone(),
             ],
-        };
+        });
         let now = engine.range_route(&request.task_id) == RangeRoute::Origin;
         let mut hedge = Hedge::Armed { source, now };
         // Asked now, the origin's first bytes are on their way while the engine starts; not
@@ -99,7 +99,7 @@ impl Hedge {
         };
         let (tx, chunks) = mpsc::channel(HEDGE_QUEUE);
         let span = tracing::debug_span!("hedge", from, end);
-        tokio::spawn(stream(source, (from, end), tx).instrument(span));
+        tokio::spawn(stream(*source, (from, end), tx).instrument(span));
         debug!(from, end, "hedge: reading the range from the origin");
         *self = Hedge::Running { chunks, at: from };
     }
