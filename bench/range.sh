@@ -30,7 +30,7 @@ ensure_nginx
 command -v python3 >/dev/null || die "python3 missing"
 
 WORK="$(mktemp -d /dev/shm/damselfly-range.XXXXXX)"
-trap 'bench_cleanup; rm -rf "$WORK"' EXIT
+trap 'bench_cleanup; [ -n "${KEEP_LOG:-}" ] && cp "$WORK/dfdaemon.log" "$KEEP_LOG"; rm -rf "$WORK"' EXIT
 log "work dir $WORK"
 
 PORT="$(free_port 127.0.0.1)"

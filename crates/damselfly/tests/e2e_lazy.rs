@@ -96,6 +96,73 @@ fn bytes_from_parents(daemon: &DaemonInfo) -> f64 {
     )
 }
 
+/// The piece a ranged origin GET asked for, when it asked for exactly one piece.
+fn piece_of(range: &str) -> Option<u64> {
+    let (first, last) = range.strip_prefix("bytes=")?.split_once('-')?;
+    let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+    (first % PIECE == 0 && last + 1 == first + PIECE).then_some(first / PIECE)
+}
+
+/// The pieces of `blob` fetched from the origin, in order of piece number, once per GET.
+fn piece_gets(origin: &Origin, blob: &OriginFile) -> Vec<u64> {
+    let mut pieces: Vec<u64> = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == blob.path)
+        .filter_map(|r| r.range.as_deref().and_then(piece_of))
+        .collect();
+    pieces.sort_unstable();
+    pieces
+}
+
+/// Every origin GET of `blob` was ranged: each of `pieces` once (no other piece), else
+/// exactly one of the clients' `ranges`.
+fn assert_origin_gets(origin: &Origin, blob: &OriginFile, pieces: &[u64], ranges: &[(u64, u64)]) {
+    assert_eq!(
+        piece_gets(origin, blob),
+        pieces,
+        "every covering piece is fetched once, no other"
+    );
+    let asked = range_headers(ranges);
+    let gets: Vec<Option<String>> = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == blob.path)
+        .map(|r| r.range)
+        .collect();
+    assert!(
+        gets.iter().all(|range| range
+            .as_ref()
+            .is_some_and(|range| asked.contains(range) || piece_of(range).is_some())),
+        "every origin GET is a piece or a client's range: {gets:?}"
+    );
+}
+
+/// `Range` header values of `[start, end]` ranges.
+fn range_headers(ranges: &[(u64, u64)]) -> Vec<String> {
+    ranges
+        .iter()
+        .map(|(start, end)| format!("bytes={start}-{end}"))
+        .collect()
+}
+
+fn bytes_from_origin(daemon: &DaemonInfo) -> f64 {
+    daemon.metrics().sum(
+        "damselfly_download_traffic_bytes_total",
+        &[("type", "back_to_source")],
+    )
+}
+
+/// A daemon whose proxy has these `proxy` settings (YAML lines under `proxy:`).
+fn start_daemon_with_proxy(cluster: &mut Cluster, proxy: &str) -> DaemonInfo {
+    let config = cluster.path(&format!("dfdaemon-{}.yaml", cluster.daemons.len()));
+    std::fs::write(&config, format!("proxy:\n{proxy}")).unwrap();
+    cluster.start_daemon(DaemonOpts {
+        extra: vec!["--config".into(), config.display().to_string()],
+        ..DaemonOpts::default()
+    })
+}
+
 /// Two ranges of a 64 MiB blob: the origin serves only the two pieces covering them; a second
 /// host reading the same ranges takes them from the first, not the origin.
 #[test]
@@ -115,22 +182,22 @@ fn ranges_fetch_only_their_pieces_and_peers_share_them() {
     for &(start, end) in &ranges {
         read_range(&a, &origin, &blob, start, end);
     }
-    let first = origin.served();
-    assert_eq!(
-        first,
-        2 * PIECE,
-        "the first host should fetch exactly the 2 covering pieces of 16"
-    );
-    let gets: Vec<_> = origin
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "GET" && r.path == blob.path)
-        .collect();
+    // The answers may come from the origin directly, ahead of the pieces.
     assert!(
-        gets.iter().all(|r| r.range.is_some()),
-        "every origin GET is ranged: {:?}",
-        gets.iter().map(|r| r.range.clone()).collect::<Vec<_>>()
+        wait_until(Duration::from_secs(60), || bytes_from_origin(&a)
+            >= (2 * PIECE) as f64),
+        "the ranges' pieces did not land"
     );
+    let first = origin.served();
+    let read: u64 = ranges.iter().map(|(start, end)| end - start + 1).sum();
+    // Each cold range is also read from the origin directly (at most its own bytes) while
+    // its piece fills the cache.
+    assert!(
+        (2 * PIECE..=2 * PIECE + read).contains(&first),
+        "the first host should fetch exactly the 2 covering pieces of 16 (and at most the \
+         ranges' bytes besides): {first} B"
+    );
+    assert_origin_gets(&origin, &blob, &[1, 10], &ranges);
 
     for &(start, end) in &ranges {
         read_range(&b, &origin, &blob, start, end);
@@ -156,7 +223,8 @@ fn ranges_fetch_only_their_pieces_and_peers_share_them() {
 fn a_cold_range_streams_while_its_piece_arrives() {
     let mut cluster = Cluster::new("lazy-stream");
     cluster.start_scheduler();
-    let a = cluster.start_daemon(DaemonOpts::default());
+    // Without the origin read of the range itself, which would answer it before the piece.
+    let a = start_daemon_with_proxy(&mut cluster, "  rangeHedge: false\n");
     let origin = Origin::start();
     let blob = add_blob(&origin, BLOB_LEN);
     let held_at = 2 * MIB as u64;
@@ -179,6 +247,70 @@ fn a_cold_range_streams_while_its_piece_arrives() {
         start + PIECE - 1,
     );
     assert_eq!(origin.served(), PIECE, "piece 3 came from the origin once");
+    cluster.assert_no_panics();
+}
+
+/// A cold range no peer holds is read from the origin directly while its piece fills the
+/// cache: with every origin body held after its first 2 MiB, two ranges in the last MiB of
+/// their pieces (bytes no held piece fetch can reach) are answered in full. Released, each
+/// piece lands once; the host then serves the ranges from its cache, and a second host reads
+/// them from the first, not the origin.
+#[test]
+fn a_cold_range_is_read_from_the_origin_while_its_piece_fills_the_cache() {
+    let mut cluster = Cluster::new("lazy-hedge");
+    cluster.start_scheduler();
+    let a = cluster.start_daemon(DaemonOpts::default());
+    let b = cluster.start_daemon(DaemonOpts::default());
+    let origin = Origin::start();
+    let blob = add_blob(&origin, BLOB_LEN);
+    origin.hold_bodies_after(2 * MIB as u64);
+    let ranges: Vec<(u64, u64)> = [3, 7]
+        .iter()
+        .map(|&n| ((n + 1) * PIECE - MIB as u64, (n + 1) * PIECE - 1))
+        .collect();
+    for &(start, end) in &ranges {
+        read_range(&a, &origin, &blob, start, end);
+    }
+    // Answered while no piece could land: the origin was asked for the ranges themselves.
+    let asked = range_headers(&ranges);
+    let exact: Vec<String> = origin
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.range)
+        .filter(|range| asked.contains(range))
+        .collect();
+    assert_eq!(
+        exact, asked,
+        "each range was asked of the origin once, exactly"
+    );
+
+    origin.release_bodies();
+    assert!(
+        wait_until(Duration::from_secs(60), || bytes_from_origin(&a)
+            >= (2 * PIECE) as f64),
+        "the ranges' pieces did not land"
+    );
+    let first = origin.served();
+    assert_eq!(
+        first,
+        2 * PIECE + 2 * MIB as u64,
+        "each piece and range came once"
+    );
+    assert_origin_gets(&origin, &blob, &[3, 7], &ranges);
+    for &(start, end) in &ranges {
+        read_range(&a, &origin, &blob, start, end);
+        read_range(&b, &origin, &blob, start, end);
+    }
+    assert_eq!(
+        origin.served(),
+        first,
+        "a warm range or a second host's read went to the origin"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || bytes_from_parents(&b)
+            >= (2 * PIECE) as f64),
+        "the second host's pieces did not come from the first"
+    );
     cluster.assert_no_panics();
 }
 

@@ -33,6 +33,10 @@ pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 /// Sent to origins, so their operators can tell P2P traffic apart.
 pub const DEFAULT_USER_AGENT: &str = concat!("damselfly/", env!("CARGO_PKG_VERSION"));
 
+/// The body of an origin response, chunk by chunk.
+pub type BodyChunks =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, TransferError>> + Send>>;
+
 #[derive(Clone, Debug)]
 pub struct BackendConfig {
     pub connect_timeout: Duration,
@@ -347,6 +351,56 @@ impl Backend {
             return Err(origin_status(status, url));
         }
         Ok(ThrottledReader::new(body_reader(response), limiters))
+    }
+
+    /// Ranged `GET` of the object's bytes `[start, end)`, as a stream of body chunks: for a
+    /// reader that wants exactly those bytes now (a cold byte range answered straight from
+    /// the origin). Only a `206` of exactly that range is taken; anything else is an error,
+    /// so a body is never misplaced.
+    pub async fn open_range(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        (start, end): (u64, u64),
+    ) -> Result<BodyChunks, TransferError> {
+        let last = end
+            .checked_sub(1)
+            .filter(|&last| last >= start)
+            .ok_or_else(|| {
+                TransferError::Protocol(format!("empty range {start}-{end} of {url}"))
+            })?;
+        let response = self
+            .send(
+                Method::GET,
+                url,
+                headers,
+                Some(format!("bytes={start}-{last}")),
+            )
+            .await?;
+        let status = response.status();
+        if status != StatusCode::PARTIAL_CONTENT {
+            return Err(match status {
+                s if s.is_client_error() || s.is_server_error() => origin_status(s, url),
+                s => TransferError::Protocol(format!("{url} answered {s} to a byte range")),
+            });
+        }
+        match content_range(response.headers()) {
+            Some((first, sent_last, _)) if first == start && sent_last == last => {}
+            _ => {
+                return Err(TransferError::Protocol(format!(
+                    "{url} did not send bytes {start}-{last} as asked"
+                )))
+            }
+        }
+        let url = url.to_string();
+        Ok(Box::pin(response.bytes_stream().map_err(move |e| {
+            let kind = if e.is_timeout() {
+                io::ErrorKind::TimedOut
+            } else {
+                io::ErrorKind::Other
+            };
+            body_io_error(io::Error::new(kind, e), &url)
+        })))
     }
 
     /// Whole body without Range (unknown length / no range support), streamed into storage

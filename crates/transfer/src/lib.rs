@@ -14,7 +14,7 @@ mod trust;
 mod vortex;
 
 pub use backend::{
-    Backend, BackendConfig, ObjectStat, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES,
+    Backend, BackendConfig, BodyChunks, ObjectStat, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES,
     DEFAULT_READ_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_USER_AGENT,
 };
 pub use error::TransferError;

@@ -59,7 +59,8 @@ pub enum EngineEvent {
     /// Always first.
     Started(Started),
     /// Why the job went to the origin: at most once per caller, before the first piece from
-    /// the origin, unless `Started` already said it.
+    /// the origin, unless `Started` already said it. A range's caller hears it as soon as the
+    /// job decides, before any of its pieces.
     Origin(OriginReason),
     /// A piece is on disk and readable; each piece is reported once per caller.
     Piece(PieceMetadata, PieceSource),

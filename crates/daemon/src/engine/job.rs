@@ -6,6 +6,7 @@
 use super::demand::TaskDemand;
 use super::events::TaskShape;
 use super::request::{Scope, TaskRequest};
+use super::route::{RangeRoute, RangeRoutes};
 use super::{finish, origin, p2p, ranged};
 use crate::context::{limiter, Context};
 use crate::error::{DaemonError, DownloadError};
@@ -77,6 +78,10 @@ pub struct JobCtx<'a> {
     pub demand: Arc<TaskDemand>,
     /// Why this job's bytes come from the origin, shared with its callers.
     pub origin: &'a OnceLock<OriginReason>,
+    /// The job's state, bumped when it goes to the origin so its callers hear why at once.
+    pub state: &'a watch::Sender<JobState>,
+    /// Where this host's latest range of each task got its pieces.
+    pub routes: &'a RangeRoutes,
 }
 
 /// The content matched the request's digest.
@@ -93,8 +98,14 @@ impl JobCtx<'_> {
     pub fn going_to_origin(&self, reason: OriginReason) {
         info!(reason = %reason, "downloading from the origin");
         let code = reason.code();
+        let route = RangeRoute::of_origin(&reason);
         if self.origin.set(reason).is_ok() {
             metrics::back_to_source(code);
+        }
+        if self.request.scope != Scope::Whole {
+            self.routes.record(self.task_id(), route, Instant::now());
+            // A range's caller (the proxy) may answer from the origin itself meanwhile.
+            self.state.send_modify(|_| {});
         }
     }
 
@@ -120,6 +131,7 @@ pub async fn run(
     handle: &JobHandle,
     in_use: &HashSet<String>,
     demand: Arc<TaskDemand>,
+    routes: &RangeRoutes,
 ) {
     let started = Instant::now();
     metrics::task_started();
@@ -144,6 +156,8 @@ pub async fn run(
         content_verified: OnceLock::new(),
         demand,
         origin: &handle.origin,
+        state: &handle.state,
+        routes,
     };
     let outcome = tokio::select! {
         result = download(&job, &handle.state) => result,

@@ -11,6 +11,7 @@ mod p2p;
 mod parents;
 mod ranged;
 pub mod request;
+pub mod route;
 mod trust;
 mod viewer;
 
@@ -38,6 +39,8 @@ pub struct Engine {
     /// Ranged jobs running per task (each range has its own job and peer).
     ranged: Mutex<HashMap<String, usize>>,
     demand: DemandTable,
+    /// Where each task's latest range got its pieces (see [`route`]).
+    routes: route::RangeRoutes,
 }
 
 impl Engine {
@@ -47,11 +50,17 @@ impl Engine {
             jobs: Mutex::new(HashMap::new()),
             ranged: Mutex::new(HashMap::new()),
             demand: DemandTable::default(),
+            routes: route::RangeRoutes::default(),
         })
     }
 
     pub fn context(&self) -> &Context {
         &self.ctx
+    }
+
+    /// Where this host's latest range of the task got its pieces, if that is recent.
+    pub fn range_route(&self, task_id: &str) -> route::RangeRoute {
+        self.routes.get(task_id, std::time::Instant::now())
     }
 
     /// Starts (or joins) a download and follows it: `Started`, a `Piece` per piece, then
@@ -128,7 +137,15 @@ impl Engine {
                 let _busy = engine.ctx.activity.begin();
                 let in_use = engine.in_flight_tasks();
                 let demand = engine.demand.task(&request.task_id);
-                job::run(&engine.ctx, &request, &handle, &in_use, demand).await;
+                job::run(
+                    &engine.ctx,
+                    &request,
+                    &handle,
+                    &in_use,
+                    demand,
+                    &engine.routes,
+                )
+                .await;
                 done(&engine, &request, &handle);
             }
             .instrument(span),

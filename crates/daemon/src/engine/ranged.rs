@@ -5,6 +5,7 @@
 
 use super::job::{fetch_missing, stored_pieces, JobCtx};
 use super::origin;
+use super::route::RangeRoute;
 use crate::error::DaemonError;
 use damselfly_core::{PieceLayout, PieceSpan};
 use damselfly_storage::PieceEvent;
@@ -28,6 +29,11 @@ pub async fn fetch(
         let mine = only(&wanted, &claim.pieces);
         debug!(pieces = ?claim.pieces, "fetching the range's pieces");
         fetch_missing(job, layout, mine).await?;
+        if job.origin.get().is_none() {
+            // Parents held them: the next range of the task asks the swarm first too.
+            let now = std::time::Instant::now();
+            job.routes.record(job.task_id(), RangeRoute::Peers, now);
+        }
     }
     drop(claim);
     loop {

@@ -220,6 +220,9 @@ async fn follow(
                 if changed.is_err() {
                     break;
                 }
+                if viewer.early_origin(request).await.is_err() {
+                    return Ok(Err(CallerGone));
+                }
             }
         }
     }
@@ -314,6 +317,18 @@ impl<'a> Viewer<'a> {
             }
         }
         self.send(EngineEvent::Piece(piece.clone(), source)).await
+    }
+
+    /// A range's caller hears that its job went to the origin as soon as it did, before any
+    /// piece: the proxy may then answer the range from the origin itself (`proxy::hedge`).
+    async fn early_origin(&mut self, request: &TaskRequest) -> Result<(), CallerGone> {
+        if request.scope == Scope::Whole {
+            return Ok(());
+        }
+        match self.untold_origin() {
+            Some(reason) => self.send(EngineEvent::Origin(reason)).await,
+            None => Ok(()),
+        }
     }
 
     async fn catch_up(&mut self, pieces: &[PieceMetadata]) -> Result<(), CallerGone> {

@@ -11,6 +11,7 @@ use super::access::{Access, AccessCheck};
 use super::body::{self, ProxyBody};
 use super::guard::Kind;
 use super::headers;
+use super::hedge::{self, Hedge};
 use super::passthrough::forwardable;
 use super::range::{parse_ranges, ByteRange, RangeError};
 use crate::engine::{Engine, EngineEvent, EngineEvents, Started, TaskRequest};
@@ -54,6 +55,9 @@ pub struct BlobSettings {
     pub certificate_chain: Vec<Vec<u8>>,
     /// `proxy.prefetch`: a Range request fetches the whole blob afterwards.
     pub prefetch: bool,
+    /// `proxy.rangeHedge`: a cold range no peer can serve sooner is read from the origin
+    /// directly while its pieces fill the cache (see [`super::hedge`]).
+    pub range_hedge: bool,
 }
 
 /// Why the engine did not serve a request; the caller passes it through instead, so the
@@ -107,16 +111,20 @@ pub async fn serve(
         return super::multipart::serve(engine, settings, request, &ranges, wanted).await;
     }
     let range = ranges.first().copied();
-    let request = match range.and_then(|r| demand_range(r, known)) {
-        Some(demand) => request
-            .with_range(demand, prefetch)
-            .map_err(|error| not_started(settings, DownloadError::rejected(error)))?,
-        None => request,
+    let (request, hedge) = match range.and_then(|r| demand_range(r, known)) {
+        Some(demand) => {
+            let request = request
+                .with_range(demand, prefetch)
+                .map_err(|error| not_started(settings, DownloadError::rejected(error)))?;
+            let hedge = Hedge::arm(engine, &request, settings.range_hedge && !prefetch);
+            (request, hedge)
+        }
+        None => (request, Hedge::Off),
     };
     let mut events = engine.download(request);
     let started = wait_started(&mut events, settings).await?;
     let storage = engine.context().storage.clone();
-    respond(storage, events, started, range, wanted.digest)
+    respond(storage, events, started, (range, hedge), wanted.digest)
 }
 
 /// What a request asks of the task besides its bytes.
@@ -214,7 +222,7 @@ fn respond(
     storage: Storage,
     events: EngineEvents,
     started: Started,
-    range: Option<ByteRange>,
+    (range, hedge): (Option<ByteRange>, Hedge),
     digest: Option<String>,
 ) -> Result<Response<ProxyBody>, NotServed> {
     let task_id = started.task_id.clone();
@@ -238,7 +246,8 @@ fn respond(
         (start, end),
         status == StatusCode::OK,
         tx,
-    );
+    )
+    .with_hedge(hedge, started.origin.is_some());
     let span = tracing::info_span!("blob_body", %task_id, start, end);
     tokio::spawn(
         async move {
@@ -360,8 +369,34 @@ async fn written_more(
     }
 }
 
+/// The engine's next event; never resolves once its stream was set aside.
+async fn next_event(
+    events: &mut Option<EngineEvents>,
+) -> Option<Result<EngineEvent, DownloadError>> {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The client went away; the download goes on for the cache and other callers.
 struct ClientGone;
+
+/// What woke the pump.
+enum Step {
+    /// The engine's next event; `None` when its stream ended.
+    Event(Option<Result<EngineEvent, DownloadError>>),
+    /// More of an origin write may be in the file.
+    Written,
+    /// A chunk of the origin's answer at its offset; `None` when the hedge ended or failed.
+    Hedged(Option<(u64, Bytes)>),
+}
+
+/// Whether the pump goes on, or is done (and whether every byte went out).
+enum Flow {
+    Continue,
+    Done(bool),
+}
 
 /// Copies the task's bytes `[next, end)` to the client as their pieces land.
 pub(super) struct Pump {
@@ -381,6 +416,8 @@ pub(super) struct Pump {
     partial: Option<(u64, watch::Receiver<WriteState>)>,
     /// Changes when an origin write starts, so a pump waiting for its piece looks again.
     origin_writes: watch::Receiver<u64>,
+    /// The range's bytes read straight from the origin, when no peer serves them sooner.
+    hedge: Hedge,
 }
 
 impl Pump {
@@ -405,70 +442,129 @@ impl Pump {
             pending: None,
             tx,
             partial: None,
+            hedge: Hedge::Off,
         }
     }
 
+    /// Lets the pump read its range from the origin (never with `hold_last`); `decided`: the
+    /// job went to the origin before the response started.
+    pub(super) fn with_hedge(mut self, hedge: Hedge, decided: bool) -> Self {
+        if !self.hold_last {
+            self.hedge = match hedge {
+                Hedge::Armed { source, now } => Hedge::Armed {
+                    source,
+                    now: now || decided,
+                },
+                other => other,
+            };
+        }
+        self
+    }
+
     /// Whether every byte went out; on failure the client's body was cut short.
-    pub(super) async fn run(
-        mut self,
-        mut events: EngineEvents,
-        landed: Vec<PieceMetadata>,
-    ) -> bool {
+    pub(super) async fn run(mut self, events: EngineEvents, landed: Vec<PieceMetadata>) -> bool {
         for piece in landed {
             self.pieces.insert(piece.offset, piece.length);
         }
         if self.drain().await.is_err() {
             return false;
         }
-        if !self.hold_last && self.next >= self.end {
+        if self.covered() {
             return true;
         }
+        self.hedge.start(false, (self.next, self.end));
+        // The engine's events, until its stream ends while the origin's answer goes on.
+        let mut events = Some(events);
         loop {
-            let event = tokio::select! {
-                event = events.next() => event,
-                () = written_more(&mut self.partial, &mut self.origin_writes) => {
-                    if self.drain().await.is_err() {
-                        return false;
-                    }
-                    if !self.hold_last && self.next >= self.end {
-                        return true;
-                    }
-                    continue;
-                }
+            let step = tokio::select! {
+                event = next_event(&mut events) => Step::Event(event),
+                () = written_more(&mut self.partial, &mut self.origin_writes) => Step::Written,
+                chunk = self.hedge.next() => Step::Hedged(chunk),
             };
-            let Some(event) = event else {
-                break;
-            };
-            match event {
-                Ok(EngineEvent::Piece(piece, _)) => {
-                    self.pieces.insert(piece.offset, piece.length);
-                }
-                // The headers are gone by now: a later origin reason has no way out.
-                Ok(EngineEvent::Started(_) | EngineEvent::Origin(_)) => {}
-                // Digest checked: the held-back chunk may go.
-                Ok(EngineEvent::Finished) => return self.finish().await,
-                Err(error) => {
-                    info!(%error, "P2P download failed; cutting the response short");
-                    self.abort(error.to_string()).await;
-                    return false;
-                }
-            }
-            if self.drain().await.is_err() {
-                return false;
-            }
-            // A range is complete once covered: the download goes on without us (prefetch).
-            if !self.hold_last && self.next >= self.end {
-                return true;
+            match self.take(step, &mut events).await {
+                Flow::Continue => {}
+                Flow::Done(complete) => return complete,
             }
         }
-        self.abort("the download ended without an outcome".into())
-            .await;
-        false
+    }
+
+    /// A range is complete once covered: the download goes on without us (prefetch).
+    fn covered(&self) -> bool {
+        !self.hold_last && self.next >= self.end
+    }
+
+    /// Handles one wake-up, then sends what is there.
+    async fn take(&mut self, step: Step, events: &mut Option<EngineEvents>) -> Flow {
+        match step {
+            Step::Written => {}
+            Step::Hedged(Some((offset, bytes))) => {
+                if let Some(bytes) = hedge::unsent(self.next, offset, bytes) {
+                    self.next += bytes.len() as u64;
+                    if self.emit(bytes).await.is_err() {
+                        return Flow::Done(false);
+                    }
+                }
+            }
+            Step::Hedged(None) if events.is_none() => {
+                self.abort("the origin's answer and the download both ended early".into())
+                    .await;
+                return Flow::Done(false);
+            }
+            Step::Hedged(None) => {}
+            Step::Event(event) => {
+                if let Some(flow) = self.on_event(event, events).await {
+                    return flow;
+                }
+            }
+        }
+        if self.drain().await.is_err() {
+            return Flow::Done(false);
+        }
+        if self.covered() {
+            return Flow::Done(true);
+        }
+        Flow::Continue
+    }
+
+    /// An engine event; `Some` when it ends the pump.
+    async fn on_event(
+        &mut self,
+        event: Option<Result<EngineEvent, DownloadError>>,
+        events: &mut Option<EngineEvents>,
+    ) -> Option<Flow> {
+        match event {
+            Some(Ok(EngineEvent::Piece(piece, _))) => {
+                self.pieces.insert(piece.offset, piece.length);
+            }
+            // The job went to the origin: no peer serves this range sooner than the origin.
+            Some(Ok(EngineEvent::Origin(_))) => self.hedge.start(true, (self.next, self.end)),
+            // The headers are gone by now: a later origin reason has no way out.
+            Some(Ok(EngineEvent::Started(_))) => {}
+            // Digest checked: the held-back chunk may go.
+            Some(Ok(EngineEvent::Finished)) => return Some(Flow::Done(self.finish().await)),
+            // The origin's answer may still complete the range.
+            Some(Err(error)) if self.hedge.is_running() => {
+                info!(%error, "P2P download failed; the range goes on from the origin");
+                *events = None;
+            }
+            None if self.hedge.is_running() => *events = None,
+            Some(Err(error)) => {
+                info!(%error, "P2P download failed; cutting the response short");
+                self.abort(error.to_string()).await;
+                return Some(Flow::Done(false));
+            }
+            None => {
+                self.abort("the download ended without an outcome".into())
+                    .await;
+                return Some(Flow::Done(false));
+            }
+        }
+        None
     }
 
     /// The engine is done and the digest matched: release the held chunk, or fail if bytes
     /// are missing.
-    async fn finish(mut self) -> bool {
+    async fn finish(&mut self) -> bool {
         if self.next < self.end {
             let message = format!("download ended at byte {} of {}", self.next, self.end);
             self.abort(message).await;

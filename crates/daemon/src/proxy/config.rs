@@ -30,6 +30,10 @@ pub const DEFAULT_PROXY_PREFETCH: bool = false;
 /// Bandwidth of prefetch downloads, on top of the host's limits (Dragonfly's
 /// `proxy.prefetchBandwidthLimit` default, 10 GB/s).
 pub const DEFAULT_PREFETCH_BANDWIDTH_LIMIT: ByteSize = ByteSize::gb(10);
+/// A cold range that no peer can serve sooner (its task was just sent to the origin) is read
+/// from the origin directly while its pieces fill the cache: near a direct read's latency, at
+/// the cost of the range's bytes once more at the origin. Not in Dragonfly.
+pub const DEFAULT_PROXY_RANGE_HEDGE: bool = true;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
@@ -50,6 +54,9 @@ pub struct ProxyConfig {
     /// Bytes per second for prefetching, on top of the download limits.
     #[serde(serialize_with = "crate::config::exact_bytes")]
     pub prefetch_bandwidth_limit: ByteSize,
+    /// Answer a cold range from the origin directly when no peer can serve it sooner, while
+    /// its pieces are fetched behind it (off: it waits for its pieces). Never with prefetch.
+    pub range_hedge: bool,
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +69,7 @@ impl Default for ProxyConfig {
             hijack_https: HijackHttpsConfig::default(),
             prefetch: DEFAULT_PROXY_PREFETCH,
             prefetch_bandwidth_limit: DEFAULT_PREFETCH_BANDWIDTH_LIMIT,
+            range_hedge: DEFAULT_PROXY_RANGE_HEDGE,
         }
     }
 }

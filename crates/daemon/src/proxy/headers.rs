@@ -108,6 +108,7 @@ mod tests {
         disable_back_to_source: false,
         certificate_chain: Vec::new(),
         prefetch: false,
+        range_hedge: true,
     };
 
     #[test]

@@ -15,6 +15,7 @@ mod body;
 pub mod config;
 mod connect;
 mod guard;
+mod hedge;
 mod multipart;
 // Public only for the fuzz targets (`fuzz/`): the parsers of what a client sends.
 #[doc(hidden)]
@@ -114,6 +115,7 @@ impl Proxy {
                 disable_back_to_source: config.disable_back_to_source,
                 certificate_chain: mirror_cas,
                 prefetch: config.prefetch,
+                range_hedge: config.range_hedge,
             },
             authority,
             hijack,
