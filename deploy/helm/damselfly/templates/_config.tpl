@@ -109,6 +109,7 @@ download:
   concurrentPieceCount: {{ $c.download.concurrentPieceCount | int }}
   pieceTimeout: {{ $c.download.pieceTimeout | toJson }}
   protocol: {{ $c.download.protocol | toJson }}
+  cutThrough: {{ $c.download.cutThrough | toJson }}
   quic:
     allowUnverifiedPeers: {{ $c.download.quic.allowUnverifiedPeers | toJson }}
 scheduler:
