@@ -263,6 +263,39 @@ mod tests {
     }
 
     #[test]
+    fn garbage_cut_through_answers_are_protocol_errors() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let span = PieceSpan {
+            number: 0,
+            offset: 0,
+            length: 1,
+        };
+        let tag = Tag::Reserved(ARRIVING_CONTENT_TAG);
+        for value in [&[][..], &[0xff; 7][..], &[0u8; 300][..]] {
+            let error = decode_any_answer(tag, value, addr, "t", span).unwrap_err();
+            assert!(matches!(error, TransferError::Protocol(_)), "{error}");
+        }
+        // An arriving piece is never a valid answer to a plain DownloadPiece.
+        let mut content = BytesMut::new();
+        PieceContent {
+            metadata: WireMetadata {
+                number: 0,
+                offset: 0,
+                length: 1,
+                digest: String::new(),
+                parent_id: String::new(),
+                traffic_type: 1,
+                cost: std::time::Duration::ZERO,
+                created_at: chrono::NaiveDateTime::default(),
+            },
+        }
+        .encode(&mut content);
+        assert!(decode_any_answer(tag, &content, addr, "t", span).is_ok());
+        let error = decode_answer_value(tag, &content, addr, "t", span).unwrap_err();
+        assert!(error.to_string().contains("cut-through"), "{error}");
+    }
+
+    #[test]
     fn oversized_answers_are_refused_before_reading() {
         let frame = [0u8, u8::from(Tag::PieceContent), 0xff, 0xff, 0xff, 0xff];
         let span = PieceSpan {
