@@ -235,12 +235,7 @@ impl Connection {
         let number = request.piece.piece_number;
         let started = Instant::now();
         let piece = match self.storage.open_piece(task_id, number) {
-            Ok((piece, file)) => {
-                self.timed(stream.write_all(&piece_content_packet(&piece)))
-                    .await?;
-                self.send_body(stream, &file, &piece).await?;
-                piece
-            }
+            Ok((piece, file)) => self.send_recorded(stream, piece, &file).await?,
             Err(StorageError::PieceNotFound { .. }) if request.kind == RequestKind::CutThrough => {
                 self.forward_arriving(stream, task_id, number).await?
             }
@@ -335,9 +330,19 @@ impl Connection {
             .storage
             .open_piece(task_id, number)
             .map_err(storage_refusal)?;
+        self.send_recorded(stream, piece, &file).await
+    }
+
+    /// A recorded piece: its PieceContent frame, then its bytes.
+    async fn send_recorded(
+        &self,
+        stream: &mut TcpStream,
+        piece: PieceMetadata,
+        file: &std::fs::File,
+    ) -> Result<PieceMetadata, Refusal> {
         self.timed(stream.write_all(&piece_content_packet(&piece)))
             .await?;
-        self.send_body(stream, &file, &piece).await?;
+        self.send_body(stream, file, &piece).await?;
         Ok(piece)
     }
 
