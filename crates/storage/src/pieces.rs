@@ -1,6 +1,6 @@
 //! Pieces: write (checked against a digest) into the content file, record, read, announce.
 
-use crate::content::{stream_into_file, SpanHasher, Streamed};
+use crate::content::{stream_into_file, PieceHasher, PieceSums, SpanHasher, Streamed};
 use crate::export::open_for_write;
 use crate::writers::{PieceWriter, WriteProgress};
 use crate::{
@@ -57,6 +57,39 @@ impl Storage {
         parent_id: Option<&str>,
         cost: Duration,
     ) -> Result<PieceMetadata, StorageError> {
+        let write = PieceWrite {
+            check,
+            hash: check.algorithm(),
+            parent_id,
+            cost,
+        };
+        let written = self.write_hashed(task_id, span, reader, write).await?;
+        Ok(written.piece)
+    }
+
+    /// Writes origin bytes (nothing to check: the origin is the source of truth) like
+    /// [`Storage::write_piece`], hashing them with `trusted` on the way, so a back-to-source
+    /// peer reports the piece's trusted digest without reading the piece back. The digest is
+    /// None when the piece was already recorded (nothing was written).
+    pub async fn write_origin_piece<R: AsyncRead + Unpin>(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        reader: R,
+        trusted: Option<DigestAlgorithm>,
+        cost: Duration,
+    ) -> Result<WrittenPiece, StorageError> {
+        let write = PieceFrom::Origin { trusted }.write(cost);
+        self.write_hashed(task_id, span, reader, write).await
+    }
+
+    async fn write_hashed<R: AsyncRead + Unpin>(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        reader: R,
+        write: PieceWrite<'_>,
+    ) -> Result<WrittenPiece, StorageError> {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         check_span(&task, span)?;
@@ -67,9 +100,9 @@ impl Storage {
                 number = span.number,
                 "piece already recorded, not rewriting it"
             );
-            return Ok(existing);
+            return Ok(WrittenPiece::unhashed(existing));
         }
-        if check == PieceCheck::Nothing && parent_id.is_none() {
+        if write.check == PieceCheck::Nothing && write.parent_id.is_none() {
             writer.publish_from(span.offset);
         }
         let streamed = self
@@ -78,7 +111,7 @@ impl Storage {
                 span.offset,
                 span.length,
                 reader,
-                check.algorithm(),
+                write.hash,
                 writer,
             )
             .await?;
@@ -90,9 +123,27 @@ impl Storage {
                 received: streamed.bytes,
             });
         }
-        let digest = format_crc32(streamed.crc32);
-        let trusted = streamed.trusted.map(|d| d.to_string());
-        let (expected, actual) = match check {
+        let write = PieceWrite {
+            cost: write.cost + started.elapsed(),
+            ..write
+        };
+        let recorded = self.record_written(task_id, span, streamed.sums, &write);
+        // Held until recorded: a waiting writer then finds the piece and writes nothing.
+        drop(streamed.writer);
+        recorded
+    }
+
+    /// Checks the sums of a written span as `write` says and records the piece.
+    fn record_written(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        sums: PieceSums,
+        write: &PieceWrite<'_>,
+    ) -> Result<WrittenPiece, StorageError> {
+        let digest = format_crc32(sums.crc32);
+        let trusted = sums.trusted.as_ref().map(Digest::to_string);
+        let (expected, actual) = match write.check {
             PieceCheck::Nothing => (None, digest.as_str()),
             PieceCheck::Crc32(expected) => (Some(expected), digest.as_str()),
             PieceCheck::Trusted(expected) => (Some(expected), trusted.as_deref().unwrap_or("")),
@@ -103,18 +154,19 @@ impl Storage {
             offset: span.offset,
             length: span.length,
             digest,
-            parent_id: parent_id.map(str::to_string),
-            cost: cost + started.elapsed(),
+            parent_id: write.parent_id.map(str::to_string),
+            cost: write.cost,
             created_at: SystemTime::now(),
         };
-        let recorded = self.record_piece(task_id, piece);
-        // Held until recorded: a waiting writer then finds the piece and writes nothing.
-        drop(streamed.writer);
-        recorded
+        Ok(WrittenPiece {
+            piece: self.record_piece(task_id, piece)?,
+            trusted: sums.trusted,
+        })
     }
 
     /// The trusted digest ([`TRUSTED_PIECE_DIGEST_ALGORITHM`]) of what the content file holds
-    /// at `span`: computed by a back-to-source peer for its report.
+    /// at `span`, read back from the file: for a back-to-source peer's report of a piece it
+    /// did not write itself (already recorded when its write began).
     pub async fn trusted_digest(
         &self,
         task_id: &str,
@@ -142,20 +194,25 @@ impl Storage {
         .map_err(StorageError::from)
     }
 
-    /// Writes piece `span` with `fill`, a blocking function that gets the task's content file
-    /// and writes the span itself, returning the CRC-32 of what it wrote, or `None` when it
-    /// wrote nothing and the caller should use [`Storage::write_piece`] instead. For fast paths
-    /// that move bytes from a socket to the file without an async reader in between. The
-    /// span is checked and the piece recorded as by `write_piece`.
+    /// Writes piece `span` with `fill`, a blocking function that gets the task's content file,
+    /// writes the whole span itself, passing every byte through the given [`PieceHasher`]
+    /// (crc32, and the trusted digest `from` asks for), and returns its sums, or `None` when it
+    /// wrote nothing and the caller should use an async write instead. For fast paths that
+    /// move bytes from a socket to the file without an async reader in between. The span is
+    /// checked, and the piece checked as `from` says and recorded, as by the async writes;
+    /// `cost` is the time spent before the bytes flowed.
     pub async fn write_piece_with<F, E>(
         &self,
         task_id: &str,
         span: PieceSpan,
-        parent_id: Option<&str>,
+        from: PieceFrom<'_>,
+        cost: Duration,
         fill: F,
-    ) -> Result<Option<PieceMetadata>, E>
+    ) -> Result<Option<WrittenPiece>, E>
     where
-        F: FnOnce(&std::fs::File, &WriteProgress) -> Result<Option<u32>, E> + Send + 'static,
+        F: FnOnce(&std::fs::File, &WriteProgress, PieceHasher) -> Result<Option<PieceSums>, E>
+            + Send
+            + 'static,
         E: From<StorageError> + Send + 'static,
     {
         let started = Instant::now();
@@ -163,61 +220,57 @@ impl Storage {
         check_span(&task, span)?;
         let mut writer = self.inner.piece_writers.hold(task_id, span.number).await;
         if let Some(existing) = self.piece(task_id, span.number)? {
-            return Ok(Some(existing));
+            return Ok(Some(WrittenPiece::unhashed(existing)));
         }
-        if parent_id.is_none() {
+        let write = from.write(cost);
+        if write.parent_id.is_none() {
             writer.publish_from(span.offset);
         }
         let progress = writer.progress_handle();
         let path = self.content_path(task_id);
+        let hash = write.hash;
         // The piece stays held inside the write task: a cancelled caller keeps it until the
-        // write ends.
+        // write ends, and it is released only once the piece is recorded.
         let (filled, _writer) = tokio::task::spawn_blocking(move || {
             let filled = open_for_write(&path)
                 .map_err(|e| E::from(StorageError::from(e)))
-                .and_then(|file| fill(&file, &progress));
+                .and_then(|file| fill(&file, &progress, PieceHasher::new(hash)));
             (filled, writer)
         })
         .await
         .map_err(|e| StorageError::Io(io::Error::other(format!("piece write task failed: {e}"))))?;
-        let Some(crc32) = filled? else {
+        let Some(sums) = filled? else {
             return Ok(None);
         };
-        let piece = PieceMetadata {
-            number: span.number,
-            offset: span.offset,
-            length: span.length,
-            digest: format_crc32(crc32),
-            parent_id: parent_id.map(str::to_string),
-            cost: started.elapsed(),
-            created_at: SystemTime::now(),
+        let write = PieceWrite {
+            cost: write.cost + started.elapsed(),
+            ..write
         };
-        Ok(Some(self.record_piece(task_id, piece)?))
+        Ok(Some(self.record_written(task_id, span, sums, &write)?))
     }
 
     /// Writes piece `number` of a task whose length may be unknown (content_length 0): reads up
     /// to `piece_length` bytes, stopping at EOF, and records what came. Ok(None) when the
-    /// reader was already at EOF. Used for origins that cannot serve ranges.
+    /// reader was already at EOF. Used for origins that cannot serve ranges; the bytes are
+    /// hashed with `trusted` on the way, as by [`Storage::write_origin_piece`].
     pub async fn write_streamed_piece<R: AsyncRead + Unpin>(
         &self,
         task_id: &str,
         number: u32,
         reader: R,
-        parent_id: Option<&str>,
-    ) -> Result<Option<PieceMetadata>, StorageError> {
+        trusted: Option<DigestAlgorithm>,
+    ) -> Result<Option<WrittenPiece>, StorageError> {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         let offset = piece_offset(&task, number)?;
         let mut writer = self.inner.piece_writers.hold(task_id, number).await;
-        if parent_id.is_none() {
-            writer.publish_from(offset);
-        }
+        writer.publish_from(offset);
         if let Some(existing) = self.piece(task_id, number)? {
             let drained = self.drain(reader, existing.length).await?;
-            return Ok((drained > 0).then_some(existing));
+            return Ok((drained > 0).then(|| WrittenPiece::unhashed(existing)));
         }
         let streamed = self
-            .stream_span(task_id, offset, task.piece_length, reader, None, writer)
+            .stream_span(task_id, offset, task.piece_length, reader, trusted, writer)
             .await?;
         if streamed.bytes == 0 {
             return Ok(None);
@@ -232,14 +285,17 @@ impl Storage {
             number,
             offset,
             length: streamed.bytes,
-            digest: format_crc32(streamed.crc32),
-            parent_id: parent_id.map(str::to_string),
+            digest: format_crc32(streamed.sums.crc32),
+            parent_id: None,
             cost: started.elapsed(),
             created_at: SystemTime::now(),
         };
-        let recorded = self.record_piece(task_id, piece).map(Some);
+        let recorded = self.record_piece(task_id, piece);
         drop(streamed.writer);
-        recorded
+        Ok(Some(WrittenPiece {
+            piece: recorded?,
+            trusted: streamed.sums.trusted,
+        }))
     }
 
     pub(crate) async fn stream_span<R: AsyncRead + Unpin>(
@@ -446,6 +502,62 @@ pub(crate) fn check_span(task: &TaskMetadata, span: PieceSpan) -> Result<(), Sto
         )));
     }
     Ok(())
+}
+
+/// A recorded piece and the trusted digest of the bytes its write hashed, if one was asked
+/// for. None also when the piece was recorded before and nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenPiece {
+    pub piece: PieceMetadata,
+    pub trusted: Option<Digest>,
+}
+
+impl WrittenPiece {
+    fn unhashed(piece: PieceMetadata) -> Self {
+        Self {
+            piece,
+            trusted: None,
+        }
+    }
+}
+
+/// Who sent a piece's bytes, and so how they are checked and hashed as they are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceFrom<'a> {
+    /// The origin, the source of truth: nothing to check; hashed with `trusted` too when
+    /// given (a back-to-source peer's report).
+    Origin { trusted: Option<DigestAlgorithm> },
+    /// Parent `id`, whose bytes must pass `check` before they are recorded.
+    Parent { id: &'a str, check: PieceCheck<'a> },
+}
+
+impl<'a> PieceFrom<'a> {
+    fn write(self, cost: Duration) -> PieceWrite<'a> {
+        match self {
+            PieceFrom::Origin { trusted } => PieceWrite {
+                check: PieceCheck::Nothing,
+                hash: trusted,
+                parent_id: None,
+                cost,
+            },
+            PieceFrom::Parent { id, check } => PieceWrite {
+                check,
+                hash: check.algorithm(),
+                parent_id: Some(id),
+                cost,
+            },
+        }
+    }
+}
+
+/// How one piece is written: what it must match, what it is hashed with on the way, who sent
+/// it, and the time spent before its bytes flowed.
+#[derive(Clone, Copy)]
+struct PieceWrite<'a> {
+    check: PieceCheck<'a>,
+    hash: Option<DigestAlgorithm>,
+    parent_id: Option<&'a str>,
+    cost: Duration,
 }
 
 /// What a piece must match before it is recorded.

@@ -3,6 +3,7 @@
 
 mod backend;
 mod error;
+mod file_copy;
 mod frame;
 mod limiter;
 pub mod metrics;
@@ -14,17 +15,17 @@ mod trust;
 mod vortex;
 
 pub use backend::{
-    Backend, BackendConfig, ObjectStat, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES,
+    Backend, BackendConfig, ObjectStat, OriginPiece, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES,
     DEFAULT_READ_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_USER_AGENT,
 };
 pub use error::TransferError;
+pub use file_copy::SOCKET_READ_BUFFER;
 pub use frame::MAX_FRAME_VALUE_LENGTH;
 #[doc(hidden)]
 pub use frame::{decode_answer_frame, decode_request_frame, BadRequest};
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
 pub use piece_server::{PieceFetcher, PieceServer};
-pub use plain_http::PLAIN_READ_BUFFER;
 pub use quic::{
     bind_quic, serve_quic, QuicListener, QuicPieceClient, QuicSecurity, UnverifiedPeers,
     CLIENT_STREAM_WINDOW, DRAGONFLY_SERVER_NAME, MAX_STREAMS_PER_CONNECTION, QUIC_IDLE_TIMEOUT,
