@@ -47,12 +47,25 @@ impl ParentLoad {
     /// gets some work.
     /// A piece of `bytes` came from this parent in `cost`.
     pub fn delivered_piece(&mut self, bytes: u64, cost: Duration) {
-        let rate = bytes as f64 / cost.as_secs_f64().max(1e-3);
+        let rate = rate_of(bytes, cost);
         let average = match self.delivered {
             Some(old) => old as f64 + DELIVERY_EWMA * (rate - old as f64),
             None => rate,
         };
         self.delivered = Some(average as u64);
+    }
+
+    /// A piece of `bytes` that this parent forwarded as it arrived there came in `cost`: at
+    /// least what the parent delivers, as its own source may have been the slower link. It
+    /// raises the running average, never lowers it, and sets none: a fast parent relaying
+    /// a slow source must not look slow.
+    pub fn delivered_at_least(&mut self, bytes: u64, cost: Duration) {
+        if self
+            .delivered
+            .is_some_and(|old| rate_of(bytes, cost) > old as f64)
+        {
+            self.delivered_piece(bytes, cost);
+        }
     }
 
     /// What one more piece from this parent would get: its delivered rate (or, for a parent
@@ -70,6 +83,11 @@ impl ParentLoad {
         let idle = max.saturating_sub(self.tx_bandwidth).max(max / 10);
         idle / u64::from(self.in_flight + 1)
     }
+}
+
+/// Bytes per second of `bytes` in `cost`.
+fn rate_of(bytes: u64, cost: Duration) -> f64 {
+    bytes as f64 / cost.as_secs_f64().max(1e-3)
 }
 
 /// Chooses among `holders` (indexes into `parents`) the parent to fetch a piece from.
@@ -387,6 +405,21 @@ mod tests {
         // Unknown rates never move a fetch.
         assert!(!should_move(late, piece_time, &normal(0), &normal(0)));
         assert_eq!(move_after(Duration::ZERO), MIN_MOVE_AFTER);
+    }
+
+    #[test]
+    fn a_forwarded_piece_raises_a_parents_rate_but_never_lowers_it() {
+        let mut relay = normal(0);
+        relay.delivered_at_least(4 << 20, Duration::from_millis(100));
+        assert_eq!(relay.delivered, None, "a lower bound alone says nothing");
+        relay.delivered_piece(4 << 20, Duration::from_millis(400));
+        let measured = relay.delivered.unwrap();
+        // Forwarded from a slow source of its own: the relay does not look slower.
+        relay.delivered_at_least(4 << 20, Duration::from_secs(20));
+        assert_eq!(relay.delivered, Some(measured));
+        // Forwarded faster than we thought it could send: it looks faster.
+        relay.delivered_at_least(4 << 20, Duration::from_millis(100));
+        assert!(relay.delivered.unwrap() > measured);
     }
 
     #[test]

@@ -22,12 +22,16 @@ pub use config::{
     StorageConfig, ABANDONED_TASK_AGE, DEFAULT_HIGH_WATERMARK_PERCENT, DEFAULT_KEEP,
     DEFAULT_LOW_WATERMARK_PERCENT, DEFAULT_QUOTA_BYTES, DEFAULT_STORAGE_DIR, DEFAULT_TASK_TTL,
 };
-pub use content::{ContentReader, MAX_POOLED_BUFFERS, WRITE_BUFFER_SIZE};
+pub use content::{
+    ContentReader, PieceHasher, PieceSums, HASH_BLOCK_SIZE, MAX_POOLED_BUFFERS, WRITE_BUFFER_SIZE,
+};
 pub use db::DURABLE_COMMIT_INTERVAL;
 pub use error::StorageError;
 pub use metadata::{ExportMethod, PieceEvent, PieceMetadata, TaskMetadata};
 pub use notify::PIECE_EVENT_CAPACITY;
-pub use pieces::{ArrivingPiece, HeldPiece, PieceCheck, PieceOrigin, Written};
+pub use pieces::{
+    ArrivingPiece, Forwarding, HeldPiece, PieceCheck, PieceFrom, PieceOrigin, Written, WrittenPiece,
+};
 pub use space::{DiskSpace, SpaceProbe, Statvfs, RESERVED_FREE_BYTES};
 pub use writers::{WriteProgress, WriteState};
 

@@ -1,8 +1,8 @@
 //! Pieces: write (checked against a digest) into the content file, record, read, announce.
 
-use crate::content::{stream_into_file, SpanHasher, Streamed};
+use crate::content::{stream_into_file, PieceHasher, PieceSums, SpanHasher, Streamed};
 use crate::export::open_for_write;
-use crate::writers::{PieceWriter, WriteProgress, WriteSource, WriteState};
+use crate::writers::{PieceWriter, WriteProgress, WriteSource, WriteState, FORWARDABLE};
 use crate::{
     ContentReader, PieceEvent, PieceMetadata, Storage, StorageError, TaskMetadata,
     WRITE_BUFFER_SIZE,
@@ -57,13 +57,43 @@ impl Storage {
         parent_id: Option<&str>,
         cost: Duration,
     ) -> Result<PieceMetadata, StorageError> {
-        let source = PieceOrigin { parent_id, cost };
+        let source = PieceOrigin {
+            parent_id,
+            cost,
+            forwarding: Forwarding::Shown,
+        };
         match self
             .write_piece_unrecorded(task_id, span, reader, check.algorithm(), source)
             .await?
         {
             Written::Recorded(piece) => Ok(piece),
             Written::Held(held) => held.record(self, check),
+        }
+    }
+
+    /// Writes origin bytes (nothing to check: the origin is the source of truth) like
+    /// [`Storage::write_piece`], hashing them with `trusted` on the way, so a back-to-source
+    /// peer reports the piece's trusted digest without reading the piece back. The digest is
+    /// None when the piece was already recorded (nothing was written).
+    pub async fn write_origin_piece<R: AsyncRead + Unpin>(
+        &self,
+        task_id: &str,
+        span: PieceSpan,
+        reader: R,
+        trusted: Option<DigestAlgorithm>,
+        cost: Duration,
+    ) -> Result<WrittenPiece, StorageError> {
+        let source = PieceOrigin {
+            parent_id: None,
+            cost,
+            forwarding: Forwarding::Shown,
+        };
+        match self
+            .write_piece_unrecorded(task_id, span, reader, trusted, source)
+            .await?
+        {
+            Written::Recorded(piece) => Ok(WrittenPiece::unhashed(piece)),
+            Written::Held(held) => held.record_hashed(self, PieceCheck::Nothing),
         }
     }
 
@@ -92,7 +122,7 @@ impl Storage {
             );
             return Ok(Written::Recorded(existing));
         }
-        self.publish_write(&mut writer, task_id, span, source.parent_id);
+        self.publish_write(&mut writer, task_id, span, source.write_source());
         let streamed = self
             .stream_span(task_id, span.offset, span.length, reader, trusted, writer)
             .await?;
@@ -107,39 +137,35 @@ impl Storage {
         let writer = streamed
             .writer
             .ok_or_else(|| StorageError::Io(io::Error::other("piece writer lost in a write")))?;
-        Ok(Written::Held(HeldPiece {
-            task_id: task_id.to_string(),
-            piece: PieceMetadata {
-                number: span.number,
-                offset: span.offset,
-                length: span.length,
-                digest: format_crc32(streamed.crc32),
-                parent_id: source.parent_id.map(str::to_string),
-                cost: source.cost + started.elapsed(),
-                created_at: SystemTime::now(),
-            },
-            trusted: streamed.trusted.map(|d| d.to_string()),
+        let source = PieceOrigin {
+            cost: source.cost + started.elapsed(),
+            ..source
+        };
+        Ok(Written::Held(HeldPiece::new(
+            task_id,
+            span,
+            source,
+            streamed.sums,
             writer,
-        }))
+        )))
     }
 
     /// Shows a write of `span` to readers as it goes: origin bytes to everyone, a parent's
-    /// (unverified) bytes only to cut-through forwarding; and announces it as arriving.
+    /// (unverified) bytes only to cut-through forwarding, relayed bytes to neither; and
+    /// announces the forwardable ones as arriving.
     fn publish_write(
         &self,
         writer: &mut PieceWriter,
         task_id: &str,
         span: PieceSpan,
-        parent_id: Option<&str>,
+        source: WriteSource,
     ) {
-        let source = match parent_id {
-            None => WriteSource::Origin,
-            Some(_) => WriteSource::Parent,
-        };
         writer.publish_from(span.offset, source);
-        self.inner
-            .notifier
-            .publish(task_id, PieceEvent::Arriving(span));
+        if FORWARDABLE.contains(&source) {
+            self.inner
+                .notifier
+                .publish(task_id, PieceEvent::Arriving(span));
+        }
     }
 
     /// Records `piece`, written by `writer`, and tells readers following that write.
@@ -183,20 +209,25 @@ impl Storage {
         .map_err(StorageError::from)
     }
 
-    /// Writes piece `span` with `fill`, a blocking function that gets the task's content file
-    /// and writes the span itself, returning the CRC-32 of what it wrote, or `None` when it
-    /// wrote nothing and the caller should use [`Storage::write_piece`] instead. For fast paths
-    /// that move bytes from a socket to the file without an async reader in between. The
-    /// span is checked and the piece recorded as by `write_piece`.
+    /// Writes piece `span` with `fill`, a blocking function that gets the task's content file,
+    /// writes the whole span itself, passing every byte through the given [`PieceHasher`]
+    /// (crc32, and the trusted digest `from` asks for), and returns its sums, or `None` when it
+    /// wrote nothing and the caller should use an async write instead. For fast paths that
+    /// move bytes from a socket to the file without an async reader in between. The span is
+    /// checked, and the piece checked as `from` says and recorded, as by the async writes;
+    /// `cost` is the time spent before the bytes flowed.
     pub async fn write_piece_with<F, E>(
         &self,
         task_id: &str,
         span: PieceSpan,
-        parent_id: Option<&str>,
+        from: PieceFrom<'_>,
+        cost: Duration,
         fill: F,
-    ) -> Result<Option<PieceMetadata>, E>
+    ) -> Result<Option<WrittenPiece>, E>
     where
-        F: FnOnce(&std::fs::File, &WriteProgress) -> Result<Option<u32>, E> + Send + 'static,
+        F: FnOnce(&std::fs::File, &WriteProgress, PieceHasher) -> Result<Option<PieceSums>, E>
+            + Send
+            + 'static,
         E: From<StorageError> + Send + 'static,
     {
         let started = Instant::now();
@@ -204,53 +235,52 @@ impl Storage {
         check_span(&task, span)?;
         let mut writer = self.inner.piece_writers.hold(task_id, span.number).await;
         if let Some(existing) = self.piece(task_id, span.number)? {
-            return Ok(Some(existing));
+            return Ok(Some(WrittenPiece::unhashed(existing)));
         }
-        self.publish_write(&mut writer, task_id, span, parent_id);
+        self.publish_write(&mut writer, task_id, span, from.write_source());
         let progress = writer.progress_handle();
         let path = self.content_path(task_id);
+        let hasher = PieceHasher::new(from.hash());
         // The piece stays held inside the write task: a cancelled caller keeps it until the
-        // write ends.
+        // write ends, and it is released only once the piece is recorded.
         let (filled, writer) = tokio::task::spawn_blocking(move || {
             let filled = open_for_write(&path)
                 .map_err(|e| E::from(StorageError::from(e)))
-                .and_then(|file| fill(&file, &progress));
+                .and_then(|file| fill(&file, &progress, hasher));
             (filled, writer)
         })
         .await
         .map_err(|e| StorageError::Io(io::Error::other(format!("piece write task failed: {e}"))))?;
-        let Some(crc32) = filled? else {
+        let Some(sums) = filled? else {
             return Ok(None);
         };
-        let piece = PieceMetadata {
-            number: span.number,
-            offset: span.offset,
-            length: span.length,
-            digest: format_crc32(crc32),
-            parent_id: parent_id.map(str::to_string),
-            cost: started.elapsed(),
-            created_at: SystemTime::now(),
+        let source = PieceOrigin {
+            parent_id: from.parent_id(),
+            cost: cost + started.elapsed(),
+            forwarding: Forwarding::Shown,
         };
-        Ok(Some(self.record_written(task_id, piece, &writer)?))
+        let held = HeldPiece::new(task_id, span, source, sums, writer);
+        Ok(Some(held.record_hashed(self, from.check())?))
     }
 
     /// Writes piece `number` of a task whose length may be unknown (content_length 0): reads up
     /// to `piece_length` bytes, stopping at EOF, and records what came. Ok(None) when the
-    /// reader was already at EOF. Used for origins that cannot serve ranges.
+    /// reader was already at EOF. Used for origins that cannot serve ranges; the bytes are
+    /// hashed with `trusted` on the way, as by [`Storage::write_origin_piece`].
     pub async fn write_streamed_piece<R: AsyncRead + Unpin>(
         &self,
         task_id: &str,
         number: u32,
         reader: R,
-        parent_id: Option<&str>,
-    ) -> Result<Option<PieceMetadata>, StorageError> {
+        trusted: Option<DigestAlgorithm>,
+    ) -> Result<Option<WrittenPiece>, StorageError> {
         let started = Instant::now();
         let task = self.require_task(task_id)?;
         let offset = piece_offset(&task, number)?;
         let mut writer = self.inner.piece_writers.hold(task_id, number).await;
         if let Some(existing) = self.piece(task_id, number)? {
             let drained = self.drain(reader, existing.length).await?;
-            return Ok((drained > 0).then_some(existing));
+            return Ok((drained > 0).then(|| WrittenPiece::unhashed(existing)));
         }
         // The span is known only when the length is; a stream of unknown length is not
         // shown before its pieces land.
@@ -259,10 +289,10 @@ impl Storage {
             .span(number)
             .filter(|_| task.content_length > 0)
         {
-            self.publish_write(&mut writer, task_id, span, parent_id);
+            self.publish_write(&mut writer, task_id, span, WriteSource::Origin);
         }
         let streamed = self
-            .stream_span(task_id, offset, task.piece_length, reader, None, writer)
+            .stream_span(task_id, offset, task.piece_length, reader, trusted, writer)
             .await?;
         if streamed.bytes == 0 {
             return Ok(None);
@@ -277,15 +307,19 @@ impl Storage {
             number,
             offset,
             length: streamed.bytes,
-            digest: format_crc32(streamed.crc32),
-            parent_id: parent_id.map(str::to_string),
+            digest: format_crc32(streamed.sums.crc32),
+            parent_id: None,
             cost: started.elapsed(),
             created_at: SystemTime::now(),
         };
-        match &streamed.writer {
-            Some(writer) => self.record_written(task_id, piece, writer).map(Some),
-            None => self.record_piece(task_id, piece).map(Some),
-        }
+        let piece = match &streamed.writer {
+            Some(writer) => self.record_written(task_id, piece, writer)?,
+            None => self.record_piece(task_id, piece)?,
+        };
+        Ok(Some(WrittenPiece {
+            piece,
+            trusted: streamed.sums.trusted,
+        }))
     }
 
     pub(crate) async fn stream_span<R: AsyncRead + Unpin>(
@@ -477,10 +511,25 @@ impl Storage {
         task_id: &str,
         number: u32,
     ) -> Option<tokio::sync::watch::Receiver<WriteState>> {
+        self.inner
+            .piece_writers
+            .progress(task_id, number, &FORWARDABLE)
+    }
+
+    /// How far the write of piece `number` in progress has come, whatever its source.
+    pub fn piece_write_progress(
+        &self,
+        task_id: &str,
+        number: u32,
+    ) -> Option<tokio::sync::watch::Receiver<WriteState>> {
         self.inner.piece_writers.progress(
             task_id,
             number,
-            &[WriteSource::Origin, WriteSource::Parent],
+            &[
+                WriteSource::Origin,
+                WriteSource::Parent,
+                WriteSource::Relayed,
+            ],
         )
     }
 
@@ -493,7 +542,7 @@ impl Storage {
             return Ok(Vec::new());
         }
         let layout = task.layout();
-        let mut numbers = self.inner.piece_writers.arriving(task_id);
+        let mut numbers = self.inner.piece_writers.arriving(task_id, &FORWARDABLE);
         numbers.sort_unstable();
         Ok(numbers.into_iter().filter_map(|n| layout.span(n)).collect())
     }
@@ -550,11 +599,35 @@ pub(crate) fn check_span(task: &TaskMetadata, span: PieceSpan) -> Result<(), Sto
 }
 
 /// Who a piece's bytes come from, for its record: the parent (None = origin) and the time
-/// spent before the bytes flowed.
+/// spent before the bytes flowed; and whether the write is shown to forwarding as it lands.
 #[derive(Debug, Clone, Copy)]
 pub struct PieceOrigin<'a> {
     pub parent_id: Option<&'a str>,
     pub cost: Duration,
+    pub forwarding: Forwarding,
+}
+
+impl PieceOrigin<'_> {
+    fn write_source(&self) -> WriteSource {
+        match (self.parent_id, self.forwarding) {
+            (None, _) => WriteSource::Origin,
+            (Some(_), Forwarding::Shown) => WriteSource::Parent,
+            (Some(_), Forwarding::Withheld) => WriteSource::Relayed,
+        }
+    }
+}
+
+/// Whether a write in progress is shown (announced as arriving, readable by cut-through
+/// forwarding) before it is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Shown as it lands: origin bytes, or a piece a parent holds whole.
+    Shown,
+    /// Shown only once recorded: bytes a parent forwards while they still arrive there.
+    /// Forwarding them again would let two peers each follow the other's arriving copy (a
+    /// cycle in which no byte moves until a timeout) and tie children to the slowest link
+    /// of a chain; one hop past a whole copy keeps the pipeline without either.
+    Withheld,
 }
 
 /// A piece being written, opened for forwarding (see [`Storage::open_arriving_piece`]).
@@ -580,27 +653,119 @@ pub struct HeldPiece {
     /// What will be recorded; `digest` is the crc32 of the bytes written.
     piece: PieceMetadata,
     /// The trusted digest of the bytes written, when one was asked for.
-    trusted: Option<String>,
+    trusted: Option<Digest>,
     writer: PieceWriter,
 }
 
 impl HeldPiece {
+    fn new(
+        task_id: &str,
+        span: PieceSpan,
+        source: PieceOrigin<'_>,
+        sums: PieceSums,
+        writer: PieceWriter,
+    ) -> Self {
+        HeldPiece {
+            task_id: task_id.to_string(),
+            piece: PieceMetadata {
+                number: span.number,
+                offset: span.offset,
+                length: span.length,
+                digest: format_crc32(sums.crc32),
+                parent_id: source.parent_id.map(str::to_string),
+                cost: source.cost,
+                created_at: SystemTime::now(),
+            },
+            trusted: sums.trusted,
+            writer,
+        }
+    }
+
     /// Checks the bytes against `check` and records the piece if they match.
     pub fn record(
         self,
         storage: &Storage,
         check: PieceCheck<'_>,
     ) -> Result<PieceMetadata, StorageError> {
+        self.record_hashed(storage, check).map(|w| w.piece)
+    }
+
+    /// [`HeldPiece::record`], keeping the trusted digest the write computed.
+    fn record_hashed(
+        self,
+        storage: &Storage,
+        check: PieceCheck<'_>,
+    ) -> Result<WrittenPiece, StorageError> {
+        let trusted = self.trusted.as_ref().map(Digest::to_string);
         let (expected, actual) = match check {
             PieceCheck::Nothing => (None, self.piece.digest.as_str()),
             PieceCheck::Crc32(expected) => (Some(expected), self.piece.digest.as_str()),
-            PieceCheck::Trusted(expected) => {
-                (Some(expected), self.trusted.as_deref().unwrap_or(""))
-            }
+            PieceCheck::Trusted(expected) => (Some(expected), trusted.as_deref().unwrap_or("")),
         };
         check_digest(&self.task_id, self.piece.number, expected, actual)?;
         // Held until recorded: a waiting writer then finds the piece and writes nothing.
-        storage.record_written(&self.task_id, self.piece, &self.writer)
+        let piece = storage.record_written(&self.task_id, self.piece, &self.writer)?;
+        Ok(WrittenPiece {
+            piece,
+            trusted: self.trusted,
+        })
+    }
+}
+
+/// A recorded piece and the trusted digest of the bytes its write hashed, if one was asked
+/// for. None also when the piece was recorded before and nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenPiece {
+    pub piece: PieceMetadata,
+    pub trusted: Option<Digest>,
+}
+
+impl WrittenPiece {
+    fn unhashed(piece: PieceMetadata) -> Self {
+        Self {
+            piece,
+            trusted: None,
+        }
+    }
+}
+
+/// Who sent a piece's bytes, and so how they are checked and hashed as they are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceFrom<'a> {
+    /// The origin, the source of truth: nothing to check; hashed with `trusted` too when
+    /// given (a back-to-source peer's report).
+    Origin { trusted: Option<DigestAlgorithm> },
+    /// Parent `id`, whose bytes must pass `check` before they are recorded.
+    Parent { id: &'a str, check: PieceCheck<'a> },
+}
+
+impl<'a> PieceFrom<'a> {
+    fn check(self) -> PieceCheck<'a> {
+        match self {
+            PieceFrom::Origin { .. } => PieceCheck::Nothing,
+            PieceFrom::Parent { check, .. } => check,
+        }
+    }
+
+    fn hash(self) -> Option<DigestAlgorithm> {
+        match self {
+            PieceFrom::Origin { trusted } => trusted,
+            PieceFrom::Parent { check, .. } => check.algorithm(),
+        }
+    }
+
+    fn parent_id(self) -> Option<&'a str> {
+        match self {
+            PieceFrom::Origin { .. } => None,
+            PieceFrom::Parent { id, .. } => Some(id),
+        }
+    }
+
+    fn write_source(self) -> WriteSource {
+        match self {
+            PieceFrom::Origin { .. } => WriteSource::Origin,
+            PieceFrom::Parent { .. } => WriteSource::Parent,
+        }
     }
 }
 

@@ -26,7 +26,13 @@ pub enum WriteSource {
     Origin,
     /// A parent: unverified until the piece's digest is checked and the piece recorded.
     Parent,
+    /// A parent forwarding the piece while it still arrives there: not shown to forwarding
+    /// (see `Forwarding::Withheld`), only to [`crate::Storage::piece_write_progress`].
+    Relayed,
 }
+
+/// The sources whose writes cut-through forwarding may show and announce.
+pub(crate) const FORWARDABLE: [WriteSource; 2] = [WriteSource::Origin, WriteSource::Parent];
 
 /// How far one write of a piece has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,12 +107,12 @@ impl PieceWriters {
             .map(|published| published.state.clone())
     }
 
-    /// The pieces of `task_id` being written now (from any source).
-    pub(crate) fn arriving(&self, task_id: &str) -> Vec<u32> {
+    /// The pieces of `task_id` being written now from `sources`.
+    pub(crate) fn arriving(&self, task_id: &str, sources: &[WriteSource]) -> Vec<u32> {
         lock(&self.progress)
-            .keys()
-            .filter(|(task, _)| task == task_id)
-            .map(|(_, number)| *number)
+            .iter()
+            .filter(|((task, _), published)| task == task_id && sources.contains(&published.source))
+            .map(|((_, number), _)| *number)
             .collect()
     }
 
@@ -225,8 +231,8 @@ mod tests {
             "a parent's bytes are not shown as origin bytes"
         );
         let mut parent = writers.progress("t", 0, ANY).expect("shown to cut-through");
-        assert_eq!(writers.arriving("t"), vec![0]);
-        assert!(writers.arriving("u").is_empty());
+        assert_eq!(writers.arriving("t", ANY), vec![0]);
+        assert!(writers.arriving("u", ANY).is_empty());
         assert_eq!(parent.borrow_and_update().written_to, 100);
         drop(checked);
         assert!(
@@ -249,6 +255,15 @@ mod tests {
         drop(origin);
         assert!(seen.changed().await.is_err(), "the writer is gone");
         assert!(writers.progress("t", 0, ANY).is_none());
-        assert!(writers.arriving("t").is_empty());
+        assert!(writers.arriving("t", ANY).is_empty());
+
+        let mut relayed = writers.hold("t", 1).await;
+        relayed.publish_from(0, WriteSource::Relayed);
+        assert!(
+            writers.arriving("t", &FORWARDABLE).is_empty(),
+            "bytes forwarded to us as they arrived are not forwarded again"
+        );
+        assert!(writers.progress("t", 1, &FORWARDABLE).is_none());
+        assert!(writers.progress("t", 1, &[WriteSource::Relayed]).is_some());
     }
 }

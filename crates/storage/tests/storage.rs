@@ -1,6 +1,6 @@
 //! Behaviour of the task cache against real files in temporary directories.
 
-use damselfly_core::digest::piece_digest;
+use damselfly_core::digest::{piece_digest, trusted_piece_digest, TRUSTED_PIECE_DIGEST_ALGORITHM};
 use damselfly_core::PieceLayout;
 use damselfly_storage::{
     DiskSpace, ExportMethod, PieceEvent, Storage, StorageConfig, StorageError,
@@ -534,11 +534,17 @@ async fn streamed_pieces_of_unknown_length() {
     let mut reader = data.as_slice();
     let mut number = 0;
     let mut total = 0;
-    while let Some(piece) = storage
-        .write_streamed_piece(&id, number, &mut reader, None)
+    let blake3 = Some(TRUSTED_PIECE_DIGEST_ALGORITHM);
+    while let Some(written) = storage
+        .write_streamed_piece(&id, number, &mut reader, blake3)
         .await
         .unwrap()
     {
+        // Hashed on the way in, as a back-to-source peer reports it.
+        let piece = written.piece;
+        let bytes = &data[piece.offset as usize..(piece.offset + piece.length) as usize];
+        let trusted = written.trusted.map(|d| d.to_string());
+        assert_eq!(trusted, Some(trusted_piece_digest(bytes)));
         total += piece.length;
         number += 1;
     }

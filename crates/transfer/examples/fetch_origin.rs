@@ -3,9 +3,10 @@
 //!
 //!     cargo run --release -p damselfly-transfer --example fetch_origin -- URL STORAGE_DIR OUTPUT [CONCURRENCY]
 
+use damselfly_core::digest::TRUSTED_PIECE_DIGEST_ALGORITHM;
 use damselfly_core::PieceLayout;
 use damselfly_storage::{Storage, StorageConfig};
-use damselfly_transfer::{Backend, BackendConfig, RateLimiter};
+use damselfly_transfer::{Backend, BackendConfig, OriginPiece, RateLimiter};
 use futures::StreamExt;
 use std::time::Instant;
 
@@ -39,7 +40,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let limiter = [RateLimiter::unlimited()];
     let mut fetches = futures::stream::iter(layout.spans())
-        .map(|span| backend.fetch_piece(url, &[], &storage, &id, span, &limiter))
+        .map(|span| {
+            let (backend, storage, id, limiter) = (&backend, &storage, &id, &limiter);
+            async move {
+                let piece = OriginPiece {
+                    url,
+                    headers: &[],
+                    storage,
+                    task_id: id,
+                    span,
+                    limiters: limiter,
+                    trusted: Some(TRUSTED_PIECE_DIGEST_ALGORITHM),
+                };
+                backend.fetch_piece(&piece).await
+            }
+        })
         .buffer_unordered(concurrency);
     while let Some(result) = fetches.next().await {
         result?;

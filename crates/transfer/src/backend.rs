@@ -2,12 +2,14 @@
 //! storage.
 
 use crate::error::TransferError;
+use crate::file_copy::FileSink;
 use crate::limiter::{RateLimiter, ThrottledReader};
 use crate::metrics::{result_label, BACKEND_REQUEST_TOTAL};
 use crate::plain_http::{PlainHttp, RangeRequest, Target};
 use crate::trust::{self, ClientCache, OriginTrust};
+use damselfly_core::digest::DigestAlgorithm;
 use damselfly_core::PieceSpan;
-use damselfly_storage::{PieceMetadata, Storage, StorageError};
+use damselfly_storage::{PieceFrom, PieceMetadata, Storage, StorageError, WrittenPiece};
 use futures::TryStreamExt;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, RANGE,
@@ -63,6 +65,21 @@ impl Default for BackendConfig {
             system_ca_file: None,
         }
     }
+}
+
+/// One piece to fetch from the origin with a ranged GET, and where it goes.
+#[derive(Clone, Copy)]
+pub struct OriginPiece<'a> {
+    pub url: &'a str,
+    pub headers: &'a [(String, String)],
+    pub storage: &'a Storage,
+    pub task_id: &'a str,
+    pub span: PieceSpan,
+    /// Applied to the body as it streams.
+    pub limiters: &'a [RateLimiter],
+    /// Hash the bytes with this too as they are written (a back-to-source peer's trusted
+    /// digest for its report), besides the crc32 that is recorded.
+    pub trusted: Option<DigestAlgorithm>,
 }
 
 /// What the origin says about an object.
@@ -250,89 +267,96 @@ impl Backend {
         })
     }
 
-    /// Ranged GET of one piece, streamed into storage (parent_id None). Limiters are applied
-    /// to the body as it streams.
+    /// Ranged GET of one piece, streamed into storage (parent_id None); the written piece
+    /// carries the trusted digest of its bytes when `piece.trusted` asks for one.
     pub async fn fetch_piece(
         &self,
-        url: &str,
-        headers: &[(String, String)],
-        storage: &Storage,
-        task_id: &str,
-        span: PieceSpan,
-        limiters: &[RateLimiter],
-    ) -> Result<PieceMetadata, TransferError> {
-        self.with_retries(url, || {
-            self.fetch_piece_once(url, headers, storage, task_id, span, limiters)
-        })
-        .await
+        piece: &OriginPiece<'_>,
+    ) -> Result<WrittenPiece, TransferError> {
+        self.with_retries(piece.url, || self.fetch_piece_once(piece))
+            .await
     }
 
     async fn fetch_piece_once(
         &self,
-        url: &str,
-        headers: &[(String, String)],
-        storage: &Storage,
-        task_id: &str,
-        span: PieceSpan,
-        limiters: &[RateLimiter],
-    ) -> Result<PieceMetadata, TransferError> {
-        if let Some(piece) = self
-            .fetch_piece_plain(url, headers, storage, task_id, span, limiters)
-            .await?
-        {
-            return Ok(piece);
+        piece: &OriginPiece<'_>,
+    ) -> Result<WrittenPiece, TransferError> {
+        if let Some(written) = self.fetch_piece_plain(piece).await? {
+            return Ok(written);
         }
+        let (url, span) = (piece.url, piece.span);
         let started = Instant::now();
         let range = format!("bytes={}-{}", span.offset, span.end().saturating_sub(1));
-        let response = self.send(Method::GET, url, headers, Some(range)).await?;
+        let response = self
+            .send(Method::GET, url, piece.headers, Some(range))
+            .await?;
         let skip = bytes_before_piece(&response, url, span)?;
-        let mut body = ThrottledReader::new(body_reader(response), limiters);
+        let mut body = ThrottledReader::new(body_reader(response), piece.limiters);
         if skip > 0 {
             skip_bytes(&mut body, skip, url).await?;
         }
-        let written = storage
-            .write_piece(task_id, span, &mut body, None, None, started.elapsed())
+        let written = piece
+            .storage
+            .write_origin_piece(
+                piece.task_id,
+                span,
+                &mut body,
+                piece.trusted,
+                started.elapsed(),
+            )
             .await;
         body.settle().await;
-        let piece = written.map_err(|e| body_error(e, url))?;
+        let written = written.map_err(|e| body_error(e, url))?;
         debug!(
-            task_id,
-            number = piece.number,
-            offset = piece.offset,
-            length = piece.length,
+            task_id = piece.task_id,
+            number = span.number,
+            offset = span.offset,
+            length = span.length,
             source = "origin",
             "piece fetched"
         );
-        Ok(piece)
+        Ok(written)
     }
 
     /// The plain-http fast path; Ok(None) when it does not apply to this origin or answer.
     async fn fetch_piece_plain(
         &self,
-        url: &str,
-        headers: &[(String, String)],
-        storage: &Storage,
-        task_id: &str,
-        span: PieceSpan,
-        limiters: &[RateLimiter],
-    ) -> Result<Option<PieceMetadata>, TransferError> {
-        let (Some(plain), Some(target)) = (self.plain.clone(), Target::parse(url)) else {
+        piece: &OriginPiece<'_>,
+    ) -> Result<Option<WrittenPiece>, TransferError> {
+        let (Some(plain), Some(target)) = (self.plain.clone(), Target::parse(piece.url)) else {
             return Ok(None);
         };
-        let url_owned = url.to_string();
-        let headers = headers.to_vec();
-        let limiters = limiters.to_vec();
+        let url = piece.url.to_string();
+        let headers = piece.headers.to_vec();
+        let limiters = piece.limiters.to_vec();
+        let span = piece.span;
         let runtime = tokio::runtime::Handle::current();
-        storage
-            .write_piece_with(task_id, span, None, move |file, progress| {
-                let request = RangeRequest {
-                    url: &url_owned,
-                    target: &target,
-                    headers: &headers,
-                    span,
-                };
-                plain.fetch_range(&request, file, &limiters, &runtime, progress)
-            })
+        let from = PieceFrom::Origin {
+            trusted: piece.trusted,
+        };
+        piece
+            .storage
+            .write_piece_with(
+                piece.task_id,
+                span,
+                from,
+                Duration::ZERO,
+                move |file, progress, hasher| {
+                    let request = RangeRequest {
+                        url: &url,
+                        target: &target,
+                        headers: &headers,
+                        span,
+                    };
+                    let sink = FileSink {
+                        file,
+                        limiters: &limiters,
+                        runtime: &runtime,
+                        progress,
+                    };
+                    plain.fetch_range(&request, &sink, hasher)
+                },
+            )
             .await
     }
 
@@ -535,12 +559,13 @@ async fn stream_pieces<R: AsyncRead + Unpin>(
     let mut pieces = Vec::new();
     let mut total = 0u64;
     for number in 0..=u32::MAX {
-        let Some(piece) = storage
+        let Some(written) = storage
             .write_streamed_piece(task_id, number, &mut *body, None)
             .await?
         else {
             break;
         };
+        let piece = written.piece;
         total += piece.length;
         let last = piece.length < piece_length;
         pieces.push(piece);

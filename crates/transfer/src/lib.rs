@@ -3,6 +3,7 @@
 
 mod backend;
 mod error;
+mod file_copy;
 mod frame;
 mod limiter;
 pub mod metrics;
@@ -14,10 +15,11 @@ mod trust;
 mod vortex;
 
 pub use backend::{
-    Backend, BackendConfig, BodyChunks, ObjectStat, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES,
-    DEFAULT_READ_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_USER_AGENT,
+    Backend, BackendConfig, BodyChunks, ObjectStat, OriginPiece, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_RETRIES, DEFAULT_READ_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_USER_AGENT,
 };
 pub use error::TransferError;
+pub use file_copy::SOCKET_READ_BUFFER;
 pub use frame::MAX_FRAME_VALUE_LENGTH;
 #[doc(hidden)]
 pub use frame::{
@@ -27,7 +29,6 @@ pub use frame::{
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
 pub use piece_server::{PieceFetcher, PieceServer};
-pub use plain_http::PLAIN_READ_BUFFER;
 pub use quic::{
     bind_quic, serve_quic, QuicListener, QuicPieceClient, QuicSecurity, UnverifiedPeers,
     CLIENT_STREAM_WINDOW, DRAGONFLY_SERVER_NAME, MAX_STREAMS_PER_CONNECTION, QUIC_IDLE_TIMEOUT,
@@ -35,7 +36,8 @@ pub use quic::{
 pub use sync::{sync_pieces_stream, Announce, PiecePorts};
 pub use trust::{OriginTrust, CLIENT_CACHE_LIMIT, SSL_CERT_FILE_ENV, SYSTEM_CA_FILES};
 pub use vortex::{
-    download_piece_from, download_piece_vortex, serve_vortex, serve_vortex_with, PieceSource,
-    UploadHook, VortexServerConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
-    DEFAULT_MAX_OPEN_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SEND_TIMEOUT, SEND_CHUNK_SIZE,
+    download_piece_from, download_piece_vortex, fetch_piece_from, serve_vortex, serve_vortex_with,
+    Delivery, FetchedPiece, PieceSource, UploadHook, VortexServerConfig, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_OPEN_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SEND_TIMEOUT, SEND_CHUNK_SIZE,
 };

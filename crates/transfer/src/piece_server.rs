@@ -5,9 +5,9 @@ use crate::error::TransferError;
 use crate::frame::RequestKind;
 use crate::limiter::RateLimiter;
 use crate::quic::QuicPieceClient;
-use crate::vortex::{download_piece_from, PieceSource};
+use crate::vortex::{fetch_piece_from, Delivery, FetchedPiece, PieceSource};
 use damselfly_core::PieceSpan;
-use damselfly_storage::{PieceMetadata, Storage};
+use damselfly_storage::Storage;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -83,7 +83,7 @@ impl PieceFetcher {
         storage: &Storage,
         limiters: &[RateLimiter],
         timeout: Duration,
-    ) -> Result<PieceMetadata, TransferError> {
+    ) -> Result<FetchedPiece, TransferError> {
         let source = PieceSource {
             addr: server.addr(),
             parent_id,
@@ -92,13 +92,15 @@ impl PieceFetcher {
         };
         match (server, self) {
             (PieceServer::Tcp(_) | PieceServer::TcpCutThrough(_), _) => {
-                download_piece_from(source, task_id, span, storage, limiters, timeout).await
+                fetch_piece_from(source, task_id, span, storage, limiters, timeout).await
             }
-            (PieceServer::Quic(_), PieceFetcher::Quic(client)) => {
-                client
-                    .download_piece_from(source, task_id, span, storage, limiters, timeout)
-                    .await
-            }
+            (PieceServer::Quic(_), PieceFetcher::Quic(client)) => client
+                .download_piece_from(source, task_id, span, storage, limiters, timeout)
+                .await
+                .map(|piece| FetchedPiece {
+                    piece,
+                    delivery: Delivery::Whole,
+                }),
             // `choose` never picks QUIC for a TCP-only fetcher.
             (PieceServer::Quic(addr), PieceFetcher::Tcp) => Err(TransferError::Quic(format!(
                 "{addr} is a QUIC piece server and download.protocol is tcp"

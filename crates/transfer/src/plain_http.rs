@@ -9,32 +9,22 @@
 //! uses the general reqwest path instead.
 
 use crate::error::TransferError;
-use crate::limiter::{acquire_all, RateLimiter};
+use crate::file_copy::{copy_span, CopyFailure, FileSink};
 use crate::metrics::{result_label, BACKEND_REQUEST_TOTAL};
 use damselfly_core::PieceSpan;
-use damselfly_storage::{StorageError, WriteProgress};
-use std::cell::RefCell;
+use damselfly_storage::{PieceHasher, PieceSums, StorageError};
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Bytes read from the socket per step: large enough that syscalls cost little per byte.
-pub const PLAIN_READ_BUFFER: usize = 1024 * 1024;
 /// Largest response head we accept; bigger ones go to the general path.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most response headers parsed.
 const MAX_HEADERS: usize = 64;
 /// Idle keep-alive connections kept per origin.
 const MAX_IDLE_PER_ORIGIN: usize = 16;
-
-thread_local! {
-    /// The blocking pool reuses its threads, so each keeps one read buffer.
-    static READ_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// Where to send a request: parsed once from an `http://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,17 +90,15 @@ impl PlainHttp {
         }
     }
 
-    /// Fetches `request.span` into `file` at the span's offset. Blocking: run it on the
-    /// blocking pool. Returns the CRC-32 of the piece, or None when this path does not handle
-    /// the response (nothing was written then).
+    /// Fetches `request.span` into `sink`'s file at the span's offset, every byte through
+    /// `hasher`. Blocking: run it on the blocking pool. Returns the piece's sums, or None when
+    /// this path does not handle the response (nothing was written then).
     pub(crate) fn fetch_range(
         &self,
         request: &RangeRequest<'_>,
-        file: &File,
-        limiters: &[RateLimiter],
-        runtime: &tokio::runtime::Handle,
-        progress: &WriteProgress,
-    ) -> Result<Option<u32>, TransferError> {
+        sink: &FileSink<'_>,
+        mut hasher: PieceHasher,
+    ) -> Result<Option<PieceSums>, TransferError> {
         let Some(head) = request_head(request, &self.user_agent) else {
             return Ok(None);
         };
@@ -127,20 +115,13 @@ impl PlainHttp {
                 return Err(error);
             }
         }
-        let crc = copy_body(
-            &mut stream,
-            pending,
-            request,
-            file,
-            limiters,
-            runtime,
-            progress,
-        )?;
+        copy_span(&stream, &pending, request.span, sink, &mut hasher)
+            .map_err(|failure| copy_error(failure, request))?;
         count(true);
         if response.keep_alive {
             self.give_back(&request.target.connect, stream);
         }
-        Ok(Some(crc))
+        Ok(Some(hasher.finish()))
     }
 
     /// Writes the request on an idle connection, or on a new one if the idle one is gone.
@@ -350,70 +331,18 @@ fn check_response(head: &ResponseHead, request: &RangeRequest<'_>) -> Result<boo
     Ok(exact)
 }
 
-/// Moves the body (already-read bytes first) into the file, hashing on the way.
-fn copy_body(
-    stream: &mut TcpStream,
-    already: Vec<u8>,
-    request: &RangeRequest<'_>,
-    file: &File,
-    limiters: &[RateLimiter],
-    runtime: &tokio::runtime::Handle,
-    progress: &WriteProgress,
-) -> Result<u32, TransferError> {
-    let span = request.span;
-    let limited = limiters.iter().any(|l| !l.is_unlimited());
-    let mut hasher = crc32fast::Hasher::new();
-    let mut done = 0u64;
-    let first = &already[..already
-        .len()
-        .min(usize::try_from(span.length).unwrap_or(usize::MAX))];
-    if !first.is_empty() {
-        write_chunk(file, first, span.offset, &mut hasher)?;
-        done += first.len() as u64;
-        progress.advance(span.offset + done);
+/// A body that stopped early: a short read is worth a retry, like a broken connection.
+fn copy_error(failure: CopyFailure, request: &RangeRequest<'_>) -> TransferError {
+    match failure {
+        CopyFailure::Closed { received } => TransferError::Storage(StorageError::ShortRead {
+            task_id: request.url.to_string(),
+            number: request.span.number,
+            expected: request.span.length,
+            received,
+        }),
+        CopyFailure::Read(e) => read_error(request.url, &e),
+        CopyFailure::Write(e) => TransferError::Storage(StorageError::from(e)),
     }
-    READ_BUFFER.with(|cell| {
-        let mut buffer = cell.borrow_mut();
-        if buffer.len() != PLAIN_READ_BUFFER {
-            buffer.resize(PLAIN_READ_BUFFER, 0);
-        }
-        while done < span.length {
-            let want = usize::try_from(span.length - done)
-                .unwrap_or(usize::MAX)
-                .min(buffer.len());
-            let n = match stream.read(&mut buffer[..want]) {
-                Ok(0) => {
-                    return Err(TransferError::Storage(StorageError::ShortRead {
-                        task_id: request.url.to_string(),
-                        number: span.number,
-                        expected: span.length,
-                        received: done,
-                    }))
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_error(request.url, &e)),
-            };
-            if limited {
-                runtime.block_on(acquire_all(limiters, n as u64));
-            }
-            write_chunk(file, &buffer[..n], span.offset + done, &mut hasher)?;
-            done += n as u64;
-            progress.advance(span.offset + done);
-        }
-        Ok(hasher.finalize())
-    })
-}
-
-fn write_chunk(
-    file: &File,
-    chunk: &[u8],
-    at: u64,
-    hasher: &mut crc32fast::Hasher,
-) -> Result<(), TransferError> {
-    hasher.update(chunk);
-    file.write_all_at(chunk, at)
-        .map_err(|e| TransferError::Storage(StorageError::from(e)))
 }
 
 fn unreachable_error(url: &str, error: &io::Error) -> TransferError {
@@ -438,6 +367,7 @@ fn read_error(url: &str, error: &io::Error) -> TransferError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use damselfly_storage::WriteProgress;
 
     #[test]
     fn targets_only_plain_http() {
@@ -500,7 +430,7 @@ mod tests {
         format!("http://{addr}/f")
     }
 
-    fn fetch(url: &str) -> Result<Option<u32>, TransferError> {
+    fn fetch(url: &str) -> Result<Option<PieceSums>, TransferError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -517,13 +447,14 @@ mod tests {
             },
         };
         let plain = PlainHttp::new(Duration::from_secs(2), Duration::from_secs(2), "ua");
-        plain.fetch_range(
-            &request,
-            &file,
-            &[],
-            runtime.handle(),
-            &WriteProgress::default(),
-        )
+        let sink = FileSink {
+            file: &file,
+            limiters: &[],
+            runtime: runtime.handle(),
+            progress: &WriteProgress::default(),
+        };
+        let trusted = Some(damselfly_core::digest::DigestAlgorithm::Blake3);
+        plain.fetch_range(&request, &sink, PieceHasher::new(trusted))
     }
 
     #[test]
@@ -546,11 +477,13 @@ mod tests {
         let short = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/9\r\n\r\nab";
         let error = fetch(&one_shot_origin(short)).unwrap_err();
         assert!(error.is_transient(), "{error}");
-        // A good answer yields the CRC of the bytes.
+        // A good answer yields the CRC and the trusted digest of the bytes.
         let good = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-3/9\r\nContent-Length: 4\r\n\r\nabcd";
+        let sums = fetch(&one_shot_origin(good)).unwrap().expect("handled");
+        assert_eq!(sums.crc32, crc32fast::hash(b"abcd"));
         assert_eq!(
-            fetch(&one_shot_origin(good)).unwrap(),
-            Some(crc32fast::hash(b"abcd"))
+            sums.trusted.map(|d| d.to_string()),
+            Some(damselfly_core::digest::trusted_piece_digest(b"abcd"))
         );
     }
 }

@@ -16,8 +16,8 @@ use bytes::BytesMut;
 use damselfly_core::admission::ConnectionLimits;
 use damselfly_core::PieceSpan;
 use damselfly_storage::{
-    ArrivingPiece, PieceCheck, PieceMetadata, PieceOrigin, Storage, StorageError, WriteState,
-    Written,
+    ArrivingPiece, Forwarding, PieceCheck, PieceMetadata, PieceOrigin, Storage, StorageError,
+    WriteState, Written,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -642,11 +642,52 @@ pub async fn download_piece_from(
     limiters: &[RateLimiter],
     timeout: Duration,
 ) -> Result<PieceMetadata, TransferError> {
+    fetch_piece_from(source, task_id, span, storage, limiters, timeout)
+        .await
+        .map(|fetched| fetched.piece)
+}
+
+/// [`download_piece_from`], saying whether the parent held the piece whole or forwarded it
+/// while it still arrived there.
+pub async fn fetch_piece_from(
+    source: PieceSource<'_>,
+    task_id: &str,
+    span: PieceSpan,
+    storage: &Storage,
+    limiters: &[RateLimiter],
+    timeout: Duration,
+) -> Result<FetchedPiece, TransferError> {
     let sink = source.sink(task_id, span, storage, limiters);
     sink.within(timeout, "", download_piece(&sink)).await
 }
 
-async fn download_piece(sink: &PieceSink<'_>) -> Result<PieceMetadata, TransferError> {
+/// A piece fetched from a parent and stored.
+#[derive(Debug, Clone)]
+pub struct FetchedPiece {
+    pub piece: PieceMetadata,
+    pub delivery: Delivery,
+}
+
+/// How a parent sent a piece, and so what its time says about the parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// From its own copy: the time measures the parent's upload to us.
+    Whole,
+    /// Forwarded as it arrived at the parent: the time measures the slower of the parent's
+    /// source and the parent's upload, so it only bounds the parent's upload from below.
+    Forwarded,
+}
+
+impl FetchedPiece {
+    fn whole(piece: PieceMetadata) -> Self {
+        Self {
+            piece,
+            delivery: Delivery::Whole,
+        }
+    }
+}
+
+async fn download_piece(sink: &PieceSink<'_>) -> Result<FetchedPiece, TransferError> {
     let addr = sink.addr;
     check_task_id(sink.task_id)?;
     let started = Instant::now();
@@ -669,7 +710,10 @@ async fn download_piece(sink: &PieceSink<'_>) -> Result<PieceMetadata, TransferE
         .await
         .map_err(|e| peer_io(addr, e))?;
     match sink.request {
-        RequestKind::Recorded => sink.receive(&mut stream, started).await,
+        RequestKind::Recorded => sink
+            .receive(&mut stream, started)
+            .await
+            .map(FetchedPiece::whole),
         RequestKind::CutThrough => sink.receive_cut_through(&mut stream, started).await,
     }
 }
@@ -710,12 +754,12 @@ pub(crate) struct PieceSink<'a> {
 impl PieceSink<'_> {
     /// Runs `fetch` (this sink's download over some transport) within `timeout`; `over`
     /// names the transport in the error (empty for TCP).
-    pub(crate) async fn within(
+    pub(crate) async fn within<T>(
         &self,
         timeout: Duration,
         over: &str,
-        fetch: impl std::future::Future<Output = Result<PieceMetadata, TransferError>>,
-    ) -> Result<PieceMetadata, TransferError> {
+        fetch: impl std::future::Future<Output = Result<T, TransferError>>,
+    ) -> Result<T, TransferError> {
         tokio::time::timeout(timeout, fetch)
             .await
             .unwrap_or_else(|_| {
@@ -741,16 +785,33 @@ impl PieceSink<'_> {
     /// or a piece still arriving at the parent, whose bytes are written as they come and
     /// recorded only once they match the trusted digest (when the child has one) or the
     /// crc32 of the parent's recorded copy in the trailer. Anything else (the connection
-    /// dropped, an Error trailer) leaves the bytes unrecorded, to be overwritten.
+    /// dropped, an Error trailer) leaves the bytes unrecorded, to be overwritten. A piece
+    /// the parent no longer has (its write was abandoned after it announced it) is
+    /// [`TransferError::ArrivalStopped`] too: the parent did not fail us.
     pub(crate) async fn receive_cut_through<R: AsyncRead + Unpin>(
         &self,
         stream: &mut R,
         started: Instant,
-    ) -> Result<PieceMetadata, TransferError> {
+    ) -> Result<FetchedPiece, TransferError> {
         let (addr, task_id, span) = (self.addr, self.task_id, self.span);
-        match read_answer(stream, addr, task_id, span).await? {
-            Answer::Recorded(metadata) => self.store(stream, &metadata.digest, started).await,
-            Answer::Arriving(_) => self.store_arriving(stream, started).await,
+        match read_answer(stream, addr, task_id, span).await {
+            Ok(Answer::Recorded(metadata)) => self
+                .store(stream, &metadata.digest, started)
+                .await
+                .map(FetchedPiece::whole),
+            Ok(Answer::Arriving(_)) => {
+                let piece = self.store_arriving(stream, started).await?;
+                Ok(FetchedPiece {
+                    piece,
+                    delivery: Delivery::Forwarded,
+                })
+            }
+            Err(TransferError::PieceNotFound { .. }) => Err(TransferError::ArrivalStopped {
+                addr,
+                number: span.number,
+                reason: "no longer arriving or recorded there".to_string(),
+            }),
+            Err(error) => Err(error),
         }
     }
 
@@ -765,6 +826,7 @@ impl PieceSink<'_> {
         let origin = PieceOrigin {
             parent_id: Some(self.parent_id),
             cost: started.elapsed(),
+            forwarding: Forwarding::Withheld,
         };
         let written = self
             .storage

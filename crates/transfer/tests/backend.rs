@@ -3,7 +3,10 @@
 mod common;
 
 use common::*;
-use damselfly_transfer::{Backend, BackendConfig, RateLimiter, TransferError};
+use damselfly_core::digest::{trusted_piece_digest, TRUSTED_PIECE_DIGEST_ALGORITHM};
+use damselfly_core::PieceSpan;
+use damselfly_storage::Storage;
+use damselfly_transfer::{Backend, BackendConfig, OriginPiece, RateLimiter, TransferError};
 use std::time::{Duration, Instant};
 
 fn backend() -> Backend {
@@ -15,12 +18,28 @@ fn backend() -> Backend {
     .unwrap()
 }
 
-/// Fetches every piece of the origin's object with ranged GETs; returns the stored bytes.
-async fn fetch_by_pieces(
-    origin: &Origin,
-    storage: &damselfly_storage::Storage,
-    id: &str,
-) -> Vec<u8> {
+/// A ranged GET of `span` into `storage`, hashed with crc32 only.
+fn origin_piece<'a>(
+    url: &'a str,
+    storage: &'a Storage,
+    id: &'a str,
+    span: PieceSpan,
+    limiters: &'a [RateLimiter],
+) -> OriginPiece<'a> {
+    OriginPiece {
+        url,
+        headers: &[],
+        storage,
+        task_id: id,
+        span,
+        limiters,
+        trusted: None,
+    }
+}
+
+/// Fetches every piece of the origin's object (`data`) with ranged GETs, hashed with the
+/// trusted algorithm on the way; returns the stored bytes.
+async fn fetch_by_pieces(origin: &Origin, storage: &Storage, id: &str, data: &[u8]) -> Vec<u8> {
     let backend = backend();
     let stat = backend.stat(&origin.url(BLOB), &[]).await.unwrap();
     let len = stat.content_length.unwrap();
@@ -28,20 +47,25 @@ async fn fetch_by_pieces(
         .prepare_task(id, len, PIECE, stat.headers)
         .await
         .unwrap();
+    let url = origin.url(BLOB);
+    let limiters = [RateLimiter::unlimited()];
     for span in task.layout().spans() {
-        let piece = backend
-            .fetch_piece(
-                &origin.url(BLOB),
-                &[],
-                storage,
-                id,
-                span,
-                &[RateLimiter::unlimited()],
-            )
-            .await
-            .unwrap();
+        let piece = OriginPiece {
+            trusted: Some(TRUSTED_PIECE_DIGEST_ALGORITHM),
+            ..origin_piece(&url, storage, id, span, &limiters)
+        };
+        let written = backend.fetch_piece(&piece).await.unwrap();
+        let piece = &written.piece;
         assert_eq!((piece.offset, piece.length), (span.offset, span.length));
         assert_eq!(piece.parent_id, None);
+        // What a back-to-source peer reports: the digest of the bytes the origin served.
+        let served = &data[span.offset as usize..span.end() as usize];
+        let trusted = written.trusted.map(|d| d.to_string());
+        assert_eq!(
+            trusted,
+            Some(trusted_piece_digest(served)),
+            "piece {span:?}"
+        );
     }
     storage.finish_task(id).unwrap();
     std::fs::read(storage.content_path(id)).unwrap()
@@ -130,7 +154,7 @@ async fn ranged_pieces_land_in_storage_intact() {
     let storage = storage(dir.path());
     let data = content(3 * PIECE as usize + 4321, 4);
     let origin = start_origin(data.clone(), OriginOptions::default()).await;
-    let stored = fetch_by_pieces(&origin, &storage, &task_id(1)).await;
+    let stored = fetch_by_pieces(&origin, &storage, &task_id(1), &data).await;
     assert_eq!(sha256(&stored), sha256(&data));
 }
 
@@ -147,7 +171,7 @@ async fn an_origin_ignoring_range_still_yields_the_right_piece() {
         },
     )
     .await;
-    let stored = fetch_by_pieces(&origin, &storage, &task_id(2)).await;
+    let stored = fetch_by_pieces(&origin, &storage, &task_id(2), &data).await;
     assert_eq!(sha256(&stored), sha256(&data));
 }
 
@@ -170,10 +194,10 @@ async fn transient_failures_are_retried() {
         .await
         .unwrap();
     let span = task.layout().span(0).unwrap();
-    backend()
-        .fetch_piece(&origin.url(BLOB), &[], &storage, &id, span, &[])
-        .await
-        .unwrap();
+    let url = origin.url(BLOB);
+    let piece = origin_piece(&url, &storage, &id, span, &[]);
+    let written = backend().fetch_piece(&piece).await.unwrap();
+    assert_eq!(written.trusted, None, "no trusted digest asked for");
     assert_eq!(origin.request_count(), 2);
 
     // Two failures exceed the single default retry.
@@ -190,8 +214,9 @@ async fn transient_failures_are_retried() {
         .prepare_task(&id, PIECE, PIECE, vec![])
         .await
         .unwrap();
+    let url = origin.url(BLOB);
     let err = backend()
-        .fetch_piece(&origin.url(BLOB), &[], &storage, &id, span, &[])
+        .fetch_piece(&origin_piece(&url, &storage, &id, span, &[]))
         .await
         .unwrap_err();
     assert!(
@@ -245,15 +270,11 @@ async fn the_limiter_bounds_the_download_rate() {
     // 256 KiB at 512 KiB/s: about half a second (less the 100 ms burst allowance).
     let limiter = RateLimiter::new(512 * 1024);
     let started = Instant::now();
+    let url = origin.url(BLOB);
+    let limiters = [limiter];
+    let span = task.layout().span(0).unwrap();
     backend()
-        .fetch_piece(
-            &origin.url(BLOB),
-            &[],
-            &storage,
-            &id,
-            task.layout().span(0).unwrap(),
-            &[limiter],
-        )
+        .fetch_piece(&origin_piece(&url, &storage, &id, span, &limiters))
         .await
         .unwrap();
     let elapsed = started.elapsed();

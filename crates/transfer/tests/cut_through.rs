@@ -11,7 +11,8 @@ use damselfly_core::digest::format_crc32;
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceCheck, Storage, StorageError};
 use damselfly_transfer::{
-    download_piece_from, serve_vortex, PieceSource, RateLimiter, RequestKind, TransferError,
+    download_piece_from, fetch_piece_from, serve_vortex, Delivery, PieceSource, RateLimiter,
+    RequestKind, TransferError,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -117,7 +118,7 @@ impl Pair {
     async fn child_holds(&self, bytes: u64) {
         let mut started = self.child.watch_piece_writes();
         let mut progress = loop {
-            if let Some(progress) = self.child.arriving_piece(&self.id, 0) {
+            if let Some(progress) = self.child.piece_write_progress(&self.id, 0) {
                 break progress;
             }
             started.changed().await.expect("storage open");
@@ -163,6 +164,80 @@ async fn a_piece_is_forwarded_while_it_arrives_and_recorded_once_its_parent_reco
     assert_eq!(recorded.parent_id.as_deref(), Some("parent"));
     assert_eq!(recorded.digest, format_crc32(crc32fast::hash(&truth)));
     assert_eq!(sha256(&pair.child_bytes().await), sha256(&truth));
+    pair.shutdown.cancel();
+}
+
+/// A cut-through fetch of piece 0 from the Vortex server at `addr` into `storage`.
+async fn cut_through_fetch(
+    addr: SocketAddr,
+    storage: &Storage,
+    id: &str,
+    span: PieceSpan,
+) -> Result<Delivery, TransferError> {
+    let source = PieceSource {
+        addr,
+        parent_id: "relay",
+        trusted_digest: None,
+        request: RequestKind::CutThrough,
+    };
+    fetch_piece_from(source, id, span, storage, &[], TIMEOUT)
+        .await
+        .map(|fetched| fetched.delivery)
+}
+
+#[tokio::test]
+async fn a_piece_forwarded_to_a_relay_is_forwarded_again_only_once_recorded() {
+    let pair = pair(55, PIECE_LENGTH as usize).await;
+    let truth = content(PIECE_LENGTH as usize, 9);
+    // The child relays: it serves Vortex to a grandchild.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = listener.local_addr().unwrap();
+    tokio::spawn(serve_vortex(
+        listener,
+        pair.child.clone(),
+        RateLimiter::unlimited(),
+        pair.shutdown.clone(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let grandchild = storage(dir.path());
+    grandchild
+        .prepare_task(&pair.id, PIECE_LENGTH, PIECE_LENGTH, vec![])
+        .await
+        .unwrap();
+    let (mut feed, parent_write) = pair.parent_receives(None);
+    let buffer = damselfly_storage::WRITE_BUFFER_SIZE;
+    feed.write_all(&truth[..buffer]).await.unwrap();
+    pair.parent_writing().await;
+    let (child, id, span, addr) = (pair.child.clone(), pair.id.clone(), pair.span, pair.addr);
+    let relayed = tokio::spawn(async move { cut_through_fetch(addr, &child, &id, span).await });
+    pair.child_holds(buffer as u64).await;
+
+    // Bytes the relay forwards as they arrive are neither announced nor forwarded again: two
+    // relays could otherwise each follow the other's arriving copy.
+    assert!(pair.child.arriving_piece(&pair.id, 0).is_none());
+    assert!(pair.child.arriving_pieces(&pair.id).unwrap().is_empty());
+    let error = cut_through_fetch(relay, &grandchild, &pair.id, pair.span)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, TransferError::ArrivalStopped { number: 0, .. }),
+        "a piece the relay cannot forward is withdrawn, not a failure: {error}"
+    );
+
+    feed.write_all(&truth[buffer..]).await.unwrap();
+    parent_write.await.unwrap().unwrap();
+    assert_eq!(relayed.await.unwrap().unwrap(), Delivery::Forwarded);
+    // Recorded at the relay: served whole.
+    assert_eq!(
+        cut_through_fetch(relay, &grandchild, &pair.id, pair.span)
+            .await
+            .unwrap(),
+        Delivery::Whole
+    );
+    let (_, mut reader) = grandchild.read_piece(&pair.id, 0).await.unwrap();
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).await.unwrap();
+    assert_eq!(sha256(&bytes), sha256(&truth));
     pair.shutdown.cancel();
 }
 

@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use damselfly_transfer::{Backend, BackendConfig, OriginTrust, RateLimiter, TransferError};
+use damselfly_transfer::{
+    Backend, BackendConfig, OriginPiece, OriginTrust, RateLimiter, TransferError,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,10 +33,18 @@ async fn fetch(
     let stat = backend.stat(url, &[]).await?;
     let len = stat.content_length.expect("length");
     let task = storage.prepare_task(&id, len, PIECE, stat.headers).await?;
+    let limiters = [RateLimiter::unlimited()];
     for span in task.layout().spans() {
-        backend
-            .fetch_piece(url, &[], &storage, &id, span, &[RateLimiter::unlimited()])
-            .await?;
+        let piece = OriginPiece {
+            url,
+            headers: &[],
+            storage: &storage,
+            task_id: &id,
+            span,
+            limiters: &limiters,
+            trusted: None,
+        };
+        backend.fetch_piece(&piece).await?;
     }
     storage.finish_task(&id)?;
     Ok(std::fs::read(storage.content_path(&id)).unwrap())

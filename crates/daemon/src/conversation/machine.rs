@@ -211,7 +211,14 @@ impl Conversation {
                 parent,
                 number,
                 cost,
-            } => round.fetched(now, parent, number, cost, &mut self.missing, out),
+                delivery,
+            } => round.fetched(
+                now,
+                (parent, number),
+                (cost, delivery),
+                &mut self.missing,
+                out,
+            ),
             Event::PieceFailed {
                 parent,
                 number,

@@ -30,7 +30,7 @@ pub use parent::{ParentKind, ParentState};
 
 use crate::scheduler_client::Decision;
 use damselfly_core::{OriginReason, PieceSpan};
-use damselfly_transfer::PieceServer;
+use damselfly_transfer::{Delivery, PieceServer};
 use dragonfly_api::common::v2::Peer;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -104,11 +104,12 @@ pub enum Event {
         parent: ParentKey,
         error: Option<String>,
     },
-    /// A piece from `parent` is stored.
+    /// A piece from `parent` is stored; `delivery` says what its `cost` measured.
     PieceFetched {
         parent: ParentKey,
         number: u32,
         cost: Duration,
+        delivery: Delivery,
     },
     /// A piece from `parent` failed.
     PieceFailed {

@@ -7,7 +7,7 @@
 //! pushes while the round runs (the mesh's reverse edges) join at once.
 
 use super::parent::{Parent, ParentKind, ParentState, MAX_PARENT_FAILURES};
-use super::{Action, ParentKey, PieceFailure, Settings};
+use super::{Action, Delivery, ParentKey, PieceFailure, Settings};
 use crate::dispatch::{
     move_after, next_assignment, seed_budget, should_move, ParentLoad, SeedGrace,
 };
@@ -25,6 +25,10 @@ use tracing::{debug, info, warn};
 pub(super) const SEED_ONLY_REFRESH_AFTER: Duration = Duration::from_millis(500);
 /// Below this many missing pieces a refresh is not worth a scheduling round.
 pub(super) const MIN_PENDING_FOR_REFRESH: usize = 8;
+/// How often one piece's fetch may move to a faster holder. Each move restarts the fetch, so
+/// a bound keeps a piece from bouncing between holders whose speed changes faster than the
+/// running averages follow.
+pub(super) const MAX_MOVES: u32 = 3;
 
 /// Where a round is.
 #[derive(Debug)]
@@ -86,8 +90,8 @@ pub(super) struct Round {
     holders: BTreeMap<u32, Vec<usize>>,
     /// Pieces in flight, and from whom.
     fetching: BTreeMap<u32, InFlight>,
-    /// Pieces whose fetch moved to a faster holder once; they never move again.
-    moved: BTreeSet<u32>,
+    /// How often each piece's fetch moved to a faster holder; at [`MAX_MOVES`] it stays.
+    moves: BTreeMap<u32, u32>,
     fatal: Option<String>,
     grace: SeedGrace,
     concurrency: usize,
@@ -123,7 +127,7 @@ impl Round {
             idle: missing.keys().copied().collect(),
             holders: BTreeMap::new(),
             fetching: BTreeMap::new(),
-            moved: BTreeSet::new(),
+            moves: BTreeMap::new(),
             fatal: None,
             grace: SeedGrace::default(),
             concurrency: settings.concurrency.max(1),
@@ -266,13 +270,14 @@ impl Round {
         Some(p)
     }
 
-    /// A piece is stored.
+    /// A piece is stored. A piece forwarded as it arrived at the parent took as long as the
+    /// slower of the parent's source and its upload: it may raise what we think the parent
+    /// delivers, never lower it.
     pub fn fetched(
         &mut self,
         now: Instant,
-        parent: ParentKey,
-        number: u32,
-        cost: Duration,
+        (parent, number): (ParentKey, u32),
+        (cost, delivery): (Duration, Delivery),
         missing: &mut BTreeMap<u32, PieceSpan>,
         out: &mut Vec<Action>,
     ) {
@@ -280,8 +285,10 @@ impl Round {
         let Some(p) = self.settle_fetch(now, parent, number) else {
             return;
         };
-        if let Some(length) = length {
-            p.load.delivered_piece(length, cost);
+        match (length, delivery) {
+            (Some(length), Delivery::Whole) => p.load.delivered_piece(length, cost),
+            (Some(length), Delivery::Forwarded) => p.load.delivered_at_least(length, cost),
+            (None, _) => {}
         }
         missing.remove(&number);
         self.holders.remove(&number);
@@ -403,7 +410,7 @@ impl Round {
     ) -> Option<RoundEnd> {
         if matches!(self.state, RoundState::Fetching) {
             self.check_refresh(now, missing);
-            self.move_slow_fetches(now, out);
+            self.move_slow_fetches(now, missing, out);
         }
         if self.is_draining() {
             return self.fetching.is_empty().then(|| self.end(missing));
@@ -455,64 +462,92 @@ impl Round {
                 return;
             };
             self.idle.remove(&number);
-            let Some(span) = missing.get(&number) else {
-                continue;
-            };
-            let p = &mut self.parents[parent];
-            let Some(vortex) = p.vortex else {
-                // Cannot happen (a holder always told us its address); never lose the piece.
-                self.idle.insert(number);
-                self.drop_parent(parent, out);
-                continue;
-            };
-            p.load.in_flight += 1;
-            self.fetching
-                .insert(number, InFlight { parent, since: now });
-            out.push(Action::Fetch {
-                parent: ParentKey(parent),
-                parent_id: p.peer.id.clone(),
-                seed: p.load.seed,
-                span: *span,
-                vortex,
-            });
+            if let Some(span) = missing.get(&number) {
+                self.start_fetch(now, *span, parent, out);
+            }
         }
     }
 
-    /// Gives up fetches that a much faster holder would finish sooner (see
-    /// [`should_move`]); the piece is dispatched again at once, to the faster holder.
-    fn move_slow_fetches(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let piece_time = self.grace.piece_time();
-        let to_move: Vec<(u32, usize)> = self
+    /// Fetches `span` from `parent`.
+    fn start_fetch(&mut self, now: Instant, span: PieceSpan, parent: usize, out: &mut Vec<Action>) {
+        let p = &mut self.parents[parent];
+        let Some(vortex) = p.vortex else {
+            // Cannot happen (a holder always told us its address); never lose the piece.
+            self.idle.insert(span.number);
+            self.drop_parent(parent, out);
+            return;
+        };
+        p.load.in_flight += 1;
+        self.fetching
+            .insert(span.number, InFlight { parent, since: now });
+        out.push(Action::Fetch {
+            parent: ParentKey(parent),
+            parent_id: p.peer.id.clone(),
+            seed: p.load.seed,
+            span,
+            vortex,
+        });
+    }
+
+    /// Gives up fetches that a much faster holder would finish sooner (see [`should_move`])
+    /// and starts them again at once from that holder: the fastest one for one more piece,
+    /// a seed only within the seed budget. A seed is a target here though the dispatch
+    /// prefers normal parents: a piece the seed and slow parents hold must not wait on a
+    /// slow uplink while the seed's idles.
+    fn move_slow_fetches(
+        &mut self,
+        now: Instant,
+        missing: &BTreeMap<u32, PieceSpan>,
+        out: &mut Vec<Action>,
+    ) {
+        let seed_slots_free = self.seed_slots_free();
+        let to_move: Vec<(u32, usize, usize)> = self
             .fetching
             .iter()
-            .filter(|(number, _)| !self.moved.contains(number))
-            .filter(|(number, f)| {
-                let running = &self.parents[f.parent].load;
-                let elapsed = now.saturating_duration_since(f.since);
-                self.holders.get(number).is_some_and(|holders| {
-                    holders.iter().any(|&h| {
-                        h != f.parent
-                            && self.parents[h].is_alive()
-                            && should_move(elapsed, piece_time, running, &self.parents[h].load)
-                    })
-                })
+            .filter(|(number, _)| self.moves.get(number).copied().unwrap_or(0) < MAX_MOVES)
+            .filter_map(|(&number, f)| {
+                let target = self.move_target(now, number, f, seed_slots_free)?;
+                Some((number, f.parent, target))
             })
-            .map(|(&number, f)| (number, f.parent))
             .collect();
-        for (number, parent) in to_move {
+        for (number, parent, target) in to_move {
+            let Some(span) = missing.get(&number) else {
+                continue;
+            };
             debug!(number, "moving a slow fetch to a faster holder");
             self.fetching.remove(&number);
-            self.moved.insert(number);
-            self.idle.insert(number);
+            *self.moves.entry(number).or_default() += 1;
             if let Some(p) = self.parents.get_mut(parent) {
                 p.load.in_flight = p.load.in_flight.saturating_sub(1);
             }
             out.push(Action::AbortFetch { number });
+            self.start_fetch(now, *span, target, out);
         }
     }
 
-    /// The next (piece, parent) pair, within the seed budget and the seed grace.
-    fn next_assignment(&mut self, now: Instant) -> Option<(u32, usize)> {
+    /// The holder a fetch of `number` should move to, if any is much faster.
+    fn move_target(
+        &self,
+        now: Instant,
+        number: u32,
+        running: &InFlight,
+        seed_slots_free: bool,
+    ) -> Option<usize> {
+        let piece_time = self.grace.piece_time();
+        let load = &self.parents[running.parent].load;
+        let elapsed = now.saturating_duration_since(running.since);
+        self.holders
+            .get(&number)?
+            .iter()
+            .copied()
+            .filter(|&h| h != running.parent && self.parents[h].is_alive())
+            .filter(|&h| seed_slots_free || !self.parents[h].load.seed)
+            .filter(|&h| should_move(elapsed, piece_time, load, &self.parents[h].load))
+            .max_by_key(|&h| self.parents[h].load.spare_per_piece(None))
+    }
+
+    /// Whether a seed may take one more of our pieces within the seed budget.
+    fn seed_slots_free(&self) -> bool {
         let loads: Vec<ParentLoad> = self.parents.iter().map(|p| p.load.clone()).collect();
         let alive: Vec<bool> = self.parents.iter().map(Parent::is_alive).collect();
         let seed_in_flight: usize = loads
@@ -520,7 +555,14 @@ impl Round {
             .filter(|l| l.seed)
             .map(|l| l.in_flight as usize)
             .sum();
-        let seed_slots_free = seed_in_flight < seed_budget(&loads, &alive, self.concurrency);
+        seed_in_flight < seed_budget(&loads, &alive, self.concurrency)
+    }
+
+    /// The next (piece, parent) pair, within the seed budget and the seed grace.
+    fn next_assignment(&mut self, now: Instant) -> Option<(u32, usize)> {
+        let seed_slots_free = self.seed_slots_free();
+        let loads: Vec<ParentLoad> = self.parents.iter().map(|p| p.load.clone()).collect();
+        let alive: Vec<bool> = self.parents.iter().map(Parent::is_alive).collect();
         let normal_alive = loads.iter().zip(&alive).any(|(l, &a)| a && !l.seed);
         let grace = &self.grace;
         let seed_may_serve =
@@ -553,7 +595,7 @@ impl Round {
         let moving = self
             .fetching
             .iter()
-            .filter(|(number, _)| !self.moved.contains(number))
+            .filter(|(number, _)| self.moves.get(number).copied().unwrap_or(0) < MAX_MOVES)
             .map(|(_, f)| f.since + move_at)
             .filter(|&at| at > now)
             .min();

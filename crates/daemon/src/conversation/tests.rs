@@ -79,6 +79,7 @@ impl Script {
             parent: ParentKey(parent),
             number,
             cost: Duration::from_millis(100),
+            delivery: Delivery::Whole,
         })
     }
 
@@ -694,6 +695,7 @@ fn a_fetch_from_a_slow_parent_moves_to_a_fast_one_that_got_the_piece() {
         parent: ParentKey(parent),
         number,
         cost,
+        delivery: Delivery::Whole,
     };
     s.at(2_000).feed(landed(0, 0, Duration::from_secs(20)));
     s.at(2_000).feed(landed(1, 1, Duration::from_millis(100)));
@@ -724,4 +726,34 @@ fn a_fetch_from_a_slow_parent_moves_to_a_fast_one_that_got_the_piece() {
         .feed(Event::Tick)
         .iter()
         .any(|a| matches!(a, Action::AbortFetch { .. })));
+}
+
+#[test]
+fn a_slow_fetch_moves_to_a_much_faster_seed() {
+    let (mut s, _) = Script::new(4, 8, 3);
+    s.at(0)
+        .decide(&[seed("seed", 0), normal("slow", 1), normal("fast", 2)]);
+    let landed = |parent: usize, number: u32, cost: Duration| Event::PieceFetched {
+        parent: ParentKey(parent),
+        number,
+        cost,
+        delivery: Delivery::Whole,
+    };
+    // The seed delivered a piece in 100 ms, the slow parent one in 20 s.
+    // (A seed-only piece goes to the seed once the seed grace passed.)
+    s.at(1).offer(0, 0);
+    assert_eq!(fetches(&s.at(300).feed(Event::Tick)), vec![(0, 0)]);
+    s.at(400).feed(landed(0, 0, Duration::from_millis(100)));
+    assert_eq!(fetches(&s.at(401).offer(1, 1)), vec![(1, 1)]);
+    s.at(20_401).feed(landed(1, 1, Duration::from_secs(20)));
+    // Piece 2 is at the slow parent and the seed: the dispatch prefers the normal parent...
+    s.at(20_402).offer(0, 2);
+    assert_eq!(fetches(&s.at(20_403).offer(1, 2)), vec![(1, 2)]);
+    // ... but a few piece times later the fetch moves to the seed, at once.
+    let moved = s.at(80_000).feed(Event::Tick);
+    assert!(
+        moved.contains(&Action::AbortFetch { number: 2 }),
+        "{moved:?}"
+    );
+    assert_eq!(fetches(&moved), vec![(0, 2)]);
 }

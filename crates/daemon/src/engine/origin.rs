@@ -8,9 +8,10 @@ use super::request::Scope;
 use crate::error::DaemonError;
 use crate::metrics::{self, Traffic};
 use crate::scheduler_client::{PeerSession, PieceDigests};
+use damselfly_core::digest::{DigestAlgorithm, TRUSTED_PIECE_DIGEST_ALGORITHM};
 use damselfly_core::PieceSpan;
-use damselfly_storage::PieceMetadata;
-use damselfly_transfer::TransferError;
+use damselfly_storage::WrittenPiece;
+use damselfly_transfer::{OriginPiece, TransferError};
 use dragonfly_api::common::v2::TrafficType;
 use dragonfly_api::errordetails::v2::Backend as BackendDetail;
 use dragonfly_api::scheduler::v2::announce_peer_request::Request as PeerRequest;
@@ -20,6 +21,7 @@ use dragonfly_api::scheduler::v2::{
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn, Instrument};
 
@@ -28,7 +30,7 @@ const ORIGIN_PIECE_ATTEMPTS: u32 = 3;
 
 /// A bulk job's pieces on their way from the origin, each marked in the task's demand.
 type BulkInFlight = HashMap<u32, BulkGuard>;
-type PieceResult = (PieceSpan, u32, Result<PieceMetadata, TransferError>);
+type PieceResult = (PieceSpan, u32, Result<WrittenPiece, TransferError>);
 
 /// Fetches every piece of `pending` from the origin, removing each as it lands; reports to
 /// the scheduler when a session is given.
@@ -42,21 +44,17 @@ pub async fn fetch(
     }
     let mut queue: VecDeque<(PieceSpan, u32)> = pending.values().map(|s| (*s, 1)).collect();
     let mut running: JoinSet<PieceResult> = JoinSet::new();
-    let mut in_flight = BulkInFlight::new();
+    let mut bulk = BulkInFlight::new();
     let mut demand = job.demand.subscribe();
+    let trusted = trusted_hash(session.as_deref());
     loop {
-        let blocked = start_pieces(job, &mut queue, pending, &mut running, &mut in_flight)?;
+        let blocked = start_pieces(job, &mut queue, pending, &mut running, &mut bulk, trusted)?;
         if running.is_empty() {
             if !blocked {
                 return Ok(());
             }
             // Demand of this task is being served first; look again when it changes.
-            if demand.changed().await.is_err() {
-                return Err(DaemonError::io(
-                    "waiting for demand",
-                    std::io::Error::other("the task's demand is gone"),
-                ));
-            }
+            demand_changed(&mut demand).await?;
             continue;
         }
         let joined = tokio::select! {
@@ -66,11 +64,11 @@ pub async fn fetch(
         let Some(joined) = joined else { continue };
         let (span, attempt, result) =
             joined.map_err(|e| DaemonError::io("origin piece task", std::io::Error::other(e)))?;
-        in_flight.remove(&span.number); // landed or failed: a range waiting on it looks again
+        bulk.remove(&span.number); // landed or failed: a range waiting on it looks again
         match result {
-            Ok(piece) => {
+            Ok(written) => {
                 pending.remove(&span.number);
-                landed(job, &piece, session.as_deref_mut()).await;
+                landed(job, written, session.as_deref_mut()).await;
             }
             Err(error) => {
                 metrics::piece_done(Traffic::BackToSource, false);
@@ -91,6 +89,23 @@ pub async fn fetch(
     }
 }
 
+async fn demand_changed(demand: &mut watch::Receiver<u64>) -> Result<(), DaemonError> {
+    demand.changed().await.map_err(|_| {
+        DaemonError::io(
+            "waiting for demand",
+            std::io::Error::other("the task's demand is gone"),
+        )
+    })
+}
+
+/// A scheduler that keeps trusted piece digests gets each back-to-source piece's trusted
+/// digest, computed as the piece is written; for others only the crc32 is worth computing.
+fn trusted_hash(session: Option<&PeerSession>) -> Option<DigestAlgorithm> {
+    session
+        .filter(|s| s.piece_digests() == PieceDigests::Kept)
+        .map(|_| TRUSTED_PIECE_DIGEST_ALGORITHM)
+}
+
 /// Starts queued pieces up to `concurrency`; returns whether the queue waits for demand.
 /// A whole-task (bulk) job starts nothing while ranges of its task are being fetched, and
 /// skips the pieces they stored meanwhile (see [`super::demand`]); a range's own job is
@@ -101,6 +116,7 @@ fn start_pieces(
     pending: &mut BTreeMap<u32, PieceSpan>,
     running: &mut JoinSet<PieceResult>,
     in_flight: &mut BulkInFlight,
+    trusted: Option<DigestAlgorithm>,
 ) -> Result<bool, DaemonError> {
     let bulk = job.request.scope == Scope::Whole;
     let concurrency = job.ctx.config.download.back_to_source_concurrency.max(1) as usize;
@@ -120,16 +136,18 @@ fn start_pieces(
             in_flight.insert(span.number, job.demand.start_bulk(span.number));
         }
         queue.pop_front();
-        spawn_piece(job, running, span, attempt);
+        spawn_piece(job, running, span, attempt, trusted);
     }
     Ok(false)
 }
 
 /// Counts a piece from the origin and tells the scheduler, so children can fetch it. A
 /// scheduler that keeps trusted piece digests gets the piece's trusted (`blake3:`) digest in
-/// the report (children check what parents send against it); others get the stored `crc32:`
-/// as before.
-async fn landed(job: &JobCtx<'_>, piece: &PieceMetadata, session: Option<&mut PeerSession>) {
+/// the report (children check what parents send against it), hashed as the piece was written
+/// (read back only for a piece another job had recorded first); others get the stored
+/// `crc32:` as before.
+async fn landed(job: &JobCtx<'_>, written: WrittenPiece, session: Option<&mut PeerSession>) {
+    let piece = &written.piece;
     metrics::add_traffic(Traffic::BackToSource, piece.length);
     metrics::piece_done(Traffic::BackToSource, true);
     let Some(session) = session else {
@@ -142,7 +160,11 @@ async fn landed(job: &JobCtx<'_>, piece: &PieceMetadata, session: Option<&mut Pe
             offset: piece.offset,
             length: piece.length,
         };
-        match job.ctx.storage.trusted_digest(job.task_id(), span).await {
+        let digest = match written.trusted {
+            Some(digest) => Ok(digest.to_string()),
+            None => job.ctx.storage.trusted_digest(job.task_id(), span).await,
+        };
+        match digest {
             Ok(digest) => report.digest = digest,
             // The crc32 report still lets children fetch it, checked by crc32 only.
             Err(error) => {
@@ -197,17 +219,18 @@ async fn stream_pieces(
     };
     let request = job.request;
     let storage = &job.ctx.storage;
+    let trusted = trusted_hash(session.as_deref());
     let mut body = job
         .backend
         .open_body(&request.url, &request.headers, &job.origin_limiters())
         .await?;
     let mut result = Ok(());
     for number in 0..=last {
-        let piece = match storage
-            .write_streamed_piece(job.task_id(), number, &mut body, None)
+        let written = match storage
+            .write_streamed_piece(job.task_id(), number, &mut body, trusted)
             .await
         {
-            Ok(Some(piece)) => piece,
+            Ok(Some(written)) => written,
             Ok(None) => {
                 result = Err(TransferError::Protocol(format!(
                     "{} ended before piece {number}",
@@ -221,8 +244,9 @@ async fn stream_pieces(
             }
         };
         if pending.remove(&number).is_some() {
+            let piece = &written.piece;
             log_piece(job.task_id(), piece.number, piece.offset, piece.length);
-            landed(job, &piece, session.as_deref_mut()).await;
+            landed(job, written, session.as_deref_mut()).await;
         }
     }
     body.settle().await;
@@ -244,6 +268,7 @@ fn spawn_piece(
     running: &mut JoinSet<PieceResult>,
     span: PieceSpan,
     attempt: u32,
+    trusted: Option<DigestAlgorithm>,
 ) {
     let backend = job.backend.clone();
     let storage = job.ctx.storage.clone();
@@ -254,9 +279,16 @@ fn spawn_piece(
     let piece_span = tracing::debug_span!("piece", number = span.number, source = "origin");
     running.spawn(
         async move {
-            let result = backend
-                .fetch_piece(&url, &headers, &storage, &task_id, span, &limiters)
-                .await;
+            let piece = OriginPiece {
+                url: &url,
+                headers: &headers,
+                storage: &storage,
+                task_id: &task_id,
+                span,
+                limiters: &limiters,
+                trusted,
+            };
+            let result = backend.fetch_piece(&piece).await;
             if result.is_ok() {
                 log_piece(&task_id, span.number, span.offset, span.length);
             }

@@ -15,7 +15,7 @@ use damselfly_core::extensions::{
 };
 use damselfly_core::PieceSpan;
 use damselfly_storage::{PieceMetadata, StorageError};
-use damselfly_transfer::{PieceFetcher, PieceServer, TransferError};
+use damselfly_transfer::{FetchedPiece, PieceFetcher, PieceServer, TransferError};
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_client::DfdaemonUploadClient;
 use dragonfly_api::dfdaemon::v2::SyncPiecesRequest;
 use std::collections::HashMap;
@@ -35,7 +35,7 @@ const SYNC_QUEUE: usize = 1024;
 
 /// What a fetch task hands back: the piece, its parent, whether that parent is a seed (for
 /// the traffic metrics), and the result.
-type FetchResult = (u32, ParentKey, bool, Result<PieceMetadata, TransferError>);
+type FetchResult = (u32, ParentKey, bool, Result<FetchedPiece, TransferError>);
 
 /// The streams and fetches of the current round.
 pub struct Links<'a, 'j> {
@@ -196,7 +196,7 @@ impl<'a, 'j> Links<'a, 'j> {
         self.fetches.remove(&number);
         let traffic = Traffic::RemotePeer { seed };
         match result {
-            Ok(piece) => {
+            Ok(FetchedPiece { piece, delivery }) => {
                 metrics::add_traffic(traffic, piece.length);
                 metrics::piece_done(traffic, true);
                 let cost = piece.cost;
@@ -205,6 +205,7 @@ impl<'a, 'j> Links<'a, 'j> {
                     parent,
                     number,
                     cost,
+                    delivery,
                 }
             }
             Err(error) => {

@@ -618,8 +618,10 @@ impl Pump {
             return Some(end);
         }
         self.partial = self.storage.piece_progress(&self.task_id, offset);
-        let (start, progress) = self.partial.as_ref()?;
-        let written = progress.borrow().written_to;
+        let (start, progress) = self.partial.as_mut()?;
+        // Marked seen: a fresh receiver counts every advance before it as unseen, and
+        // `written_more` would wake at once, again and again, while the write stands still.
+        let written = progress.borrow_and_update().written_to;
         (*start <= offset && written > offset).then_some(written)
     }
 
