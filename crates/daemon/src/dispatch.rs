@@ -119,12 +119,38 @@ pub fn choose_parent<R: Rng + ?Sized>(
     top.choose(rng).copied()
 }
 
+/// A parent whose delivered rate is below the best one's divided by this is slow: pieces
+/// that only slow parents hold start after every other piece (see [`choose_piece`]).
+pub const SLOW_PARENT_RATIO: u64 = 4;
+
+/// Which parents are slow: delivered below the best delivered rate among normal parents
+/// divided by [`SLOW_PARENT_RATIO`]. A parent not heard from yet is not slow.
+fn slow_parents(parents: &[ParentLoad]) -> Vec<bool> {
+    let best = parents
+        .iter()
+        .filter(|p| !p.seed)
+        .filter_map(|p| p.delivered)
+        .max()
+        .unwrap_or(0);
+    parents
+        .iter()
+        .map(|p| {
+            p.delivered
+                .is_some_and(|rate| rate < best / SLOW_PARENT_RATIO)
+        })
+        .collect()
+}
+
 /// Chooses the next piece among `candidates` (missing, not in flight):
 /// - first a piece only seeds hold and that `seed_may_serve` allows (the caller's seed budget
 ///   and grace period), at random, so that children of one seed start from different pieces
 ///   and can trade them afterwards;
-/// - then the pieces some normal parent holds, the rarest among normal parents first, so the
-///   swarm trades among itself.
+/// - then the pieces some normal parent that is not slow holds, the rarest among normal
+///   parents first, so the swarm trades among itself;
+/// - then the pieces only slow normal parents hold (a fast parent may get them meanwhile,
+///   and a piece started at a slow parent keeps one of our slots for ten piece times: with
+///   half the uplinks at a tenth, hosts took their last pieces from slow parents 8 s after
+///   the fast ones finished).
 pub fn choose_piece<R: Rng + ?Sized>(
     candidates: &BTreeSet<u32>,
     holders: &BTreeMap<u32, Vec<usize>>,
@@ -132,35 +158,53 @@ pub fn choose_piece<R: Rng + ?Sized>(
     seed_may_serve: &dyn Fn(u32) -> bool,
     rng: &mut R,
 ) -> Option<u32> {
-    let mut rarest = usize::MAX;
-    let mut from_normal: Vec<u32> = Vec::new();
+    let slow = slow_parents(parents);
     let mut from_seed: Vec<u32> = Vec::new();
+    let mut from_fast = Rarest::default();
+    let mut from_slow = Rarest::default();
     for &number in candidates {
         let Some(list) = holders.get(&number) else {
             continue;
         };
-        let normal = list
+        let normal: Vec<usize> = list
             .iter()
-            .filter(|&&i| parents.get(i).is_some_and(|p| !p.seed))
-            .count();
-        if normal == 0 {
+            .copied()
+            .filter(|&i| parents.get(i).is_some_and(|p| !p.seed))
+            .collect();
+        if normal.is_empty() {
             if list.iter().any(|&i| i < parents.len()) && seed_may_serve(number) {
                 from_seed.push(number);
             }
-            continue;
-        }
-        if normal < rarest {
-            rarest = normal;
-            from_normal.clear();
-        }
-        if normal == rarest {
-            from_normal.push(number);
+        } else if normal.iter().all(|&i| slow[i]) {
+            from_slow.offer(number, normal.len());
+        } else {
+            from_fast.offer(number, normal.len());
         }
     }
     from_seed
         .choose(rng)
-        .or_else(|| from_normal.choose(rng))
+        .or_else(|| from_fast.pieces.choose(rng))
+        .or_else(|| from_slow.pieces.choose(rng))
         .copied()
+}
+
+/// The pieces held by the fewest parents, among those offered.
+#[derive(Default)]
+struct Rarest {
+    holders: usize,
+    pieces: Vec<u32>,
+}
+
+impl Rarest {
+    fn offer(&mut self, number: u32, holders: usize) {
+        if self.pieces.is_empty() || holders < self.holders {
+            self.holders = holders;
+            self.pieces.clear();
+        }
+        if holders == self.holders {
+            self.pieces.push(number);
+        }
+    }
 }
 
 /// How many pieces a child may have in flight from seed parents. With a live normal parent
@@ -195,35 +239,74 @@ pub fn next_assignment<R: Rng + ?Sized>(
     Some((piece, parent))
 }
 
-/// A fetch may move to a faster holder once it ran this many of our piece times...
-pub const MOVE_AFTER_PIECE_TIMES: u32 = 3;
-/// ... and at least this long.
+/// A fetch runs at least this long before it may move to a faster holder: its parent's
+/// rate is a running average, and a move throws away what the fetch already has.
 pub const MIN_MOVE_AFTER: Duration = Duration::from_secs(2);
-/// The other holder must deliver at least this many times what the running parent does.
-pub const MOVE_SPEEDUP: u64 = 4;
+/// A fetch moves only if what it still needs is this many times what a fresh fetch from the
+/// other holder would take.
+pub const MOVE_GAIN: f64 = 2.0;
+/// How often the round looks again at fetches that may become worth moving.
+pub const MOVE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long a fetch runs before it may move to a faster holder.
-pub fn move_after(piece_time: Duration) -> Duration {
-    (piece_time * MOVE_AFTER_PIECE_TIMES).max(MIN_MOVE_AFTER)
+/// How long `bytes` take at `rate` bytes per second.
+fn time_at(bytes: u64, rate: u64) -> f64 {
+    bytes as f64 / rate.max(1) as f64
 }
 
-/// Whether a fetch from `running`, under way for `elapsed`, should be given up for `other`,
-/// which also holds the piece. A piece that only a slow parent held when we asked may since
-/// have reached parents that deliver ten times faster; without moving, the child waits on the
-/// slow uplink for it (bench/netns, half the hosts at 10 Mbit/s up: fast hosts took their
-/// last pieces from slow ones 50 s after their fast parents had them). Both rates must be
-/// known, so a guess never aborts a fetch.
-pub fn should_move(
-    elapsed: Duration,
-    piece_time: Duration,
-    running: &ParentLoad,
-    other: &ParentLoad,
-) -> bool {
-    let (Some(slow), Some(fast)) = (running.delivered, other.delivered) else {
+/// A fetch in flight, as far as the move policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchStatus {
+    /// Since the fetch started.
+    pub elapsed: Duration,
+    /// The piece's length.
+    pub length: u64,
+    /// Bytes of the piece written so far, if the shell told us.
+    pub written: Option<u64>,
+}
+
+impl FetchStatus {
+    /// Seconds the fetch still needs: at the rate it has written so far, or (not told) at
+    /// `running`'s delivered rate, a fetch past its expected time taken to be halfway.
+    fn remaining(&self, running: &ParentLoad) -> Option<f64> {
+        let elapsed = self.elapsed.as_secs_f64();
+        match self.written {
+            Some(0) => Some(f64::INFINITY),
+            Some(written) => {
+                let left = self.length.saturating_sub(written);
+                Some(left as f64 * elapsed / written as f64)
+            }
+            None => {
+                let whole = time_at(self.length, running.delivered?);
+                Some(if elapsed < whole {
+                    whole - elapsed
+                } else {
+                    elapsed / 2.0
+                })
+            }
+        }
+    }
+}
+
+/// Whether a fetch from `running` should be given up for `other`, which also holds the piece:
+/// when what the fetch still needs is [`MOVE_GAIN`] times a fresh fetch from `other` at its
+/// delivered rate (measured while it sent us other pieces alongside, as it would now). A
+/// piece that only a slow parent held when we asked may since have reached parents that
+/// deliver ten times faster; without moving, the child waits on the slow uplink for it
+/// (bench/netns, half the hosts at 10 Mbit/s up: fast hosts took their last pieces from slow
+/// ones 50 s after their fast parents had them). `other`'s rate must be known, so a guess
+/// never aborts a fetch; a fetch that wrote nothing in [`MIN_MOVE_AFTER`] moves to any holder
+/// known to deliver.
+pub fn should_move(fetch: FetchStatus, running: &ParentLoad, other: &ParentLoad) -> bool {
+    let Some(fast) = other.delivered else {
         return false;
     };
-    elapsed >= move_after(piece_time)
-        && fast / u64::from(other.in_flight + 1) >= slow.saturating_mul(MOVE_SPEEDUP)
+    if fetch.elapsed < MIN_MOVE_AFTER {
+        return false;
+    }
+    let Some(remaining) = fetch.remaining(running) else {
+        return false;
+    };
+    remaining > time_at(fetch.length, fast) * MOVE_GAIN
 }
 
 /// Shortest wait for a normal parent to pick up a piece only a seed has.
@@ -386,25 +469,34 @@ mod tests {
 
     #[test]
     fn a_long_fetch_moves_only_to_a_much_faster_holder() {
+        const PIECE: u64 = 4 << 20;
         let mut slow = normal(0);
-        slow.delivered_piece(4 << 20, Duration::from_secs(20));
+        slow.delivered_piece(PIECE, Duration::from_secs(20));
         let mut fast = normal(0);
-        fast.delivered_piece(4 << 20, Duration::from_millis(400));
-        let piece_time = Duration::from_secs(1);
-        let early = move_after(piece_time) - Duration::from_millis(1);
-        assert!(!should_move(early, piece_time, &slow, &fast), "too early");
-        let late = move_after(piece_time);
-        assert!(should_move(late, piece_time, &slow, &fast));
+        fast.delivered_piece(PIECE, Duration::from_millis(400));
+        let fetch = |ms: u64, written: Option<u64>| FetchStatus {
+            elapsed: Duration::from_millis(ms),
+            length: PIECE,
+            written,
+        };
+        let early = MIN_MOVE_AFTER.as_millis() as u64 - 1;
+        assert!(!should_move(fetch(early, None), &slow, &fast), "too early");
+        assert!(should_move(fetch(2_000, None), &slow, &fast));
         assert!(
-            !should_move(late, piece_time, &fast, &slow),
+            !should_move(fetch(2_000, None), &fast, &slow),
             "never to a slower one"
         );
-        // A fast holder busy with many of our pieces is not much faster for one more.
-        fast.in_flight = 20;
-        assert!(!should_move(late, piece_time, &slow, &fast));
-        // Unknown rates never move a fetch.
-        assert!(!should_move(late, piece_time, &normal(0), &normal(0)));
-        assert_eq!(move_after(Duration::ZERO), MIN_MOVE_AFTER);
+        // Nearly done at the slow parent: 0.5 s left against 0.4 s anew is not worth it.
+        assert!(!should_move(fetch(19_500, None), &slow, &fast));
+        // Overdue (the parent got slower than its average): taken to be halfway.
+        assert!(should_move(fetch(30_000, None), &slow, &fast));
+        // What the fetch wrote says more than the parent's average: a fetch from the "slow"
+        // parent that is nearly done stays; one from the "fast" parent that stalls moves.
+        assert!(!should_move(fetch(3_000, Some(PIECE - 4096)), &slow, &fast));
+        assert!(should_move(fetch(3_000, Some(PIECE / 10)), &fast, &fast));
+        assert!(should_move(fetch(3_000, Some(0)), &fast, &fast));
+        // Unknown rates at the other holder never move a fetch.
+        assert!(!should_move(fetch(60_000, Some(0)), &slow, &normal(0)));
     }
 
     #[test]
@@ -420,6 +512,33 @@ mod tests {
         // Forwarded faster than we thought it could send: it looks faster.
         relay.delivered_at_least(4 << 20, Duration::from_millis(100));
         assert!(relay.delivered.unwrap() > measured);
+    }
+
+    #[test]
+    fn pieces_only_slow_parents_hold_start_last() {
+        let mut fast = normal(0);
+        fast.delivered_piece(4 << 20, Duration::from_millis(400));
+        let mut slow = normal(0);
+        slow.delivered_piece(4 << 20, Duration::from_secs(8));
+        let parents = vec![fast, slow];
+        // Piece 0 at the slow parent alone (rarer), piece 1 at both.
+        let holders: BTreeMap<u32, Vec<usize>> =
+            [(0, vec![1]), (1, vec![0, 1])].into_iter().collect();
+        let both: BTreeSet<u32> = [0, 1].into_iter().collect();
+        for s in 0..20 {
+            let mut rng = StdRng::seed_from_u64(s);
+            assert_eq!(
+                choose_piece(&both, &holders, &parents, &|_| true, &mut rng),
+                Some(1)
+            );
+        }
+        // Nothing else to start: the slow parent serves it.
+        let only0: BTreeSet<u32> = [0].into_iter().collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(
+            next_assignment(&only0, &holders, &parents, &|_| true, &mut rng),
+            Some((0, 1))
+        );
     }
 
     #[test]

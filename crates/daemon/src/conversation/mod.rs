@@ -118,6 +118,10 @@ pub enum Event {
         fault: Fault,
         error: String,
     },
+    /// How far the write of each piece in flight has come: its piece number and the content
+    /// file offset written up to, 0 for a fetch that wrote nothing yet (sampled by the shell
+    /// before each [`Event::Tick`]).
+    FetchProgress { written_to: Vec<(u32, u64)> },
     /// A deadline asked for with [`Action::WakeAt`] passed (or any other reason to look).
     Tick,
     /// The daemon is shutting down.

@@ -9,7 +9,8 @@
 use super::parent::{Parent, ParentKind, ParentState, MAX_PARENT_FAILURES};
 use super::{Action, Delivery, ParentKey, PieceFailure, Settings};
 use crate::dispatch::{
-    move_after, next_assignment, seed_budget, should_move, ParentLoad, SeedGrace,
+    next_assignment, seed_budget, should_move, FetchStatus, ParentLoad, SeedGrace, MIN_MOVE_AFTER,
+    MOVE_CHECK_INTERVAL,
 };
 use crate::scheduler_client::Decision;
 use damselfly_core::PieceSpan;
@@ -28,7 +29,7 @@ pub(super) const MIN_PENDING_FOR_REFRESH: usize = 8;
 /// How often one piece's fetch may move to a faster holder. Each move restarts the fetch, so
 /// a bound keeps a piece from bouncing between holders whose speed changes faster than the
 /// running averages follow.
-pub(super) const MAX_MOVES: u32 = 3;
+pub(super) const MAX_MOVES: usize = 3;
 
 /// Where a round is.
 #[derive(Debug)]
@@ -73,11 +74,13 @@ impl RoundEnd {
     }
 }
 
-/// A piece in flight: from whom, since when.
+/// A piece in flight: from whom, since when, and how far its write has come (the content
+/// file offset written to, when the shell told us).
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     parent: usize,
     since: Instant,
+    written_to: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -90,8 +93,10 @@ pub(super) struct Round {
     holders: BTreeMap<u32, Vec<usize>>,
     /// Pieces in flight, and from whom.
     fetching: BTreeMap<u32, InFlight>,
-    /// How often each piece's fetch moved to a faster holder; at [`MAX_MOVES`] it stays.
-    moves: BTreeMap<u32, u32>,
+    /// The parents each piece's fetch moved away from; at [`MAX_MOVES`] it stays, and it
+    /// never moves back to one of them (two parents alike would trade it back and forth,
+    /// each restart throwing away what the fetch had).
+    moves: BTreeMap<u32, Vec<usize>>,
     fatal: Option<String>,
     grace: SeedGrace,
     concurrency: usize,
@@ -268,6 +273,15 @@ impl Round {
         let p = self.parents.get_mut(parent.0)?;
         p.load.in_flight = p.load.in_flight.saturating_sub(1);
         Some(p)
+    }
+
+    /// How far the writes of pieces in flight have come (content file offsets).
+    pub fn progress(&mut self, written_to: &[(u32, u64)]) {
+        for &(number, to) in written_to {
+            if let Some(fetch) = self.fetching.get_mut(&number) {
+                fetch.written_to = Some(to);
+            }
+        }
     }
 
     /// A piece is stored. A piece forwarded as it arrived at the parent took as long as the
@@ -478,8 +492,12 @@ impl Round {
             return;
         };
         p.load.in_flight += 1;
-        self.fetching
-            .insert(span.number, InFlight { parent, since: now });
+        let fetch = InFlight {
+            parent,
+            since: now,
+            written_to: None,
+        };
+        self.fetching.insert(span.number, fetch);
         out.push(Action::Fetch {
             parent: ParentKey(parent),
             parent_id: p.peer.id.clone(),
@@ -490,23 +508,23 @@ impl Round {
     }
 
     /// Gives up fetches that a much faster holder would finish sooner (see [`should_move`])
-    /// and starts them again at once from that holder: the fastest one for one more piece,
-    /// a seed only within the seed budget. A seed is a target here though the dispatch
-    /// prefers normal parents: a piece the seed and slow parents hold must not wait on a
-    /// slow uplink while the seed's idles.
+    /// and starts them again at once from that holder: the fastest normal parent for one
+    /// more piece. Never a seed: its uplink carries the task's first copies, and each copy
+    /// of a piece the swarm holds delays the next first copy (bench/netns, half the uplinks
+    /// slow: moves to the seed made it send 1.14 copies per piece, its last first copy 6 s
+    /// later).
     fn move_slow_fetches(
         &mut self,
         now: Instant,
         missing: &BTreeMap<u32, PieceSpan>,
         out: &mut Vec<Action>,
     ) {
-        let seed_slots_free = self.seed_slots_free();
         let to_move: Vec<(u32, usize, usize)> = self
             .fetching
             .iter()
-            .filter(|(number, _)| self.moves.get(number).copied().unwrap_or(0) < MAX_MOVES)
+            .filter(|(number, _)| self.may_move(**number))
             .filter_map(|(&number, f)| {
-                let target = self.move_target(now, number, f, seed_slots_free)?;
+                let target = self.move_target(now, missing.get(&number)?, f)?;
                 Some((number, f.parent, target))
             })
             .collect();
@@ -514,9 +532,14 @@ impl Round {
             let Some(span) = missing.get(&number) else {
                 continue;
             };
-            debug!(number, "moving a slow fetch to a faster holder");
+            debug!(
+                number,
+                from = %self.parents[parent].peer.id,
+                to = %self.parents[target].peer.id,
+                "moving a slow fetch to a faster holder"
+            );
             self.fetching.remove(&number);
-            *self.moves.entry(number).or_default() += 1;
+            self.moves.entry(number).or_default().push(parent);
             if let Some(p) = self.parents.get_mut(parent) {
                 p.load.in_flight = p.load.in_flight.saturating_sub(1);
             }
@@ -526,24 +549,30 @@ impl Round {
     }
 
     /// The holder a fetch of `number` should move to, if any is much faster.
-    fn move_target(
-        &self,
-        now: Instant,
-        number: u32,
-        running: &InFlight,
-        seed_slots_free: bool,
-    ) -> Option<usize> {
-        let piece_time = self.grace.piece_time();
+    fn move_target(&self, now: Instant, span: &PieceSpan, running: &InFlight) -> Option<usize> {
         let load = &self.parents[running.parent].load;
-        let elapsed = now.saturating_duration_since(running.since);
+        let status = FetchStatus {
+            elapsed: now.saturating_duration_since(running.since),
+            length: span.length,
+            written: running
+                .written_to
+                .map(|to| to.saturating_sub(span.offset).min(span.length)),
+        };
+        let left = self.moves.get(&span.number);
         self.holders
-            .get(&number)?
+            .get(&span.number)?
             .iter()
             .copied()
             .filter(|&h| h != running.parent && self.parents[h].is_alive())
-            .filter(|&h| seed_slots_free || !self.parents[h].load.seed)
-            .filter(|&h| should_move(elapsed, piece_time, load, &self.parents[h].load))
+            .filter(|h| !left.is_some_and(|left| left.contains(h)))
+            .filter(|&h| !self.parents[h].load.seed)
+            .filter(|&h| should_move(status, load, &self.parents[h].load))
             .max_by_key(|&h| self.parents[h].load.spare_per_piece(None))
+    }
+
+    /// Whether piece `number`'s fetch may still move.
+    fn may_move(&self, number: u32) -> bool {
+        self.moves.get(&number).map_or(0, Vec::len) < MAX_MOVES
     }
 
     /// Whether a seed may take one more of our pieces within the seed budget.
@@ -589,15 +618,14 @@ impl Round {
         let ripening = (self.fetching.len() < self.concurrency)
             .then(|| self.grace.next_ripening(&self.idle, now))
             .flatten();
-        // A fetch may become worth moving; only deadlines still ahead, so a fetch with no
-        // faster holder never wakes the round in a loop.
-        let move_at = move_after(self.grace.piece_time());
+        // A fetch another parent also holds may become worth moving: looked at once it ran
+        // long enough, then every MOVE_CHECK_INTERVAL (never at `now`, so no busy loop).
         let moving = self
             .fetching
             .iter()
-            .filter(|(number, _)| self.moves.get(number).copied().unwrap_or(0) < MAX_MOVES)
-            .map(|(_, f)| f.since + move_at)
-            .filter(|&at| at > now)
+            .filter(|(number, _)| self.may_move(**number))
+            .filter(|(number, _)| self.holders.get(number).is_some_and(|h| h.len() > 1))
+            .map(|(_, f)| (f.since + MIN_MOVE_AFTER).max(now + MOVE_CHECK_INTERVAL))
             .min();
         [stall, ripening, self.refresh_at, moving]
             .into_iter()

@@ -729,10 +729,9 @@ fn a_fetch_from_a_slow_parent_moves_to_a_fast_one_that_got_the_piece() {
 }
 
 #[test]
-fn a_slow_fetch_moves_to_a_much_faster_seed() {
+fn a_slow_fetch_never_moves_to_a_seed() {
     let (mut s, _) = Script::new(4, 8, 3);
-    s.at(0)
-        .decide(&[seed("seed", 0), normal("slow", 1), normal("fast", 2)]);
+    s.at(0).decide(&[seed("seed", 0), normal("slow", 1)]);
     let landed = |parent: usize, number: u32, cost: Duration| Event::PieceFetched {
         parent: ParentKey(parent),
         number,
@@ -746,14 +745,81 @@ fn a_slow_fetch_moves_to_a_much_faster_seed() {
     s.at(400).feed(landed(0, 0, Duration::from_millis(100)));
     assert_eq!(fetches(&s.at(401).offer(1, 1)), vec![(1, 1)]);
     s.at(20_401).feed(landed(1, 1, Duration::from_secs(20)));
-    // Piece 2 is at the slow parent and the seed: the dispatch prefers the normal parent...
+    // Piece 2 is at the slow parent and the seed: the normal parent serves it, and the
+    // fetch stays there however slow: the seed's uplink is for first copies.
     s.at(20_402).offer(0, 2);
     assert_eq!(fetches(&s.at(20_403).offer(1, 2)), vec![(1, 2)]);
-    // ... but a few piece times later the fetch moves to the seed, at once.
-    let moved = s.at(80_000).feed(Event::Tick);
+    let later = s.at(80_000).feed(Event::FetchProgress {
+        written_to: vec![(2, 2 * PIECE + 4096)],
+    });
+    assert!(
+        !later.contains(&Action::AbortFetch { number: 2 }),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn a_fetch_that_writes_slowly_moves_whatever_its_parent_delivered_before() {
+    let (mut s, _) = Script::new(4, 8, 3);
+    s.at(0).decide(&[normal("a", 0), normal("b", 1)]);
+    let landed = |parent: usize, number: u32| Event::PieceFetched {
+        parent: ParentKey(parent),
+        number,
+        cost: Duration::from_millis(400),
+        delivery: Delivery::Whole,
+    };
+    // Both parents delivered a piece in 400 ms.
+    assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
+    s.at(400).feed(landed(0, 0));
+    assert_eq!(fetches(&s.at(401).offer(1, 1)), vec![(1, 1)]);
+    s.at(800).feed(landed(1, 1));
+    // Piece 2 from parent a, which then slows down: a tenth of the piece in 3 s.
+    assert_eq!(fetches(&s.at(801).offer(0, 2)), vec![(0, 2)]);
+    assert!(fetches(&s.at(802).offer(1, 2)).is_empty());
+    let written_to = |bytes: u64| Event::FetchProgress {
+        written_to: vec![(2, 2 * PIECE + bytes)],
+    };
+    // Steady: nothing moves.
+    let steady = s.at(2_900).feed(written_to(PIECE * 9 / 10));
+    assert!(!steady.contains(&Action::AbortFetch { number: 2 }));
+    // Stalled at a tenth: it moves to b.
+    let moved = s.at(3_801).feed(written_to(PIECE / 10));
     assert!(
         moved.contains(&Action::AbortFetch { number: 2 }),
         "{moved:?}"
     );
-    assert_eq!(fetches(&moved), vec![(0, 2)]);
+    assert_eq!(fetches(&moved), vec![(1, 2)]);
+}
+
+#[test]
+fn a_moved_fetch_never_moves_back() {
+    let (mut s, _) = Script::new(4, 8, 3);
+    s.at(0).decide(&[normal("a", 0), normal("b", 1)]);
+    let landed = |parent: usize, number: u32| Event::PieceFetched {
+        parent: ParentKey(parent),
+        number,
+        cost: Duration::from_millis(400),
+        delivery: Delivery::Whole,
+    };
+    assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
+    s.at(400).feed(landed(0, 0));
+    assert_eq!(fetches(&s.at(401).offer(1, 1)), vec![(1, 1)]);
+    s.at(800).feed(landed(1, 1));
+    assert_eq!(fetches(&s.at(801).offer(0, 2)), vec![(0, 2)]);
+    s.at(802).offer(1, 2);
+    let stalled = Event::FetchProgress {
+        written_to: vec![(2, 0)],
+    };
+    // Nothing written at a in 3 s: the fetch moves to b...
+    let moved = s.at(3_801).feed(stalled);
+    assert_eq!(fetches(&moved), vec![(1, 2)]);
+    // ... and stalls there too: it stays, rather than go back to a and start again.
+    let stalled = Event::FetchProgress {
+        written_to: vec![(2, 0)],
+    };
+    let later = s.at(9_000).feed(stalled);
+    assert!(
+        !later.contains(&Action::AbortFetch { number: 2 }),
+        "{later:?}"
+    );
 }

@@ -102,6 +102,12 @@ async fn converse(
                 .await;
         }
         let event = shell.next_event(job, &mut session, &core).await;
+        if matches!(event, Event::Tick) {
+            // The move policy looks at what each fetch wrote, on the round's deadlines.
+            if let Some(progress) = shell.links.fetch_progress() {
+                actions.extend(shell.feed(&mut core, progress));
+            }
+        }
         actions.extend(shell.feed(&mut core, event));
     }
 }

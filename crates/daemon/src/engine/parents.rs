@@ -140,6 +140,7 @@ impl<'a, 'j> Links<'a, 'j> {
         let trust = Arc::clone(&self.trust);
         let span_info = tracing::debug_span!("piece", number = span.number, source = %parent_id);
         let fetch = async move {
+            debug!(piece = span.number, "piece requested");
             let trusted = trust.digest_of(span.number).await;
             let result = pieces
                 .download_piece(
@@ -166,6 +167,28 @@ impl<'a, 'j> Links<'a, 'j> {
         };
         let handle = self.running.spawn(fetch.instrument(span_info));
         self.fetches.insert(span.number, handle);
+    }
+
+    /// How far the write of each piece in flight has come, for the move policy; `None` with
+    /// nothing in flight.
+    pub fn fetch_progress(&self) -> Option<Event> {
+        if self.fetches.is_empty() {
+            return None;
+        }
+        let storage = &self.job.ctx.storage;
+        let written_to = self
+            .fetches
+            .keys()
+            .map(|&number| {
+                // Nothing published: the fetch has not written a byte (its request waits at
+                // the parent, or for the piece's previous writer).
+                let written_to = storage
+                    .piece_write_progress(self.job.task_id(), number)
+                    .map_or(0, |progress| progress.borrow().written_to);
+                (number, written_to)
+            })
+            .collect();
+        Some(Event::FetchProgress { written_to })
     }
 
     /// Aborts the fetch of `number` (it moved to a faster parent).
