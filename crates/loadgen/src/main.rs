@@ -198,9 +198,13 @@ async fn run_peers(cluster: &Arc<Cluster>, channels: &[Channel], args: &Args) ->
             break;
         };
         let client = SchedulerClient::new(channels[k % channels.len()].clone());
+        // The first `concurrency` peers register together, in one burst.
+        let first_wave = k < args.concurrency;
         peers.spawn(async move {
             let _permit = permit;
-            peer::run(client, plan, pace).await
+            let mut outcome = peer::run(client, plan, pace).await;
+            outcome.first_wave = first_wave;
+            outcome
         });
         // Reap as we go, so the outcomes do not pile up in the set.
         while let Some(Ok(outcome)) = peers.try_join_next() {

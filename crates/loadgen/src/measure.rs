@@ -107,6 +107,9 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 pub struct Totals {
     pub peers: usize,
     pub latencies: Vec<Duration>,
+    /// The decision latencies of the peers after the first wave: the steady state, without
+    /// the start-up burst of registrations.
+    pub steady_latencies: Vec<Duration>,
     pub to_parents: usize,
     pub to_origin: usize,
     pub reports: u64,
@@ -121,6 +124,9 @@ impl Totals {
     pub fn add(&mut self, outcome: Outcome) {
         self.peers += 1;
         self.latencies.extend(outcome.decision_latency);
+        if !outcome.first_wave {
+            self.steady_latencies.extend(outcome.decision_latency);
+        }
         match outcome.decided {
             Decided::Parents => self.to_parents += 1,
             Decided::BackToSource => self.to_origin += 1,
@@ -158,6 +164,7 @@ impl Report {
     /// `key=value` pairs on one line, starting with `RESULT`.
     pub fn line(&mut self) -> String {
         self.totals.latencies.sort_unstable();
+        self.totals.steady_latencies.sort_unstable();
         self.totals.wake_lags.sort_unstable();
         self.totals.send_lags.sort_unstable();
         let t = &self.totals;
@@ -177,7 +184,7 @@ impl Report {
              reports_per_s={:.0} pushes={} errors={} announce_s={:.2} peer_phase_s={:.2} \
              rss_base_kib={} rss_hosts_kib={} rss_peers_kib={} hwm_kib={} \
              kib_per_host={:.2} kib_per_peer={:.2} wake_lag_p99_ms={:.2} \
-             send_lag_p99_ms={:.2} sched_cpu_s={} sched_wait_s={} loadgen_cpu_s={:.2} \
+             send_lag_p99_ms={:.2} steady_p50_ms={:.2} steady_p99_ms={:.2} sched_cpu_s={} sched_wait_s={} loadgen_cpu_s={:.2} \
              loadgen_wait_s={:.2}",
             self.hosts,
             t.peers,
@@ -203,6 +210,8 @@ impl Report {
             peer_kib,
             ms(quantile(&t.wake_lags, 0.99)),
             ms(quantile(&t.send_lags, 0.99)),
+            ms(quantile(&t.steady_latencies, 0.50)),
+            ms(quantile(&t.steady_latencies, 0.99)),
             secs_or_none(self.scheduler_cpu.map(|c| c.on_cpu)),
             secs_or_none(self.scheduler_cpu.map(|c| c.waiting)),
             self.loadgen_cpu.on_cpu.as_secs_f64(),

@@ -49,6 +49,9 @@ pub enum Decided {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub decision_latency: Option<Duration>,
+    /// One of the peers that registered together at the start (the generator opens
+    /// `--concurrency` streams at once), not one that replaced a finished peer.
+    pub first_wave: bool,
     pub decided: Decided,
     pub reports: u64,
     pub pushes: u64,
