@@ -4,8 +4,12 @@
 # (50k peers at 10k hosts) over hosts/20 tasks of 16 pieces, 500 peers downloading at once,
 # each reporting a piece every 20 ms (25,000 reports per second offered, over the 20,000 of the
 # issue's target). Prints one table row per size:
-# decisions/s, p50/p99 decision latency, piece reports/s, scheduler KiB per peer and per host,
-# and the scheduler's CPU seconds.
+# decisions/s, p50/p99 decision latency (all peers, and without the first --concurrency peers,
+# which register in one burst at the start), piece reports/s, scheduler KiB per peer and per host,
+# and over the peer phase the CPU seconds of the scheduler and of the generator, each with the
+# seconds it sat runnable but without a CPU (other work on its core), and how late the
+# generator woke for its reports (its own backlog) and handed them over (plus the scheduler's
+# backpressure), p99.
 #
 #   bench/scheduler-load.sh                      # 1000 5000 10000 hosts
 #   SIZES="1000" RUN_NICE=19 bench/scheduler-load.sh
@@ -52,7 +56,7 @@ log "fd limit $(ulimit -n); scheduler on CPU $SCHED_CPU, load generator on CPU $
 WORK="$(mktemp -d /tmp/damselfly-schedload.XXXXXX)"
 trap 'bench_cleanup; rm -rf "$WORK"' EXIT
 
-# run_size HOSTS: one fresh scheduler, one load run; appends "RESULT ... sched_cpu_s=X".
+# run_size HOSTS: one fresh scheduler, one load run; appends "RESULT ... sched_cpu_run_s=X (the whole run)".
 run_size() {
   local hosts="$1" port pid before after line
   port="$(free_port "$IP")"
@@ -74,7 +78,7 @@ run_size() {
     --piece-interval-ms "$PIECE_INTERVAL_MS" --max-seconds "$MAX_SECONDS" | grep '^RESULT')"
   after="$(cpu_ticks "$pid")"
   stop_pid "$pid"
-  echo "$line sched_cpu_s=$(awk -v a="$after" -v b="$before" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (a - b) / t }')" \
+  echo "$line sched_cpu_run_s=$(awk -v a="$after" -v b="$before" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (a - b) / t }')" \
     | tee -a "$WORK/results" >&2
 }
 
@@ -83,13 +87,14 @@ for hosts in $SIZES; do run_size "$hosts"; done
 # The table: one row per RESULT line.
 awk '
   BEGIN {
-    print "| hosts | peers | tasks | decisions/s | p50 ms | p99 ms | reports/s | KiB/peer | KiB/host | sched CPU s | phase s | errors |"
-    print "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    print "| hosts | peers | tasks | decisions/s | p50 ms | p99 ms | steady p50/p99 ms | reports/s | KiB/peer | KiB/host | phase s | sched CPU s (wait) | loadgen CPU s (wait) | wake/send lag p99 ms | errors |"
+    print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   }
   {
     delete v
     for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", v["hosts"], v["peers"], v["tasks"],
-      v["decisions_per_s"], v["p50_ms"], v["p99_ms"], v["reports_per_s"], v["kib_per_peer"],
-      v["kib_per_host"], v["sched_cpu_s"], v["peer_phase_s"], v["errors"]
+    printf "| %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s (%s) | %s (%s) | %s / %s | %s |\n", v["hosts"], v["peers"], v["tasks"],
+      v["decisions_per_s"], v["p50_ms"], v["p99_ms"], v["steady_p50_ms"], v["steady_p99_ms"], v["reports_per_s"], v["kib_per_peer"],
+      v["kib_per_host"], v["peer_phase_s"], v["sched_cpu_s"], v["sched_wait_s"], v["loadgen_cpu_s"],
+      v["loadgen_wait_s"], v["wake_lag_p99_ms"], v["send_lag_p99_ms"], v["errors"]
   }' "$WORK/results"

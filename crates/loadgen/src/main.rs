@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 use cluster::Cluster;
-use measure::{Memory, Report, Totals};
+use measure::{CpuTime, Memory, Report, Totals};
 use peer::Pace;
 
 /// Hosts per task when `--tasks` is not given: 100 peers per task at 5 peers per host.
@@ -114,9 +114,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cluster.tasks.len()
     );
 
+    let sched_before = args.scheduler_pid.map(CpuTime::of);
+    let own_before = CpuTime::of_self();
     let started = Instant::now();
     let totals = run_peers(&cluster, &channels, &args).await;
     let peer_time = started.elapsed();
+    let loadgen_cpu = CpuTime::of_self().since(own_before);
+    let scheduler_cpu = args
+        .scheduler_pid
+        .zip(sched_before)
+        .map(|(pid, before)| CpuTime::of(pid).since(before));
     let after_peers = Memory::of(args.scheduler_pid);
     if let Some(error) = &totals.first_error {
         eprintln!("loadgen: {} peers failed; first: {error}", totals.errors);
@@ -130,6 +137,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         base,
         after_hosts,
         after_peers,
+        scheduler_cpu,
+        loadgen_cpu,
     };
     println!("{}", report.line());
     Ok(())
@@ -189,9 +198,13 @@ async fn run_peers(cluster: &Arc<Cluster>, channels: &[Channel], args: &Args) ->
             break;
         };
         let client = SchedulerClient::new(channels[k % channels.len()].clone());
+        // The first `concurrency` peers register together, in one burst.
+        let first_wave = k < args.concurrency;
         peers.spawn(async move {
             let _permit = permit;
-            peer::run(client, plan, pace).await
+            let mut outcome = peer::run(client, plan, pace).await;
+            outcome.first_wave = first_wave;
+            outcome
         });
         // Reap as we go, so the outcomes do not pile up in the set.
         while let Some(Ok(outcome)) = peers.try_join_next() {

@@ -35,6 +35,64 @@ impl Memory {
     }
 }
 
+/// CPU time and run-queue wait of a process, summed over its live threads
+/// (`/proc/<pid>/task/*/schedstat`: nanoseconds on a CPU, nanoseconds runnable but waiting).
+/// The wait tells whether the process lacked a CPU (other work on its core) rather than work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    pub on_cpu: Duration,
+    pub waiting: Duration,
+}
+
+impl CpuTime {
+    /// `pid`'s threads; zeros when there is no such process.
+    pub fn of(pid: u32) -> Self {
+        Self::of_dir(&format!("/proc/{pid}/task"))
+    }
+
+    /// This process's threads.
+    pub fn of_self() -> Self {
+        Self::of_dir("/proc/self/task")
+    }
+
+    fn of_dir(dir: &str) -> Self {
+        let Ok(threads) = std::fs::read_dir(dir) else {
+            return Self::default();
+        };
+        threads
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+            .map(|text| Self::parse(&text))
+            .fold(Self::default(), |sum, t| Self {
+                on_cpu: sum.on_cpu + t.on_cpu,
+                waiting: sum.waiting + t.waiting,
+            })
+    }
+
+    fn parse(schedstat: &str) -> Self {
+        let mut fields = schedstat
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0));
+        let mut next = || Duration::from_nanos(fields.next().unwrap_or(0));
+        Self {
+            on_cpu: next(),
+            waiting: next(),
+        }
+    }
+
+    /// What was spent between `earlier` and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            on_cpu: self.on_cpu.saturating_sub(earlier.on_cpu),
+            waiting: self.waiting.saturating_sub(earlier.waiting),
+        }
+    }
+}
+
+/// Seconds with two decimals, `-` when unknown.
+fn secs_or_none(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".into(), |d| format!("{:.2}", d.as_secs_f64()))
+}
+
 /// The `q` quantile (0..=1) of sorted samples, nearest rank.
 pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
@@ -49,10 +107,15 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 pub struct Totals {
     pub peers: usize,
     pub latencies: Vec<Duration>,
+    /// The decision latencies of the peers after the first wave: the steady state, without
+    /// the start-up burst of registrations.
+    pub steady_latencies: Vec<Duration>,
     pub to_parents: usize,
     pub to_origin: usize,
     pub reports: u64,
     pub pushes: u64,
+    pub wake_lags: Vec<Duration>,
+    pub send_lags: Vec<Duration>,
     pub errors: usize,
     pub first_error: Option<String>,
 }
@@ -61,6 +124,9 @@ impl Totals {
     pub fn add(&mut self, outcome: Outcome) {
         self.peers += 1;
         self.latencies.extend(outcome.decision_latency);
+        if !outcome.first_wave {
+            self.steady_latencies.extend(outcome.decision_latency);
+        }
         match outcome.decided {
             Decided::Parents => self.to_parents += 1,
             Decided::BackToSource => self.to_origin += 1,
@@ -68,6 +134,8 @@ impl Totals {
         }
         self.reports += outcome.reports;
         self.pushes += outcome.pushes;
+        self.wake_lags.extend(outcome.wake_lags);
+        self.send_lags.extend(outcome.send_lags);
         if let Some(error) = outcome.error {
             self.errors += 1;
             self.first_error.get_or_insert(error);
@@ -86,12 +154,19 @@ pub struct Report {
     pub base: Memory,
     pub after_hosts: Memory,
     pub after_peers: Memory,
+    /// The scheduler's CPU over the peer phase (`None` without `--scheduler-pid`).
+    pub scheduler_cpu: Option<CpuTime>,
+    /// The generator's own CPU over the peer phase.
+    pub loadgen_cpu: CpuTime,
 }
 
 impl Report {
     /// `key=value` pairs on one line, starting with `RESULT`.
     pub fn line(&mut self) -> String {
         self.totals.latencies.sort_unstable();
+        self.totals.steady_latencies.sort_unstable();
+        self.totals.wake_lags.sort_unstable();
+        self.totals.send_lags.sort_unstable();
         let t = &self.totals;
         let secs = self.peer_time.as_secs_f64().max(1e-9);
         let decisions = t.to_parents + t.to_origin;
@@ -108,7 +183,9 @@ impl Report {
              decisions_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} reports={} \
              reports_per_s={:.0} pushes={} errors={} announce_s={:.2} peer_phase_s={:.2} \
              rss_base_kib={} rss_hosts_kib={} rss_peers_kib={} hwm_kib={} \
-             kib_per_host={:.2} kib_per_peer={:.2}",
+             kib_per_host={:.2} kib_per_peer={:.2} wake_lag_p99_ms={:.2} \
+             send_lag_p99_ms={:.2} steady_p50_ms={:.2} steady_p99_ms={:.2} sched_cpu_s={} sched_wait_s={} loadgen_cpu_s={:.2} \
+             loadgen_wait_s={:.2}",
             self.hosts,
             t.peers,
             self.tasks,
@@ -131,6 +208,14 @@ impl Report {
             self.after_peers.hwm_kib,
             host_kib,
             peer_kib,
+            ms(quantile(&t.wake_lags, 0.99)),
+            ms(quantile(&t.send_lags, 0.99)),
+            ms(quantile(&t.steady_latencies, 0.50)),
+            ms(quantile(&t.steady_latencies, 0.99)),
+            secs_or_none(self.scheduler_cpu.map(|c| c.on_cpu)),
+            secs_or_none(self.scheduler_cpu.map(|c| c.waiting)),
+            self.loadgen_cpu.on_cpu.as_secs_f64(),
+            self.loadgen_cpu.waiting.as_secs_f64(),
         )
     }
 }
@@ -159,5 +244,14 @@ mod tests {
             }
         );
         assert_eq!(Memory::of(None), Memory::default());
+    }
+
+    #[test]
+    fn schedstat_gives_cpu_and_wait() {
+        let t = CpuTime::parse("328406452 74537298 60\n");
+        assert_eq!(t.on_cpu, Duration::from_nanos(328_406_452));
+        assert_eq!(t.waiting, Duration::from_nanos(74_537_298));
+        // This test's own process has run.
+        assert!(CpuTime::of_self().on_cpu > Duration::ZERO);
     }
 }

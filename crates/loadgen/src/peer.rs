@@ -49,9 +49,17 @@ pub enum Decided {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub decision_latency: Option<Duration>,
+    /// One of the peers that registered together at the start (the generator opens
+    /// `--concurrency` streams at once), not one that replaced a finished peer.
+    pub first_wave: bool,
     pub decided: Decided,
     pub reports: u64,
     pub pushes: u64,
+    /// Per report: how late the generator woke for it (its own runtime's queueing).
+    pub wake_lags: Vec<Duration>,
+    /// Per report: how late it was handed to the stream (the wake plus the stream's
+    /// backpressure, i.e. the scheduler not reading).
+    pub send_lags: Vec<Duration>,
     pub error: Option<String>,
 }
 
@@ -160,10 +168,14 @@ impl Stream<'_> {
             ))
             .await?;
         }
+        // Reports are due on a fixed schedule from Started, so a late one (the generator's
+        // own core busy, or the stream held back by flow control) does not delay the rest:
+        // the offered rate stays one report per interval per downloading peer.
+        let mut due = tokio::time::Instant::now();
         for number in 0..self.plan.pieces {
-            if !pace.piece_interval.is_zero() {
-                tokio::time::sleep(pace.piece_interval).await;
-            }
+            due += pace.piece_interval;
+            tokio::time::sleep_until(due).await;
+            outcome.wake_lags.push(due.elapsed());
             outcome.pushes += self.take_pushes(parents)?;
             let request = if from_origin {
                 PeerRequest::DownloadPieceBackToSourceFinishedRequest(
@@ -178,6 +190,7 @@ impl Stream<'_> {
                 })
             };
             self.send(request).await?;
+            outcome.send_lags.push(due.elapsed());
             outcome.reports += 1;
         }
         Ok(())

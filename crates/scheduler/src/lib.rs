@@ -30,6 +30,7 @@ mod seed;
 mod server;
 pub mod service;
 pub mod state;
+pub mod task_peers;
 pub mod upload;
 pub mod wake;
 

@@ -144,7 +144,7 @@ pub struct Task {
     pub content_length: Option<u64>,
     pub piece_length: Option<u64>,
     pub piece_count: Option<u32>,
-    pub peers: BTreeSet<Id>,
+    pub peers: crate::task_peers::TaskPeers,
     pub back_to_source_peers: HashSet<Id>,
     /// Piece number → its trusted digest (`blake3:`, or earlier peers' `sha256:`) from a peer
     /// that fetched it from the origin.
@@ -289,7 +289,7 @@ impl Task {
             content_length: None,
             piece_length: None,
             piece_count: None,
-            peers: BTreeSet::new(),
+            peers: Default::default(),
             back_to_source_peers: HashSet::new(),
             piece_digests: BTreeMap::new(),
             seed: SeedTrigger::Idle,

@@ -636,8 +636,7 @@ impl PeerSession {
         // One lock per report: the fast parents for a child whose parents turned out slow
         // (`state::topup`) leave the outbox with it.
         let pushes = self.shared.with_state(|s| {
-            s.piece_finished(peer_id, &piece, Instant::now())?;
-            s.record_flow(peer_id, &origin, piece.length);
+            s.piece_report(peer_id, &piece, &origin, Instant::now())?;
             Ok::<_, Status>(s.take_pushes())
         })?;
         self.shared.deliver(pushes);

@@ -75,14 +75,22 @@ impl UploadMeter {
         }
     }
 
-    /// Bytes per second served over the last window (the part of each piece in it).
+    /// Bytes per second served over the last window (the part of each piece in it). One
+    /// pass over the samples: every piece report from a parent asks for it.
     fn current(&self, now: Instant) -> f64 {
         let from = now.checked_sub(UPLOAD_WINDOW).unwrap_or(now);
-        let Some(first) = self.recent.iter().map(|s| s.start().max(from)).min() else {
+        let mut first: Option<Instant> = None;
+        let mut bytes = 0.0;
+        for sample in &self.recent {
+            let start = sample.start();
+            let clipped = start.max(from);
+            first = Some(first.map_or(clipped, |f| f.min(clipped)));
+            bytes += in_window(sample, start, from);
+        }
+        let Some(first) = first else {
             return 0.0;
         };
         let span = now.duration_since(first).max(MIN_UPLOAD_SPAN).as_secs_f64();
-        let bytes: f64 = self.recent.iter().map(|s| in_window(s, from)).sum();
         bytes / span
     }
 
@@ -101,9 +109,9 @@ impl UploadMeter {
     }
 }
 
-/// The bytes of `s` that fall after `from`, assuming an even rate over its transfer.
-fn in_window(s: &Served, from: Instant) -> f64 {
-    let start = s.start();
+/// The bytes of `s` (which started at `start`) that fall after `from`, assuming an even rate
+/// over its transfer.
+fn in_window(s: &Served, start: Instant, from: Instant) -> f64 {
     let total = s.end.duration_since(start).as_secs_f64();
     if start >= from || total <= 0.0 {
         return f64::from(s.bytes);

@@ -91,45 +91,110 @@ impl<'a> PieceOrigin<'a> {
     }
 }
 
+/// A reported piece's parent as the scheduler knows it: its interned id and host.
+#[derive(Debug, Clone)]
+pub(super) struct ParentRef {
+    pub id: Id,
+    pub host_id: Id,
+}
+
+impl ParentRef {
+    pub fn of(peer: &Peer) -> Self {
+        Self {
+            id: peer.id.clone(),
+            host_id: peer.host_id.clone(),
+        }
+    }
+}
+
+/// A reported piece's bytes and where they came from.
+pub(super) struct FedPiece<'a> {
+    pub origin: &'a PieceOrigin<'a>,
+    /// The parent, when the bytes came from one the scheduler knows.
+    pub parent: Option<&'a ParentRef>,
+    pub bytes: u64,
+}
+
+impl Host {
+    /// Counts bytes it sent to a child; returns whether it is a seed host.
+    fn sent(&mut self, bytes: u64) -> bool {
+        self.traffic.out_to_peers = self.traffic.out_to_peers.saturating_add(bytes);
+        self.host_type.is_seed()
+    }
+}
+
+impl PeerFlow {
+    /// Counts a piece the peer reported.
+    pub(super) fn add(&mut self, fed: &FedPiece) {
+        match (fed.origin, fed.parent) {
+            (PieceOrigin::Origin, _) => {
+                self.from_origin = self.from_origin.saturating_add(fed.bytes)
+            }
+            (PieceOrigin::Parent(_), Some(parent)) => self.add_from_parent(&parent.id, fed.bytes),
+            _ => {}
+        }
+    }
+}
+
 impl State {
-    /// Counts a finished piece of `child` on its task, itself and hosts.
-    pub fn record_flow(&mut self, child: &str, origin: &PieceOrigin, bytes: u64) {
-        if matches!(origin, PieceOrigin::Local) {
-            return;
+    /// The parent host's side of a piece report: `sample` (its host, bytes, cost) for its
+    /// measured upload, and the bytes it sent to the child by `fed`; the host is looked up
+    /// once when both name it. Returns whether the host that fed the child is a seed.
+    pub(super) fn record_served(
+        &mut self,
+        sample: Option<(&Id, u64, Duration)>,
+        fed: &FedPiece,
+        now: Instant,
+    ) -> bool {
+        let sender = fed.parent.map(|p| &p.host_id);
+        if let Some((host_id, bytes, cost)) = sample {
+            let same = sender.is_some_and(|s| Arc::ptr_eq(s, host_id));
+            let host = self.hosts.get_mut(&**host_id);
+            if let Some(host) = host {
+                host.upload.record(bytes, cost, now);
+                if same {
+                    return host.sent(fed.bytes);
+                }
+            }
+            if same {
+                return false;
+            }
         }
-        let Some(peer) = self.peers.get(child) else {
-            return;
-        };
-        let (task_id, child_host) = (peer.task_id.clone(), peer.host_id.clone());
-        // The parent as the scheduler knows it: its interned id and host.
-        let parent = match origin {
-            PieceOrigin::Parent(parent) => self.peers.get(*parent),
-            _ => None,
+        sender
+            .and_then(|id| self.hosts.get_mut(&**id))
+            .is_some_and(|host| host.sent(fed.bytes))
+    }
+
+    /// The task's and the child host's side of a piece report. Returns whether the child's
+    /// host is a seed, when it was looked up.
+    pub(super) fn count_flow(
+        &mut self,
+        task_id: &str,
+        child_host: &str,
+        fed: &FedPiece,
+        parent_is_seed: bool,
+    ) -> Option<bool> {
+        if matches!(fed.origin, PieceOrigin::Local) {
+            return None;
         }
-        .map(|p| (p.id.clone(), p.host_id.clone()));
-        let parent_host = parent.as_ref().map(|(_, host)| host.clone());
-        let parent_is_seed = parent_host.as_deref().is_some_and(|h| self.is_seed_host(h));
-        if let Some(task) = self.tasks.get_mut(&*task_id) {
+        if let Some(task) = self.tasks.get_mut(task_id) {
             let flow = &mut task.flow;
-            let total = match origin {
+            let total = match fed.origin {
                 PieceOrigin::Origin => &mut flow.from_origin,
                 _ if parent_is_seed => &mut flow.from_seeds,
                 // A parent the scheduler no longer knows still fed the child; without it the
                 // edge cannot be drawn, but the bytes count.
                 _ => &mut flow.from_peers,
             };
-            *total = total.saturating_add(bytes);
+            *total = total.saturating_add(fed.bytes);
         }
-        if let Some(peer) = self.peers.get_mut(child) {
-            match (origin, &parent) {
-                (PieceOrigin::Origin, _) => {
-                    peer.flow.from_origin = peer.flow.from_origin.saturating_add(bytes);
-                }
-                (_, Some((parent_id, _))) => peer.flow.add_from_parent(parent_id, bytes),
-                _ => {}
-            }
-        }
-        self.count_host_traffic(&child_host, parent_host.as_deref(), origin, bytes);
+        let host = self.hosts.get_mut(child_host)?;
+        let counter = match fed.origin {
+            PieceOrigin::Origin => &mut host.traffic.in_from_origin,
+            _ => &mut host.traffic.in_from_peers,
+        };
+        *counter = counter.saturating_add(fed.bytes);
+        Some(host.host_type.is_seed())
     }
 
     /// The task's parent → child edges whose parent is still the peer that fed the child.
@@ -159,25 +224,6 @@ impl State {
             })
             .map(|(_, edge)| edge)
             .collect()
-    }
-
-    fn count_host_traffic(
-        &mut self,
-        child_host: &str,
-        parent_host: Option<&str>,
-        origin: &PieceOrigin,
-        bytes: u64,
-    ) {
-        if let Some(host) = self.hosts.get_mut(child_host) {
-            let counter = match origin {
-                PieceOrigin::Origin => &mut host.traffic.in_from_origin,
-                _ => &mut host.traffic.in_from_peers,
-            };
-            *counter = counter.saturating_add(bytes);
-        }
-        if let Some(host) = parent_host.and_then(|id| self.hosts.get_mut(id)) {
-            host.traffic.out_to_peers = host.traffic.out_to_peers.saturating_add(bytes);
-        }
     }
 }
 
@@ -231,7 +277,8 @@ mod tests {
             ("p1", piece(None, pb::TrafficType::LocalPeer)),
         ];
         for (child, piece) in &reports {
-            s.record_flow(child, &PieceOrigin::of(piece), piece.length);
+            s.piece_report(child, piece, &PieceOrigin::of(piece), Instant::now())
+                .unwrap();
         }
         let flow = &s.task("t").unwrap().flow;
         assert_eq!(
@@ -256,7 +303,8 @@ mod tests {
     fn a_leaving_peer_takes_its_edges_but_not_the_totals() {
         let mut s = swarm();
         let fed = piece(Some("p0"), pb::TrafficType::RemotePeer);
-        s.record_flow("p1", &PieceOrigin::of(&fed), fed.length);
+        s.piece_report("p1", &fed, &PieceOrigin::of(&fed), Instant::now())
+            .unwrap();
         s.delete_peer("p0").unwrap();
         assert!(s.flow_edges("t").is_empty());
         assert_eq!(s.task("t").unwrap().flow.origin_bytes_saved(), 100);

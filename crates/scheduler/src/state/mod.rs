@@ -430,6 +430,56 @@ mod tests {
         assert_eq!(tx(&s, "h2"), None);
     }
 
+    /// A decision in a task larger than `filterParentLimit` samples the whole task, not the
+    /// peers that registered first, and always looks at the task's seed.
+    #[test]
+    fn decisions_sample_the_whole_task_and_every_seed() {
+        let mut s = state();
+        let now = Instant::now();
+        s.announce_host(host("seed", 1), now).unwrap();
+        s.register("seed", "t", "ps", download(), now).unwrap();
+        let mut done = vec!["ps".to_string()];
+        for i in 0..40 {
+            s.announce_host(host(&format!("h{i}"), 0), now).unwrap();
+            s.register(&format!("h{i}"), "t", &format!("p{i}"), download(), now)
+                .unwrap();
+            done.push(format!("p{i}"));
+        }
+        for id in &done {
+            s.peer_event(id, PeerEvent::DownloadBackToSource).unwrap();
+            s.finish(id, Terminal::BackToSourceFinished, now).unwrap();
+        }
+        s.announce_host(host("hc", 0), now).unwrap();
+        s.register("hc", "t", "c", download(), now).unwrap();
+        let mut chosen = HashSet::new();
+        for _ in 0..300 {
+            let parents = s.find_candidate_parents("c", now);
+            assert!(parents.iter().any(|id| &**id == "ps"), "{parents:?}");
+            chosen.extend(parents.into_iter().filter(|id| &**id != "ps"));
+        }
+        // 3 of 40 at a time: one peer missed in 300 decisions has a chance of about e^-23.
+        assert_eq!(chosen.len(), 40, "{chosen:?}");
+    }
+
+    /// A report the scheduler refuses (the peer already finished) counts nothing: not the
+    /// piece, not the parent host's upload, not the bytes by source.
+    #[test]
+    fn a_refused_piece_report_counts_nothing() {
+        let mut s = with_peers(2);
+        let now = Instant::now();
+        s.peer_event("p1", PeerEvent::DownloadBackToSource).unwrap();
+        s.finish("p1", Terminal::BackToSourceFinished, now).unwrap();
+        let piece = piece_from("p0", 3, 40);
+        let err = s
+            .piece_report("p1", &piece, &PieceOrigin::of(&piece), now)
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(s.host("h0").unwrap().upload.bits_per_second(now), None);
+        assert_eq!(s.host("h0").unwrap().traffic, HostTraffic::default());
+        assert_eq!(s.task("t").unwrap().flow, TaskFlow::default());
+        assert!(!s.peer("p1").unwrap().finished_pieces.contains(3));
+    }
+
     #[test]
     fn ipv6_endpoint_is_bracketed() {
         assert_eq!(host_endpoint("::1", 4000), "http://[::1]:4000");

@@ -91,7 +91,7 @@ impl State {
         if host_type.is_seed() {
             self.note_seed_registered(task_id, host_id);
         }
-        self.link_peer(peer);
+        self.link_peer(peer, host_type.is_seed());
         Ok(Registered { scope, seed_job })
     }
 
@@ -105,10 +105,10 @@ impl State {
     }
 
     /// Enters a registered peer in its task's and its host's lists.
-    fn link_peer(&mut self, peer: Peer) {
+    fn link_peer(&mut self, peer: Peer, on_seed_host: bool) {
         if let Some(task) = self.tasks.get_mut(&*peer.task_id) {
             task.state = task.state.on(TaskEvent::Download);
-            task.peers.insert(peer.id.clone());
+            task.peers.insert(peer.id.clone(), on_seed_host);
         }
         if let Some(host) = self.hosts.get_mut(&*peer.host_id) {
             host.peers.insert(peer.id.clone());

@@ -1,9 +1,18 @@
 //! Reports from a peer's stream: state events, pieces, reschedules, the end of a download.
 
+use super::flow::{FedPiece, ParentRef};
 use super::*;
 
 /// Characters of a peer's back-to-source description the scheduler keeps.
 const MAX_ORIGIN_DESCRIPTION: usize = 512;
+
+/// What a piece report needs of its child once the piece is recorded.
+struct ReportingChild {
+    task_id: Id,
+    host_id: Id,
+    /// Its parents are due for a look (`state::topup`), its host's kind aside.
+    top_up_due: bool,
+}
 
 impl State {
     fn peer_mut(&mut self, peer_id: &str) -> Result<&mut Peer, Status> {
@@ -67,51 +76,94 @@ impl State {
     }
 
     /// Records a finished piece (its number and cost), and on the host of the parent it came
-    /// from, what that host served.
+    /// from, what that host served; no bytes are counted by source (see
+    /// [`State::piece_report`], which also does that).
     pub fn piece_finished(
         &mut self,
         peer_id: &str,
         piece: &pb::Piece,
         now: Instant,
     ) -> Result<(), Status> {
-        let peer = self.peer_mut(peer_id)?;
-        if peer.state.is_terminal() {
-            return Err(Status::failed_precondition(format!(
-                "peer {peer_id} is {} and cannot report pieces",
-                peer.state.name()
-            )));
-        }
-        peer.finished_pieces.insert(piece.number);
+        self.piece_report(peer_id, piece, &PieceOrigin::Local, now)
+    }
+
+    /// One finished piece of `child_id` (`DownloadPiece(BackToSource)FinishedRequest`), whose
+    /// bytes came from `origin` (taken from the same piece): its number and cost, the
+    /// measured upload of the parent's host, the bytes by source (`flow`), and the top-up of
+    /// slow parents. Piece reports are most of what a scheduler handles and every map lookup
+    /// hashes a client-chosen id, so the child, its parent, their hosts and the task are
+    /// looked up once each.
+    pub fn piece_report(
+        &mut self,
+        child_id: &str,
+        piece: &pb::Piece,
+        origin: &PieceOrigin,
+        now: Instant,
+    ) -> Result<(), Status> {
+        let reported = piece.parent_id.as_deref().filter(|id| !id.is_empty());
+        let parent = reported
+            .and_then(|id| self.peers.get(id))
+            .map(|p| ParentRef::of(p));
+        let fed_by = match origin {
+            PieceOrigin::Parent(id) if Some(*id) == reported => parent.clone(),
+            PieceOrigin::Parent(id) => self.peers.get(*id).map(|p| ParentRef::of(p)),
+            _ => None,
+        };
         let cost = piece
             .cost
             .and_then(|c| Duration::try_from(c).ok())
             .unwrap_or_default();
+        let fed = FedPiece {
+            origin,
+            parent: fed_by.as_ref(),
+            bytes: piece.length,
+        };
+        let child = self.record_piece(child_id, piece.number, cost, &fed, now)?;
+        // A held task re-announced after a restart reports its pieces as local: they moved
+        // long ago and say nothing about the parent's upload now.
+        let measured = piece.traffic_type != Some(pb::TrafficType::LocalPeer as i32);
+        let sample = parent
+            .as_ref()
+            .filter(|_| measured)
+            .map(|p| (&p.host_id, piece.length, cost));
+        let parent_is_seed = self.record_served(sample, &fed, now);
+        let on_seed_host = self.count_flow(&child.task_id, &child.host_id, &fed, parent_is_seed);
+        if child.top_up_due && !on_seed_host.unwrap_or_else(|| self.is_seed_host(&child.host_id)) {
+            self.top_up_parents(child_id, now);
+        }
+        Ok(())
+    }
+
+    /// The child's side of a piece report: the piece, its cost, the bytes by source.
+    fn record_piece(
+        &mut self,
+        child_id: &str,
+        number: u32,
+        cost: Duration,
+        fed: &FedPiece,
+        now: Instant,
+    ) -> Result<ReportingChild, Status> {
+        let mesh = self.policy.mesh;
+        let peer = self.peer_mut(child_id)?;
+        if peer.state.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "peer {child_id} is {} and cannot report pieces",
+                peer.state.name()
+            )));
+        }
+        peer.finished_pieces.insert(number);
         peer.piece_costs
             .push_back(u32::try_from(cost.as_micros()).unwrap_or(u32::MAX));
         while peer.piece_costs.len() > scoring::PIECE_COST_WINDOW {
             peer.piece_costs.pop_front();
         }
         peer.touch();
-        self.record_upload(piece, cost, now);
-        self.top_up_parents(peer_id, now);
-        Ok(())
-    }
-
-    fn record_upload(&mut self, piece: &pb::Piece, cost: Duration, now: Instant) {
-        // A held task re-announced after a restart reports its pieces as local: they moved
-        // long ago and say nothing about the parent's upload now.
-        if piece.traffic_type == Some(pb::TrafficType::LocalPeer as i32) {
-            return;
-        }
-        let Some(parent_id) = piece.parent_id.as_deref().filter(|id| !id.is_empty()) else {
-            return;
-        };
-        let Some(parent) = self.peers.get(parent_id) else {
-            return;
-        };
-        if let Some(host) = self.hosts.get_mut(&*parent.host_id) {
-            host.upload.record(piece.length, cost, now);
-        }
+        peer.flow.add(fed);
+        Ok(ReportingChild {
+            task_id: peer.task_id.clone(),
+            host_id: peer.host_id.clone(),
+            top_up_due: mesh && topup::is_due(peer, now),
+        })
     }
 
     /// A piece from a parent failed. A non-temporary failure blocklists that parent; a

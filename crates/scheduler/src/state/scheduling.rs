@@ -97,9 +97,18 @@ impl State {
         let Some(task) = self.tasks.get(&*child.task_id) else {
             return Vec::new();
         };
-        // Each candidate's host is looked up once, for the filter and the partition.
+        // Each candidate's host is looked up once, for the filter and the partition. The
+        // normal peers are read in a random order until `filterParentLimit` are eligible
+        // (`task_peers`): the sample `rank_parents` takes, without walking the whole task.
         let (mut seeds, mut normal): (Vec<&Peer>, Vec<&Peer>) = (Vec::new(), Vec::new());
-        for parent in task.peers.iter().filter_map(|id| self.peer(id)) {
+        let enough = self.policy.filter_parent_limit;
+        let mut rng = rand::rng();
+        let candidates = task
+            .peers
+            .seeds()
+            .iter()
+            .chain(task.peers.shuffled_normal(&mut rng));
+        for parent in candidates.filter_map(|id| self.peer(id)) {
             let Some(host) = self.hosts.get(&*parent.host_id) else {
                 continue;
             };
@@ -109,6 +118,9 @@ impl State {
             match host.host_type {
                 HostType::Seed(_) => seeds.push(parent),
                 HostType::Normal => normal.push(parent),
+            }
+            if normal.len() >= enough {
+                break;
             }
         }
         let limit = self.policy.candidate_parent_limit;

@@ -18,6 +18,17 @@ pub const SLOW_PARENT_SHARE: f64 = 0.25;
 /// How often one child's parents are looked at again.
 pub const TOP_UP_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Whether `child`'s parents are due for a look, its host aside (a seed's never are). A
+/// child without parents is going to the origin or waiting for its decision.
+pub(super) fn is_due(child: &Peer, now: Instant) -> bool {
+    child.takes_pushes
+        && child.state == PeerState::Running
+        && !child.parents.is_empty()
+        && child
+            .topped_up_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= TOP_UP_INTERVAL)
+}
+
 impl State {
     /// After a piece report of `child_id`: pushes it fast parents if too few of its normal
     /// parents are fast (see the module doc). The pushes wait in the outbox.
@@ -47,17 +58,9 @@ impl State {
     }
 
     fn is_due_for_top_up(&self, child_id: &str, now: Instant) -> bool {
-        self.peers.get(child_id).is_some_and(|child| {
-            // A child without parents is going to the origin or waiting for its decision.
-            // The host lookup last: most reports come within the interval.
-            child.takes_pushes
-                && child.state == PeerState::Running
-                && !child.parents.is_empty()
-                && child
-                    .topped_up_at
-                    .is_none_or(|at| now.saturating_duration_since(at) >= TOP_UP_INTERVAL)
-                && !self.is_seed_host(&child.host_id)
-        })
+        self.peers
+            .get(child_id)
+            .is_some_and(|child| is_due(child, now) && !self.is_seed_host(&child.host_id))
     }
 
     /// The best eligible fast peers to add, none when the child has enough fast parents.
@@ -90,12 +93,19 @@ impl State {
         if want == 0 {
             return Vec::new();
         }
-        let pool: Vec<&Peer> = task
+        // `rank_parents` scores a random `filterParentLimit` of the pool: the task's peers are
+        // read in a random order until that many qualify (`task_peers`), not all of them.
+        let mut rng = rand::rng();
+        let candidates = task
             .peers
+            .seeds()
             .iter()
+            .chain(task.peers.shuffled_normal(&mut rng));
+        let pool: Vec<&Peer> = candidates
             .filter_map(|id| self.peer(id))
             .filter(|p| !self.is_seed_host(&p.host_id) && !child.parents.contains_key(&p.id))
             .filter(|p| !is_slow(p) && self.is_eligible_parent(child, p))
+            .take(self.policy.filter_parent_limit)
             .collect();
         self.rank_parents(child, task, pool, want, now)
     }
