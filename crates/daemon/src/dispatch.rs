@@ -241,10 +241,10 @@ pub fn next_assignment<R: Rng + ?Sized>(
 
 /// A fetch runs at least this long before it may move to a faster holder: its parent's
 /// rate is a running average, and a move throws away what the fetch already has.
-pub const MIN_MOVE_AFTER: Duration = Duration::from_secs(2);
+pub const MIN_MOVE_AFTER: Duration = Duration::from_secs(3);
 /// A fetch moves only if what it still needs is this many times what a fresh fetch from the
 /// other holder would take.
-pub const MOVE_GAIN: f64 = 2.0;
+pub const MOVE_GAIN: f64 = 3.0;
 /// How often the round looks again at fetches that may become worth moving.
 pub const MOVE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -481,9 +481,9 @@ mod tests {
         };
         let early = MIN_MOVE_AFTER.as_millis() as u64 - 1;
         assert!(!should_move(fetch(early, None), &slow, &fast), "too early");
-        assert!(should_move(fetch(2_000, None), &slow, &fast));
+        assert!(should_move(fetch(3_000, None), &slow, &fast));
         assert!(
-            !should_move(fetch(2_000, None), &fast, &slow),
+            !should_move(fetch(3_000, None), &fast, &slow),
             "never to a slower one"
         );
         // Nearly done at the slow parent: 0.5 s left against 0.4 s anew is not worth it.
