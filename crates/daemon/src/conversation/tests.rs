@@ -161,6 +161,16 @@ fn reschedule_of(actions: &[Action]) -> Option<(Vec<String>, String)> {
     })
 }
 
+/// A piece from `parent` stored after `cost`, sent whole.
+fn landed(parent: usize, number: u32, cost: Duration) -> Event {
+    Event::PieceFetched {
+        parent: ParentKey(parent),
+        number,
+        cost,
+        delivery: Delivery::Whole,
+    }
+}
+
 fn open(parent: usize, interested: Vec<u32>) -> Action {
     Action::OpenParent {
         parent: ParentKey(parent),
@@ -691,12 +701,6 @@ fn a_fetch_from_a_slow_parent_moves_to_a_fast_one_that_got_the_piece() {
     assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
     assert_eq!(fetches(&s.at(1).offer(1, 1)), vec![(1, 1)]);
     // What each delivered: 4 MiB in 20 s against 4 MiB in 100 ms.
-    let landed = |parent: usize, number: u32, cost: Duration| Event::PieceFetched {
-        parent: ParentKey(parent),
-        number,
-        cost,
-        delivery: Delivery::Whole,
-    };
     s.at(2_000).feed(landed(0, 0, Duration::from_secs(20)));
     s.at(2_000).feed(landed(1, 1, Duration::from_millis(100)));
     // Piece 2 is at the slow parent only: it is fetched from there...
@@ -732,12 +736,6 @@ fn a_fetch_from_a_slow_parent_moves_to_a_fast_one_that_got_the_piece() {
 fn a_slow_fetch_never_moves_to_a_seed() {
     let (mut s, _) = Script::new(4, 8, 3);
     s.at(0).decide(&[seed("seed", 0), normal("slow", 1)]);
-    let landed = |parent: usize, number: u32, cost: Duration| Event::PieceFetched {
-        parent: ParentKey(parent),
-        number,
-        cost,
-        delivery: Delivery::Whole,
-    };
     // The seed delivered a piece in 100 ms, the slow parent one in 20 s.
     // (A seed-only piece goes to the seed once the seed grace passed.)
     s.at(1).offer(0, 0);
@@ -762,17 +760,11 @@ fn a_slow_fetch_never_moves_to_a_seed() {
 fn a_fetch_that_writes_slowly_moves_whatever_its_parent_delivered_before() {
     let (mut s, _) = Script::new(4, 8, 3);
     s.at(0).decide(&[normal("a", 0), normal("b", 1)]);
-    let landed = |parent: usize, number: u32| Event::PieceFetched {
-        parent: ParentKey(parent),
-        number,
-        cost: Duration::from_millis(400),
-        delivery: Delivery::Whole,
-    };
     // Both parents delivered a piece in 400 ms.
     assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
-    s.at(400).feed(landed(0, 0));
+    s.at(400).feed(landed(0, 0, Duration::from_millis(400)));
     assert_eq!(fetches(&s.at(401).offer(1, 1)), vec![(1, 1)]);
-    s.at(800).feed(landed(1, 1));
+    s.at(800).feed(landed(1, 1, Duration::from_millis(400)));
     // Piece 2 from parent a, which then slows down: a tenth of the piece in 3 s.
     assert_eq!(fetches(&s.at(801).offer(0, 2)), vec![(0, 2)]);
     assert!(fetches(&s.at(802).offer(1, 2)).is_empty());
@@ -795,16 +787,10 @@ fn a_fetch_that_writes_slowly_moves_whatever_its_parent_delivered_before() {
 fn a_moved_fetch_never_moves_back() {
     let (mut s, _) = Script::new(4, 8, 3);
     s.at(0).decide(&[normal("a", 0), normal("b", 1)]);
-    let landed = |parent: usize, number: u32| Event::PieceFetched {
-        parent: ParentKey(parent),
-        number,
-        cost: Duration::from_millis(400),
-        delivery: Delivery::Whole,
-    };
     assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
-    s.at(400).feed(landed(0, 0));
+    s.at(400).feed(landed(0, 0, Duration::from_millis(400)));
     assert_eq!(fetches(&s.at(401).offer(1, 1)), vec![(1, 1)]);
-    s.at(800).feed(landed(1, 1));
+    s.at(800).feed(landed(1, 1, Duration::from_millis(400)));
     assert_eq!(fetches(&s.at(801).offer(0, 2)), vec![(0, 2)]);
     s.at(802).offer(1, 2);
     let stalled = Event::FetchProgress {
