@@ -194,6 +194,12 @@ async fn follow(
             outcome?;
             break;
         }
+        // Every look at the state marks its changes seen (here, and in `wait_started` before
+        // the caller was told it started): the bump that says the job went to the origin may
+        // be one of them, so the reason is looked for on every turn, not only on a change.
+        if viewer.early_origin(request).await.is_err() {
+            return Ok(Err(CallerGone));
+        }
         tokio::select! {
             event = events.recv() => match event {
                 Ok(PieceEvent::Finished(piece)) => {
@@ -219,9 +225,6 @@ async fn follow(
             changed = state.changed() => {
                 if changed.is_err() {
                     break;
-                }
-                if viewer.early_origin(request).await.is_err() {
-                    return Ok(Err(CallerGone));
                 }
             }
         }
