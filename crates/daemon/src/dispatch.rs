@@ -39,6 +39,10 @@ pub struct ParentLoad {
     /// What it delivered to us, bytes per second per piece (running average); `None` until
     /// a piece came from it.
     pub delivered: Option<u64>,
+    /// What its fetches in flight wrote so far, bytes per second per piece (the best of
+    /// them, once it ran [`MIN_MOVE_AFTER`]): stands for its rate until a piece landed, so a
+    /// parent whose first pieces crawl is known slow before the first one lands.
+    pub writing: Option<u64>,
 }
 
 impl ParentLoad {
@@ -68,11 +72,17 @@ impl ParentLoad {
         }
     }
 
-    /// What one more piece from this parent would get: its delivered rate (or, for a parent
-    /// that delivered nothing yet, `best_delivered`, the best among the candidates) shared
-    /// with our pieces in flight from it; without any delivery, the announced spare bandwidth.
+    /// What one piece from this parent gets: what it delivered, else what its fetches in
+    /// flight wrote so far; `None` while nothing is known.
+    pub fn rate(&self) -> Option<u64> {
+        self.delivered.or(self.writing)
+    }
+
+    /// What one more piece from this parent would get: its rate (or, for a parent not heard
+    /// from yet, `best_delivered`, the best among the candidates) shared with our pieces in
+    /// flight from it; without any rate, the announced spare bandwidth.
     pub fn spare_per_piece(&self, best_delivered: Option<u64>) -> u64 {
-        if let Some(rate) = self.delivered.or(best_delivered) {
+        if let Some(rate) = self.rate().or(best_delivered) {
             return rate / u64::from(self.in_flight + 1);
         }
         let max = if self.max_tx_bandwidth == 0 {
@@ -107,7 +117,7 @@ pub fn choose_parent<R: Rng + ?Sized>(
         .filter(|&i| !parents[i].seed)
         .collect();
     let pool = if normal.is_empty() { usable } else { normal };
-    let seen = pool.iter().filter_map(|&i| parents[i].delivered).max();
+    let seen = pool.iter().filter_map(|&i| parents[i].rate()).max();
     let best = pool
         .iter()
         .map(|&i| parents[i].spare_per_piece(seen))
@@ -123,23 +133,51 @@ pub fn choose_parent<R: Rng + ?Sized>(
 /// that only slow parents hold start after every other piece (see [`choose_piece`]).
 pub const SLOW_PARENT_RATIO: u64 = 4;
 
-/// Which parents are slow: delivered below the best delivered rate among normal parents
-/// divided by [`SLOW_PARENT_RATIO`]. A parent not heard from yet is not slow.
-fn slow_parents(parents: &[ParentLoad]) -> Vec<bool> {
-    let best = parents
-        .iter()
-        .filter(|p| !p.seed)
-        .filter_map(|p| p.delivered)
-        .max()
-        .unwrap_or(0);
+/// The best rate among normal parents, if any is known.
+pub fn best_rate(parents: &[ParentLoad]) -> Option<u64> {
     parents
         .iter()
-        .map(|p| {
-            p.delivered
-                .is_some_and(|rate| rate < best / SLOW_PARENT_RATIO)
-        })
+        .filter(|p| !p.seed)
+        .filter_map(ParentLoad::rate)
+        .max()
+}
+
+/// Whether `rate` is slow next to `best`: below it divided by [`SLOW_PARENT_RATIO`].
+fn is_slow(rate: u64, best: Option<u64>) -> bool {
+    best.is_some_and(|best| rate < best / SLOW_PARENT_RATIO)
+}
+
+/// Which parents are slow: their rate (see [`ParentLoad::rate`]) below the best normal
+/// parent's divided by [`SLOW_PARENT_RATIO`]. A parent not heard from yet is not slow.
+pub fn slow_parents(parents: &[ParentLoad]) -> Vec<bool> {
+    let best = best_rate(parents);
+    parents
+        .iter()
+        .map(|p| p.rate().is_some_and(|rate| is_slow(rate, best)))
         .collect()
 }
+
+/// A fetch lingers when it ran [`MIN_MOVE_AFTER`] and writes at a slow rate (see
+/// [`SLOW_PARENT_RATIO`]) next to the best parent's, `best`: it no longer takes one of the
+/// child's slots, so pieces that fast parents hold start beside it. Early in a task nobody's
+/// rate is known and a child fills its slots at whatever parents offer pieces; with half the
+/// uplinks at a tenth, a child whose slots all went to slow parents took no piece for 30 s
+/// while fast parents held dozens it lacked (bench/netns). It goes on (a move may take it
+/// to a faster holder), so the slow parent's upload is still used.
+pub fn lingers(fetch: FetchStatus, best: Option<u64>) -> bool {
+    let Some(written) = fetch.written else {
+        return false;
+    };
+    if fetch.elapsed < MIN_MOVE_AFTER {
+        return false;
+    }
+    let rate = written as f64 / fetch.elapsed.as_secs_f64();
+    is_slow(rate as u64, best)
+}
+
+/// How many fetches a child may have in flight, lingering ones included, per slot: the
+/// bound on connections when every parent crawls.
+pub const MAX_FETCHES_PER_SLOT: usize = 2;
 
 /// Chooses the next piece among `candidates` (missing, not in flight):
 /// - first a piece only seeds hold and that `seed_may_serve` allows (the caller's seed budget
@@ -429,6 +467,7 @@ mod tests {
             tx_bandwidth: 0,
             in_flight: 0,
             delivered: None,
+            writing: None,
         }
     }
 
@@ -538,6 +577,49 @@ mod tests {
         assert_eq!(
             next_assignment(&only0, &holders, &parents, &|_| true, &mut rng),
             Some((0, 1))
+        );
+    }
+
+    #[test]
+    fn a_parent_whose_first_fetches_crawl_is_slow_before_a_piece_lands() {
+        let mut fast = normal(0);
+        fast.delivered_piece(4 << 20, Duration::from_millis(400));
+        let mut crawling = normal(0);
+        assert_eq!(
+            slow_parents(&[fast.clone(), crawling.clone()]),
+            [false, false]
+        );
+        crawling.writing = Some(100 << 10);
+        assert_eq!(
+            slow_parents(&[fast.clone(), crawling.clone()]),
+            [false, true]
+        );
+        // What it delivers, once known, stands instead.
+        crawling.delivered_piece(4 << 20, Duration::from_millis(500));
+        assert_eq!(slow_parents(&[fast, crawling]), [false, false]);
+    }
+
+    #[test]
+    fn a_fetch_lingers_once_it_writes_far_below_the_best_rate() {
+        let best = Some(10 << 20);
+        let fetch = |secs: u64, written: Option<u64>| FetchStatus {
+            elapsed: Duration::from_secs(secs),
+            length: 4 << 20,
+            written,
+        };
+        assert!(
+            lingers(fetch(4, Some(1 << 20)), best),
+            "256 KiB/s next to 10 MiB/s"
+        );
+        assert!(
+            !lingers(fetch(4, Some(12 << 20)), best),
+            "3 MiB/s is not slow"
+        );
+        assert!(!lingers(fetch(2, Some(0)), best), "too early to tell");
+        assert!(!lingers(fetch(10, None), best), "progress unknown");
+        assert!(
+            !lingers(fetch(10, Some(0)), None),
+            "nothing to compare with"
         );
     }
 

@@ -62,6 +62,7 @@ impl Parent {
                 tx_bandwidth: network.and_then(|n| n.tx_bandwidth).unwrap_or(0),
                 in_flight: 0,
                 delivered: None,
+                writing: None,
             },
             kind: if seed {
                 ParentKind::Seed

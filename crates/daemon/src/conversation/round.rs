@@ -9,8 +9,8 @@
 use super::parent::{Parent, ParentKind, ParentState, MAX_PARENT_FAILURES};
 use super::{Action, Delivery, ParentKey, PieceFailure, Settings};
 use crate::dispatch::{
-    next_assignment, seed_budget, should_move, FetchStatus, ParentLoad, SeedGrace, MIN_MOVE_AFTER,
-    MOVE_CHECK_INTERVAL,
+    best_rate, lingers, next_assignment, seed_budget, should_move, slow_parents, FetchStatus,
+    ParentLoad, SeedGrace, MAX_FETCHES_PER_SLOT, MIN_MOVE_AFTER, MOVE_CHECK_INTERVAL,
 };
 use crate::scheduler_client::Decision;
 use damselfly_core::PieceSpan;
@@ -81,6 +81,17 @@ struct InFlight {
     parent: usize,
     since: Instant,
     written_to: Option<u64>,
+}
+
+/// What the move and slot policies see of a fetch.
+fn fetch_status(now: Instant, span: &PieceSpan, fetch: &InFlight) -> FetchStatus {
+    FetchStatus {
+        elapsed: now.saturating_duration_since(fetch.since),
+        length: span.length,
+        written: fetch
+            .written_to
+            .map(|to| to.saturating_sub(span.offset).min(span.length)),
+    }
 }
 
 #[derive(Debug)]
@@ -422,6 +433,7 @@ impl Round {
         missing: &BTreeMap<u32, PieceSpan>,
         out: &mut Vec<Action>,
     ) -> Option<RoundEnd> {
+        self.refresh_writing(now, missing);
         if matches!(self.state, RoundState::Fetching) {
             self.check_refresh(now, missing);
             self.move_slow_fetches(now, missing, out);
@@ -471,7 +483,9 @@ impl Round {
         missing: &BTreeMap<u32, PieceSpan>,
         out: &mut Vec<Action>,
     ) {
-        while self.fetching.len() < self.concurrency {
+        while self.slots_taken(now, missing) < self.concurrency
+            && self.fetching.len() < self.concurrency * MAX_FETCHES_PER_SLOT
+        {
             let Some((number, parent)) = self.next_assignment(now) else {
                 return;
             };
@@ -548,26 +562,61 @@ impl Round {
         }
     }
 
-    /// The holder a fetch of `number` should move to, if any is much faster.
+    /// The holder a fetch of `number` should move to, if any is much faster; never a slow
+    /// one (a fetch moved from one 10 Mbit/s parent to another crawled on for 30 s more).
     fn move_target(&self, now: Instant, span: &PieceSpan, running: &InFlight) -> Option<usize> {
         let load = &self.parents[running.parent].load;
-        let status = FetchStatus {
-            elapsed: now.saturating_duration_since(running.since),
-            length: span.length,
-            written: running
-                .written_to
-                .map(|to| to.saturating_sub(span.offset).min(span.length)),
-        };
+        let status = fetch_status(now, span, running);
         let left = self.moves.get(&span.number);
+        let slow = slow_parents(&self.loads());
         self.holders
             .get(&span.number)?
             .iter()
             .copied()
             .filter(|&h| h != running.parent && self.parents[h].is_alive())
             .filter(|h| !left.is_some_and(|left| left.contains(h)))
-            .filter(|&h| !self.parents[h].load.seed)
+            .filter(|&h| !self.parents[h].load.seed && !slow[h])
             .filter(|&h| should_move(status, load, &self.parents[h].load))
             .max_by_key(|&h| self.parents[h].load.spare_per_piece(None))
+    }
+
+    fn loads(&self) -> Vec<ParentLoad> {
+        self.parents.iter().map(|p| p.load.clone()).collect()
+    }
+
+    /// Each parent's rate as its fetches in flight show it (see [`ParentLoad::writing`]).
+    fn refresh_writing(&mut self, now: Instant, missing: &BTreeMap<u32, PieceSpan>) {
+        let mut writing: Vec<Option<u64>> = vec![None; self.parents.len()];
+        for (number, fetch) in &self.fetching {
+            let Some(span) = missing.get(number) else {
+                continue;
+            };
+            let status = fetch_status(now, span, fetch);
+            let (Some(written), true) = (status.written, status.elapsed >= MIN_MOVE_AFTER) else {
+                continue;
+            };
+            let rate = (written as f64 / status.elapsed.as_secs_f64()) as u64;
+            if let Some(slot) = writing.get_mut(fetch.parent) {
+                *slot = Some(slot.map_or(rate, |best| best.max(rate)));
+            }
+        }
+        for (parent, rate) in self.parents.iter_mut().zip(writing) {
+            parent.load.writing = rate;
+        }
+    }
+
+    /// Fetches that hold one of the child's slots: all but the lingering ones (see
+    /// [`lingers`]).
+    fn slots_taken(&self, now: Instant, missing: &BTreeMap<u32, PieceSpan>) -> usize {
+        let best = best_rate(&self.loads());
+        self.fetching
+            .iter()
+            .filter(|(number, fetch)| {
+                missing
+                    .get(number)
+                    .is_none_or(|span| !lingers(fetch_status(now, span, fetch), best))
+            })
+            .count()
     }
 
     /// Whether piece `number`'s fetch may still move.
@@ -590,7 +639,7 @@ impl Round {
     /// The next (piece, parent) pair, within the seed budget and the seed grace.
     fn next_assignment(&mut self, now: Instant) -> Option<(u32, usize)> {
         let seed_slots_free = self.seed_slots_free();
-        let loads: Vec<ParentLoad> = self.parents.iter().map(|p| p.load.clone()).collect();
+        let loads = self.loads();
         let alive: Vec<bool> = self.parents.iter().map(Parent::is_alive).collect();
         let normal_alive = loads.iter().zip(&alive).any(|(l, &a)| a && !l.seed);
         let grace = &self.grace;
@@ -618,13 +667,18 @@ impl Round {
         let ripening = (self.fetching.len() < self.concurrency)
             .then(|| self.grace.next_ripening(&self.idle, now))
             .flatten();
-        // A fetch another parent also holds may become worth moving: looked at once it ran
+        // A fetch another parent also holds may become worth moving, and with pieces
+        // waiting any fetch may start to linger and free its slot: looked at once it ran
         // long enough, then every MOVE_CHECK_INTERVAL (never at `now`, so no busy loop).
+        let waiting = !self.idle.is_empty();
         let moving = self
             .fetching
             .iter()
-            .filter(|(number, _)| self.may_move(**number))
-            .filter(|(number, _)| self.holders.get(number).is_some_and(|h| h.len() > 1))
+            .filter(|(number, _)| {
+                let movable = self.may_move(**number)
+                    && self.holders.get(number).is_some_and(|h| h.len() > 1);
+                movable || waiting
+            })
             .map(|(_, f)| (f.since + MIN_MOVE_AFTER).max(now + MOVE_CHECK_INTERVAL))
             .min();
         [stall, ripening, self.refresh_at, moving]

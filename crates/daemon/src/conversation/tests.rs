@@ -809,3 +809,56 @@ fn a_moved_fetch_never_moves_back() {
         "{later:?}"
     );
 }
+
+#[test]
+fn fetches_crawling_at_slow_parents_free_their_slots_for_fast_ones() {
+    // Two slots. The fast parent delivers piece 4 in 400 ms; pieces 0 and 1 start at a
+    // parent nobody knows yet, which then crawls.
+    let (mut s, _) = Script::new(6, 2, 3);
+    s.at(0).decide(&[normal("crawling", 0), normal("fast", 1)]);
+    assert_eq!(fetches(&s.at(1).offer(1, 4)), vec![(1, 4)]);
+    assert_eq!(fetches(&s.at(2).offer(0, 0)), vec![(0, 0)]);
+    s.at(401).feed(landed(1, 4, Duration::from_millis(400)));
+    assert_eq!(fetches(&s.at(402).offer(0, 1)), vec![(0, 1)]);
+    // The fast parent gets piece 5: both slots are taken.
+    assert!(
+        fetches(&s.at(403).offer(1, 5)).is_empty(),
+        "both slots taken"
+    );
+    // 4 s on, the crawling fetches wrote 100 KiB each, far below what the fast parent
+    // delivers: they stop holding slots, and piece 5 starts there while they go on (nobody
+    // else holds pieces 0 and 1).
+    let mut freed = s.at(4_500).feed(Event::FetchProgress {
+        written_to: vec![(0, 100 << 10), (1, PIECE + (100 << 10))],
+    });
+    freed.extend(s.at(4_501).feed(Event::Tick));
+    assert_eq!(fetches(&freed), vec![(1, 5)], "{freed:?}");
+    assert!(
+        !freed.iter().any(|a| matches!(a, Action::AbortFetch { .. })),
+        "the crawling fetches go on: {freed:?}"
+    );
+}
+
+#[test]
+fn a_fetch_never_moves_to_a_parent_that_crawls_too() {
+    let (mut s, _) = Script::new(4, 8, 3);
+    s.at(0)
+        .decide(&[normal("a", 0), normal("b", 1), normal("c", 2)]);
+    // a delivered in 400 ms, b in 10 s, c in 400 ms.
+    assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
+    s.at(400).feed(landed(0, 0, Duration::from_millis(400)));
+    assert_eq!(fetches(&s.at(401).offer(1, 1)), vec![(1, 1)]);
+    s.at(10_401).feed(landed(1, 1, Duration::from_secs(10)));
+    assert_eq!(fetches(&s.at(10_402).offer(2, 3)), vec![(2, 3)]);
+    s.at(10_802).feed(landed(2, 3, Duration::from_millis(400)));
+    // Piece 2 starts at a, which stalls; only b (slow) also holds it: it stays at a.
+    assert_eq!(fetches(&s.at(10_803).offer(0, 2)), vec![(0, 2)]);
+    s.at(10_804).offer(1, 2);
+    let stalled = s.at(14_000).feed(Event::FetchProgress {
+        written_to: vec![(2, 2 * PIECE)],
+    });
+    assert!(
+        !stalled.contains(&Action::AbortFetch { number: 2 }),
+        "moved to a slow parent: {stalled:?}"
+    );
+}
