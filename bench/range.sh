@@ -5,6 +5,7 @@
 #
 #   bench/range.sh                       # 1 GiB blob, 200 ranges, seed 12
 #   SIZE_MIB=256 RANGES=50 SEED=7 bench/range.sh
+#   PAUSE_MS=50 bench/range.sh           # the reader works 50 ms (untimed) between reads
 #
 # The blob sits at /v2/bench/blobs/sha256:<digest> on nginx (tmpfs), so the proxy's default
 # rule sends it through the swarm; the client names nginx with X-Dragonfly-Registry. One
@@ -18,6 +19,8 @@ SIZE_MIB="${SIZE_MIB:-1024}"
 RANGES="${RANGES:-200}"
 SEED="${SEED:-12}"
 RANGE_KIB="${RANGE_KIB:-1024}"
+# A reader that works between its reads (untimed), e.g. a container touching files.
+PAUSE_MS="${PAUSE_MS:-0}"
 IP="${BENCH_IP:-127.0.9.3}"
 [ "$RANGES" -ge 1 ] && [ "$RANGES" -le 2000 ] || die "RANGES must be 1..2000"
 [ -d /dev/shm ] || die "/dev/shm missing"
@@ -48,8 +51,9 @@ log "blob $SIZE_MIB MiB at http://$ORIGIN$BLOB_PATH; $RANGES ranges of $RANGE_KI
 # each body against the file. Prints one line: ranges, bytes, ttfb p50, p50, p99 (ms).
 cat >"$WORK/client.py" <<'EOF'
 import http.client, random, sys, time, statistics
-host, port, path, registry, blob, size, count, seed, kib = sys.argv[1:10]
+host, port, path, registry, blob, size, count, seed, kib, pause_ms = sys.argv[1:11]
 size, count, seed, length = int(size), int(count), int(seed), int(kib) * 1024
+pause = int(pause_ms) / 1000
 rng = random.Random(seed)
 data = open(blob, "rb")
 ttfb, total, read = [], [], 0
@@ -74,13 +78,14 @@ for _ in range(count):
     ttfb.append((t1 - t0) * 1000)
     total.append((t2 - t0) * 1000)
     read += len(body)
+    time.sleep(pause)
 q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]
 print(count, read, f"{statistics.median(ttfb):.2f}", f"{statistics.median(total):.2f}", f"{q(total, 0.99):.2f}")
 EOF
 
 run_client() { # HOST PORT REGISTRY
   python3 "$WORK/client.py" "$1" "$2" "$BLOB_PATH" "$3" "$WORK/nginx/www$BLOB_PATH" \
-    "$(( SIZE_MIB * 1024 * 1024 ))" "$RANGES" "$SEED" "$RANGE_KIB"
+    "$(( SIZE_MIB * 1024 * 1024 ))" "$RANGES" "$SEED" "$RANGE_KIB" "$PAUSE_MS"
 }
 
 # Warm the page cache so the direct reads measure nginx, not the first touch of tmpfs.
