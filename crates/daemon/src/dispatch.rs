@@ -43,6 +43,9 @@ pub struct ParentLoad {
     /// them, once it ran [`MIN_MOVE_AFTER`]): stands for its rate until a piece landed, so a
     /// parent whose first pieces crawl is known slow before the first one lands.
     pub writing: Option<u64>,
+    /// The best rate a piece it forwarded as it arrived showed: a floor under its rate
+    /// (its source may have been the slower link), known before any whole piece came.
+    pub forwarded: Option<u64>,
 }
 
 impl ParentLoad {
@@ -64,18 +67,20 @@ impl ParentLoad {
     /// raises the running average, never lowers it, and sets none: a fast parent relaying
     /// a slow source must not look slow.
     pub fn delivered_at_least(&mut self, bytes: u64, cost: Duration) {
-        if self
-            .delivered
-            .is_some_and(|old| rate_of(bytes, cost) > old as f64)
-        {
+        let rate = rate_of(bytes, cost);
+        self.forwarded = self.forwarded.max(Some(rate as u64));
+        if self.delivered.is_some_and(|old| rate > old as f64) {
             self.delivered_piece(bytes, cost);
         }
     }
 
     /// What one piece from this parent gets: what it delivered, else what its fetches in
-    /// flight wrote so far; `None` while nothing is known.
+    /// flight wrote so far but at least what a forwarded piece showed; `None` while nothing
+    /// is known. Without the floor, a fast parent whose pieces all came forwarded was
+    /// unknown, so no parent was known fast and crawling fetches held every slot
+    /// (bench/netns, half the uplinks slow: a fast host took no piece for 13 s).
     pub fn rate(&self) -> Option<u64> {
-        self.delivered.or(self.writing)
+        self.delivered.or(self.writing.max(self.forwarded))
     }
 
     /// What one more piece from this parent would get: its rate (or, for a parent not heard
@@ -185,10 +190,11 @@ pub const MAX_FETCHES_PER_SLOT: usize = 2;
 ///   and can trade them afterwards;
 /// - then the pieces some normal parent that is not slow holds, the rarest among normal
 ///   parents first, so the swarm trades among itself;
-/// - then the pieces only slow normal parents hold (a fast parent may get them meanwhile,
-///   and a piece started at a slow parent keeps one of our slots for ten piece times: with
-///   half the uplinks at a tenth, hosts took their last pieces from slow parents 8 s after
-///   the fast ones finished).
+/// - then the pieces only slow normal parents hold (a fast parent may get them meanwhile:
+///   with half the uplinks at a tenth, hosts took their last pieces from slow parents 8 s
+///   after the fast ones finished). Taking one such piece at a time first, so fast hosts
+///   spread it early, made every fast host split a slow uplink with the others: in two
+///   bench/netns runs the last host took 1.45 and 2.87 x T_min.
 pub fn choose_piece<R: Rng + ?Sized>(
     candidates: &BTreeSet<u32>,
     holders: &BTreeMap<u32, Vec<usize>>,
@@ -468,6 +474,7 @@ mod tests {
             in_flight: 0,
             delivered: None,
             writing: None,
+            forwarded: None,
         }
     }
 
@@ -597,6 +604,20 @@ mod tests {
         // What it delivers, once known, stands instead.
         crawling.delivered_piece(4 << 20, Duration::from_millis(500));
         assert_eq!(slow_parents(&[fast, crawling]), [false, false]);
+    }
+
+    #[test]
+    fn a_forwarded_piece_is_a_floor_under_a_parents_rate() {
+        let mut relay = normal(0);
+        relay.delivered_at_least(4 << 20, Duration::from_secs(1));
+        assert_eq!(relay.delivered, None, "not a measure of its upload");
+        assert_eq!(relay.rate(), Some(4 << 20));
+        let mut crawling = normal(0);
+        crawling.writing = Some(100 << 10);
+        assert_eq!(slow_parents(&[relay.clone(), crawling]), [false, true]);
+        // A slower forwarded piece later does not lower the floor.
+        relay.delivered_at_least(4 << 20, Duration::from_secs(8));
+        assert_eq!(relay.rate(), Some(4 << 20));
     }
 
     #[test]

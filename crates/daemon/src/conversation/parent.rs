@@ -63,6 +63,7 @@ impl Parent {
                 in_flight: 0,
                 delivered: None,
                 writing: None,
+                forwarded: None,
             },
             kind: if seed {
                 ParentKind::Seed

@@ -489,6 +489,11 @@ impl Round {
             let Some((number, parent)) = self.next_assignment(now) else {
                 return;
             };
+            // A slot a lingering fetch left is for a parent that is not slow: more fetches
+            // at slow parents would only split their uplinks further.
+            if self.fetching.len() >= self.concurrency && slow_parents(&self.loads())[parent] {
+                return;
+            }
             self.idle.remove(&number);
             if let Some(span) = missing.get(&number) {
                 self.start_fetch(now, *span, parent, out);

@@ -837,6 +837,13 @@ fn fetches_crawling_at_slow_parents_free_their_slots_for_fast_ones() {
         !freed.iter().any(|a| matches!(a, Action::AbortFetch { .. })),
         "the crawling fetches go on: {freed:?}"
     );
+    // A freed slot is not for the crawling parent: piece 2, which only it holds, waits ...
+    assert!(fetches(&s.at(4_502).offer(0, 2)).is_empty());
+    let landed5 = s.at(4_900).feed(landed(1, 5, Duration::from_millis(400)));
+    assert!(fetches(&landed5).is_empty(), "{landed5:?}");
+    // ... until the round is within its slots again.
+    let landed0 = s.at(30_000).feed(landed(0, 0, Duration::from_secs(30)));
+    assert_eq!(fetches(&landed0), vec![(0, 2)], "{landed0:?}");
 }
 
 #[test]
