@@ -528,10 +528,10 @@ impl Round {
 
     /// Gives up fetches that a much faster holder would finish sooner (see [`should_move`])
     /// and starts them again at once from that holder: the fastest normal parent for one
-    /// more piece. Never a seed: its uplink carries the task's first copies, and each copy
-    /// of a piece the swarm holds delays the next first copy (bench/netns, half the uplinks
-    /// slow: moves to the seed made it send 1.14 copies per piece, its last first copy 6 s
-    /// later).
+    /// more piece. Never a seed that does not ration: its uplink carries the task's first
+    /// copies, and each copy of a piece the swarm holds delays the next first copy
+    /// (bench/netns, half the uplinks slow: moves to the seed made it send 1.14 copies per
+    /// piece, its last first copy 6 s later).
     fn move_slow_fetches(
         &mut self,
         now: Instant,
@@ -574,15 +574,25 @@ impl Round {
         let status = fetch_status(now, span, running);
         let left = self.moves.get(&span.number);
         let slow = slow_parents(&self.loads());
+        let seed_slot = self.seed_slots_free();
         self.holders
             .get(&span.number)?
             .iter()
             .copied()
             .filter(|&h| h != running.parent && self.parents[h].is_alive())
             .filter(|h| !left.is_some_and(|left| left.contains(h)))
-            .filter(|&h| !self.parents[h].load.seed && !slow[h])
+            .filter(|&h| !slow[h] && (!self.parents[h].load.seed || self.seed_offers(h, seed_slot)))
             .filter(|&h| should_move(status, load, &self.parents[h].load))
             .max_by_key(|&h| self.parents[h].load.spare_per_piece(None))
+    }
+
+    /// Whether a fetch may move to seed `parent`: only a rationing seed, whose every offer
+    /// is a copy it chose to spend its uplink on, and within the seed budget. A rationing
+    /// seed gives a piece again to a fast child once the child it first went to measures
+    /// slow; that child's fetch of it from the slow holder had kept it, and with moves to
+    /// seeds barred it crawled on for 50 s (bench/netns, half the uplinks slow).
+    fn seed_offers(&self, parent: usize, seed_slot: bool) -> bool {
+        seed_slot && self.parents[parent].kind == ParentKind::RationingSeed
     }
 
     fn loads(&self) -> Vec<ParentLoad> {

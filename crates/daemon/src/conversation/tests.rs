@@ -869,3 +869,28 @@ fn a_fetch_never_moves_to_a_parent_that_crawls_too() {
         "moved to a slow parent: {stalled:?}"
     );
 }
+
+#[test]
+fn a_slow_fetch_moves_to_a_rationing_seed_that_offers_the_piece() {
+    let (mut s, _) = Script::new(4, 8, 3);
+    s.at(0).decide(&[seed("seed", 0), normal("slow", 1)]);
+    s.feed(Event::RationExclusive {
+        parent: ParentKey(0),
+    });
+    // The seed delivered a piece in 400 ms; the slow parent one in 20 s.
+    assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
+    s.at(401).feed(landed(0, 0, Duration::from_millis(400)));
+    assert_eq!(fetches(&s.at(402).offer(1, 1)), vec![(1, 1)]);
+    s.at(20_402).feed(landed(1, 1, Duration::from_secs(20)));
+    // Piece 2 starts at the slow parent; later the seed gives it to us too.
+    assert_eq!(fetches(&s.at(20_403).offer(1, 2)), vec![(1, 2)]);
+    assert!(fetches(&s.at(21_000).offer(0, 2)).is_empty());
+    let moved = s.at(24_000).feed(Event::FetchProgress {
+        written_to: vec![(2, 2 * PIECE + 4096)],
+    });
+    assert!(
+        moved.contains(&Action::AbortFetch { number: 2 }),
+        "{moved:?}"
+    );
+    assert_eq!(fetches(&moved), vec![(0, 2)]);
+}
