@@ -170,14 +170,7 @@ pub fn slow_parents(parents: &[ParentLoad]) -> Vec<bool> {
 /// while fast parents held dozens it lacked (bench/netns). It goes on (a move may take it
 /// to a faster holder), so the slow parent's upload is still used.
 pub fn lingers(fetch: FetchStatus, best: Option<u64>) -> bool {
-    let Some(written) = fetch.written else {
-        return false;
-    };
-    if fetch.elapsed < MIN_MOVE_AFTER {
-        return false;
-    }
-    let rate = written as f64 / fetch.elapsed.as_secs_f64();
-    is_slow(rate as u64, best)
+    fetch.written_rate().is_some_and(|rate| is_slow(rate, best))
 }
 
 /// How many fetches a child may have in flight, lingering ones included, per slot: the
@@ -309,6 +302,14 @@ pub struct FetchStatus {
 }
 
 impl FetchStatus {
+    /// Bytes per second written so far, once the fetch ran [`MIN_MOVE_AFTER`] (earlier, a
+    /// request's round trip and the first buffer would dominate it).
+    pub fn written_rate(&self) -> Option<u64> {
+        let written = self.written?;
+        (self.elapsed >= MIN_MOVE_AFTER)
+            .then(|| (written as f64 / self.elapsed.as_secs_f64()) as u64)
+    }
+
     /// Seconds the fetch still needs: at the rate it has written so far, or (not told) at
     /// `running`'s delivered rate, a fetch past its expected time taken to be halfway.
     fn remaining(&self, running: &ParentLoad) -> Option<f64> {

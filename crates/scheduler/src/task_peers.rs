@@ -83,6 +83,12 @@ impl TaskPeers {
             rng,
         }
     }
+
+    /// The order in which candidate parents are looked at: every peer on a seed host, then
+    /// the normal peers at random (decisions and top-ups read it until enough qualify).
+    pub fn sampling_order<'a, R: Rng>(&'a self, rng: &'a mut R) -> impl Iterator<Item = &'a Id> {
+        self.seeds.iter().chain(self.shuffled_normal(rng))
+    }
 }
 
 /// See [`TaskPeers::shuffled_normal`].

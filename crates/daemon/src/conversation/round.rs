@@ -606,11 +606,9 @@ impl Round {
             let Some(span) = missing.get(number) else {
                 continue;
             };
-            let status = fetch_status(now, span, fetch);
-            let (Some(written), true) = (status.written, status.elapsed >= MIN_MOVE_AFTER) else {
+            let Some(rate) = fetch_status(now, span, fetch).written_rate() else {
                 continue;
             };
-            let rate = (written as f64 / status.elapsed.as_secs_f64()) as u64;
             if let Some(slot) = writing.get_mut(fetch.parent) {
                 *slot = Some(slot.map_or(rate, |best| best.max(rate)));
             }

@@ -103,11 +103,7 @@ impl State {
         let (mut seeds, mut normal): (Vec<&Peer>, Vec<&Peer>) = (Vec::new(), Vec::new());
         let enough = self.policy.filter_parent_limit;
         let mut rng = rand::rng();
-        let candidates = task
-            .peers
-            .seeds()
-            .iter()
-            .chain(task.peers.shuffled_normal(&mut rng));
+        let candidates = task.peers.sampling_order(&mut rng);
         for parent in candidates.filter_map(|id| self.peer(id)) {
             let Some(host) = self.hosts.get(&*parent.host_id) else {
                 continue;

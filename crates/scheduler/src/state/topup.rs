@@ -96,11 +96,7 @@ impl State {
         // `rank_parents` scores a random `filterParentLimit` of the pool: the task's peers are
         // read in a random order until that many qualify (`task_peers`), not all of them.
         let mut rng = rand::rng();
-        let candidates = task
-            .peers
-            .seeds()
-            .iter()
-            .chain(task.peers.shuffled_normal(&mut rng));
+        let candidates = task.peers.sampling_order(&mut rng);
         let pool: Vec<&Peer> = candidates
             .filter_map(|id| self.peer(id))
             .filter(|p| !self.is_seed_host(&p.host_id) && !child.parents.contains_key(&p.id))
