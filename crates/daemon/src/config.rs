@@ -185,6 +185,15 @@ pub struct DownloadConfig {
     pub cut_through: bool,
 }
 
+impl DownloadConfig {
+    /// Whether this daemon asks parents for pieces still arriving. Only the TCP piece server
+    /// forwards those, so a daemon fetching over QUIC asks for recorded pieces: were it to
+    /// ask, a parent would announce pieces its QUIC server cannot yet serve.
+    pub fn asks_for_cut_through(&self) -> bool {
+        self.cut_through && self.protocol == PieceProtocol::Tcp
+    }
+}
+
 /// `download.protocol`: Vortex over TCP or over QUIC. QUIC is used only with parents that
 /// advertise a QUIC port; others are fetched from over TCP.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -692,6 +701,19 @@ mod tests {
         let yaml = serde_yaml::to_string(&config).unwrap();
         assert!(yaml.contains("bandwidthLimit: 50000000000"), "{yaml}");
         assert_eq!(DaemonConfig::from_yaml(&yaml).unwrap(), config);
+    }
+
+    /// The QUIC piece server serves recorded pieces only, so a QUIC daemon must not ask
+    /// parents to announce pieces still arriving (CI failure: every piece "not found").
+    #[test]
+    fn only_a_tcp_fetcher_asks_for_cut_through() {
+        let tcp = DaemonConfig::from_yaml("").unwrap();
+        assert!(tcp.download.asks_for_cut_through());
+        let quic = DaemonConfig::from_yaml("download:\n  protocol: quic\n").unwrap();
+        assert!(quic.download.cut_through);
+        assert!(!quic.download.asks_for_cut_through());
+        let off = DaemonConfig::from_yaml("download:\n  cutThrough: false\n").unwrap();
+        assert!(!off.download.asks_for_cut_through());
     }
 
     #[test]

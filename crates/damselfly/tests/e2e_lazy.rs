@@ -336,11 +336,7 @@ fn prefetch_fetches_the_blob_once() {
         sha256_hex(&reply.body),
         sha256_hex(&blob.data[20 * MIB..21 * MIB])
     );
-    let finished = || {
-        a.metrics()
-            .sum("damselfly_download_task_total", &[("result", "finished")])
-            >= 1.0
-    };
+    let finished = || a.whole_tasks_finished() >= 1.0;
     assert!(
         wait_until(DEFAULT_DFGET_TIMEOUT, finished),
         "the prefetch did not finish the task"

@@ -145,7 +145,7 @@ fn start_with_cert_moving(c: &mut Cluster, seed: bool, role: &str, pieces: Piece
         seed,
         extra,
         // The piece servers say which transport carried each upload at debug level.
-        log_level: "info,damselfly_transfer=debug".into(),
+        log_level: "info,damselfly_transfer=debug,damselfly_daemon=debug".into(),
         ..Default::default()
     })
 }

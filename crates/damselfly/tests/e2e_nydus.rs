@@ -16,6 +16,7 @@ use nydus::{build_image, Backend, Mount, RafsImage, Tools};
 use registry::{push_blob, tool, Front, Registry};
 use std::fs;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Dragonfly's proxy port; every daemon binds it on its own loopback address.
 const PROXY_PORT: u16 = 4001;
@@ -29,6 +30,8 @@ const READ_FILE: usize = 5;
 /// Pieces a mount fetches besides its reads: RAFS v6 keeps the chunk table at the blob's end,
 /// and nydusd reads it once per blob before the first chunk.
 const METADATA_PIECES: u64 = 1;
+/// The pause between two looks at the registry's count when waiting for it to settle.
+const SETTLE_LOOK: Duration = Duration::from_millis(200);
 
 /// Whether the daemons fetch the rest of a blob behind a Range read (`proxy.prefetch`).
 #[derive(Clone, Copy, PartialEq)]
@@ -111,6 +114,30 @@ impl Env {
         read.len() as u64
     }
 
+    /// Waits until what `daemon`'s reads asked of the registry is counted. A read is answered
+    /// as soon as its bytes are there (from a direct range read, `proxy.rangeHedge`, or from
+    /// storage) while its piece fill and a direct read it no longer needs may still run, and
+    /// the front counts a GET only once its body is in. Settled: no job running, no request
+    /// open, and the count unchanged over a second look.
+    fn wait_for_fills(&self, daemon: &DaemonInfo) {
+        let idle = || daemon.jobs_running() == 0.0 && self.front.requests_open() == 0;
+        let settled = || {
+            let before = self.registry_bytes();
+            if !idle() {
+                return false;
+            }
+            std::thread::sleep(SETTLE_LOOK);
+            idle() && self.registry_bytes() == before
+        };
+        assert!(
+            wait_until(DEFAULT_DFGET_TIMEOUT, settled),
+            "{}'s piece fills did not end ({} jobs running, {} registry requests open)",
+            daemon.name,
+            daemon.jobs_running(),
+            self.front.requests_open()
+        );
+    }
+
     fn registry_bytes(&self) -> u64 {
         self.front.blob_bytes()
     }
@@ -145,6 +172,7 @@ fn nydus_reads_fetch_only_their_chunks_and_peers_share_them() {
     let blob_len = env.image.blob.len() as u64;
     let mount_a = env.mount("a", &env.a);
     let read = env.read_and_check(&mount_a, READ_FILE);
+    env.wait_for_fills(&env.a);
     let first = env.registry_bytes();
     let gets = env.front.state.blob_gets.lock().unwrap().clone();
     // Cold ranges are also read from the registry directly (`proxy.rangeHedge`): at most
@@ -168,6 +196,7 @@ fn nydus_reads_fetch_only_their_chunks_and_peers_share_them() {
 
     let mount_b = env.mount("b", &env.b);
     env.read_and_check(&mount_b, READ_FILE);
+    env.wait_for_fills(&env.b);
     let from_peers = bytes_from_peers(&env.b);
     eprintln!("second mount: {from_peers} B from peers");
     assert_eq!(
@@ -193,16 +222,12 @@ fn nydus_with_prefetch_fetches_the_blob_once() {
     let blob_len = env.image.blob.len() as u64;
     let mount_a = env.mount("a", &env.a);
     env.read_and_check(&mount_a, READ_FILE);
-    let finished = || {
-        env.a
-            .metrics()
-            .sum("damselfly_download_task_total", &[("result", "finished")])
-            >= 1.0
-    };
+    let whole_task_finished = || env.a.whole_tasks_finished() >= 1.0;
     assert!(
-        wait_until(DEFAULT_DFGET_TIMEOUT, finished),
+        wait_until(DEFAULT_DFGET_TIMEOUT, whole_task_finished),
         "the prefetch did not finish the blob's task"
     );
+    env.wait_for_fills(&env.a);
     eprintln!(
         "blob {blob_len} B; registry served {} B",
         env.registry_bytes()
@@ -217,6 +242,7 @@ fn nydus_with_prefetch_fetches_the_blob_once() {
     for i in 0..FILES {
         env.read_and_check(&mount_b, i);
     }
+    env.wait_for_fills(&env.b);
     assert_eq!(
         env.registry_bytes(),
         blob_len,

@@ -47,9 +47,11 @@ pub enum PieceFetcher {
 }
 
 impl PieceFetcher {
-    /// The server to fetch from, given what the parent advertised (and whether it offered
-    /// cut-through, which only its TCP server speaks); `None` when it offers no port this
-    /// fetcher can use.
+    /// The server to fetch from, given what the parent advertised and whether it offered
+    /// cut-through; `None` when it offers no port this fetcher can use. A parent that offered
+    /// cut-through announces pieces still arriving, which only its TCP server forwards, so
+    /// those go to TCP whatever the fetcher prefers (a daemon fetching over QUIC does not ask
+    /// for cut-through, so it meets this only from a parent that offers it unasked).
     pub fn choose(
         &self,
         ip: IpAddr,
@@ -59,11 +61,11 @@ impl PieceFetcher {
     ) -> Option<PieceServer> {
         let usable = |port: Option<u16>| port.filter(|p| *p != 0);
         match (self, usable(quic_port), usable(tcp_port)) {
-            (PieceFetcher::Quic(_), Some(port), _) => {
-                Some(PieceServer::Quic(SocketAddr::new(ip, port)))
-            }
             (_, _, Some(port)) if cut_through => {
                 Some(PieceServer::TcpCutThrough(SocketAddr::new(ip, port)))
+            }
+            (PieceFetcher::Quic(_), Some(port), _) => {
+                Some(PieceServer::Quic(SocketAddr::new(ip, port)))
             }
             (_, _, Some(port)) => Some(PieceServer::Tcp(SocketAddr::new(ip, port))),
             _ => None,
@@ -106,5 +108,57 @@ impl PieceFetcher {
                 "{addr} is a QUIC piece server and download.protocol is tcp"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quic::QuicSecurity;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::new(IP, port)
+    }
+
+    #[test]
+    fn a_tcp_fetcher_uses_cut_through_only_when_offered() {
+        let tcp = PieceFetcher::Tcp;
+        assert_eq!(
+            tcp.choose(IP, Some(65000), Some(65001), true),
+            Some(PieceServer::TcpCutThrough(addr(65000)))
+        );
+        assert_eq!(
+            tcp.choose(IP, Some(65000), Some(65001), false),
+            Some(PieceServer::Tcp(addr(65000)))
+        );
+        assert_eq!(tcp.choose(IP, None, Some(65001), false), None);
+        assert_eq!(tcp.choose(IP, Some(0), None, true), None);
+    }
+
+    #[tokio::test]
+    async fn pieces_still_arriving_are_never_asked_of_a_quic_server() {
+        let quic = PieceFetcher::Quic(
+            QuicPieceClient::new(&QuicSecurity::DragonflyCompatible).expect("client"),
+        );
+        assert_eq!(
+            quic.choose(IP, Some(65000), Some(65001), false),
+            Some(PieceServer::Quic(addr(65001)))
+        );
+        // A parent that offered cut-through announces pieces whose writes have only
+        // started; its QUIC server answers those "not found".
+        assert_eq!(
+            quic.choose(IP, Some(65000), Some(65001), true),
+            Some(PieceServer::TcpCutThrough(addr(65000)))
+        );
+        assert_eq!(
+            quic.choose(IP, None, Some(65001), false),
+            Some(PieceServer::Quic(addr(65001)))
+        );
+        assert_eq!(
+            quic.choose(IP, Some(65000), None, false),
+            Some(PieceServer::Tcp(addr(65000)))
+        );
     }
 }

@@ -165,12 +165,14 @@ pub async fn run(
     };
     match outcome {
         Ok(shape) if request.scope != Scope::Whole => {
+            metrics::task_finished();
             debug!(seconds = started.elapsed().as_secs_f64(), "range fetched");
             handle.state.send_replace(JobState::Finished(shape, None));
         }
         Ok(shape) => {
             let elapsed = started.elapsed();
-            metrics::task_finished(elapsed.as_secs_f64());
+            metrics::task_finished();
+            metrics::task_duration(elapsed.as_secs_f64());
             info!(
                 bytes = shape.content_length,
                 seconds = elapsed.as_secs_f64(),

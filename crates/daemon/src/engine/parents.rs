@@ -84,7 +84,7 @@ impl<'a, 'j> Links<'a, 'j> {
             task_id: self.job.task_id().to_string(),
             interested_piece_numbers: interested,
         });
-        if self.job.ctx.config.download.cut_through {
+        if self.job.ctx.config.download.asks_for_cut_through() {
             request.metadata_mut().insert(
                 FEATURES_METADATA_KEY,
                 tonic::metadata::MetadataValue::from_static(FEATURE_CUT_THROUGH),

@@ -238,6 +238,7 @@ impl Metrics {
 }
 
 pub const DOWNLOAD_TRAFFIC: &str = "damselfly_download_traffic_bytes_total";
+pub const TASK_TOTAL: &str = "damselfly_download_task_total";
 
 /// Bytes a daemon downloaded, split the way the metric is.
 #[derive(Debug, Clone, Copy, Default)]
@@ -334,6 +335,19 @@ impl DaemonInfo {
     }
     pub fn traffic(&self) -> Traffic {
         Traffic::from(&self.metrics())
+    }
+    /// Downloads started and not yet ended, whole tasks and the piece fills behind range
+    /// reads alike (a range read is answered before its pieces are all in).
+    pub fn jobs_running(&self) -> f64 {
+        let metrics = self.metrics();
+        let count = |result| metrics.sum(TASK_TOTAL, &[("result", result)]);
+        count("started") - count("finished") - count("failed")
+    }
+    /// Whole tasks finished (the duration histogram times those alone; range fills are
+    /// finished jobs too).
+    pub fn whole_tasks_finished(&self) -> f64 {
+        self.metrics()
+            .sum("damselfly_download_task_duration_seconds_count", &[])
     }
     /// Like [`DaemonInfo::traffic`] but `None` when the endpoint does not answer.
     pub fn try_traffic(&self) -> Option<Traffic> {

@@ -154,7 +154,25 @@ pub struct FrontState {
     pub require_token: bool,
     /// Every request line with its Authorization header (for checks).
     pub seen: Mutex<Vec<(String, String, Option<String>)>>,
+    /// Requests being answered: a blob GET is counted only once its body is in.
+    requests_open: AtomicU64,
     addr: Mutex<Option<SocketAddr>>,
+}
+
+/// Counts a request as open until its answer is made or the client goes away.
+struct OpenRequest<'a>(&'a AtomicU64);
+
+impl<'a> OpenRequest<'a> {
+    fn new(open: &'a AtomicU64) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenRequest(open)
+    }
+}
+
+impl Drop for OpenRequest<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// An HTTP front for the registry inside the test process: counts blob bytes, can tamper with
@@ -202,6 +220,11 @@ impl Front {
 
     pub fn blob_bytes(&self) -> u64 {
         self.state.blob_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Requests still being answered (their bytes not yet counted).
+    pub fn requests_open(&self) -> u64 {
+        self.state.requests_open.load(Ordering::SeqCst)
     }
 
     pub fn set_tamper(&self, on: bool) {
@@ -264,6 +287,7 @@ async fn front_serve(
     client: reqwest::Client,
     req: Request<hyper::body::Incoming>,
 ) -> Response<FrontBody> {
+    let _open = OpenRequest::new(&state.requests_open);
     let path = req
         .uri()
         .path_and_query()
