@@ -104,6 +104,17 @@ read -r n c_read c_ttfb c_p50 c_p99 <<<"$(run_client "$IP" 4001 "http://$ORIGIN"
 c_origin=$(( $(origin_bytes "$WORK/nginx") - before ))
 log "cold:   ttfb p50 ${c_ttfb} ms, p50 ${c_p50} ms, p99 ${c_p99} ms, origin $c_origin B"
 
+# Warm means every cold range's piece fill has ended (they run on after their answers), so
+# no warm read meets a fill still running; waits at most 60 s.
+jobs_running() {
+  curl -fsS "http://$IP:4002/metrics" 2>/dev/null | awk '
+    /^damselfly_download_task_total\{/ && /result="started"/ { n += $NF }
+    /^damselfly_download_task_total\{/ && /result="(finished|failed)"/ { n -= $NF }
+    END { print n + 0 }'
+}
+for _ in $(seq 600); do [ "$(jobs_running)" = 0 ] && break; sleep 0.1; done
+log "jobs still running before the warm reads: $(jobs_running)"
+
 before="$(origin_bytes "$WORK/nginx")"
 read -r n w_read w_ttfb w_p50 w_p99 <<<"$(run_client "$IP" 4001 "http://$ORIGIN")"
 w_origin=$(( $(origin_bytes "$WORK/nginx") - before ))

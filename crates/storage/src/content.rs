@@ -280,22 +280,47 @@ pub(crate) fn remove_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
-/// An open content file read at arbitrary offsets (byte ranges of landed pieces).
+/// A content file read at arbitrary offsets (byte ranges of landed pieces). Each read is one
+/// trip to the blocking pool: the file is opened on the first and read with `pread`, where an
+/// async file takes a trip each to open, seek and read (three thread hand-offs per range on
+/// a lazy reader's path).
 pub struct ContentReader {
-    file: tokio::fs::File,
+    path: PathBuf,
+    file: Option<Arc<File>>,
 }
 
 impl ContentReader {
-    pub(crate) fn new(file: tokio::fs::File) -> Self {
-        Self { file }
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self { path, file: None }
     }
 
     /// Exactly `len` bytes from `offset`; a short file is an error, never a short read.
     pub async fn read_at(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
-        use tokio::io::AsyncSeekExt;
-        self.file.seek(io::SeekFrom::Start(offset)).await?;
-        let mut buf = vec![0; len];
-        self.file.read_exact(&mut buf).await?;
-        Ok(buf)
+        let path = self.path.clone();
+        let opened = self.file.clone();
+        let (file, bytes) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            use std::io::{Read, Seek};
+            let file = match opened {
+                Some(file) => file,
+                None => Arc::new(File::open(&path)?),
+            };
+            // Read into spare capacity (a zeroed buffer would be written twice). Seeking the
+            // shared offset is safe: this reader's file is its own, its reads one at a time.
+            let mut buf = Vec::with_capacity(len);
+            let mut reader = &*file;
+            reader.seek(io::SeekFrom::Start(offset))?;
+            reader.take(len as u64).read_to_end(&mut buf)?;
+            if buf.len() < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} bytes at {offset}, {len} asked", buf.len()),
+                ));
+            }
+            Ok((file, buf))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.file = Some(file);
+        Ok(bytes)
     }
 }

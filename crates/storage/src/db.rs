@@ -194,6 +194,27 @@ impl MetadataDb {
         })
     }
 
+    /// The recorded pieces among `numbers` (in that order), in one read: a range's
+    /// pieces without decoding the rest of a big task's.
+    pub(crate) fn pieces_numbered(
+        &self,
+        task_id: &str,
+        numbers: std::ops::RangeInclusive<u32>,
+    ) -> Result<Vec<PieceMetadata>, StorageError> {
+        self.with_db(|database| {
+            let txn = database.begin_read().map_err(db)?;
+            let table = txn.open_table(PIECES).map_err(db)?;
+            let mut pieces = Vec::new();
+            for number in numbers {
+                let key = piece_key(task_id, number);
+                if let Some(value) = table.get(key.as_str()).map_err(db)? {
+                    pieces.push(decode(&key, value.value())?);
+                }
+            }
+            Ok(pieces)
+        })
+    }
+
     /// The task's recorded pieces, sorted by number.
     pub(crate) fn pieces(&self, task_id: &str) -> Result<Vec<PieceMetadata>, StorageError> {
         let (start, end) = piece_key_bounds(task_id);

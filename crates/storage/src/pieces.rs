@@ -19,6 +19,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
+/// Past this many pieces, a window's records are read in one scan of the task's rather than
+/// looked up one by one.
+const MAX_PIECE_LOOKUPS: u32 = 64;
+
 impl Storage {
     /// Streams exactly `span.length` bytes from `reader` into the content file at
     /// `span.offset`, computing crc32 on the way. If `expected_digest` is Some and non-empty and
@@ -413,6 +417,32 @@ impl Storage {
         self.inner.db.pieces(task_id)
     }
 
+    /// Recorded pieces of the task that hold bytes of `start..end`, sorted by number, for
+    /// pieces of `piece_length` bytes (every piece's record when it is 0: no layout yet).
+    /// A lazy reader's range of a big blob looks up its one or two pieces instead of
+    /// decoding every record of the task.
+    pub fn pieces_overlapping(
+        &self,
+        task_id: &str,
+        (start, end): (u64, u64),
+        piece_length: u64,
+    ) -> Result<Vec<PieceMetadata>, StorageError> {
+        if piece_length == 0 {
+            return self.pieces(task_id);
+        }
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let number = |offset: u64| u32::try_from(offset / piece_length).unwrap_or(u32::MAX);
+        let (first, last) = (number(start), number(end - 1));
+        if last - first >= MAX_PIECE_LOOKUPS {
+            let mut pieces = self.pieces(task_id)?;
+            pieces.retain(|p| (first..=last).contains(&p.number));
+            return Ok(pieces);
+        }
+        self.inner.db.pieces_numbered(task_id, first..=last)
+    }
+
     pub(crate) fn require_piece(
         &self,
         task_id: &str,
@@ -478,9 +508,8 @@ impl Storage {
 
     /// The task's content readable at any offset, for callers that stream byte ranges of
     /// landed pieces (the proxy); which bytes have landed is theirs to know (piece events).
-    pub async fn content_reader(&self, task_id: &str) -> Result<ContentReader, StorageError> {
-        let file = tokio::fs::File::open(self.content_path(task_id)).await?;
-        Ok(ContentReader::new(file))
+    pub fn content_reader(&self, task_id: &str) -> ContentReader {
+        ContentReader::new(self.content_path(task_id))
     }
 
     /// Piece events for one task (subscribe BEFORE listing pieces to not miss any).

@@ -644,3 +644,65 @@ async fn trusted_digests_of_either_algorithm_are_checked_as_the_bytes_land() {
         assert_eq!(read_all(&storage, &id, n).await, bytes(n));
     }
 }
+
+/// A range's pieces are looked up by number (one or two records, not the task's every one),
+/// and a wide window is read in one scan: both give the recorded pieces the window overlaps.
+#[tokio::test]
+async fn a_window_gets_exactly_the_recorded_pieces_it_overlaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let data = content(100 * PIECE as usize + 123, 9);
+    let id = task_id(9);
+    storage
+        .prepare_task(&id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    let layout = storage.task(&id).unwrap().unwrap().layout();
+    let absent = [3, 50];
+    for span in layout.spans().filter(|s| !absent.contains(&s.number)) {
+        let bytes = &data[span.offset as usize..span.end() as usize];
+        let digest = piece_digest(bytes);
+        storage
+            .write_piece(&id, span, bytes, Some(&digest), None, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let numbers = |window: (u64, u64), piece_length: u64| -> Vec<u32> {
+        storage
+            .pieces_overlapping(&id, window, piece_length)
+            .unwrap()
+            .iter()
+            .map(|p| p.number)
+            .collect()
+    };
+    assert_eq!(numbers((0, 1), PIECE), vec![0]);
+    assert_eq!(numbers((3 * PIECE - 1, 4 * PIECE + 1), PIECE), vec![2, 4]);
+    assert_eq!(numbers((3 * PIECE, 4 * PIECE), PIECE), Vec::<u32>::new());
+    assert_eq!(
+        numbers((100 * PIECE + 5, 100 * PIECE + 100), PIECE),
+        vec![100]
+    );
+    assert_eq!(numbers((7, 7), PIECE), Vec::<u32>::new());
+    let wide: Vec<u32> = (10..90).filter(|n| *n != 50).collect();
+    assert_eq!(numbers((10 * PIECE, 90 * PIECE), PIECE), wide);
+    assert_eq!(numbers((0, 1), 0).len(), 99, "no layout: every record");
+}
+
+/// The content reader opens the file on its first read and reads exact ranges; a read past
+/// the end is an error, not a short answer.
+#[tokio::test]
+async fn the_content_reader_reads_exact_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let data = content(3 * PIECE as usize + 17, 4);
+    let id = task_id(4);
+    store(&storage, &id, &data).await;
+    let mut reader = storage.content_reader(&id);
+    for (offset, len) in [(0, 10), (PIECE - 3, 7), (3 * PIECE, 17), (5, 0)] {
+        let bytes = reader.read_at(offset, len).await.unwrap();
+        assert!(bytes == data[offset as usize..offset as usize + len]);
+    }
+    assert!(reader.read_at(3 * PIECE, 18).await.is_err());
+    let mut missing = storage.content_reader(&task_id(5));
+    assert!(missing.read_at(0, 1).await.is_err());
+}

@@ -81,7 +81,7 @@ async fn write_range(
     end: u64,
 ) -> Result<(), DaemonError> {
     use tokio::io::AsyncWriteExt;
-    let mut reader = ctx.storage.content_reader(task_id).await?;
+    let mut reader = ctx.storage.content_reader(task_id);
     let mut file = tokio::fs::File::create(output)
         .await
         .map_err(|e| DaemonError::io(format!("creating {}", output.display()), e))?;

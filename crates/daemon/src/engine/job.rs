@@ -305,14 +305,7 @@ async fn start(
         Laid::Streamed(headers) => return Ok((whole_body(job, state, &headers).await?, None)),
     };
     state.send_replace(JobState::Running(shape.clone()));
-    let mut missing = missing_pieces(job, &layout)?;
-    if let Scope::Range { start, length } = job.request.scope {
-        let covering: HashSet<u32> = layout
-            .spans_for_range(start, length)
-            .map(|s| s.number)
-            .collect();
-        missing.retain(|n, _| covering.contains(n));
-    }
+    let missing = missing_pieces(job, &layout)?;
     if goes_straight_to_origin(job, &layout) && !missing.is_empty() {
         // Known before the first byte, so the proxy can name it in its response headers.
         job.going_to_origin(OriginReason::SmallFile);
@@ -404,27 +397,44 @@ pub(super) async fn fetch_missing(
     p2p::download(job, layout, missing).await
 }
 
-/// The numbers of the task's pieces already stored on this host.
-pub(super) fn stored_pieces(job: &JobCtx<'_>) -> Result<HashSet<u32>, DaemonError> {
-    Ok(job
+/// The pieces among `wanted` (keyed by number) not yet stored on this host. Only their
+/// records are looked up: a range of a big task needs its one or two, not every piece's.
+pub(super) fn not_stored(
+    job: &JobCtx<'_>,
+    layout: &PieceLayout,
+    wanted: &BTreeMap<u32, PieceSpan>,
+) -> Result<BTreeMap<u32, PieceSpan>, DaemonError> {
+    let (Some(first), Some(last)) = (wanted.values().next(), wanted.values().next_back()) else {
+        return Ok(BTreeMap::new());
+    };
+    let window = (first.offset, last.offset.saturating_add(last.length));
+    let have: HashSet<u32> = job
         .ctx
         .storage
-        .pieces(job.task_id())?
+        .pieces_overlapping(job.task_id(), window, layout.piece_length)?
         .into_iter()
         .map(|p| p.number)
+        .collect();
+    Ok(wanted
+        .iter()
+        .filter(|(n, _)| !have.contains(n))
+        .map(|(n, s)| (*n, *s))
         .collect())
 }
 
+/// The pieces the job wants (its range's, or all) that this host lacks.
 fn missing_pieces(
     job: &JobCtx<'_>,
     layout: &PieceLayout,
 ) -> Result<BTreeMap<u32, PieceSpan>, DaemonError> {
-    let have = stored_pieces(job)?;
-    Ok(layout
-        .spans()
-        .filter(|s| !have.contains(&s.number))
-        .map(|s| (s.number, s))
-        .collect())
+    let wanted: BTreeMap<u32, PieceSpan> = match job.request.scope {
+        Scope::Whole => layout.spans().map(|s| (s.number, s)).collect(),
+        Scope::Range { start, length } => layout
+            .spans_for_range(start, length)
+            .map(|s| (s.number, s))
+            .collect(),
+    };
+    not_stored(job, layout, &wanted)
 }
 
 /// Origins without a length: one streamed GET, cut into pieces on the way.

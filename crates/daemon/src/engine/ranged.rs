@@ -3,7 +3,7 @@
 //! else ranged origin GETs of just those pieces), then waits for the rest to land from the
 //! ranges that claimed them. See [`super::demand`] for the priority rules.
 
-use super::job::{fetch_missing, stored_pieces, JobCtx};
+use super::job::{fetch_missing, not_stored, JobCtx};
 use super::origin;
 use super::route::RangeRoute;
 use crate::error::DaemonError;
@@ -37,7 +37,7 @@ pub async fn fetch(
     }
     drop(claim);
     loop {
-        let still = not_stored(job, &wanted)?;
+        let still = not_stored(job, &layout, &wanted)?;
         if still.is_empty() {
             return Ok(());
         }
@@ -99,16 +99,4 @@ fn only(spans: &BTreeMap<u32, PieceSpan>, numbers: &BTreeSet<u32>) -> BTreeMap<u
         .filter(|(n, _)| numbers.contains(n))
         .map(|(n, s)| (*n, *s))
         .collect()
-}
-
-fn not_stored(
-    job: &JobCtx<'_>,
-    wanted: &BTreeMap<u32, PieceSpan>,
-) -> Result<BTreeMap<u32, PieceSpan>, DaemonError> {
-    let have = stored_pieces(job)?;
-    Ok(wanted
-        .iter()
-        .filter(|(n, _)| !have.contains(n))
-        .map(|(n, s)| (*n, *s))
-        .collect())
 }

@@ -11,7 +11,7 @@ use super::Engine;
 use crate::error::DownloadError;
 use crate::metrics::{self, Traffic};
 use damselfly_core::OriginReason;
-use damselfly_storage::{PieceEvent, PieceMetadata};
+use damselfly_storage::{PieceEvent, PieceMetadata, TaskMetadata};
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -63,7 +63,7 @@ async fn serve_task(
     if let Some(task) = stored {
         if task.is_finished() {
             let viewer = Viewer::new(sink, request, ctx.host.new_peer_id());
-            return local_hit(engine, request, viewer, task.content_length).await;
+            return local_hit(engine, request, viewer, task).await;
         }
     }
     let joined = match request.scope {
@@ -77,9 +77,10 @@ async fn serve_task(
     let mut events = ctx.storage.subscribe(&request.task_id);
     let shape = wait_started(&mut state).await?;
     viewer.window = request.scope.window(shape.content_length);
+    viewer.piece_length = shape.piece_length;
     let existing: Vec<PieceMetadata> = ctx
         .storage
-        .pieces(&request.task_id)
+        .pieces_overlapping(&request.task_id, viewer.window, shape.piece_length)
         .map_err(DownloadError::transfer)?
         .into_iter()
         .filter(|p| viewer.shows(p))
@@ -124,30 +125,26 @@ async fn local_hit(
     engine: &Arc<Engine>,
     request: &TaskRequest,
     mut viewer: Viewer<'_>,
-    content_length: u64,
+    task: TaskMetadata,
 ) -> Result<Result<(), CallerGone>, DownloadError> {
     let ctx = engine.context();
     info!("task is complete locally");
+    let window = request.scope.window(task.content_length);
     let pieces = ctx
         .storage
-        .pieces(&request.task_id)
-        .map_err(DownloadError::not_started)?;
-    let header = ctx
-        .storage
-        .task(&request.task_id)
+        .pieces_overlapping(&request.task_id, window, task.piece_length)
         .map_err(DownloadError::not_started)?;
     let shape = TaskShape {
-        content_length,
+        content_length: task.content_length,
         piece_length: 0,
-        response_header: header
-            .map(|t| t.response_header)
-            .unwrap_or_default()
+        response_header: task
+            .response_header
             .into_iter()
             // Caches written before secrets were dropped at the source may hold a Set-Cookie.
             .filter(|(name, _)| !damselfly_core::is_secret_header(name))
             .collect(),
     };
-    viewer.window = request.scope.window(content_length);
+    viewer.window = window;
     if viewer.started(&shape, &[], true).await.is_err() {
         return Ok(Err(CallerGone));
     }
@@ -184,9 +181,10 @@ async fn follow(
     state: &mut watch::Receiver<JobState>,
 ) -> Result<Result<(), CallerGone>, DownloadError> {
     let storage = &engine.context().storage;
+    let (window, piece_length) = (viewer.window, viewer.piece_length);
     let landed = || {
         storage
-            .pieces(&request.task_id)
+            .pieces_overlapping(&request.task_id, window, piece_length)
             .map_err(DownloadError::transfer)
     };
     loop {
@@ -255,6 +253,8 @@ struct Viewer<'a> {
     sent: HashSet<u32>,
     /// The bytes `[start, end)` the caller asked for: pieces outside are not its news.
     window: (u64, u64),
+    /// The task's piece length once known (0 before): which pieces the window holds.
+    piece_length: u64,
     /// The job's origin reason until this caller was told it.
     origin: Option<Arc<OnceLock<OriginReason>>>,
 }
@@ -267,6 +267,7 @@ impl<'a> Viewer<'a> {
             peer_id,
             sent: HashSet::new(),
             window: (0, u64::MAX),
+            piece_length: 0,
             origin: None,
         }
     }

@@ -649,12 +649,9 @@ impl Pump {
     }
 
     async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes, StorageError> {
-        let reader = match &mut self.reader {
-            Some(reader) => reader,
-            None => self
-                .reader
-                .insert(self.storage.content_reader(&self.task_id).await?),
-        };
+        let reader = self
+            .reader
+            .get_or_insert_with(|| self.storage.content_reader(&self.task_id));
         let size = usize::try_from(len).map_err(std::io::Error::other)?;
         Ok(Bytes::from(reader.read_at(offset, size).await?))
     }
