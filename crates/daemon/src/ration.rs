@@ -24,7 +24,7 @@
 //!   uplink (bench/netns image pulls, 4 x 64 MiB: pieces took 11 s each to leave the seed,
 //!   longer than [`RATION_SLOT_HOLD`], so the seed gave yet more). How many follows the
 //!   seed's measured upload ([`pace`]): from `seedPeer.ration.piecesInFlight` up to
-//!   `maxPiecesInFlight`, as long as one more piece in flight still adds to what leaves the
+//!   `maxPiecesInFlight`, as long as more pieces in flight still add to what leaves the
 //!   seed;
 //! - a given piece stays the child's until the seed has given out every piece of the task
 //!   (the end game): before that the seed's uplink is worth most as first copies, and a copy
