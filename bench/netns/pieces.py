@@ -22,6 +22,9 @@ import sys
 
 LINE = re.compile(r"^(\S+Z)\s.*piece downloaded.*\btask_id=(\w+).*\bpiece=(\d+)\b.*\bsource=(\S+)")
 START = re.compile(r"^(\S+Z)\s.*download requested")
+ASKED = re.compile(r"^(\S+Z)\s.*\btask_id=(\w+).*piece\{number=(\d+) source=([^}\s]+)\}.*piece requested")
+# Width of the windows of the per-host table: pieces landed per host per window.
+WINDOW_S = 5
 # Peer ids are "{ip}-{hostname}-{uuid}".
 PEER = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(.+?)-[0-9a-f]{8}-")
 
@@ -30,8 +33,14 @@ def ts(text):
     return datetime.datetime.strptime(text[:26], "%Y-%m-%dT%H:%M:%S.%f").timestamp()
 
 
+def peer_name(peer_id):
+    p = PEER.match(peer_id)
+    return p.group(2) if p else peer_id
+
+
 def read_logs(results, logs):
     pieces = {}   # host -> list of (time, (task, piece), source host name)
+    asked = {}    # host -> {(task, piece): (time first asked, parent host name)}
     starts = []
     for path in sorted(glob.glob(os.path.join(results, logs, "h*.log*"))):
         host = os.path.basename(path).split(".")[0]
@@ -40,20 +49,59 @@ def read_logs(results, logs):
             for line in fh:
                 m = LINE.match(line)
                 if m:
-                    p = PEER.match(m.group(4))
-                    src = p.group(2) if p else m.group(4)
                     key = (m.group(2), int(m.group(3)))
-                    pieces.setdefault(host, []).append((ts(m.group(1)), key, src))
+                    pieces.setdefault(host, []).append((ts(m.group(1)), key, peer_name(m.group(4))))
+                    continue
+                m = ASKED.match(line)
+                if m:
+                    key = (m.group(2), int(m.group(3)))
+                    first = asked.setdefault(host, {})
+                    first.setdefault(key, (ts(m.group(1)), peer_name(m.group(4))))
                     continue
                 m = START.match(line)
                 if m:
                     starts.append(ts(m.group(1)))
-    return pieces, (min(starts) if starts else None)
+    return pieces, asked, (min(starts) if starts else None)
+
+
+def host_order(host):
+    return int(host[1:]) if host[1:].isdigit() else 0
+
+
+def windows_table(pieces, t0):
+    """Pieces landed per host per WINDOW_S seconds: where a host stood still."""
+    end = max(t for rows in pieces.values() for t, _, _ in rows) - t0
+    count = int(end // WINDOW_S) + 1
+    out = ["", f"Pieces landed per host per {WINDOW_S} s (columns start at the second shown):", ""]
+    out.append("| host | " + " | ".join(str(i * WINDOW_S) for i in range(count)) + " |")
+    out.append("|---|" + "---|" * count)
+    for host in sorted(pieces, key=host_order):
+        cells = [0] * count
+        for t, _, _ in pieces[host]:
+            cells[min(int((t - t0) // WINDOW_S), count - 1)] += 1
+        out.append(f"| {host} | " + " | ".join(str(c) for c in cells) + " |")
+    return out
+
+
+def longest_fetches(pieces, asked, t0):
+    """Per host, the piece that took longest from its first request to landing, and whom it
+    was first asked of: crawling fetches from slow parents show here."""
+    out = ["", "Longest fetch per host (first request to landing):", ""]
+    out.append("| host | piece | took (s) | first asked of | at (s) | landed from |")
+    out.append("|---|---|---|---|---|---|")
+    for host in sorted(pieces, key=host_order):
+        first = asked.get(host, {})
+        spans = [(t - first[key][0], key, first[key], src, t) for t, key, src in pieces[host] if key in first]
+        if not spans:
+            continue
+        took, key, (at, parent), src, _ = max(spans)
+        out.append(f"| {host} | {key[1]} | {took:.1f} | {parent} | {at - t0:.1f} | {src} |")
+    return out
 
 
 def analyse(results, logs="damselfly-logs", name="damselfly"):
     """Writes NAME-pieces.md from the daemon logs in RESULTS/LOGS; returns the summary line."""
-    pieces, t0 = read_logs(results, logs)
+    pieces, asked, t0 = read_logs(results, logs)
     if not pieces or t0 is None:
         return None
     out = [f"# {name}: where the pieces came from", ""]
@@ -63,7 +111,7 @@ def analyse(results, logs="damselfly-logs", name="damselfly"):
     out.append("|---|---|---|---|---|---|---|")
     seed_copies = {}
     seed_first_landing = {}
-    for host in sorted(pieces, key=lambda h: int(h[1:]) if h[1:].isdigit() else 0):
+    for host in sorted(pieces, key=host_order):
         rows = sorted(pieces[host])
         seed = [r for r in rows if r[2] == "seed"]
         peers = [r for r in rows if r[2] != "seed"]
@@ -98,6 +146,8 @@ def analyse(results, logs="damselfly-logs", name="damselfly"):
                     first += 1
             out.append(f"| {w:.0f}-{w + 10:.0f} | {len(inwin)} | {first} |")
             w += 10
+    out += windows_table(pieces, t0)
+    out += longest_fetches(pieces, asked, t0)
     with open(os.path.join(results, f"{name}-pieces.md"), "w") as fh:
         fh.write("\n".join(out) + "\n")
     hosts = len(pieces)
