@@ -136,9 +136,13 @@ fn stored(engine: &Engine, task_id: &str, (start, end): (u64, u64)) -> bool {
         return false;
     };
     let end = end.min(task.content_length);
-    let layout = task.layout();
-    let mut spans = layout.spans_for_range(start, end.saturating_sub(start));
-    spans.all(|span| matches!(storage.piece(task_id, span.number), Ok(Some(_))))
+    let wanted = task
+        .layout()
+        .spans_for_range(start, end.saturating_sub(start))
+        .count();
+    storage
+        .pieces_overlapping(task_id, (start, end), task.piece_length)
+        .is_ok_and(|stored| stored.len() == wanted)
 }
 
 /// Reads the origin's answer into `tx` until it ends, fails, or the pump is gone (dropping the
