@@ -37,6 +37,7 @@
 #   STRICT=1 (exit 1 when any host did not get the file; --ci sets it)
 #   DF_LOG_LEVEL=info,damselfly_daemon=debug (the daemons' log filter; logs land in RESULTS_DIR)
 #   DF_SEED_CONFIG=<dfdaemon.yaml for the seed peer only> (e.g. its seedPeer.ration settings)
+#   DF_HOST_CONFIG=<dfdaemon.yaml for the host daemons only> (e.g. upload.piecesInFlight)
 #
 # LATENCY_MS adds one-way delay on every host link with tc netem; when the kernel has no netem
 # the bench says so and stops (latency is unsupported there) instead of silently running without.
@@ -631,7 +632,7 @@ swarm_up() {
   DF_SEED_PID=$LAST_PID
   DF_PIDS=()
   for i in $(seq 1 "$N"); do
-    daemon "$(host_ns "$i")" "$(host_ip "$i")" "h$i" "$@"
+    daemon "$(host_ns "$i")" "$(host_ip "$i")" "h$i" ${DF_HOST_CONFIG:+--config "$DF_HOST_CONFIG"} "$@"
     DF_PIDS+=("$LAST_PID")
   done
   wait_until 30 nsx "$ORIGIN_NS" curl -fsS -o /dev/null "http://$ORIGIN_IP:4003/healthy" \

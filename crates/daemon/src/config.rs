@@ -123,7 +123,20 @@ pub struct UploadConfig {
     pub client: TlsKeys,
     #[serde(serialize_with = "exact_bytes")]
     pub bandwidth_limit: ByteSize,
+    /// Damselfly: pieces the piece servers (TCP and QUIC together) send at once, at least;
+    /// more while they add to the measured upload (`damselfly_transfer::UploadSlots`).
+    pub pieces_in_flight: usize,
+    /// Damselfly: pieces sent at once, at most.
+    pub max_pieces_in_flight: usize,
 }
+
+/// Uploads a daemon runs at once before its measured upload says more would add: two, so a
+/// thin uplink (10 Mbit/s under peers at 100, bench/netns) sends whole pieces its peers can
+/// pass on in 7 s rather than a trickle of every piece asked for, and one stalled child
+/// cannot hold the uplink alone.
+pub const DEFAULT_UPLOAD_PIECES_IN_FLIGHT: usize = 2;
+/// Uploads at once at most: the piece servers' cap on pieces being sent.
+pub const DEFAULT_UPLOAD_MAX_PIECES_IN_FLIGHT: usize = damselfly_transfer::DEFAULT_MAX_CONNECTIONS;
 
 impl Default for UploadConfig {
     fn default() -> Self {
@@ -131,6 +144,8 @@ impl Default for UploadConfig {
             server: UploadServerConfig::default(),
             client: TlsKeys::default(),
             bandwidth_limit: DEFAULT_BANDWIDTH_LIMIT,
+            pieces_in_flight: DEFAULT_UPLOAD_PIECES_IN_FLIGHT,
+            max_pieces_in_flight: DEFAULT_UPLOAD_MAX_PIECES_IN_FLIGHT,
         }
     }
 }

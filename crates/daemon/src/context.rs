@@ -7,7 +7,7 @@ use crate::lifecycle::Lifecycle;
 use crate::ration::SeedRation;
 use crate::scheduler_client::Schedulers;
 use damselfly_storage::Storage;
-use damselfly_transfer::{Backend, PieceFetcher, RateLimiter};
+use damselfly_transfer::{Backend, PieceFetcher, RateLimiter, UploadSlots};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +74,8 @@ pub struct DaemonContext {
     pub activity: Arc<Activity>,
     /// A seed peer's super-seeding state; None on normal peers.
     pub ration: Option<Arc<SeedRation>>,
+    /// Turns to send pieces; told what comes in, so it knows a thin uplink.
+    pub uploads: Arc<UploadSlots>,
     /// Stop, grace, abort: what every spawned task follows (see `lifecycle`).
     pub lifecycle: Lifecycle,
 }

@@ -17,7 +17,7 @@ use crate::services::upload::UploadService;
 use damselfly_monitor::Endpoints;
 use damselfly_storage::{Storage, StorageConfig};
 use damselfly_transfer::{
-    Backend, BackendConfig, QuicListener, QuicSecurity, UploadHook, VortexServerConfig,
+    Backend, BackendConfig, QuicListener, QuicSecurity, UploadHook, UploadSlots, VortexServerConfig,
 };
 use dragonfly_api::dfdaemon::v2::dfdaemon_download_server::DfdaemonDownloadServer;
 use dragonfly_api::dfdaemon::v2::dfdaemon_upload_server::DfdaemonUploadServer;
@@ -328,6 +328,7 @@ async fn build_context(
     let ration =
         (seed && rc.enable).then(|| SeedRation::new(rc.pieces_in_flight, rc.max_pieces_in_flight));
     let tls = TlsLinks::load(&config.tls_files()?)?;
+    let uploads = upload_slots(&config, ration.is_some());
     Ok(Arc::new(DaemonContext {
         // Filled by `join_schedulers` once names are resolved.
         schedulers: Schedulers::new(&[], tls.scheduler.clone()),
@@ -340,8 +341,24 @@ async fn build_context(
         limits,
         activity: Arc::new(Activity::default()),
         ration,
+        uploads,
         lifecycle: Lifecycle::default(),
     }))
+}
+
+/// The turns to send pieces, shared by the TCP and QUIC piece servers (one uplink). A
+/// rationing seed paces its given pieces itself (`crate::ration`), so its servers send
+/// whatever is asked up to the cap: two controllers on the same flows would each see the
+/// other's line as a slow uplink.
+fn upload_slots(config: &DaemonConfig, rationing: bool) -> Arc<UploadSlots> {
+    let upload = &config.upload;
+    let ceiling = upload.max_pieces_in_flight.max(1);
+    let floor = if rationing {
+        ceiling
+    } else {
+        upload.pieces_in_flight
+    };
+    UploadSlots::new(floor, ceiling)
 }
 
 /// This host as the schedulers see it.
@@ -412,19 +429,20 @@ fn spawn_servers(engine: &Arc<Engine>, listeners: Listeners) {
         serve_download(engine.clone(), listeners.socket, stop.clone())
             .instrument(tracing::info_span!("download_server")),
     );
+    let piece_servers = piece_server_config(&ctx);
     life.spawn(damselfly_transfer::serve_vortex_with(
         listeners.piece,
         ctx.storage.clone(),
         ctx.limits.upload.clone(),
         stop.clone(),
-        piece_server_config(&ctx),
+        piece_servers.clone(),
     ));
     life.spawn(damselfly_transfer::serve_quic(
         listeners.quic,
         ctx.storage.clone(),
         ctx.limits.upload.clone(),
         stop.clone(),
-        piece_server_config(&ctx),
+        piece_servers,
     ));
     life.spawn(damselfly_monitor::serve(
         listeners.metrics,
@@ -486,10 +504,14 @@ async fn serve_download(engine: Arc<Engine>, listener: UnixListener, stop: Cance
     }
 }
 
-/// Limits of the TCP and of the QUIC piece server (each has its own caps and turns).
+/// Limits of the TCP and of the QUIC piece server: each has its own socket caps; they share
+/// the turns to send.
 fn piece_server_config(ctx: &Context) -> VortexServerConfig {
     VortexServerConfig {
         on_uploaded: upload_hook(ctx),
+        on_requested: request_hook(ctx),
+        max_connections: ctx.config.upload.max_pieces_in_flight.max(1),
+        slots: Arc::clone(&ctx.uploads),
         ..VortexServerConfig::default()
     }
 }
@@ -499,6 +521,16 @@ fn upload_hook(ctx: &Context) -> Option<UploadHook> {
     ctx.ration.clone().map(|ration| {
         let hook: UploadHook = Arc::new(move |task_id: &str, number: u32| {
             ration.uploaded(task_id, number);
+        });
+        hook
+    })
+}
+
+/// A rationing seed learns of every piece request from the piece servers.
+fn request_hook(ctx: &Context) -> Option<UploadHook> {
+    ctx.ration.clone().map(|ration| {
+        let hook: UploadHook = Arc::new(move |task_id: &str, number: u32| {
+            ration.requested(task_id, number);
         });
         hook
     })

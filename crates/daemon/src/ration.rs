@@ -50,8 +50,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-mod pace;
-pub use pace::Pace;
+pub use damselfly_transfer::Pace;
 
 /// Measured upload per child host, bits per second.
 pub type UploadRates = HashMap<String, u64>;
@@ -69,6 +68,13 @@ pub const RATION_RELEASE_AFTER: Duration = Duration::from_secs(30);
 /// 10 Mbit/s up: the seed's uplink stood idle for 26 s waiting for [`RATION_RELEASE_AFTER`]).
 /// Ten seconds is three times a 4 MiB piece at a tenth of a 100 Mbit/s uplink.
 pub const RATION_SLOT_HOLD: Duration = Duration::from_secs(10);
+/// A given piece its child has not asked for by then stops holding one of the seed's pieces
+/// in flight (it stays the child's). A piece given again after its first child measured slow
+/// has often reached the new child from peers already, and that child never asks for it: in
+/// bench/netns (half the uplinks at 10 Mbit/s) the seed gave four such pieces within 2.6 s
+/// and its uplink stood idle for 6 s. A child asks for a piece given to it within half a
+/// second, or within a piece time when its seed budget is full.
+pub const RATION_REQUEST_WAIT: Duration = Duration::from_secs(2);
 /// How often a held-back stream looks again for pieces that became public with time; uploads
 /// and departures wake it at once.
 pub const RATION_TICK: Duration = Duration::from_millis(200);
@@ -107,6 +113,8 @@ struct Given {
     child: String,
     at: Instant,
     uploaded_at: Option<Instant>,
+    /// Someone asked the seed for it.
+    requested: bool,
     bytes: u64,
     /// Given pieces of the task in flight when it was given, itself included.
     level: usize,
@@ -139,6 +147,7 @@ impl TaskRation {
                 child: child.to_string(),
                 at: now,
                 uploaded_at: None,
+                requested: false,
                 bytes: piece.length,
                 level,
             },
@@ -177,9 +186,14 @@ impl TaskRation {
     }
 
     /// Given to someone and still waiting for its first upload, for at most
-    /// [`RATION_SLOT_HOLD`].
+    /// [`RATION_SLOT_HOLD`], or [`RATION_REQUEST_WAIT`] while nobody asked for it.
     fn is_waiting(&self, given: &Given, now: Instant) -> bool {
-        given.uploaded_at.is_none() && now.duration_since(given.at) < RATION_SLOT_HOLD
+        let hold = if given.requested {
+            RATION_SLOT_HOLD
+        } else {
+            RATION_REQUEST_WAIT
+        };
+        given.uploaded_at.is_none() && now.duration_since(given.at) < hold
     }
 
     fn waiting_total(&self, now: Instant) -> usize {
@@ -319,6 +333,18 @@ impl SeedRation {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .limit()
+    }
+
+    /// A peer asked the piece servers for `number` of `task_id`.
+    pub fn requested(&self, task_id: &str, number: u32) {
+        self.with_tasks(|tasks| {
+            if let Some(given) = tasks
+                .get_mut(task_id)
+                .and_then(|t| t.given.get_mut(&number))
+            {
+                given.requested = true;
+            }
+        });
     }
 
     /// The Vortex server finished sending `number` of `task_id` to someone.
@@ -545,13 +571,24 @@ mod tests {
         })
     }
 
-    async fn take(stream: &mut (impl Stream<Item = Item> + Unpin), n: usize) -> Vec<u32> {
+    /// Up to `n` pieces the stream shows within 300 ms each, asked for at once as a child
+    /// would (so a slow test machine does not free their slots, see [`RATION_REQUEST_WAIT`]).
+    async fn take(
+        ration: &SeedRation,
+        stream: &mut (impl Stream<Item = Item> + Unpin),
+        n: usize,
+    ) -> Vec<u32> {
         let mut got = Vec::new();
         for _ in 0..n {
             let next = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
             match next {
                 Ok(Some(Ok(p))) => got.push(p.number),
                 _ => break,
+            }
+        }
+        for &number in &got {
+            for task in ["t", "t1", "t2"] {
+                ration.requested(task, number);
             }
         }
         got
@@ -564,8 +601,8 @@ mod tests {
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
         let share = IN_FLIGHT / 2;
-        let first_a = take(&mut a, share + 1).await;
-        let first_b = take(&mut b, share + 1).await;
+        let first_a = take(&ration, &mut a, share + 1).await;
+        let first_b = take(&ration, &mut b, share + 1).await;
         assert_eq!(first_a.len(), share, "{first_a:?}");
         assert_eq!(first_b.len(), share, "{first_b:?}");
         assert!(
@@ -575,10 +612,10 @@ mod tests {
         // A's first piece left the seed: A gets a new one of its own, and B does not see
         // A's piece (the swarm spreads it) until the share window has passed.
         ration.uploaded("t", first_a[0]);
-        let next_a = take(&mut a, 2).await;
+        let next_a = take(&ration, &mut a, 2).await;
         assert_eq!(next_a.len(), 1, "{next_a:?}");
         assert!(!first_b.contains(&next_a[0]) && !first_a.contains(&next_a[0]));
-        assert!(take(&mut b, 1).await.is_empty());
+        assert!(take(&ration, &mut b, 1).await.is_empty());
     }
 
     #[tokio::test]
@@ -589,12 +626,22 @@ mod tests {
         let all = || futures::stream::iter((0..8).map(piece));
         let mut a1 = Box::pin(ration.wrap("t1".into(), "a".into(), all()));
         let mut b2 = Box::pin(ration.wrap("t2".into(), "b".into(), all()));
-        let first = take(&mut a1, 2).await;
+        let first = take(&ration, &mut a1, 2).await;
         assert_eq!(first.len(), 1, "{first:?}");
-        assert!(take(&mut b2, 1).await.is_empty(), "t1 holds the one slot");
+        assert!(
+            take(&ration, &mut b2, 1).await.is_empty(),
+            "t1 holds the one slot"
+        );
         ration.uploaded("t1", first[0]);
-        assert_eq!(take(&mut b2, 2).await.len(), 1, "the slot is free again");
-        assert!(take(&mut a1, 1).await.is_empty(), "t2 holds it now");
+        assert_eq!(
+            take(&ration, &mut b2, 2).await.len(),
+            1,
+            "the slot is free again"
+        );
+        assert!(
+            take(&ration, &mut a1, 1).await.is_empty(),
+            "t2 holds it now"
+        );
     }
 
     #[tokio::test]
@@ -603,15 +650,18 @@ mod tests {
         let all = || futures::stream::iter((0..8).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        let first = take(&mut a, 1).await;
+        let first = take(&ration, &mut a, 1).await;
         assert_eq!(first.len(), 1);
-        assert!(take(&mut b, 1).await.is_empty(), "the one slot is taken");
+        assert!(
+            take(&ration, &mut b, 1).await.is_empty(),
+            "the one slot is taken"
+        );
         ration.uploaded("t", first[0]);
         assert!(
-            take(&mut a, 1).await.is_empty(),
+            take(&ration, &mut a, 1).await.is_empty(),
             "a had one already; b is next in line"
         );
-        assert_eq!(take(&mut b, 1).await.len(), 1);
+        assert_eq!(take(&ration, &mut b, 1).await.len(), 1);
     }
 
     #[tokio::test]
@@ -623,12 +673,12 @@ mod tests {
         let all = || futures::stream::iter((0..8).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        assert_eq!(take(&mut a, 3).await.len(), 2);
-        let of_b = take(&mut b, 3).await;
+        assert_eq!(take(&ration, &mut a, 3).await.len(), 2);
+        let of_b = take(&ration, &mut b, 3).await;
         assert_eq!(of_b.len(), 2);
         ration.uploaded("t", of_b[0]);
-        assert!(take(&mut a, 1).await.is_empty());
-        assert_eq!(take(&mut b, 1).await.len(), 1);
+        assert!(take(&ration, &mut a, 1).await.is_empty());
+        assert_eq!(take(&ration, &mut b, 1).await.len(), 1);
     }
 
     #[tokio::test]
@@ -636,14 +686,18 @@ mod tests {
         let ration = SeedRation::new(1, 1);
         let all = || futures::stream::iter((0..4).map(piece));
         let mut old = Box::pin(ration.wrap("t".into(), "a".into(), all()));
-        let given = take(&mut old, 1).await;
+        let given = take(&ration, &mut old, 1).await;
         assert_eq!(given.len(), 1);
         let mut new = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
         drop(old);
-        assert_eq!(take(&mut new, 1).await, given, "still a's own piece");
+        assert_eq!(
+            take(&ration, &mut new, 1).await,
+            given,
+            "still a's own piece"
+        );
         assert!(
-            take(&mut b, 1).await.is_empty(),
+            take(&ration, &mut b, 1).await.is_empty(),
             "the one slot is still a's"
         );
     }
@@ -663,21 +717,24 @@ mod tests {
         let all = || futures::stream::iter((0..16).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        let of_a = take(&mut a, 3).await;
+        let of_a = take(&ration, &mut a, 3).await;
         assert_eq!(of_a.len(), 2, "{of_a:?}");
-        assert!(take(&mut b, 1).await.is_empty(), "both slots are a's");
+        assert!(
+            take(&ration, &mut b, 1).await.is_empty(),
+            "both slots are a's"
+        );
         ration.uploaded("t", of_a[0]);
-        assert_eq!(take(&mut a, 1).await.len(), 1, "a before b");
-        assert!(take(&mut b, 1).await.is_empty());
+        assert_eq!(take(&ration, &mut a, 1).await.len(), 1, "a before b");
+        assert!(take(&ration, &mut b, 1).await.is_empty());
         // a has its share in flight: the free slot still is not b's.
         ration.uploaded("t", of_a[1]);
         assert!(
-            take(&mut b, 1).await.is_empty(),
+            take(&ration, &mut b, 1).await.is_empty(),
             "b waits while a fast child is there"
         );
         // a is gone: b, slow as it is, gets the slots.
         drop(a);
-        assert_eq!(take(&mut b, 1).await.len(), 1);
+        assert_eq!(take(&ration, &mut b, 1).await.len(), 1);
     }
 
     #[tokio::test]
@@ -688,14 +745,44 @@ mod tests {
         let all = || futures::stream::iter((0..8).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        let of_a = take(&mut a, 2).await;
+        let of_a = take(&ration, &mut a, 2).await;
         assert_eq!(of_a.len(), 1, "{of_a:?}");
         // Both want the next piece; b was given none, but a is known to pass pieces on.
-        assert!(take(&mut b, 1).await.is_empty());
-        assert!(take(&mut a, 1).await.is_empty());
+        assert!(take(&ration, &mut b, 1).await.is_empty());
+        assert!(take(&ration, &mut a, 1).await.is_empty());
         ration.uploaded("t", of_a[0]);
-        assert!(take(&mut b, 1).await.is_empty(), "a is in line before b");
-        assert_eq!(take(&mut a, 1).await.len(), 1);
+        assert!(
+            take(&ration, &mut b, 1).await.is_empty(),
+            "a is in line before b"
+        );
+        assert_eq!(take(&ration, &mut a, 1).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_given_piece_nobody_asks_for_frees_its_slot_soon() {
+        let ration = SeedRation::new(1, 1);
+        let all = || futures::stream::iter((0..4).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        let of_a = take(&ration, &mut a, 1).await;
+        assert_eq!(of_a.len(), 1);
+        assert!(
+            take(&ration, &mut b, 1).await.is_empty(),
+            "the one slot is a's"
+        );
+        ration.with_tasks(|tasks| {
+            let given = tasks.get_mut("t").unwrap().given.get_mut(&of_a[0]).unwrap();
+            // a already holds the piece (it came from a peer): it never asks the seed.
+            given.requested = false;
+            given.at = Instant::now() - RATION_REQUEST_WAIT;
+        });
+        let of_b = take(&ration, &mut b, 1).await;
+        assert_eq!(
+            of_b.len(),
+            1,
+            "a never asked for its piece: the slot is free"
+        );
+        assert_ne!(of_b, of_a, "a's piece stays a's until it is released");
     }
 
     #[tokio::test]
@@ -704,14 +791,21 @@ mod tests {
         let all = || futures::stream::iter((0..4).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        let of_a = take(&mut a, 1).await;
+        let of_a = take(&ration, &mut a, 1).await;
         assert_eq!(of_a.len(), 1);
-        assert!(take(&mut b, 1).await.is_empty(), "the one slot is a's");
+        ration.with_tasks(|tasks| {
+            let given = tasks.get_mut("t").unwrap().given.get_mut(&of_a[0]).unwrap();
+            given.at = Instant::now() - RATION_REQUEST_WAIT;
+        });
+        assert!(
+            take(&ration, &mut b, 1).await.is_empty(),
+            "asked for: the one slot is still a's"
+        );
         ration.with_tasks(|tasks| {
             let given = tasks.get_mut("t").unwrap().given.get_mut(&of_a[0]).unwrap();
             given.at = Instant::now() - RATION_SLOT_HOLD;
         });
-        let of_b = take(&mut b, 1).await;
+        let of_b = take(&ration, &mut b, 1).await;
         assert_eq!(of_b.len(), 1, "a never fetched its piece: the slot is free");
         assert_ne!(of_b, of_a, "a's piece stays a's until it is released");
     }
@@ -723,10 +817,13 @@ mod tests {
         let ration = SeedRation::new(2, 2);
         let all = || futures::stream::iter((0..1).map(piece));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        assert_eq!(take(&mut b, 1).await, vec![0]);
+        assert_eq!(take(&ration, &mut b, 1).await, vec![0]);
         ration.uploaded("t", 0);
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
-        assert!(take(&mut a, 1).await.is_empty(), "b's piece, b unmeasured");
+        assert!(
+            take(&ration, &mut a, 1).await.is_empty(),
+            "b's piece, b unmeasured"
+        );
         ration.set_upload_rates(
             [
                 ("a".to_string(), 100_000_000),
@@ -735,7 +832,7 @@ mod tests {
             .into(),
         );
         assert_eq!(
-            take(&mut a, 1).await,
+            take(&ration, &mut a, 1).await,
             vec![0],
             "given again, to a fast child"
         );
@@ -749,10 +846,10 @@ mod tests {
         let ration = SeedRation::new(2, 2);
         let only = |n: u32| futures::stream::iter(std::iter::once(piece(n)));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), only(0)));
-        assert_eq!(take(&mut b, 1).await, vec![0]);
+        assert_eq!(take(&ration, &mut b, 1).await, vec![0]);
         ration.uploaded("t", 0);
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), only(1)));
-        assert_eq!(take(&mut a, 1).await, vec![1]);
+        assert_eq!(take(&ration, &mut a, 1).await, vec![1]);
         ration.uploaded("t", 1);
         ration.announced("t", None);
         ration.set_upload_rates(
@@ -768,7 +865,11 @@ mod tests {
             given.uploaded_at = Some(Instant::now() - RATION_SHARE_WINDOW);
         });
         let mut c = Box::pin(ration.wrap("t".into(), "c".into(), only(1)));
-        assert_eq!(take(&mut c, 1).await, vec![1], "public in the end game");
+        assert_eq!(
+            take(&ration, &mut c, 1).await,
+            vec![1],
+            "public in the end game"
+        );
     }
 
     #[tokio::test]
@@ -783,7 +884,10 @@ mod tests {
         let (mut got_a, mut got_b) = (0, 0);
         for _ in 0..9 {
             // Both ask; whoever is in line takes the slot; its piece then leaves.
-            let (x, y) = (take(&mut a, 1).await, take(&mut b, 1).await);
+            let (x, y) = (
+                take(&ration, &mut a, 1).await,
+                take(&ration, &mut b, 1).await,
+            );
             let (x, y) = (x.first().copied(), y.first().copied());
             got_a += usize::from(x.is_some());
             got_b += usize::from(y.is_some());
@@ -802,7 +906,7 @@ mod tests {
             "a".into(),
             futures::stream::iter((0..16).map(piece)),
         ));
-        let got = take(&mut a, IN_FLIGHT + 1).await;
+        let got = take(&ration, &mut a, IN_FLIGHT + 1).await;
         assert_eq!(got.len(), IN_FLIGHT, "{got:?}");
     }
 
@@ -812,7 +916,7 @@ mod tests {
         let all = || futures::stream::iter((0..2).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        let first = take(&mut a, 1).await;
+        let first = take(&ration, &mut a, 1).await;
         assert_eq!(first.len(), 1);
         ration.uploaded("t", first[0]);
         ration.with_tasks(|tasks| {
@@ -826,9 +930,9 @@ mod tests {
         });
         // The other piece is still to be given: b gets that one first, not a's.
         let other = 1 - first[0];
-        assert_eq!(take(&mut b, 1).await, vec![other]);
+        assert_eq!(take(&ration, &mut b, 1).await, vec![other]);
         // Now every piece was given (the end game): a's, uploaded long ago, is public.
-        assert_eq!(take(&mut b, 1).await, vec![first[0]]);
+        assert_eq!(take(&ration, &mut b, 1).await, vec![first[0]]);
     }
 
     #[tokio::test]
@@ -837,9 +941,9 @@ mod tests {
         let all = || futures::stream::iter((0..1).map(piece));
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
-        assert_eq!(take(&mut a, 1).await, vec![0]);
+        assert_eq!(take(&ration, &mut a, 1).await, vec![0]);
         ration.uploaded("t", 0);
-        assert!(take(&mut b, 1).await.is_empty());
+        assert!(take(&ration, &mut b, 1).await.is_empty());
         ration.with_tasks(|tasks| {
             let given = tasks
                 .get_mut("t")
@@ -847,7 +951,7 @@ mod tests {
                 .unwrap();
             given.uploaded_at = Some(Instant::now() - RATION_SHARE_WINDOW);
         });
-        assert_eq!(take(&mut b, 1).await, vec![0]);
+        assert_eq!(take(&ration, &mut b, 1).await, vec![0]);
     }
 
     #[tokio::test]
@@ -857,9 +961,9 @@ mod tests {
         let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
         let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
         let share = IN_FLIGHT / 2;
-        assert_eq!(take(&mut a, 2).await.len(), share.min(2));
+        assert_eq!(take(&ration, &mut a, 2).await.len(), share.min(2));
         drop(a);
-        let mut got = take(&mut b, 2).await;
+        let mut got = take(&ration, &mut b, 2).await;
         got.sort_unstable();
         assert_eq!(got, vec![0, 1]);
         // The stream ends once everything was shown and the source is done.

@@ -7,11 +7,14 @@ mod file_copy;
 mod frame;
 mod limiter;
 pub mod metrics;
+mod pace;
 mod piece_server;
 mod plain_http;
 mod quic;
 mod sync;
 mod trust;
+mod uplink;
+mod upload_slots;
 mod vortex;
 
 pub use backend::{
@@ -28,6 +31,7 @@ pub use frame::{
 };
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
+pub use pace::{Pace, PACE_MEMORY, PACE_MIN_SAMPLES, PACE_TOLERANCE};
 pub use piece_server::{PieceFetcher, PieceServer};
 pub use quic::{
     bind_quic, serve_quic, QuicListener, QuicPieceClient, QuicSecurity, UnverifiedPeers,
@@ -35,9 +39,11 @@ pub use quic::{
 };
 pub use sync::{sync_pieces_stream, Announce, PiecePorts};
 pub use trust::{OriginTrust, CLIENT_CACHE_LIMIT, SSL_CERT_FILE_ENV, SYSTEM_CA_FILES};
+pub use uplink::{UplinkMeter, THIN_BUSY_UPLOADS, THIN_UPLINK_RATIO, THIN_WINDOWS, UPLINK_WINDOW};
+pub use upload_slots::{UploadSlot, UploadSlots, COPIES_REMEMBERED, REPEAT_WAIT};
 pub use vortex::{
     download_piece_from, download_piece_vortex, fetch_piece_from, serve_vortex, serve_vortex_with,
     Delivery, FetchedPiece, PieceSource, UploadHook, VortexServerConfig, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_OPEN_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_SEND_TIMEOUT, SEND_CHUNK_SIZE,
+    DEFAULT_SEND_TIMEOUT, DELIVERY_WAIT, SEND_CHUNK_SIZE,
 };

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use vortex_protocol::tlv::download_piece::DownloadPiece;
@@ -152,7 +151,6 @@ pub async fn serve_quic(
     let server = Arc::new(StreamServer {
         storage,
         limiter: upload_limiter,
-        turns: Arc::new(Semaphore::new(config.max_connections.max(1))),
         config,
     });
     loop {
@@ -187,8 +185,6 @@ struct StreamServer {
     storage: Storage,
     limiter: RateLimiter,
     config: VortexServerConfig,
-    /// Turns to send a piece; taken only once the request has been read.
-    turns: Arc<Semaphore>,
 }
 
 impl StreamServer {
@@ -234,10 +230,7 @@ impl StreamServer {
             Err(_) => Err(Refusal::Drop("request not received in time".to_string())),
         };
         let outcome = match request {
-            Ok(request) => match Arc::clone(&self.turns).acquire_owned().await {
-                Ok(_turn) => self.send_piece(&mut send, &request.piece).await,
-                Err(_) => Err(Refusal::Drop("server stopping".to_string())),
-            },
+            Ok(request) => self.send_in_turn(&mut send, &request.piece, peer).await,
             Err(refusal) => Err(refusal),
         };
         UPLOAD_PIECE_TOTAL
@@ -262,11 +255,40 @@ impl StreamServer {
         recv.stop(VarInt::from_u32(0)).ok();
     }
 
+    /// Waits for a turn to send (see [`crate::UploadSlots`]), then sends; a peer that stops
+    /// the stream meanwhile (its fetch moved to another parent) leaves the line.
+    async fn send_in_turn(
+        &self,
+        send: &mut SendStream,
+        request: &DownloadPiece,
+        peer: SocketAddr,
+    ) -> Result<(), Refusal> {
+        if let Some(hook) = &self.config.on_requested {
+            hook(&request.task_id, request.piece_number);
+        }
+        let mut turn = tokio::select! {
+            turn = self.config.slots.acquire(&request.task_id, request.piece_number, peer.ip()) => turn,
+            _ = send.stopped() => {
+                return Err(Refusal::Drop("peer left while waiting for a turn".to_string()));
+            }
+        };
+        let length = self.send_piece(send, request).await?;
+        // The turn covers the bytes in flight (see `vortex::DELIVERY_WAIT`): finishing the
+        // stream and waiting until the peer has every byte.
+        send.finish().ok();
+        tokio::time::timeout(vortex::DELIVERY_WAIT, send.stopped())
+            .await
+            .ok();
+        turn.finished(length);
+        Ok(())
+    }
+
+    /// Sends the piece; returns its length.
     async fn send_piece(
         &self,
         send: &mut SendStream,
         request: &DownloadPiece,
-    ) -> Result<(), Refusal> {
+    ) -> Result<u64, Refusal> {
         let (task_id, number) = (request.task_id.as_str(), request.piece_number);
         let (piece, file) = self
             .storage
@@ -284,7 +306,7 @@ impl StreamServer {
             length = piece.length,
             "piece uploaded over quic"
         );
-        Ok(())
+        Ok(piece.length)
     }
 
     /// Streams the piece bytes, charging the upload limiter per chunk. The file is read off
@@ -309,6 +331,7 @@ impl StreamServer {
             self.timed(send.write_all(&buffer)).await?;
             sent += buffer.len() as u64;
             UPLOAD_TRAFFIC_BYTES.inc_by(buffer.len() as u64);
+            self.config.slots.uploaded(buffer.len() as u64);
             self.limiter.acquire(buffer.len() as u64).await;
         }
         Ok(())

@@ -12,6 +12,7 @@ use crate::frame::{
 };
 use crate::limiter::{RateLimiter, ThrottledReader};
 use crate::metrics::{UPLOAD_FORWARDED_PIECE_TOTAL, UPLOAD_PIECE_TOTAL, UPLOAD_TRAFFIC_BYTES};
+use crate::upload_slots::UploadSlots;
 use bytes::BytesMut;
 use damselfly_core::admission::ConnectionLimits;
 use damselfly_core::PieceSpan;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use vortex_protocol::tlv::download_piece::DownloadPiece;
@@ -34,7 +34,8 @@ use vortex_protocol::tlv::piece_metadata::PieceMetadata as WireMetadata;
 use vortex_protocol::tlv::{Tag, TASK_ID_SIZE};
 use vortex_protocol::{Header, Message, HEADER_SIZE};
 
-/// Pieces sent at once; further requests wait for a turn with their request read.
+/// Pieces sent at once at most; further requests wait for a turn with their request read
+/// (see [`UploadSlots`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Sockets one address may hold open. A child fetches `concurrentPieceCount` (8) pieces per
 /// download at once; 64 leave room for several downloads while one flooding address cannot
@@ -62,7 +63,7 @@ pub type UploadHook = Arc<dyn Fn(&str, u32) + Send + Sync>;
 /// Tunables of the Vortex server.
 #[derive(Clone)]
 pub struct VortexServerConfig {
-    /// Pieces being sent at once.
+    /// Pieces being sent at once, at most; QUIC also bounds its streams per connection by it.
     pub max_connections: usize,
     pub max_connections_per_address: usize,
     pub max_open_connections: usize,
@@ -70,6 +71,10 @@ pub struct VortexServerConfig {
     pub send_timeout: Duration,
     /// Told about every completed upload (a seed's rationing uses it).
     pub on_uploaded: Option<UploadHook>,
+    /// Told about every request read, before it waits for its turn (a seed's rationing).
+    pub on_requested: Option<UploadHook>,
+    /// Turns to send a piece, shared by the TCP and QUIC servers of a host (one uplink).
+    pub slots: Arc<UploadSlots>,
 }
 
 impl std::fmt::Debug for VortexServerConfig {
@@ -84,6 +89,8 @@ impl std::fmt::Debug for VortexServerConfig {
             .field("request_timeout", &self.request_timeout)
             .field("send_timeout", &self.send_timeout)
             .field("on_uploaded", &self.on_uploaded.is_some())
+            .field("on_requested", &self.on_requested.is_some())
+            .field("upload_limit", &self.slots.limit())
             .finish()
     }
 }
@@ -97,6 +104,9 @@ impl Default for VortexServerConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             on_uploaded: None,
+            on_requested: None,
+            // Unpaced: every request up to the cap is sent at once.
+            slots: UploadSlots::new(DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS),
         }
     }
 }
@@ -128,7 +138,6 @@ pub async fn serve_vortex_with(
     shutdown: CancellationToken,
     config: VortexServerConfig,
 ) {
-    let turns = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let limits = ConnectionLimits::new(
         config.max_connections_per_address,
         config.max_open_connections,
@@ -159,7 +168,6 @@ pub async fn serve_vortex_with(
             limiter: upload_limiter.clone(),
             config: config.clone(),
             peer,
-            turns: Arc::clone(&turns),
         };
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -186,8 +194,6 @@ struct Connection {
     limiter: RateLimiter,
     config: VortexServerConfig,
     peer: SocketAddr,
-    /// Turns to send a piece; taken only once the request has been read.
-    turns: Arc<Semaphore>,
 }
 
 impl Connection {
@@ -203,10 +209,7 @@ impl Connection {
             Err(_) => Err(Refusal::Drop("request not received in time".to_string())),
         };
         let outcome = match request {
-            Ok(request) => match Arc::clone(&self.turns).acquire_owned().await {
-                Ok(_turn) => self.send_piece(&mut stream, &request).await,
-                Err(_) => Err(Refusal::Drop("server stopping".to_string())),
-            },
+            Ok(request) => self.send_in_turn(&mut stream, &request).await,
             Err(refusal) => Err(refusal),
         };
         let result = outcome_label(&outcome);
@@ -226,11 +229,47 @@ impl Connection {
         stream.shutdown().await.ok();
     }
 
-    async fn send_piece(
+    /// Waits for a turn to send (see [`UploadSlots`]), then sends; a peer that closes its
+    /// connection meanwhile (its fetch moved to another parent) leaves the line.
+    async fn send_in_turn(
         &self,
         stream: &mut TcpStream,
         request: &PieceRequest,
     ) -> Result<(), Refusal> {
+        let piece = &request.piece;
+        if let Some(hook) = &self.config.on_requested {
+            hook(&piece.task_id, piece.piece_number);
+        }
+        let asked = Instant::now();
+        let mut turn = tokio::select! {
+            turn = self.config.slots.acquire(&piece.task_id, piece.piece_number, self.peer.ip()) => turn,
+            () = peer_gone(stream) => {
+                debug!(peer = %self.peer, number = piece.piece_number, waited = ?asked.elapsed(), "peer left the upload line");
+                return Err(Refusal::Drop("peer left while waiting for a turn".to_string()));
+            }
+        };
+        let waited = asked.elapsed();
+        let length = self.send_piece(stream, request).await?;
+        delivered(stream, DELIVERY_WAIT).await;
+        debug!(
+            peer = %self.peer,
+            number = piece.piece_number,
+            ?waited,
+            took = ?asked.elapsed() - waited,
+            level = turn.level(),
+            limit = self.config.slots.limit(),
+            "upload delivered"
+        );
+        turn.finished(length);
+        Ok(())
+    }
+
+    /// Sends the piece; returns its length.
+    async fn send_piece(
+        &self,
+        stream: &mut TcpStream,
+        request: &PieceRequest,
+    ) -> Result<u64, Refusal> {
         let task_id = request.piece.task_id.as_str();
         let number = request.piece.piece_number;
         let started = Instant::now();
@@ -245,7 +284,7 @@ impl Connection {
             hook(task_id, number);
         }
         debug!(peer = %self.peer, task_id, number, length = piece.length, elapsed = ?started.elapsed(), "piece uploaded");
-        Ok(())
+        Ok(piece.length)
     }
 
     /// Cut-through: sends a piece that is still being written here as its bytes land, then
@@ -380,6 +419,7 @@ impl Connection {
             }
             sent += n as u64;
             UPLOAD_TRAFFIC_BYTES.inc_by(n as u64);
+            self.config.slots.uploaded(n as u64);
             self.limiter.acquire(n as u64).await;
         }
         Ok(())
@@ -401,6 +441,13 @@ impl Connection {
             Err(_) => Err(Refusal::Drop("send stalled".to_string())),
         }
     }
+}
+
+/// Resolves when the peer closes its connection (or sends anything: a Vortex request is its
+/// connection's only message).
+async fn peer_gone(stream: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    let _ = stream.read(&mut byte).await;
 }
 
 /// Closing a socket with unread input makes the kernel send RST, which can destroy the Error
@@ -555,6 +602,43 @@ async fn send_file_chunk(
             }
         })
         .await
+}
+
+/// How long an upload's turn waits, after its last byte went to the socket, for the peer to
+/// acknowledge every byte: the turn (and the pace's measure of the flow) covers the bytes in
+/// flight, not only the write into the socket's send buffer, which holds up to 4 MiB here,
+/// a whole piece. Without it a 10 Mbit/s uplink saw its writes end at once and kept taking
+/// more uploads (bench/netns).
+pub const DELIVERY_WAIT: Duration = Duration::from_secs(10);
+/// How often the wait looks at the socket's unacknowledged bytes.
+const DELIVERY_POLL: Duration = Duration::from_millis(10);
+
+/// Waits until the peer acknowledged every byte sent on `stream`, or `limit` passed.
+async fn delivered(stream: &TcpStream, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while unacknowledged(stream) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(DELIVERY_POLL).await;
+    }
+}
+
+/// Bytes sent on `stream` and not yet acknowledged (queued ones included); 0 when unknown.
+#[cfg(target_os = "linux")]
+fn unacknowledged(stream: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: the descriptor is open (borrowed from a live socket) and `queued` is a valid
+    // c_int for the kernel to write; TIOCOUTQ (SIOCOUTQ) only reads the socket's state.
+    let result = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if result < 0 {
+        0
+    } else {
+        queued
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unacknowledged(_stream: &TcpStream) -> i32 {
+    0
 }
 
 /// Portable fallback: positioned read into a buffer, then a socket write.

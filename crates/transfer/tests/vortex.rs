@@ -429,3 +429,72 @@ async fn idle_connections_are_closed_after_the_request_timeout() {
     }
     shutdown.cancel();
 }
+
+/// A Vortex DownloadPiece request for piece `number` of `id`, as the wire carries it.
+fn raw_request(id: &str, number: u32) -> Vec<u8> {
+    let mut request = vec![9, 0, 0, 0, 0, 68];
+    request.extend(id.as_bytes());
+    request.extend(number.to_be_bytes());
+    request
+}
+
+/// Waits until `slots` has `count` requests in line.
+async fn line_reaches(slots: &damselfly_transfer::UploadSlots, count: usize) {
+    tokio::time::timeout(TIMEOUT, async {
+        while slots.waiting() != count {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the line never held {count} requests"));
+}
+
+#[tokio::test]
+async fn requests_past_the_upload_limit_wait_and_a_peer_that_leaves_leaves_the_line() {
+    let (seed_dir, child_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let id = task_id(11);
+    let data = content(2 * PIECE as usize, 11);
+    let (seed, layout) = seeded(seed_dir.path(), &id, &data).await;
+    let slots = damselfly_transfer::UploadSlots::new(1, 1);
+    let config = VortexServerConfig {
+        slots: slots.clone(),
+        ..Default::default()
+    };
+    let (addr, shutdown) = start_server(seed, config).await;
+    // Another upload holds the only turn.
+    let busy = slots.acquire(&id, 1, "127.0.0.9".parse().unwrap()).await;
+
+    // A peer asks, then gives up (its fetch moved elsewhere): it leaves the line.
+    let mut leaving = TcpStream::connect(addr).await.unwrap();
+    leaving.write_all(&raw_request(&id, 1)).await.unwrap();
+    line_reaches(&slots, 1).await;
+    drop(leaving);
+    line_reaches(&slots, 0).await;
+
+    // A peer that stays waits for the turn with nothing sent, then gets the whole piece.
+    let child = storage(child_dir.path());
+    child
+        .prepare_task(&id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    let span = layout.span(0).unwrap();
+    let fetch = tokio::spawn({
+        let (id, child) = (id.clone(), child.clone());
+        async move { download_piece_vortex(addr, &id, span, "seed", &child, &[], TIMEOUT).await }
+    });
+    line_reaches(&slots, 1).await;
+    assert!(!fetch.is_finished(), "a request past the limit was served");
+    drop(busy);
+    fetch.await.unwrap().expect("served once the turn is free");
+    let stored = child.piece(&id, 0).unwrap().expect("piece 0 recorded");
+    assert_eq!(stored.length, span.length);
+    // The turn ends once the child acknowledged every byte.
+    tokio::time::timeout(TIMEOUT, async {
+        while slots.sending() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the turn is given back");
+    shutdown.cancel();
+}

@@ -478,6 +478,7 @@ async fn whole_body(
         .set_content_length(job.task_id(), content_length)?;
     for piece in &pieces {
         metrics::add_traffic(metrics::Traffic::BackToSource, piece.length);
+        job.ctx.uploads.downloaded(piece.length);
         metrics::piece_done(metrics::Traffic::BackToSource, true);
     }
     let shape = TaskShape {

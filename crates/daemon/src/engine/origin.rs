@@ -149,6 +149,7 @@ fn start_pieces(
 async fn landed(job: &JobCtx<'_>, written: WrittenPiece, session: Option<&mut PeerSession>) {
     let piece = &written.piece;
     metrics::add_traffic(Traffic::BackToSource, piece.length);
+    job.ctx.uploads.downloaded(piece.length);
     metrics::piece_done(Traffic::BackToSource, true);
     let Some(session) = session else {
         return;

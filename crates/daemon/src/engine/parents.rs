@@ -221,6 +221,7 @@ impl<'a, 'j> Links<'a, 'j> {
         match result {
             Ok(FetchedPiece { piece, delivery }) => {
                 metrics::add_traffic(traffic, piece.length);
+                self.job.ctx.uploads.downloaded(piece.length);
                 metrics::piece_done(traffic, true);
                 let cost = piece.cost;
                 self.landed.insert(number, piece);

@@ -1,18 +1,19 @@
-//! How many given pieces a rationing seed keeps in flight over all its tasks: as many as
-//! still add to what leaves its uplink.
+//! How many piece flows an uplink keeps going at once: as many as still add to what leaves
+//! it. Used by a rationing seed for its given pieces (`damselfly_daemon::ration`) and by
+//! every daemon's piece servers for their uploads ([`crate::UploadSlots`]).
 //!
-//! Each given piece is one flow from the seed to one child. A flow runs at the child's spare
-//! downlink or at its share of the seed's uplink, whichever is less. A thin seed (50 Mbit/s
-//! under children at 100) is full with a few flows, and more only cut each piece into a
-//! trickle; a seed with five times the children's uplink needs many flows to be full. So
-//! the seed measures, per number of pieces in flight, the rate at which a given piece left it
-//! (its length over the time from giving it to its upload), and `level x rate` is its upload
-//! at that level. The limit is the smallest level whose upload is within
-//! [`PACE_TOLERANCE`] of the best measured, never below the configured floor; when that is
-//! the highest level measured, it tries a quarter more (at least one: the spare upload is
-//! unknown until tried).
-//! Measurements older than [`PACE_MEMORY`] are forgotten, so the seed probes again when its
-//! children change.
+//! Each flow carries one piece to one child. A flow runs at the child's spare downlink or at
+//! its share of the uplink, whichever is less. A thin uplink (a 50 Mbit/s seed under children
+//! at 100, a host uploading at 10 Mbit/s) is full with a few flows, and more only cut each
+//! piece into a trickle; an uplink with five times the children's downlink needs many flows
+//! to be full. So the sender measures, per number of flows in flight, the rate at which a
+//! piece left it (its length over the time from the flow's start to its end), and
+//! `level x rate` is its upload at that level. The limit is the smallest level whose upload
+//! is within [`PACE_TOLERANCE`] of the best measured, never below the configured floor; when
+//! that is the highest level measured, it tries a quarter more (at least one: the spare
+//! upload is unknown until tried).
+//! Measurements older than [`PACE_MEMORY`] are forgotten, so the sender probes again when
+//! its children change.
 //!
 //! Pure: `now` is passed in.
 
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// Measurements of a level are forgotten after this long without a new one.
 pub const PACE_MEMORY: Duration = Duration::from_secs(20);
-/// A level counts once this many pieces left the seed at it.
+/// A level counts once this many flows ended at it.
 pub const PACE_MIN_SAMPLES: u32 = 3;
 /// Levels within this share of the best upload are as good as the best.
 pub const PACE_TOLERANCE: f64 = 0.1;
@@ -32,13 +33,13 @@ const PACE_EWMA: f64 = 0.3;
 
 #[derive(Debug, Clone, Copy)]
 struct Level {
-    /// Bytes per second one given piece left the seed at (running average).
+    /// Bytes per second one flow carried at this level (running average).
     rate: f64,
     samples: u32,
     at: Instant,
 }
 
-/// The seed's pieces-in-flight limit (over all its tasks).
+/// A sender's flows-in-flight limit.
 #[derive(Debug, Clone)]
 pub struct Pace {
     floor: usize,
@@ -48,8 +49,9 @@ pub struct Pace {
 }
 
 impl Pace {
-    /// `floor` (`seedPeer.ration.piecesInFlight`) to `ceiling`
-    /// (`seedPeer.ration.maxPiecesInFlight`); starts at the floor.
+    /// `floor` to `ceiling` flows (for a seed's ration `seedPeer.ration.piecesInFlight` and
+    /// `maxPiecesInFlight`, for uploads `upload.piecesInFlight` and `maxPiecesInFlight`);
+    /// starts at the floor.
     pub fn new(floor: usize, ceiling: usize) -> Self {
         let floor = floor.max(1);
         Self {
@@ -64,8 +66,8 @@ impl Pace {
         self.limit
     }
 
-    /// A given piece of `bytes` left the seed `took` after it was given, when `level` given
-    /// pieces of its task (itself included) were in flight.
+    /// A flow carried a piece of `bytes` in `took`; `level` flows (itself included) were in
+    /// flight when it started.
     pub fn flow_done(&mut self, level: usize, bytes: u64, took: Duration, now: Instant) {
         let took = took.as_secs_f64();
         if bytes == 0 || took <= 0.0 || level == 0 || level > self.ceiling {

@@ -1,0 +1,531 @@
+//! How many pieces a daemon's piece servers send at once, and which waiting request goes next.
+//!
+//! A host whose upload is a tenth of its peers' was asked by every fast peer at once for the
+//! few pieces it alone held, and sent them all at once: in bench/netns (half the uplinks at
+//! 10 Mbit/s) one such host held pieces 0-3, seven peers asked for all four, and each of the
+//! 28 flows got a 28th of 10 Mbit/s; every fast peer waited 50-56 s for those pieces, where
+//! one whole copy to one fast peer takes 3.4 s and that peer passes it on at ten times the
+//! rate. So uploads are paced as a rationing seed paces its given pieces ([`Pace`]): as many
+//! flows as still add to what leaves the uplink, the rest wait with their request read. A
+//! child whose request waits sees its fetch write nothing and moves it to a holder that got
+//! the piece meanwhile (`damselfly_daemon::dispatch::should_move`).
+//!
+//! The next in line:
+//! - a piece this host is not sending and has not sent before a copy it already sent or is
+//!   sending, while that copy has waited less than [`REPEAT_WAIT`]: a thin uplink sends first
+//!   copies that faster peers can pass on. Without the bound, a host that keeps receiving
+//!   new pieces kept a repeat waiting for good;
+//! - then the child with the fewest uploads from here in flight: with the pieces most sent
+//!   first, one child's requests waited 10-14 s at every fast parent while the others were
+//!   served, and it finished last by 10 s (bench/netns);
+//! - then the longest waiting.
+//!
+//! Only a thin uplink is paced ([`UplinkMeter`]): elsewhere every request up to the ceiling
+//! is sent at once, as the children's downlinks, not this uplink, set the flows' rates.
+//!
+//! TCP and QUIC share one `UploadSlots`: they share the host's uplink.
+
+use crate::pace::Pace;
+use crate::uplink::UplinkMeter;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A copy of a piece already sent (or being sent) waits behind first copies for this long at
+/// most: two 4 MiB pieces at 10 Mbit/s, so a thin uplink gets its first copies out first
+/// while a child that has no other holder still gets the piece.
+pub const REPEAT_WAIT: Duration = Duration::from_secs(7);
+
+/// How many pieces' copy counts are remembered; past it they are all forgotten (every piece
+/// is a first copy again). 16,384 is a 64 GiB task in 4 MiB pieces.
+pub const COPIES_REMEMBERED: usize = 16_384;
+
+type PieceKey = (String, u32);
+
+/// The uploads a host's piece servers run and the requests waiting for one.
+pub struct UploadSlots {
+    state: Mutex<State>,
+}
+
+struct State {
+    floor: usize,
+    ceiling: usize,
+    meter: UplinkMeter,
+    /// The meter's verdict the pace was last set up for.
+    paced: bool,
+    pace: Pace,
+    sending: usize,
+    line: Vec<Waiter>,
+    next_seq: u64,
+    /// Copies sent or being sent, per piece.
+    copies: HashMap<PieceKey, u32>,
+    /// Uploads in flight per child address.
+    per_child: HashMap<IpAddr, usize>,
+}
+
+struct Waiter {
+    seq: u64,
+    since: Instant,
+    piece: PieceKey,
+    child: IpAddr,
+    handoff: oneshot::Sender<UploadSlot>,
+}
+
+/// One upload's turn; dropping it frees the turn for the next in line.
+pub struct UploadSlot {
+    slots: Arc<UploadSlots>,
+    piece: PieceKey,
+    child: IpAddr,
+    /// Uploads in flight when it started, itself included.
+    level: usize,
+    started: Instant,
+    /// Bytes sent, once the piece went out whole.
+    sent: Option<u64>,
+}
+
+impl std::fmt::Debug for UploadSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadSlot")
+            .field("piece", &self.piece)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UploadSlot {
+    /// Uploads in flight when this one started, itself included.
+    pub fn level(&self) -> usize {
+        self.level
+    }
+
+    /// The piece went out whole: `bytes` of content. Counts towards the pace when the turn
+    /// is given back.
+    pub fn finished(&mut self, bytes: u64) {
+        self.sent = Some(bytes);
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.slots
+            .release(self.child, self.level, self.started, self.sent);
+    }
+}
+
+impl UploadSlots {
+    /// `floor` to `ceiling` uploads at once, as the measured upload allows (see [`Pace`]);
+    /// `floor == ceiling` fixes the number.
+    pub fn new(floor: usize, ceiling: usize) -> Arc<Self> {
+        let ceiling = ceiling.max(1);
+        let floor = floor.clamp(1, ceiling);
+        Arc::new(Self {
+            state: Mutex::new(State::new(floor, ceiling)),
+        })
+    }
+
+    /// Uploads allowed at once now.
+    pub fn limit(&self) -> usize {
+        self.lock().allowed()
+    }
+
+    /// Whether the uplink was measured thin, so uploads are paced.
+    pub fn is_paced(&self) -> bool {
+        self.lock().paced
+    }
+
+    /// `bytes` of piece content went to a peer's socket.
+    pub fn uploaded(self: &Arc<Self>, bytes: u64) {
+        self.with_meter(|meter, now| meter.uploaded(bytes, now));
+    }
+
+    /// `bytes` of piece content came in (from peers or the origin).
+    pub fn downloaded(self: &Arc<Self>, bytes: u64) {
+        self.with_meter(|meter, now| meter.downloaded(bytes, now));
+    }
+
+    /// Updates the meter; when its verdict changed, the limit did too.
+    fn with_meter(self: &Arc<Self>, update: impl FnOnce(&mut UplinkMeter, Instant)) {
+        let now = Instant::now();
+        let handoffs = {
+            let mut state = self.lock();
+            update(&mut state.meter, now);
+            if !state.follow_verdict() {
+                return;
+            }
+            state.hand_out(now)
+        };
+        self.hand_over(handoffs);
+    }
+
+    /// Requests waiting for a turn.
+    pub fn waiting(&self) -> usize {
+        let mut state = self.lock();
+        state.line.retain(|w| !w.handoff.is_closed());
+        state.line.len()
+    }
+
+    /// Uploads running now.
+    pub fn sending(&self) -> usize {
+        self.lock().sending
+    }
+
+    /// Waits for a turn to send piece `number` of `task_id` to `child`. Cancel-safe: a
+    /// request dropped while it waits leaves the line, and a turn handed to it goes on to
+    /// the next.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        task_id: &str,
+        number: u32,
+        child: IpAddr,
+    ) -> UploadSlot {
+        let piece = (task_id.to_string(), number);
+        let waiting = {
+            let mut state = self.lock();
+            state.line.retain(|w| !w.handoff.is_closed());
+            let now = Instant::now();
+            let (sending, line) = (state.sending, !state.line.is_empty());
+            state.meter.demand(sending + 1, line, now);
+            state.follow_verdict();
+            if state.line.is_empty() && state.sending < state.allowed() {
+                let level = state.start(&piece, child);
+                return self.slot(piece, child, level);
+            }
+            let (handoff, waiting) = oneshot::channel();
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.line.push(Waiter {
+                seq,
+                since: Instant::now(),
+                piece,
+                child,
+                handoff,
+            });
+            waiting
+        };
+        // The sender lives in the line until it hands a turn over, and `UploadSlots` outlives
+        // every waiter (they hold an `Arc`), so the channel only closes by handing one over.
+        match waiting.await {
+            Ok(slot) => slot,
+            Err(_) => unreachable_turn(self),
+        }
+    }
+
+    fn slot(self: &Arc<Self>, piece: PieceKey, child: IpAddr, level: usize) -> UploadSlot {
+        UploadSlot {
+            slots: Arc::clone(self),
+            piece,
+            child,
+            level,
+            started: Instant::now(),
+            sent: None,
+        }
+    }
+
+    fn release(self: &Arc<Self>, child: IpAddr, level: usize, started: Instant, sent: Option<u64>) {
+        let now = Instant::now();
+        let handoffs = {
+            let mut state = self.lock();
+            state.finish(child);
+            if let (Some(bytes), true) = (sent, state.paced) {
+                state
+                    .pace
+                    .flow_done(level, bytes, now.duration_since(started), now);
+            }
+            state.hand_out(now)
+        };
+        self.hand_over(handoffs);
+    }
+
+    /// Gives each waiter its turn, outside the lock: a turn whose waiter left meanwhile comes
+    /// back through `release`.
+    fn hand_over(self: &Arc<Self>, handoffs: Vec<(Waiter, usize)>) {
+        for (waiter, level) in handoffs {
+            let slot = self.slot(waiter.piece, waiter.child, level);
+            drop(waiter.handoff.send(slot));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Never reached (see [`UploadSlots::acquire`]); if it were, a turn without a flow is handed
+/// out rather than a panic on a request path.
+fn unreachable_turn(slots: &Arc<UploadSlots>) -> UploadSlot {
+    let child = IpAddr::from([0, 0, 0, 0]);
+    let level = slots.lock().start(&(String::new(), 0), child);
+    slots.slot((String::new(), 0), child, level)
+}
+
+impl State {
+    fn new(floor: usize, ceiling: usize) -> Self {
+        Self {
+            floor,
+            ceiling,
+            meter: UplinkMeter::default(),
+            paced: false,
+            pace: Pace::new(floor, ceiling),
+            sending: 0,
+            line: Vec::new(),
+            next_seq: 0,
+            copies: HashMap::new(),
+            per_child: HashMap::new(),
+        }
+    }
+
+    /// Uploads allowed at once: the pace's limit on a thin uplink, else the ceiling.
+    fn allowed(&self) -> usize {
+        if self.paced {
+            self.pace.limit()
+        } else {
+            self.ceiling
+        }
+    }
+
+    /// Follows the meter's verdict; true when it changed. A newly thin uplink starts its pace
+    /// at the floor: levels measured unpaced say nothing about fewer uploads.
+    fn follow_verdict(&mut self) -> bool {
+        let thin = self.meter.is_thin();
+        if thin == self.paced {
+            return false;
+        }
+        self.paced = thin;
+        if thin {
+            self.pace = Pace::new(self.floor, self.ceiling);
+        }
+        true
+    }
+
+    /// An upload of `piece` to `child` starts; returns its level.
+    fn start(&mut self, piece: &PieceKey, child: IpAddr) -> usize {
+        if self.copies.len() >= COPIES_REMEMBERED && !self.copies.contains_key(piece) {
+            self.copies.clear();
+        }
+        *self.copies.entry(piece.clone()).or_default() += 1;
+        *self.per_child.entry(child).or_default() += 1;
+        self.sending += 1;
+        self.sending
+    }
+
+    fn finish(&mut self, child: IpAddr) {
+        self.sending = self.sending.saturating_sub(1);
+        if let Some(count) = self.per_child.get_mut(&child) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_child.remove(&child);
+            }
+        }
+    }
+
+    /// Takes waiters off the line while there is room (see the module's order). Returns each
+    /// with the level its upload starts at.
+    fn hand_out(&mut self, now: Instant) -> Vec<(Waiter, usize)> {
+        let mut handoffs = Vec::new();
+        self.line.retain(|w| !w.handoff.is_closed());
+        if !self.line.is_empty() {
+            self.meter.demand(self.sending, true, now);
+        }
+        while self.sending < self.allowed() {
+            let Some(next) = self.next_in_line(now) else {
+                break;
+            };
+            let waiter = self.line.swap_remove(next);
+            let level = self.start(&waiter.piece, waiter.child);
+            handoffs.push((waiter, level));
+        }
+        handoffs
+    }
+
+    fn next_in_line(&self, now: Instant) -> Option<usize> {
+        self.line
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| {
+                let repeat =
+                    self.copies.contains_key(&w.piece) && now.duration_since(w.since) < REPEAT_WAIT;
+                let child_busy = self.per_child.get(&w.child).copied().unwrap_or(0);
+                (repeat, child_busy, w.seq)
+            })
+            .map(|(index, _)| index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIECE: u64 = 4 << 20;
+
+    fn child(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n])
+    }
+
+    /// Asks for a turn in the background; the task's result is the piece number it got.
+    fn ask(slots: &Arc<UploadSlots>, number: u32, from: u8) -> tokio::task::JoinHandle<u32> {
+        let slots = Arc::clone(slots);
+        tokio::spawn(async move {
+            let turn = slots.acquire("t", number, child(from)).await;
+            turn.piece.1
+        })
+    }
+
+    /// Waits until `count` requests are in line.
+    async fn line_holds(slots: &UploadSlots, count: usize) {
+        while slots.waiting() != count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_first_copy_goes_before_a_piece_already_sent() {
+        let slots = UploadSlots::new(1, 1);
+        drop(slots.acquire("t", 0, child(1)).await);
+        let running = slots.acquire("t", 2, child(1)).await;
+        let again = ask(&slots, 0, 2);
+        line_holds(&slots, 1).await;
+        let fresh = ask(&slots, 1, 3);
+        line_holds(&slots, 2).await;
+        drop(running);
+        assert_eq!(fresh.await.unwrap(), 1, "the never-sent piece goes first");
+        assert_eq!(again.await.unwrap(), 0);
+        assert_eq!(slots.sending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_child_with_nothing_in_flight_goes_before_a_busy_one() {
+        let slots = UploadSlots::new(2, 2);
+        let busy_child = slots.acquire("t", 0, child(1)).await;
+        let other = slots.acquire("t", 1, child(3)).await;
+        let busy_again = ask(&slots, 2, 1);
+        line_holds(&slots, 1).await;
+        let idle = ask(&slots, 3, 2);
+        line_holds(&slots, 2).await;
+        drop(other);
+        assert_eq!(
+            idle.await.unwrap(),
+            3,
+            "the child without an upload goes first"
+        );
+        drop(busy_child);
+        assert_eq!(busy_again.await.unwrap(), 2);
+    }
+
+    #[test]
+    fn a_repeat_waits_behind_first_copies_only_so_long() {
+        let (handoff, _kept) = oneshot::channel();
+        let (handoff2, _kept2) = oneshot::channel();
+        let t0 = Instant::now();
+        let mut state = State::new(1, 1);
+        state.copies.insert(("t".to_string(), 0), 1);
+        state.line.push(Waiter {
+            seq: 0,
+            since: t0,
+            piece: ("t".to_string(), 0),
+            child: child(1),
+            handoff,
+        });
+        state.line.push(Waiter {
+            seq: 1,
+            since: t0,
+            piece: ("t".to_string(), 1),
+            child: child(2),
+            handoff: handoff2,
+        });
+        assert_eq!(state.next_in_line(t0 + Duration::from_secs(1)), Some(1));
+        assert_eq!(
+            state.next_in_line(t0 + REPEAT_WAIT),
+            Some(0),
+            "waited long enough"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_leaves_gives_its_turn_to_the_next() {
+        let slots = UploadSlots::new(1, 1);
+        let running = slots.acquire("t", 0, child(1)).await;
+        let left = ask(&slots, 1, 2);
+        line_holds(&slots, 1).await;
+        let stays = ask(&slots, 2, 3);
+        line_holds(&slots, 2).await;
+        left.abort();
+        assert!(left.await.unwrap_err().is_cancelled());
+        drop(running);
+        assert_eq!(stays.await.unwrap(), 2);
+        assert_eq!(slots.sending(), 0);
+        assert_eq!(slots.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_turn_handed_to_a_waiter_that_is_gone_goes_on() {
+        // The handoff races the waiter's cancellation: whichever wins, no turn is lost.
+        let slots = UploadSlots::new(1, 1);
+        for _ in 0..100 {
+            let running = slots.acquire("t", 0, child(1)).await;
+            let waiter = ask(&slots, 1, 2);
+            tokio::task::yield_now().await;
+            drop(running);
+            waiter.abort();
+            let _ = waiter.await;
+            assert_eq!(slots.sending(), 0);
+        }
+        let _again = slots.acquire("t", 3, child(1)).await;
+        assert_eq!(slots.sending(), 1);
+    }
+
+    /// Makes `state`'s uplink thin: busy windows at a tenth of the download.
+    fn measure_thin(state: &mut State, t: &mut Instant) {
+        for _ in 0..crate::uplink::THIN_WINDOWS {
+            state.meter.demand(8, true, *t);
+            state.meter.downloaded(100 << 20, *t);
+            state.meter.uploaded(10 << 20, *t);
+            *t += crate::uplink::UPLINK_WINDOW;
+            state.meter.roll(*t);
+        }
+        state.follow_verdict();
+    }
+
+    /// Keeps as many uploads going as a thin uplink's pace allows for `rounds` completions;
+    /// each flow runs at its share of an `uplink_mbit` uplink, at most `child_mbit` (its
+    /// child's downlink). Returns the limit at the end.
+    fn steady(floor: usize, uplink_mbit: f64, child_mbit: f64, rounds: u32) -> usize {
+        let mut t = Instant::now();
+        let mut state = State::new(floor, 64);
+        measure_thin(&mut state, &mut t);
+        assert!(state.paced);
+        for _ in 0..rounds {
+            let k = state.allowed();
+            let per_flow = (uplink_mbit / k as f64).min(child_mbit) * 1e6 / 8.0;
+            let took = Duration::from_secs_f64(PIECE as f64 / per_flow);
+            t += took / k as u32;
+            state.pace.flow_done(k, PIECE, took, t);
+        }
+        state.allowed()
+    }
+
+    #[test]
+    fn an_even_uplink_sends_every_request_at_once() {
+        let state = State::new(2, 64);
+        assert_eq!(state.allowed(), 64);
+    }
+
+    #[test]
+    fn a_thin_uplink_starts_at_the_floor_and_stays_near_it() {
+        let mut t = Instant::now();
+        let mut state = State::new(2, 64);
+        measure_thin(&mut state, &mut t);
+        assert_eq!(state.allowed(), 2);
+        // 10 Mbit/s up, children at 100 down: one flow already fills it.
+        let limit = steady(1, 10.0, 100.0, 300);
+        assert!(limit <= 2, "{limit}");
+    }
+
+    #[test]
+    fn a_paced_limit_grows_while_more_uploads_add_to_the_uplink() {
+        // 1 Gbit/s up, each flow at most 40 Mbit/s (its child's downlink): 25 flows fill it.
+        let limit = steady(2, 1000.0, 40.0, 300);
+        assert!(limit >= 12, "{limit}");
+    }
+}
