@@ -237,6 +237,11 @@ fn a_piece_still_arriving_is_forwarded_to_a_second_daemon() {
         .metrics()
         .sum("damselfly_upload_forwarded_piece_total", &[]);
     assert_eq!(forwarded, 2.0, "both pieces were forwarded as they arrived");
+    // Loopback is no thin uplink: a sent every request at once and nothing waits.
+    let turns = a.metrics();
+    assert_eq!(turns.sum("damselfly_upload_paced", &[]), 0.0);
+    assert_eq!(turns.sum("damselfly_upload_waiting", &[]), 0.0);
+    assert_eq!(turns.sum("damselfly_upload_limit", &[]), 256.0);
     let b_traffic = b.traffic();
     assert_eq!(b_traffic.remote_normal, size as f64, "{b_traffic:?}");
     c.assert_no_panics();

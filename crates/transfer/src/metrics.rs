@@ -1,6 +1,6 @@
 //! Prometheus metrics owned by this crate, registered in the default registry.
 
-use prometheus::{IntCounter, IntCounterVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use std::sync::LazyLock;
 use tracing::warn;
 
@@ -42,6 +42,40 @@ pub static UPLOAD_FORWARDED_PIECE_TOTAL: LazyLock<IntCounter> = LazyLock::new(||
     )
 });
 
+/// Piece requests waiting for a turn to be sent (`UploadSlots`).
+pub static UPLOAD_WAITING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "damselfly_upload_waiting",
+            "Piece requests waiting for a turn to be sent.",
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
+/// Pieces the piece servers may send at once now: the pace's limit on a thin uplink, else
+/// `upload.maxPiecesInFlight`.
+pub static UPLOAD_LIMIT: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "damselfly_upload_limit",
+            "Pieces the piece servers may send at once now.",
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
+/// 1 while the uplink is measured thin and uploads are paced, else 0.
+pub static UPLOAD_PACED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "damselfly_upload_paced",
+            "1 while the uplink is measured thin and uploads are paced.",
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
 /// Origin HTTP requests, by result (`success`, `failure`).
 pub static BACKEND_REQUEST_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
@@ -61,6 +95,9 @@ pub fn register_metrics() {
     LazyLock::force(&UPLOAD_TRAFFIC_BYTES);
     LazyLock::force(&UPLOAD_PIECE_TOTAL);
     LazyLock::force(&UPLOAD_FORWARDED_PIECE_TOTAL);
+    LazyLock::force(&UPLOAD_WAITING);
+    LazyLock::force(&UPLOAD_LIMIT);
+    LazyLock::force(&UPLOAD_PACED);
     LazyLock::force(&BACKEND_REQUEST_TOTAL);
 }
 

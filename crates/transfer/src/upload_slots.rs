@@ -25,6 +25,7 @@
 //!
 //! TCP and QUIC share one `UploadSlots`: they share the host's uplink.
 
+use crate::metrics::{UPLOAD_LIMIT, UPLOAD_PACED, UPLOAD_WAITING};
 use crate::pace::Pace;
 use crate::uplink::UplinkMeter;
 use std::collections::HashMap;
@@ -202,6 +203,7 @@ impl UploadSlots {
                 child,
                 handoff,
             });
+            state.publish();
             waiting
         };
         // The sender lives in the line until it hands a turn over, and `UploadSlots` outlives
@@ -320,6 +322,14 @@ impl State {
         }
     }
 
+    /// The line's length, the limit and the verdict, as gauges. A process runs one daemon, so
+    /// its one `UploadSlots` owns them.
+    fn publish(&self) {
+        UPLOAD_WAITING.set(i64::try_from(self.line.len()).unwrap_or(i64::MAX));
+        UPLOAD_LIMIT.set(i64::try_from(self.allowed()).unwrap_or(i64::MAX));
+        UPLOAD_PACED.set(i64::from(self.paced));
+    }
+
     /// Takes waiters off the line while there is room (see the module's order). Returns each
     /// with the level its upload starts at.
     fn hand_out(&mut self, now: Instant) -> Vec<(Waiter, usize)> {
@@ -336,6 +346,7 @@ impl State {
             let level = self.start(&waiter.piece, waiter.child);
             handoffs.push((waiter, level));
         }
+        self.publish();
         handoffs
     }
 
