@@ -38,6 +38,7 @@
 #   DF_LOG_LEVEL=info,damselfly_daemon=debug (the daemons' log filter; logs land in RESULTS_DIR)
 #   DF_SEED_CONFIG=<dfdaemon.yaml for the seed peer only> (e.g. its seedPeer.ration settings)
 #   DF_HOST_CONFIG=<dfdaemon.yaml for the host daemons only> (e.g. upload.piecesInFlight)
+#   DF_SCHEDULER_CONFIG=<scheduler.yaml for dfscheduler> (e.g. scheduler.candidateParentLimit)
 #
 # LATENCY_MS adds one-way delay on every host link with tc netem; when the kernel has no netem
 # the bench says so and stops (latency is unsupported there) instead of silently running without.
@@ -617,7 +618,7 @@ swarm_up() {
   # damselfly_daemon at debug logs one line per piece with its source (pieces.py reads them).
   local level="${DF_LOG_LEVEL:-info,damselfly_daemon=debug}"
   bg "$ORIGIN_NS" "$df/dfscheduler.log" "$DAMSELFLY_BIN_DIR/dfscheduler" --listen "$ORIGIN_IP:8002" \
-    --metrics none --log-level "$level"
+    --metrics none --log-level "$level" ${DF_SCHEDULER_CONFIG:+--config "$DF_SCHEDULER_CONFIG"}
   DF_SCHED_PID=$LAST_PID
   wait_until 20 nsx "$ORIGIN_NS" bash -c "exec 3<>/dev/tcp/$ORIGIN_IP/8002" \
     || { tail -n 30 "$df/dfscheduler.log" >&2; die "dfscheduler does not listen"; }
