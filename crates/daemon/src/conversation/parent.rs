@@ -58,6 +58,7 @@ impl Parent {
             vortex: None,
             load: ParentLoad {
                 seed,
+                offers: false,
                 max_tx_bandwidth: network.map_or(0, |n| n.max_tx_bandwidth),
                 tx_bandwidth: network.and_then(|n| n.tx_bandwidth).unwrap_or(0),
                 in_flight: 0,

@@ -220,6 +220,7 @@ impl Round {
             p.heard_from();
             if p.kind == ParentKind::Seed {
                 p.kind = ParentKind::RationingSeed;
+                p.load.offers = true;
             }
         }
     }
