@@ -267,6 +267,7 @@ impl StreamServer {
             hook(&request.task_id, request.piece_number);
         }
         let mut turn = tokio::select! {
+            biased;
             turn = self.config.slots.acquire(&request.task_id, request.piece_number, peer.ip()) => turn,
             _ = send.stopped() => {
                 return Err(Refusal::Drop("peer left while waiting for a turn".to_string()));

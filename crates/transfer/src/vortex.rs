@@ -241,7 +241,11 @@ impl Connection {
             hook(&piece.task_id, piece.piece_number);
         }
         let asked = Instant::now();
+        // Biased: a request that can have a turn at once is served even if its peer already
+        // half-closed its side (read sees end of file); only a request that waits in line
+        // leaves it when its peer's side ends.
         let mut turn = tokio::select! {
+            biased;
             turn = self.config.slots.acquire(&piece.task_id, piece.piece_number, self.peer.ip()) => turn,
             () = peer_gone(stream) => {
                 debug!(peer = %self.peer, number = piece.piece_number, waited = ?asked.elapsed(), "peer left the upload line");

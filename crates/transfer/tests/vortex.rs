@@ -276,6 +276,13 @@ async fn the_wire_format_is_header_value_then_raw_bytes() {
     let mut request = vec![9, 0, 0, 0, 0, 68];
     request.extend(id.as_bytes());
     request.extend(0u32.to_be_bytes());
+    // A peer that half-closes its side after the request is still answered.
+    let half_closed = exchange(addr, &request, true).await;
+    assert_eq!(
+        half_closed.get(1),
+        Some(&1),
+        "PieceContent after a half-close"
+    );
     let answer = exchange(addr, &request, false).await;
     assert_eq!(answer[1], 1, "PieceContent tag");
     let value_len = u32::from_be_bytes(answer[2..6].try_into().unwrap()) as usize;
