@@ -546,17 +546,17 @@ impl DaemonConfig {
             ));
         }
         let ration = &self.seed_peer.ration;
-        if ration.pieces_in_flight == 0 {
-            return Err(DaemonError::Config(
-                "seedPeer.ration.piecesInFlight must be at least 1".into(),
-            ));
-        }
-        if ration.max_pieces_in_flight < ration.pieces_in_flight {
-            return Err(DaemonError::Config(format!(
-                "seedPeer.ration.maxPiecesInFlight ({}) must be at least piecesInFlight ({})",
-                ration.max_pieces_in_flight, ration.pieces_in_flight
-            )));
-        }
+        check_pieces_in_flight(
+            "seedPeer.ration",
+            ration.pieces_in_flight,
+            ration.max_pieces_in_flight,
+        )?;
+        let upload = &self.upload;
+        check_pieces_in_flight(
+            "upload",
+            upload.pieces_in_flight,
+            upload.max_pieces_in_flight,
+        )?;
         if self.download.concurrent_piece_count == 0 {
             return Err(DaemonError::Config(
                 "download.concurrentPieceCount must be at least 1".into(),
@@ -702,6 +702,21 @@ pub(crate) fn exact_bytes<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.serialize_u64(size.as_u64())
+}
+
+/// `{section}.piecesInFlight` at least 1 and `{section}.maxPiecesInFlight` at least that.
+fn check_pieces_in_flight(section: &str, floor: usize, ceiling: usize) -> Result<(), DaemonError> {
+    if floor == 0 {
+        return Err(DaemonError::Config(format!(
+            "{section}.piecesInFlight must be at least 1"
+        )));
+    }
+    if ceiling < floor {
+        return Err(DaemonError::Config(format!(
+            "{section}.maxPiecesInFlight ({ceiling}) must be at least piecesInFlight ({floor})"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1003,5 +1018,17 @@ network:
         .unwrap();
         let error = c.validate().unwrap_err().to_string();
         assert!(error.contains("maxPiecesInFlight"), "{error}");
+        let c = DaemonConfig::from_yaml("upload: {piecesInFlight: 0}").unwrap();
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("upload.piecesInFlight"), "{error}");
+        let c =
+            DaemonConfig::from_yaml("upload: {piecesInFlight: 8, maxPiecesInFlight: 4}").unwrap();
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("upload.maxPiecesInFlight"), "{error}");
+        assert!(DaemonConfig::from_yaml("upload: {maxPiecesInFlight: -3}").is_err());
+        DaemonConfig::from_yaml("upload: {piecesInFlight: 1, maxPiecesInFlight: 1}")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 }

@@ -518,19 +518,19 @@ fn piece_server_config(ctx: &Context) -> VortexServerConfig {
 
 /// A rationing seed learns of every completed upload from the piece servers.
 fn upload_hook(ctx: &Context) -> Option<UploadHook> {
-    ctx.ration.clone().map(|ration| {
-        let hook: UploadHook = Arc::new(move |task_id: &str, number: u32| {
-            ration.uploaded(task_id, number);
-        });
-        hook
-    })
+    ration_hook(ctx, SeedRation::uploaded)
 }
 
 /// A rationing seed learns of every piece request from the piece servers.
 fn request_hook(ctx: &Context) -> Option<UploadHook> {
+    ration_hook(ctx, SeedRation::requested)
+}
+
+/// `tell` the seed's ration about (task ID, piece number); None on a peer that does not ration.
+fn ration_hook(ctx: &Context, tell: fn(&SeedRation, &str, u32)) -> Option<UploadHook> {
     ctx.ration.clone().map(|ration| {
         let hook: UploadHook = Arc::new(move |task_id: &str, number: u32| {
-            ration.requested(task_id, number);
+            tell(&ration, task_id, number);
         });
         hook
     })

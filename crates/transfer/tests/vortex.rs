@@ -478,6 +478,18 @@ async fn requests_past_the_upload_limit_wait_and_a_peer_that_leaves_leaves_the_l
     drop(leaving);
     line_reaches(&slots, 0).await;
 
+    // A peer that sends anything after its request (one request per connection) is dropped
+    // from the line, and the server goes on serving.
+    let mut noisy = TcpStream::connect(addr).await.unwrap();
+    noisy.write_all(&raw_request(&id, 1)).await.unwrap();
+    line_reaches(&slots, 1).await;
+    noisy.write_all(b"garbage after the request").await.unwrap();
+    line_reaches(&slots, 0).await;
+    assert!(
+        closed_by_server(&mut noisy).await,
+        "the noisy peer was dropped"
+    );
+
     // A peer that stays waits for the turn with nothing sent, then gets the whole piece.
     let child = storage(child_dir.path());
     child
