@@ -16,7 +16,10 @@
 #
 # The scheduler runs on CPU $SCHED_CPU (default 1), the load generator on $LOADGEN_CPU
 # (default 0). RUN_NICE (default 0) nices both, for runs beside other work. A fresh scheduler
-# per size. Knobs: PEERS_PER_HOST, PIECES, CONNECTIONS, CONCURRENCY, PIECE_INTERVAL_MS,
+# per size. ARRIVALS=poisson (default: each peer's reports come at exponential gaps averaging
+# PIECE_INTERVAL_MS, as independent downloads do) or lockstep (every downloading peer reports
+# in the same instant once per interval: a burst of CONCURRENCY reports, a worst case).
+# Knobs: PEERS_PER_HOST, PIECES, CONNECTIONS, CONCURRENCY, PIECE_INTERVAL_MS, ARRIVALS,
 # MAX_SECONDS; DAMSELFLY_BIN_DIR skips the build (it must hold dfscheduler and
 # damselfly-loadgen).
 set -euo pipefail
@@ -28,6 +31,7 @@ PIECES="${PIECES:-16}"
 CONNECTIONS="${CONNECTIONS:-32}"
 CONCURRENCY="${CONCURRENCY:-500}"
 PIECE_INTERVAL_MS="${PIECE_INTERVAL_MS:-20}"
+ARRIVALS="${ARRIVALS:-poisson}"
 MAX_SECONDS="${MAX_SECONDS:-600}"
 SCHED_CPU="${SCHED_CPU:-1}"
 LOADGEN_CPU="${LOADGEN_CPU:-0}"
@@ -75,7 +79,7 @@ run_size() {
   line="$(nice -n "$RUN_NICE" taskset -c "$LOADGEN_CPU" "$LOADGEN" --scheduler "$IP:$port" \
     --scheduler-pid "$pid" --hosts "$hosts" --peers-per-host "$PEERS_PER_HOST" \
     --pieces "$PIECES" --connections "$CONNECTIONS" --concurrency "$CONCURRENCY" \
-    --piece-interval-ms "$PIECE_INTERVAL_MS" --max-seconds "$MAX_SECONDS" | grep '^RESULT')"
+    --piece-interval-ms "$PIECE_INTERVAL_MS" --arrivals "$ARRIVALS" --max-seconds "$MAX_SECONDS" | grep '^RESULT')"
   after="$(cpu_ticks "$pid")"
   stop_pid "$pid"
   echo "$line sched_cpu_run_s=$(awk -v a="$after" -v b="$before" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (a - b) / t }')" \

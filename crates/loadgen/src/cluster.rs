@@ -33,6 +33,8 @@ pub struct PeerPlan {
     pub url: String,
     pub pieces: u32,
     pub piece_length: u64,
+    /// Seeds the peer's report times, so a run's schedule is the same every time.
+    pub seed: u64,
 }
 
 /// Hosts, tasks and the peer assignment.
@@ -70,6 +72,7 @@ impl Cluster {
             url: task.url.clone(),
             pieces: self.pieces,
             piece_length: self.piece_length,
+            seed: k as u64,
         })
     }
 }

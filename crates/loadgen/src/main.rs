@@ -29,7 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use cluster::Cluster;
 use measure::{CpuTime, Memory, Report, Totals};
-use peer::Pace;
+use peer::{Arrivals, Pace};
 
 /// Hosts per task when `--tasks` is not given: 100 peers per task at 5 peers per host.
 pub const DEFAULT_HOSTS_PER_TASK: usize = 20;
@@ -69,9 +69,14 @@ struct Args {
     /// load (500 streams reporting every 20 ms: 25,000 piece reports per second)
     #[arg(long, default_value_t = 500)]
     concurrency: usize,
-    /// Milliseconds a peer waits before each piece report (its "download" of the piece)
+    /// Milliseconds a peer waits before each piece report (its "download" of the piece), on
+    /// average
     #[arg(long, default_value_t = 20)]
     piece_interval_ms: u64,
+    /// How the reports of the peers downloading at once line up: `poisson` (independent
+    /// peers) or `lockstep` (every peer's report in one burst per interval, a worst case)
+    #[arg(long, value_enum, default_value_t = Arrivals::Poisson)]
+    arrivals: Arrivals,
     /// One peer's stream gives up after this many seconds
     #[arg(long, default_value_t = 120)]
     peer_timeout_seconds: u64,
@@ -183,6 +188,7 @@ async fn announce_hosts(cluster: &Cluster, channels: &[Channel]) -> anyhow::Resu
 async fn run_peers(cluster: &Arc<Cluster>, channels: &[Channel], args: &Args) -> Totals {
     let pace = Pace {
         piece_interval: Duration::from_millis(args.piece_interval_ms),
+        arrivals: args.arrivals,
         timeout: Duration::from_secs(args.peer_timeout_seconds),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.max_seconds);

@@ -13,6 +13,8 @@ use dragonfly_api::scheduler::v2::announce_peer_response::Response as PeerRespon
 use dragonfly_api::scheduler::v2::scheduler_client::SchedulerClient;
 use dragonfly_api::scheduler::v2::*;
 use futures::FutureExt;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -27,13 +29,37 @@ pub const CONCURRENT_PIECES: u32 = 8;
 /// What each piece "took": 4 MiB in 40 ms, about 800 Mbit/s.
 pub const PIECE_COST: Duration = Duration::from_millis(40);
 
+/// When a downloading peer's piece reports are due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arrivals {
+    /// Exponential gaps with the piece interval as their mean: peers that download on their
+    /// own links finish pieces independently, so together they offer a Poisson stream.
+    Poisson,
+    /// Exactly one piece interval apart, counted from Started. Peers that start together
+    /// (the first wave, and those replacing them as they finish) stay in step, so the
+    /// scheduler gets every peer's report in one burst per interval: a worst case.
+    Lockstep,
+}
+
 /// How a peer paces itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
-    /// Pause before each piece report (its download).
+    /// Mean pause before each piece report (its download).
     pub piece_interval: Duration,
+    pub arrivals: Arrivals,
     /// The whole stream, register to close.
     pub timeout: Duration,
+}
+
+impl Pace {
+    /// The pause before the next report; `uniform` is a draw from [0, 1).
+    pub fn gap(&self, uniform: f64) -> Duration {
+        match self.arrivals {
+            Arrivals::Lockstep => self.piece_interval,
+            // Inverse transform sampling; 1 - u is in (0, 1], so the logarithm is finite.
+            Arrivals::Poisson => self.piece_interval.mul_f64(-(1.0 - uniform).ln()),
+        }
+    }
 }
 
 /// What the scheduler decided for the peer.
@@ -168,12 +194,13 @@ impl Stream<'_> {
             ))
             .await?;
         }
-        // Reports are due on a fixed schedule from Started, so a late one (the generator's
+        // Reports are due on a schedule drawn from Started, so a late one (the generator's
         // own core busy, or the stream held back by flow control) does not delay the rest:
-        // the offered rate stays one report per interval per downloading peer.
+        // the offered rate stays one report per mean interval per downloading peer.
         let mut due = tokio::time::Instant::now();
+        let mut rng = SmallRng::seed_from_u64(self.plan.seed);
         for number in 0..self.plan.pieces {
-            due += pace.piece_interval;
+            due += pace.gap(rng.random::<f64>());
             tokio::time::sleep_until(due).await;
             outcome.wake_lags.push(due.elapsed());
             outcome.pushes += self.take_pushes(parents)?;
@@ -276,5 +303,38 @@ fn piece(plan: &PeerPlan, number: u32, parent: Option<&str>) -> pb::Piece {
         traffic_type: Some(traffic as i32),
         cost: PIECE_COST.try_into().ok(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(arrivals: Arrivals) -> Pace {
+        Pace {
+            piece_interval: Duration::from_millis(20),
+            arrivals,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn lockstep_gaps_are_the_interval() {
+        let p = pace(Arrivals::Lockstep);
+        assert_eq!(p.gap(0.0), Duration::from_millis(20));
+        assert_eq!(p.gap(0.99), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn poisson_gaps_average_the_interval() {
+        let p = pace(Arrivals::Poisson);
+        let mut rng = SmallRng::seed_from_u64(7);
+        let n = 100_000;
+        let total: Duration = (0..n).map(|_| p.gap(rng.random::<f64>())).sum();
+        let mean_ms = total.as_secs_f64() * 1e3 / f64::from(n);
+        assert!((19.5..=20.5).contains(&mean_ms), "{mean_ms}");
+        // An exponential's median is ln 2 of its mean, not the mean.
+        assert!(p.gap(0.5) < Duration::from_millis(14), "{:?}", p.gap(0.5));
+        assert_eq!(p.gap(0.0), Duration::ZERO);
     }
 }

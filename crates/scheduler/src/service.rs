@@ -352,7 +352,10 @@ impl PeerSession {
                     span.record("host_id", ids.host_id.as_str());
                     span.record("task_id", ids.task_id.as_str());
                     span.record("peer_id", ids.peer_id.as_str());
-                    self.register(ids, register).await?;
+                    // Boxed, as the rounds below: their futures (timers, wake-ups) are
+                    // large, and the future of every message would otherwise carry (and
+                    // move) their size, for piece reports that never wait.
+                    Box::pin(self.register(ids, register)).await?;
                     Ok(Flow::Continue)
                 }
                 other => Err(Status::invalid_argument(format!(
@@ -527,7 +530,7 @@ impl PeerSession {
                 Ok(flow)
             }
             PeerRequest::ReschedulePeerRequest(reschedule) => {
-                self.reschedule(ids, reschedule).await
+                Box::pin(self.reschedule(ids, reschedule)).await
             }
             PeerRequest::DownloadPeerFinishedRequest(_) => {
                 self.terminal(peer_id, Terminal::Finished, "finished")

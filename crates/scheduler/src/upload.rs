@@ -23,10 +23,12 @@ pub const UPLOAD_PEAK_HALF_LIFE: Duration = Duration::from_secs(60);
 /// Pieces kept per host (bounds memory however fast the reports come).
 pub const UPLOAD_SAMPLES: usize = 64;
 
-/// One served piece: 24 bytes, as every host that served keeps [`UPLOAD_SAMPLES`] of them.
+/// One served piece: 16 bytes, as every host that served keeps [`UPLOAD_SAMPLES`] of them.
+/// Times are microseconds since the meter's first piece: every piece report from a parent
+/// sums its host's samples, and integer arithmetic is several times cheaper than `Instant`'s.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Served {
-    end: Instant,
+    end_micros: u64,
     /// How long it was in flight, microseconds (saturated: over an hour is no rate anyway).
     cost_micros: u32,
     /// Its length (saturated at 4 GiB, far above any piece length).
@@ -34,18 +36,33 @@ struct Served {
 }
 
 impl Served {
-    fn start(&self) -> Instant {
-        let cost = Duration::from_micros(u64::from(self.cost_micros));
-        self.end.checked_sub(cost).unwrap_or(self.end)
+    fn start_micros(&self) -> u64 {
+        self.end_micros.saturating_sub(u64::from(self.cost_micros))
+    }
+
+    /// Its bytes that fall after `from`, assuming an even rate over its transfer.
+    fn bytes_after(&self, from: u64) -> f64 {
+        let start = self.start_micros();
+        if start >= from || self.end_micros <= start {
+            return f64::from(self.bytes);
+        }
+        let inside = self.end_micros.saturating_sub(from) as f64;
+        f64::from(self.bytes) * inside / (self.end_micros - start) as f64
     }
 }
 
 /// What one host served lately.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UploadMeter {
+    /// The origin of the samples' microseconds: a window before the first piece started.
+    epoch: Option<Instant>,
     recent: VecDeque<Served>,
     /// Best rate seen (bytes per second) and when.
     peak: Option<(f64, Instant)>,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl UploadMeter {
@@ -54,22 +71,31 @@ impl UploadMeter {
         if bytes == 0 {
             return;
         }
-        let cost = now.checked_sub(cost).map_or(Duration::ZERO, |_| cost);
+        // The epoch leaves room for the first piece's transfer and a window before it, so
+        // later pieces that started earlier are not clipped where they count.
+        let epoch = *self.epoch.get_or_insert_with(|| {
+            now.checked_sub(cost + UPLOAD_WINDOW)
+                .or_else(|| now.checked_sub(cost))
+                .unwrap_or(now)
+        });
+        let now_micros = micros(now.saturating_duration_since(epoch));
+        let cost_micros = micros(cost).min(now_micros);
+        let window = micros(UPLOAD_WINDOW);
         // Room is made before the push, so the deque never grows past its bound's capacity.
         while self.recent.len() >= UPLOAD_SAMPLES
             || self
                 .recent
                 .front()
-                .is_some_and(|s| now.saturating_duration_since(s.end) > UPLOAD_WINDOW)
+                .is_some_and(|s| now_micros.saturating_sub(s.end_micros) > window)
         {
             self.recent.pop_front();
         }
         self.recent.push_back(Served {
-            end: now,
-            cost_micros: u32::try_from(cost.as_micros()).unwrap_or(u32::MAX),
+            end_micros: now_micros,
+            cost_micros: u32::try_from(cost_micros).unwrap_or(u32::MAX),
             bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
         });
-        let current = self.current(now);
+        let current = self.current(now_micros);
         if current > self.peak_at(now) {
             self.peak = Some((current, now));
         }
@@ -77,21 +103,21 @@ impl UploadMeter {
 
     /// Bytes per second served over the last window (the part of each piece in it). One
     /// pass over the samples: every piece report from a parent asks for it.
-    fn current(&self, now: Instant) -> f64 {
-        let from = now.checked_sub(UPLOAD_WINDOW).unwrap_or(now);
-        let mut first: Option<Instant> = None;
+    fn current(&self, now_micros: u64) -> f64 {
+        let from = now_micros.saturating_sub(micros(UPLOAD_WINDOW));
+        let mut first = u64::MAX;
         let mut bytes = 0.0;
         for sample in &self.recent {
-            let start = sample.start();
-            let clipped = start.max(from);
-            first = Some(first.map_or(clipped, |f| f.min(clipped)));
-            bytes += in_window(sample, start, from);
+            first = first.min(sample.start_micros().max(from));
+            bytes += sample.bytes_after(from);
         }
-        let Some(first) = first else {
+        if first == u64::MAX {
             return 0.0;
-        };
-        let span = now.duration_since(first).max(MIN_UPLOAD_SPAN).as_secs_f64();
-        bytes / span
+        }
+        let span = now_micros
+            .saturating_sub(first)
+            .max(micros(MIN_UPLOAD_SPAN));
+        bytes * 1e6 / span as f64
     }
 
     fn peak_at(&self, now: Instant) -> f64 {
@@ -107,17 +133,6 @@ impl UploadMeter {
     pub fn bits_per_second(&self, now: Instant) -> Option<u64> {
         self.peak.map(|_| (self.peak_at(now) * 8.0) as u64)
     }
-}
-
-/// The bytes of `s` (which started at `start`) that fall after `from`, assuming an even rate
-/// over its transfer.
-fn in_window(s: &Served, start: Instant, from: Instant) -> f64 {
-    let total = s.end.duration_since(start).as_secs_f64();
-    if start >= from || total <= 0.0 {
-        return f64::from(s.bytes);
-    }
-    let inside = s.end.saturating_duration_since(from).as_secs_f64();
-    f64::from(s.bytes) * (inside / total)
 }
 
 #[cfg(test)]
@@ -201,5 +216,18 @@ mod tests {
         assert!(mbit(&meter, later) > 60.0, "{}", mbit(&meter, later));
         // Long idle: the peak fades.
         assert!(mbit(&meter, later + secs(600.0)) < 1.0);
+    }
+
+    #[test]
+    fn a_piece_that_started_before_the_first_reported_one_counts_whole() {
+        // Two children fetch 4 MiB each at 8 Mbit/s (4.2 s); the short one is reported first,
+        // the long one, started 3 s earlier, ends at the same time: 16 Mbit/s over 4.2 s.
+        let t0 = Instant::now() + secs(10.0);
+        let took = secs((4 * MIB * 8) as f64 / 8e6);
+        let mut meter = UploadMeter::default();
+        meter.record(4 * MIB, took, t0);
+        meter.record(4 * MIB, took + secs(3.0), t0);
+        let m = mbit(&meter, t0);
+        assert!((9.0..=17.0).contains(&m), "{m}");
     }
 }
