@@ -5,6 +5,7 @@
 #   bench/dfget-vs-curl.sh            # 1 GiB, median of 5 runs each
 #   SIZE_MIB=256 RUNS=3 bench/dfget-vs-curl.sh
 #   BENCH_DAEMON_ARGS="--config FILE" bench/dfget-vs-curl.sh   # extra dfdaemon flags
+#   PERF_DIR=/tmp/prof bench/dfget-vs-curl.sh   # perf profiles of the back-to-source daemon and the P2P child
 #
 # Origin, outputs and daemon storage all live on tmpfs (/dev/shm), so the daemon's hard link of
 # its cached task to the output works and no disk is measured. Each dfget run gets a fresh
@@ -60,6 +61,22 @@ timed_dfget() {
   rm -f "$out"
 }
 
+# perf_start PID NAME: with PERF_DIR set, a perf profile (dwarf call graphs) of PID until
+# perf_stop, kept as $PERF_DIR/perf-NAME.data. Off by default: it costs the profiled process.
+PERF_PID=""
+perf_start() {
+  [ -n "${PERF_DIR:-}" ] || return 0
+  mkdir -p "$PERF_DIR"
+  perf record -q -F 1999 --call-graph dwarf,16384 -p "$1" -o "$PERF_DIR/perf-$2.data" >/dev/null 2>&1 &
+  PERF_PID=$!
+  sleep 0.5
+}
+perf_stop() {
+  [ -n "$PERF_PID" ] || return 0
+  kill -INT "$PERF_PID"; wait "$PERF_PID" || true
+  PERF_PID=""
+}
+
 for run in $(seq 1 "$RUNS"); do
   # curl
   out="$WORK/curl.out"
@@ -77,7 +94,9 @@ for run in $(seq 1 "$RUNS"); do
   start_daemon d "$IP" "127.0.0.1:$sport" "$rundir/storage" "$rundir/d.sock" "$rundir/dfdaemon.log" ${BENCH_DAEMON_ARGS:-}
   sleep 1
   parent_pid="$DAEMON_PID"
+  perf_start "$parent_pid" "b2s-run$run"
   timed_dfget "$rundir/d.sock" "$WORK/dfget.out" "$rundir/dfget.err" "$parent_pid"
+  perf_stop
   d_wall+=("$WALL"); d_cpu+=("$CPU"); d_idle+=("$IDLE"); d_peak+=("$PEAK")
   log "dfget run $run: ${WALL}s (daemon idle ${IDLE} KiB, peak ${PEAK} KiB)"
 
@@ -85,7 +104,9 @@ for run in $(seq 1 "$RUNS"); do
   start_daemon c "$CHILD_IP" "127.0.0.1:$sport" "$rundir/child-storage" "$rundir/c.sock" "$rundir/child.log" ${BENCH_DAEMON_ARGS:-}
   sleep 1
   parent_before="$(cpu_ticks "$parent_pid")"
+  perf_start "$DAEMON_PID" "p2p-run$run"
   timed_dfget "$rundir/c.sock" "$WORK/child.out" "$rundir/child-dfget.err" "$DAEMON_PID"
+  perf_stop
   parent_after="$(cpu_ticks "$parent_pid")"
   from_peers="$(traffic "$CHILD_IP" remote_peer '*')"
   [ "${from_peers%.*}" -ge "$BYTES" ] || die "child took only ${from_peers} bytes from peers (of $BYTES)"

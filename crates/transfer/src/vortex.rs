@@ -779,13 +779,12 @@ async fn download_piece(sink: &PieceSink<'_>) -> Result<FetchedPiece, TransferEr
     let addr = sink.addr;
     check_task_id(sink.task_id)?;
     let started = Instant::now();
-    let mut stream =
-        TcpStream::connect(addr)
-            .await
-            .map_err(|e| TransferError::PeerUnreachable {
-                addr,
-                reason: e.to_string(),
-            })?;
+    let mut stream = connect_for_piece(addr, sink.span.length)
+        .await
+        .map_err(|e| TransferError::PeerUnreachable {
+            addr,
+            reason: e.to_string(),
+        })?;
     stream.set_nodelay(true).ok();
     let request = PieceRequest {
         piece: DownloadPiece::new(sink.task_id.to_string(), sink.span.number),
@@ -804,6 +803,21 @@ async fn download_piece(sink: &PieceSink<'_>) -> Result<FetchedPiece, TransferEr
             .map(FetchedPiece::whole),
         RequestKind::CutThrough => sink.receive_cut_through(&mut stream, started).await,
     }
+}
+
+/// Connects for one piece of `length` bytes, with a receive buffer that holds the piece
+/// where the system allows one that large (see [`piece_receive_buffer`]).
+async fn connect_for_piece(addr: SocketAddr, length: u64) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(size) = piece_receive_buffer(length) {
+        // Before connect, so the window scale offered in the SYN covers it.
+        socket.set_recv_buffer_size(size).ok();
+    }
+    socket.connect(addr).await
 }
 
 /// Refuses a task ID the 64-byte Vortex field cannot carry.
@@ -1054,5 +1068,52 @@ pub(crate) fn peer_io(addr: SocketAddr, error: std::io::Error) -> TransferError 
     TransferError::PeerUnreachable {
         addr,
         reason: error.to_string(),
+    }
+}
+
+/// The receive buffer a piece connection starts with: the piece's length, when the system's
+/// `net.core.rmem_max` allows that much; otherwise `None` (the kernel's autotuning).
+///
+/// A connection carries one piece and then closes, so the kernel's receive autotuning, which
+/// grows the window over round trips from `tcp_rmem`'s default (128 KiB), never gets far: the
+/// sender spends most of the piece ACK-clocked behind a small window. Setting the buffer turns
+/// autotuning off for the socket, so it is only done where the setting is not capped below a
+/// piece (Linux's stock `rmem_max` is 208 KiB, which would make the window smaller, not larger).
+fn piece_receive_buffer(length: u64) -> Option<u32> {
+    receive_buffer_within(length, receive_buffer_max())
+}
+
+/// `length` as a receive buffer size, if `max` (the system's cap) is known and allows it.
+fn receive_buffer_within(length: u64, max: Option<u32>) -> Option<u32> {
+    let wanted = u32::try_from(length).ok()?;
+    (max? >= wanted).then_some(wanted)
+}
+
+/// `net.core.rmem_max`, read once.
+fn receive_buffer_max() -> Option<u32> {
+    static MAX: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_piece_sized_receive_buffer_only_where_the_system_allows_it() {
+        // A host tuned for throughput (rmem_max 4 MiB and up): the window starts at a piece.
+        assert_eq!(receive_buffer_within(4 * MIB, Some(4 << 20)), Some(4 << 20));
+        assert_eq!(receive_buffer_within(MIB, Some(32 << 20)), Some(1 << 20));
+        // Linux's stock cap (208 KiB) would shrink the window: autotuning stays on.
+        assert_eq!(receive_buffer_within(4 * MIB, Some(212_992)), None);
+        // No /proc (not Linux, or a sandbox), or a piece too large to name in a socket option.
+        assert_eq!(receive_buffer_within(4 * MIB, None), None);
+        assert_eq!(receive_buffer_within(8 << 30, Some(u32::MAX)), None);
     }
 }
