@@ -99,6 +99,16 @@ fn swarm_of_five_shares_one_origin_fetch() {
     if pushed < 1.0 {
         problems.push("the scheduler pushed no mesh parent to a running download".to_string());
     }
+    // Every download's first decision was timed (the seed's own included).
+    let timed = Metrics::scrape(scheduler.metrics)
+        .sum("damselfly_scheduler_decision_duration_seconds_count", &[]);
+    if timed < peers.len() as f64 {
+        problems.push(format!(
+            "damselfly_scheduler_decision_duration_seconds counted {timed} first decisions, \
+             expected at least {}",
+            peers.len()
+        ));
+    }
 
     // A second download on a daemon that has the task: no origin traffic, same bytes.
     let before = origin.served();

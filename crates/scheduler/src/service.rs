@@ -423,7 +423,11 @@ impl PeerSession {
                 .send(PeerResponse::EmptyTaskResponse(EmptyTaskResponse {}))
                 .await;
         }
-        self.schedule(&ids).await
+        let decided = self.schedule(&ids).await;
+        if decided.is_ok() {
+            metrics().decided_in(now.elapsed().as_secs_f64());
+        }
+        decided
     }
 
     /// Scheduling rounds until a decision: waits for a triggered seed without counting, counts
