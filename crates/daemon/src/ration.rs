@@ -113,10 +113,17 @@ struct Given {
     child: String,
     at: Instant,
     uploaded_at: Option<Instant>,
-    /// Someone asked the seed for it.
-    requested: bool,
+    /// Someone first asked the seed for it then. The pace times a flow from here, not from
+    /// the giving: a child may take seconds to ask while its fetch slots wait on other
+    /// parents, and that wait says nothing about the seed's uplink (timed from the giving,
+    /// the per-flow rates of a seed with five times the hosts' uplink were noise, and its
+    /// pace fell back to the floor).
+    requested_at: Option<Instant>,
     bytes: u64,
-    /// Given pieces of the task in flight when it was given, itself included.
+    /// Flows on the seed's uplink when its own began, itself included: given pieces of all
+    /// the seed's tasks asked for and not uploaded yet (until then, the given pieces
+    /// waiting). Given pieces not asked for yet take no uplink, and counting them made a
+    /// 50 Mbit/s seed look as if eight flows carried twice what four did.
     level: usize,
 }
 
@@ -147,7 +154,7 @@ impl TaskRation {
                 child: child.to_string(),
                 at: now,
                 uploaded_at: None,
-                requested: false,
+                requested_at: None,
                 bytes: piece.length,
                 level,
             },
@@ -188,7 +195,7 @@ impl TaskRation {
     /// Given to someone and still waiting for its first upload, for at most
     /// [`RATION_SLOT_HOLD`], or [`RATION_REQUEST_WAIT`] while nobody asked for it.
     fn is_waiting(&self, given: &Given, now: Instant) -> bool {
-        let hold = if given.requested {
+        let hold = if given.requested_at.is_some() {
             RATION_SLOT_HOLD
         } else {
             RATION_REQUEST_WAIT
@@ -200,6 +207,14 @@ impl TaskRation {
         self.given
             .values()
             .filter(|g| self.is_waiting(g, now))
+            .count()
+    }
+
+    /// Given pieces being uploaded: asked for and still waiting.
+    fn flows(&self, now: Instant) -> usize {
+        self.given
+            .values()
+            .filter(|g| g.requested_at.is_some() && self.is_waiting(g, now))
             .count()
     }
 
@@ -337,12 +352,22 @@ impl SeedRation {
 
     /// A peer asked the piece servers for `number` of `task_id`.
     pub fn requested(&self, task_id: &str, number: u32) {
+        let now = Instant::now();
         self.with_tasks(|tasks| {
+            let first_ask = tasks
+                .get(task_id)
+                .and_then(|t| t.given.get(&number))
+                .is_some_and(|g| g.requested_at.is_none());
+            if !first_ask {
+                return;
+            }
+            let flows: usize = tasks.values().map(|t| t.flows(now)).sum();
             if let Some(given) = tasks
                 .get_mut(task_id)
                 .and_then(|t| t.given.get_mut(&number))
             {
-                given.requested = true;
+                given.requested_at = Some(now);
+                given.level = flows + 1;
             }
         });
     }
@@ -358,7 +383,8 @@ impl SeedRation {
                 return None;
             }
             given.uploaded_at = Some(now);
-            Some((given.level, given.bytes, now.duration_since(given.at)))
+            let started = given.requested_at.unwrap_or(given.at);
+            Some((given.level, given.bytes, now.duration_since(started)))
         });
         if let Some((level, bytes, took)) = first {
             self.pace
@@ -619,6 +645,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_flow_counts_the_pieces_being_uploaded_beside_it() {
+        // Four pieces given; only those asked for take the uplink. The pace learns each
+        // flow's level from the pieces asked for and not uploaded when it began.
+        let ration = SeedRation::new(IN_FLIGHT, IN_FLIGHT);
+        let all = || futures::stream::iter((0..16).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let mut given = Vec::new();
+        for _ in 0..IN_FLIGHT {
+            let next = tokio::time::timeout(Duration::from_millis(300), a.next()).await;
+            if let Ok(Some(Ok(p))) = next {
+                given.push(p.number);
+            }
+        }
+        assert_eq!(given.len(), IN_FLIGHT, "{given:?}");
+        let level = |number: u32| ration.with_tasks(|tasks| tasks["t"].given[&number].level);
+        ration.requested("t", given[0]);
+        assert_eq!(level(given[0]), 1, "the others were not asked for");
+        ration.requested("t", given[1]);
+        assert_eq!(level(given[1]), 2);
+        ration.requested("t", given[1]);
+        assert_eq!(level(given[1]), 2, "a second ask changes nothing");
+        ration.uploaded("t", given[0]);
+        ration.requested("t", given[2]);
+        assert_eq!(level(given[2]), 2, "the first one left the seed");
+    }
+
+    #[tokio::test]
     async fn tasks_share_the_pieces_in_flight() {
         // One slot for the whole seed: a piece of t1 in flight holds back t2 (the layers of
         // an image are tasks pulled together over the one uplink) until it left the seed.
@@ -773,7 +826,7 @@ mod tests {
         ration.with_tasks(|tasks| {
             let given = tasks.get_mut("t").unwrap().given.get_mut(&of_a[0]).unwrap();
             // a already holds the piece (it came from a peer): it never asks the seed.
-            given.requested = false;
+            given.requested_at = None;
             given.at = Instant::now() - RATION_REQUEST_WAIT;
         });
         let of_b = take(&ration, &mut b, 1).await;
