@@ -519,12 +519,46 @@ fn a_pushed_parent_joins_the_running_round() {
     assert_eq!(fetches(&s.at(2).offer(1, 1)), vec![(1, 1)]);
 }
 
-#[test]
-fn a_push_racing_a_reschedule_joins_the_next_round() {
+/// A round fed only by seed "s", with enough pieces missing to refresh, fetching piece 0
+/// from it; returns the script and its piece count.
+fn seed_only_round(concurrency: usize) -> (Script, u32) {
     let pieces = MIN_PENDING_FOR_REFRESH as u32 + 2;
-    let (mut s, _) = Script::new(pieces, 1, 3);
+    let (mut s, _) = Script::new(pieces, concurrency, 3);
     s.at(0).decide(&[seed("s", 0)]);
     assert_eq!(fetches(&s.offer(0, 0)), vec![(0, 0)]);
+    (s, pieces)
+}
+
+#[test]
+fn a_pushed_normal_parent_cancels_the_seed_only_refresh() {
+    let (mut s, _) = seed_only_round(2);
+    // A normal parent is pushed before the refresh time: the round has what a refresh
+    // would ask for, so it goes on instead of draining.
+    let joined = s.at(10).decide(&[normal("p", 1)]);
+    assert!(
+        joined
+            .iter()
+            .any(|a| matches!(a, Action::OpenParent { grpc, .. } if grpc.port() == 4001)),
+        "{joined:?}"
+    );
+    let refresh_ms = SEED_ONLY_REFRESH_AFTER.as_millis() as u64;
+    let tick = s.at(refresh_ms).feed(Event::Tick);
+    assert!(
+        !tick
+            .iter()
+            .any(|a| matches!(a, Action::EndRound | Action::DrainScheduler)),
+        "{tick:?}"
+    );
+    assert_eq!(
+        fetches(&s.at(refresh_ms + 1).offer(1, 1)),
+        vec![(1, 1)],
+        "the round still starts fetches"
+    );
+}
+
+#[test]
+fn a_push_racing_a_reschedule_joins_the_next_round() {
+    let (mut s, pieces) = seed_only_round(1);
     // Only a seed feeds the round: at the refresh time it drains to ask for normal parents.
     let refresh_ms = SEED_ONLY_REFRESH_AFTER.as_millis() as u64;
     assert!(s.at(refresh_ms).feed(Event::Tick).is_empty());
