@@ -257,12 +257,14 @@ fn on_least_loaded_parents(
             .map(|p| p.spare_per_piece(seen))
             .max()
     };
-    let Some(best) = pieces.iter().filter_map(spare).max() else {
+    let weighed: Vec<(u32, Option<u64>)> = pieces.iter().map(|n| (*n, spare(n))).collect();
+    let Some(best) = weighed.iter().filter_map(|&(_, s)| s).max() else {
         return pieces;
     };
-    pieces
+    weighed
         .into_iter()
-        .filter(|number| spare(number) == Some(best))
+        .filter(|&(_, s)| s == Some(best))
+        .map(|(number, _)| number)
         .collect()
 }
 

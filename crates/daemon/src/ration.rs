@@ -203,26 +203,25 @@ impl TaskRation {
         given.uploaded_at.is_none() && now.duration_since(given.at) < hold
     }
 
-    fn waiting_total(&self, now: Instant) -> usize {
+    /// Given pieces still waiting (see [`Self::is_waiting`]) that `also` picks.
+    fn count_waiting(&self, now: Instant, also: impl Fn(&Given) -> bool) -> usize {
         self.given
             .values()
-            .filter(|g| self.is_waiting(g, now))
+            .filter(|g| also(g) && self.is_waiting(g, now))
             .count()
+    }
+
+    fn waiting_total(&self, now: Instant) -> usize {
+        self.count_waiting(now, |_| true)
     }
 
     /// Given pieces being uploaded: asked for and still waiting.
     fn flows(&self, now: Instant) -> usize {
-        self.given
-            .values()
-            .filter(|g| g.requested_at.is_some() && self.is_waiting(g, now))
-            .count()
+        self.count_waiting(now, |g| g.requested_at.is_some())
     }
 
     fn waiting_for(&self, child: &str, now: Instant) -> usize {
-        self.given
-            .values()
-            .filter(|g| g.child == child && self.is_waiting(g, now))
-            .count()
+        self.count_waiting(now, |g| g.child == child)
     }
 
     /// A child's share of the pieces in flight: all of them for a lone child, one each when
