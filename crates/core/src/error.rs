@@ -17,6 +17,9 @@ pub enum CoreError {
     #[error("piece length {0} is below the minimum of {min} bytes", min = crate::MIN_PIECE_LENGTH)]
     PieceLengthTooSmall(u64),
 
+    #[error("invalid relay path: {0}")]
+    InvalidRelayPath(String),
+
     #[error("piece length {0} is above the maximum of {max} bytes", max = crate::piece::MAX_FIXED_PIECE_LENGTH)]
     PieceLengthTooLarge(u64),
 }

@@ -15,6 +15,7 @@ pub mod id;
 pub mod limits;
 pub mod origin;
 pub mod piece;
+pub mod relay;
 pub mod ring;
 pub mod secrets;
 
@@ -24,5 +25,6 @@ pub use id::{host_id, peer_id, TaskIdRule, TaskIdSpec, DEFAULT_FILTERED_QUERY_PA
 pub use limits::MAX_GRPC_MESSAGE_SIZE;
 pub use origin::{OriginReason, ORIGIN_REASON_CODES};
 pub use piece::{PieceLayout, PieceSpan, MAX_PIECE_LENGTH, MIN_PIECE_LENGTH};
+pub use relay::{RelayPath, StoreId, MAX_RELAY_HOPS};
 pub use ring::SchedulerRing;
 pub use secrets::{is_secret_header, without_secrets, SECRET_HEADERS};

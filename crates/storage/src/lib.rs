@@ -36,6 +36,7 @@ pub use space::{DiskSpace, SpaceProbe, Statvfs, RESERVED_FREE_BYTES};
 pub use writers::{WriteProgress, WriteState};
 
 use content::{remove_if_exists, BufferPool};
+use damselfly_core::StoreId;
 use db::{Commit, MetadataDb};
 use notify::Notifier;
 use std::io;
@@ -79,6 +80,8 @@ struct Inner {
     piece_writers: Arc<PieceWriters>,
     /// Reads the file system's free space (injected so tests need no full disk).
     space: Arc<dyn SpaceProbe>,
+    /// This store on relay paths (see [`Storage::store_id`]).
+    store_id: StoreId,
 }
 
 impl Drop for Inner {
@@ -117,6 +120,7 @@ impl Storage {
                 buffers: BufferPool::default(),
                 piece_writers: Arc::default(),
                 space,
+                store_id: StoreId::random(),
             }),
         };
         storage.forget_tasks_without_content()?;
@@ -128,6 +132,13 @@ impl Storage {
 
     pub fn config(&self) -> &StorageConfig {
         &self.inner.config
+    }
+
+    /// This store's identity on relay paths (new each time the storage is opened): a
+    /// cut-through copy whose path passed through it is refused, as its own bytes would
+    /// feed it.
+    pub fn store_id(&self) -> &StoreId {
+        &self.inner.store_id
     }
 
     /// A record whose content file vanished (deleted by hand, crash during delete) can never

@@ -10,7 +10,7 @@ use crate::{
 use damselfly_core::digest::{
     format_crc32, Digest, DigestAlgorithm, TRUSTED_PIECE_DIGEST_ALGORITHM,
 };
-use damselfly_core::PieceSpan;
+use damselfly_core::{PieceSpan, RelayPath};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -126,7 +126,13 @@ impl Storage {
             );
             return Ok(Written::Recorded(existing));
         }
-        self.publish_write(&mut writer, task_id, span, source.write_source());
+        self.publish_write(
+            &mut writer,
+            task_id,
+            span,
+            source.write_source(),
+            source.relay_path(),
+        );
         let streamed = self
             .stream_span(task_id, span.offset, span.length, reader, trusted, writer)
             .await?;
@@ -155,16 +161,17 @@ impl Storage {
     }
 
     /// Shows a write of `span` to readers as it goes: origin bytes to everyone, a parent's
-    /// (unverified) bytes only to cut-through forwarding, relayed bytes to neither; and
-    /// announces the forwardable ones as arriving.
+    /// (unverified) bytes only to cut-through forwarding, relayed bytes to cut-through
+    /// forwarding while their path may grow; and announces the forwardable ones as arriving.
     fn publish_write(
         &self,
         writer: &mut PieceWriter,
         task_id: &str,
         span: PieceSpan,
         source: WriteSource,
+        path: RelayPath,
     ) {
-        writer.publish_from(span.offset, source);
+        writer.publish_from(span.offset, source, path);
         if FORWARDABLE.contains(&source) {
             self.inner
                 .notifier
@@ -241,7 +248,13 @@ impl Storage {
         if let Some(existing) = self.piece(task_id, span.number)? {
             return Ok(Some(WrittenPiece::unhashed(existing)));
         }
-        self.publish_write(&mut writer, task_id, span, from.write_source());
+        self.publish_write(
+            &mut writer,
+            task_id,
+            span,
+            from.write_source(),
+            RelayPath::default(),
+        );
         let progress = writer.progress_handle();
         let path = self.content_path(task_id);
         let hasher = PieceHasher::new(from.hash());
@@ -293,7 +306,13 @@ impl Storage {
             .span(number)
             .filter(|_| task.content_length > 0)
         {
-            self.publish_write(&mut writer, task_id, span, WriteSource::Origin);
+            self.publish_write(
+                &mut writer,
+                task_id,
+                span,
+                WriteSource::Origin,
+                RelayPath::default(),
+            );
         }
         let streamed = self
             .stream_span(task_id, offset, task.piece_length, reader, trusted, writer)
@@ -499,11 +518,20 @@ impl Storage {
         else {
             return Ok(None);
         };
-        let Some(state) = self.arriving_piece(task_id, number) else {
+        let Some((state, path)) =
+            self.inner
+                .piece_writers
+                .progress_on_path(task_id, number, &FORWARDABLE)
+        else {
             return Ok(None);
         };
         let file = std::fs::File::open(self.content_path(task_id))?;
-        Ok(Some(ArrivingPiece { span, state, file }))
+        Ok(Some(ArrivingPiece {
+            span,
+            state,
+            path,
+            file,
+        }))
     }
 
     /// The task's content readable at any offset, for callers that stream byte ranges of
@@ -531,8 +559,8 @@ impl Storage {
         Some((u64::from(number) * task.piece_length, progress))
     }
 
-    /// A write in progress of piece `number` of `task_id`, from the origin or a parent, for
-    /// cut-through forwarding: how far its bytes are in the file, and at the end whether this
+    /// A write in progress of piece `number` of `task_id`, from the origin, a parent or a relay
+    /// whose path may grow, for cut-through forwarding: how far its bytes are in the file, and at the end whether this
     /// write was recorded (the channel closes without `recorded` when it was abandoned, e.g.
     /// its bytes failed their check). The bytes are the parent's claim until then.
     pub fn arriving_piece(
@@ -558,6 +586,7 @@ impl Storage {
                 WriteSource::Origin,
                 WriteSource::Parent,
                 WriteSource::Relayed,
+                WriteSource::RelayEnd,
             ],
         )
     }
@@ -629,7 +658,7 @@ pub(crate) fn check_span(task: &TaskMetadata, span: PieceSpan) -> Result<(), Sto
 
 /// Who a piece's bytes come from, for its record: the parent (None = origin) and the time
 /// spent before the bytes flowed; and whether the write is shown to forwarding as it lands.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PieceOrigin<'a> {
     pub parent_id: Option<&'a str>,
     pub cost: Duration,
@@ -638,25 +667,33 @@ pub struct PieceOrigin<'a> {
 
 impl PieceOrigin<'_> {
     fn write_source(&self) -> WriteSource {
-        match (self.parent_id, self.forwarding) {
+        match (self.parent_id, &self.forwarding) {
             (None, _) => WriteSource::Origin,
             (Some(_), Forwarding::Shown) => WriteSource::Parent,
-            (Some(_), Forwarding::Withheld) => WriteSource::Relayed,
+            (Some(_), Forwarding::Relayed(path)) if path.may_relay() => WriteSource::Relayed,
+            (Some(_), Forwarding::Relayed(_)) => WriteSource::RelayEnd,
+        }
+    }
+
+    /// The stores the bytes came through while arriving.
+    fn relay_path(&self) -> RelayPath {
+        match &self.forwarding {
+            Forwarding::Shown => RelayPath::default(),
+            Forwarding::Relayed(path) => path.clone(),
         }
     }
 }
 
 /// Whether a write in progress is shown (announced as arriving, readable by cut-through
 /// forwarding) before it is recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Forwarding {
     /// Shown as it lands: origin bytes, or a piece a parent holds whole.
     Shown,
-    /// Shown only once recorded: bytes a parent forwards while they still arrive there.
-    /// Forwarding them again would let two peers each follow the other's arriving copy (a
-    /// cycle in which no byte moves until a timeout) and tie children to the slowest link
-    /// of a chain; one hop past a whole copy keeps the pipeline without either.
-    Withheld,
+    /// Bytes a parent forwards while they still arrive there, through the stores on `path`
+    /// (the parent's last): shown while the path may grow (`RelayPath::may_relay`), else
+    /// only once recorded. See `damselfly_core::relay` for why paths are bounded.
+    Relayed(RelayPath),
 }
 
 /// A piece being written, opened for forwarding (see [`Storage::open_arriving_piece`]).
@@ -664,6 +701,9 @@ pub struct ArrivingPiece {
     pub span: PieceSpan,
     /// How far the write has come, and whether it was recorded; closes when the writer ends.
     pub state: tokio::sync::watch::Receiver<WriteState>,
+    /// The stores the write's bytes came through while arriving (empty from the origin or a
+    /// recorded copy); a forwarding store adds itself before telling its child.
+    pub path: RelayPath,
     pub file: std::fs::File,
 }
 

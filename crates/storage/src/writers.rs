@@ -13,6 +13,7 @@
 //! piece themselves and learn at the end whether this write was recorded
 //! ([`WriteState::recorded`]) or abandoned (the channel closes without it).
 
+use damselfly_core::RelayPath;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
@@ -24,15 +25,23 @@ type PieceKey = (String, u32);
 pub enum WriteSource {
     /// The origin: whatever is written is what the task holds.
     Origin,
-    /// A parent: unverified until the piece's digest is checked and the piece recorded.
+    /// A parent's recorded copy: unverified until the piece's digest is checked and the
+    /// piece recorded.
     Parent,
-    /// A parent forwarding the piece while it still arrives there: not shown to forwarding
-    /// (see `Forwarding::Withheld`), only to [`crate::Storage::piece_write_progress`].
+    /// A parent forwarding the piece while it still arrives there, on a relay path short
+    /// enough to forward it further (see `damselfly_core::relay`).
     Relayed,
+    /// As [`Self::Relayed`], at the end of its relay path: shown only to
+    /// [`crate::Storage::piece_write_progress`], forwarded once recorded.
+    RelayEnd,
 }
 
 /// The sources whose writes cut-through forwarding may show and announce.
-pub(crate) const FORWARDABLE: [WriteSource; 2] = [WriteSource::Origin, WriteSource::Parent];
+pub(crate) const FORWARDABLE: [WriteSource; 3] = [
+    WriteSource::Origin,
+    WriteSource::Parent,
+    WriteSource::Relayed,
+];
 
 /// How far one write of a piece has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +57,8 @@ pub struct WriteState {
 struct Published {
     source: WriteSource,
     state: watch::Receiver<WriteState>,
+    /// The stores the bytes came through while arriving (empty unless relayed).
+    path: RelayPath,
 }
 
 pub(crate) struct PieceWriters {
@@ -101,10 +112,21 @@ impl PieceWriters {
         number: u32,
         sources: &[WriteSource],
     ) -> Option<watch::Receiver<WriteState>> {
+        self.progress_on_path(task_id, number, sources)
+            .map(|(state, _)| state)
+    }
+
+    /// [`Self::progress`] with the relay path of the write's bytes.
+    pub(crate) fn progress_on_path(
+        &self,
+        task_id: &str,
+        number: u32,
+        sources: &[WriteSource],
+    ) -> Option<(watch::Receiver<WriteState>, RelayPath)> {
         lock(&self.progress)
             .get(&(task_id.to_string(), number))
             .filter(|published| sources.contains(&published.source))
-            .map(|published| published.state.clone())
+            .map(|published| (published.state.clone(), published.path.clone()))
     }
 
     /// The pieces of `task_id` being written now from `sources`.
@@ -132,12 +154,17 @@ pub(crate) struct PieceWriter {
 
 impl PieceWriter {
     /// Publishes this write's progress from `start` (the piece's offset).
-    pub(crate) fn publish_from(&mut self, start: u64, source: WriteSource) {
+    pub(crate) fn publish_from(&mut self, start: u64, source: WriteSource, path: RelayPath) {
         let (tx, state) = watch::channel(WriteState {
             written_to: start,
             recorded: false,
         });
-        lock(&self.writers.progress).insert(self.key.clone(), Published { source, state });
+        let published = Published {
+            source,
+            state,
+            path,
+        };
+        lock(&self.writers.progress).insert(self.key.clone(), published);
         self.progress = WriteProgress(Some(tx));
         self.writers.started.send_modify(|n| *n += 1);
     }
@@ -224,7 +251,7 @@ mod tests {
         let writers = Arc::new(PieceWriters::default());
         let mut started = writers.watch_started();
         let mut checked = writers.hold("t", 0).await;
-        checked.publish_from(0, WriteSource::Parent);
+        checked.publish_from(0, WriteSource::Parent, RelayPath::default());
         checked.advance(100);
         assert!(
             writers.progress("t", 0, ORIGIN).is_none(),
@@ -243,7 +270,7 @@ mod tests {
         started.borrow_and_update();
 
         let mut origin = writers.hold("t", 0).await;
-        origin.publish_from(4096, WriteSource::Origin);
+        origin.publish_from(4096, WriteSource::Origin, RelayPath::default());
         assert!(started.has_changed().unwrap());
         let mut seen = writers.progress("t", 0, ORIGIN).expect("published");
         assert_eq!(seen.borrow_and_update().written_to, 4096);
@@ -257,13 +284,21 @@ mod tests {
         assert!(writers.progress("t", 0, ANY).is_none());
         assert!(writers.arriving("t", ANY).is_empty());
 
+        let path = RelayPath::default().then(&damselfly_core::StoreId::random());
         let mut relayed = writers.hold("t", 1).await;
-        relayed.publish_from(0, WriteSource::Relayed);
+        relayed.publish_from(0, WriteSource::Relayed, path.clone());
+        assert_eq!(writers.arriving("t", &FORWARDABLE), vec![1]);
+        let (_, shown) = writers.progress_on_path("t", 1, &FORWARDABLE).unwrap();
+        assert_eq!(shown, path, "forwarded with the path its bytes came by");
+        drop(relayed);
+
+        let mut last = writers.hold("t", 2).await;
+        last.publish_from(0, WriteSource::RelayEnd, path);
         assert!(
             writers.arriving("t", &FORWARDABLE).is_empty(),
-            "bytes forwarded to us as they arrived are not forwarded again"
+            "bytes at the end of their relay path are not forwarded again"
         );
-        assert!(writers.progress("t", 1, &FORWARDABLE).is_none());
-        assert!(writers.progress("t", 1, &[WriteSource::Relayed]).is_some());
+        assert!(writers.progress("t", 2, &FORWARDABLE).is_none());
+        assert!(writers.progress("t", 2, &[WriteSource::RelayEnd]).is_some());
     }
 }

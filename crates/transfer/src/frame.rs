@@ -4,7 +4,7 @@
 //! the checks a hostile peer meets.
 
 use crate::error::TransferError;
-use damselfly_core::PieceSpan;
+use damselfly_core::{PieceSpan, RelayPath};
 use std::net::SocketAddr;
 use vortex_protocol::tlv::download_piece::DownloadPiece;
 use vortex_protocol::tlv::error::{Code, Error as ErrorFrame};
@@ -65,8 +65,9 @@ impl PieceRequest {
 pub enum Answer {
     /// A recorded piece; its bytes follow, checked by its digest.
     Recorded(WireMetadata),
-    /// A piece still arriving at the parent; its bytes follow, then a trailer.
-    Arriving(WireMetadata),
+    /// A piece still arriving at the parent, through the stores on this relay path (the
+    /// parent's the last); its bytes follow, then a trailer.
+    Arriving(RelayPath),
 }
 
 /// A request the server answers with an Error frame (code and message).
@@ -171,7 +172,11 @@ pub(crate) fn decode_any_answer(
         }
         Tag::Reserved(ARRIVING_CONTENT_TAG) => {
             let metadata = PieceContent::decode(value).map_err(protocol)?.metadata;
-            check_answer_span(&metadata, addr, span).map(Answer::Arriving)
+            check_answer_span(&metadata, addr, span)?;
+            // Damselfly's extension: the relay path travels in the frame's parent ID.
+            RelayPath::from_wire(&metadata.parent_id)
+                .map(Answer::Arriving)
+                .map_err(|e| TransferError::Protocol(format!("parent {addr}: {e}")))
         }
         Tag::Error => {
             let error = ErrorFrame::decode(value).map_err(protocol)?;

@@ -15,7 +15,7 @@ use crate::metrics::{UPLOAD_FORWARDED_PIECE_TOTAL, UPLOAD_PIECE_TOTAL, UPLOAD_TR
 use crate::upload_slots::UploadSlots;
 use bytes::BytesMut;
 use damselfly_core::admission::ConnectionLimits;
-use damselfly_core::PieceSpan;
+use damselfly_core::{PieceSpan, RelayPath};
 use damselfly_storage::{
     ArrivingPiece, Forwarding, PieceCheck, PieceMetadata, PieceOrigin, Storage, StorageError,
     WriteState, Written,
@@ -310,9 +310,11 @@ impl Connection {
         let ArrivingPiece {
             span,
             mut state,
+            path,
             file,
         } = arriving;
-        self.timed(stream.write_all(&arriving_content_packet(span)))
+        let path = path.then(self.storage.store_id());
+        self.timed(stream.write_all(&arriving_content_packet(span, &path)))
             .await?;
         let mut sent = span.offset;
         loop {
@@ -523,15 +525,16 @@ pub(crate) fn storage_refusal(error: StorageError) -> Refusal {
     }
 }
 
-/// The first frame of a cut-through answer for a piece still arriving: its span, no digest yet.
-fn arriving_content_packet(span: PieceSpan) -> BytesMut {
+/// The first frame of a cut-through answer for a piece still arriving: its span, no digest
+/// yet, and in the parent ID the relay path of its bytes, ending with this store.
+fn arriving_content_packet(span: PieceSpan, path: &RelayPath) -> BytesMut {
     let content = PieceContent {
         metadata: WireMetadata {
             number: span.number,
             offset: span.offset,
             length: span.length,
             digest: String::new(),
-            parent_id: String::new(),
+            parent_id: path.to_wire(),
             traffic_type: TRAFFIC_REMOTE_PEER,
             cost: Duration::ZERO,
             created_at: chrono::Utc::now().naive_utc(),
@@ -901,8 +904,15 @@ impl PieceSink<'_> {
                 .store(stream, &metadata.digest, started)
                 .await
                 .map(FetchedPiece::whole),
-            Ok(Answer::Arriving(_)) => {
-                let piece = self.store_arriving(stream, started).await?;
+            Ok(Answer::Arriving(path)) if path.passed(self.storage.store_id()) => {
+                Err(TransferError::ArrivalStopped {
+                    addr,
+                    number: span.number,
+                    reason: "its bytes would come from this host's own arriving copy".to_string(),
+                })
+            }
+            Ok(Answer::Arriving(path)) => {
+                let piece = self.store_arriving(stream, started, path).await?;
                 Ok(FetchedPiece {
                     piece,
                     delivery: Delivery::Forwarded,
@@ -921,6 +931,7 @@ impl PieceSink<'_> {
         &self,
         stream: &mut R,
         started: Instant,
+        path: RelayPath,
     ) -> Result<PieceMetadata, TransferError> {
         let (addr, task_id, span) = (self.addr, self.task_id, self.span);
         let trusted = self.trusted_digest.map(PieceCheck::Trusted);
@@ -928,7 +939,7 @@ impl PieceSink<'_> {
         let origin = PieceOrigin {
             parent_id: Some(self.parent_id),
             cost: started.elapsed(),
-            forwarding: Forwarding::Withheld,
+            forwarding: Forwarding::Relayed(path),
         };
         let written = self
             .storage

@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use damselfly_core::digest::format_crc32;
-use damselfly_core::PieceSpan;
-use damselfly_storage::{PieceCheck, Storage, StorageError};
+use damselfly_core::{PieceSpan, RelayPath, MAX_RELAY_HOPS};
+use damselfly_storage::{Forwarding, PieceCheck, PieceOrigin, Storage, StorageError};
 use damselfly_transfer::{
     download_piece_from, fetch_piece_from, serve_vortex, Delivery, PieceSource, RateLimiter,
     RequestKind, TransferError,
@@ -116,19 +116,7 @@ impl Pair {
 
     /// Waits until the child's own write of piece 0 has `bytes` of it in its file.
     async fn child_holds(&self, bytes: u64) {
-        let mut started = self.child.watch_piece_writes();
-        let mut progress = loop {
-            if let Some(progress) = self.child.piece_write_progress(&self.id, 0) {
-                break progress;
-            }
-            started.changed().await.expect("storage open");
-        };
-        while progress.borrow_and_update().written_to < self.span.offset + bytes {
-            progress
-                .changed()
-                .await
-                .expect("the child's write ended before it held the bytes");
-        }
+        holds(&self.child, &self.id, self.span.offset + bytes).await;
     }
 
     async fn child_bytes(&self) -> Vec<u8> {
@@ -185,59 +173,146 @@ async fn cut_through_fetch(
         .map(|fetched| fetched.delivery)
 }
 
-#[tokio::test]
-async fn a_piece_forwarded_to_a_relay_is_forwarded_again_only_once_recorded() {
-    let pair = pair(55, PIECE_LENGTH as usize).await;
-    let truth = content(PIECE_LENGTH as usize, 9);
-    // The child relays: it serves Vortex to a grandchild.
+/// A store with the pair's task prepared, serving Vortex until the pair shuts down.
+async fn relay(pair: &Pair, dir: &std::path::Path) -> (Storage, SocketAddr) {
+    let store = storage(dir);
+    let length = pair.parent.task(&pair.id).unwrap().unwrap().content_length;
+    store
+        .prepare_task(&pair.id, length, PIECE_LENGTH, vec![])
+        .await
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(serve_vortex(
         listener,
-        pair.child.clone(),
+        store.clone(),
         RateLimiter::unlimited(),
         pair.shutdown.clone(),
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let grandchild = storage(dir.path());
-    grandchild
-        .prepare_task(&pair.id, PIECE_LENGTH, PIECE_LENGTH, vec![])
-        .await
-        .unwrap();
+    (store, addr)
+}
+
+/// Waits until `store`'s write of piece 0 is in its file up to offset `end`.
+async fn holds(store: &Storage, id: &str, end: u64) {
+    let mut started = store.watch_piece_writes();
+    let mut progress = loop {
+        if let Some(progress) = store.piece_write_progress(id, 0) {
+            break progress;
+        }
+        started.changed().await.expect("storage open");
+    };
+    while progress.borrow_and_update().written_to < end {
+        progress
+            .changed()
+            .await
+            .expect("the write ended before it held the bytes");
+    }
+}
+
+#[tokio::test]
+async fn relays_forward_a_piece_still_arriving_until_its_path_is_full() {
+    let pair = pair(55, PIECE_LENGTH as usize).await;
+    let truth = content(PIECE_LENGTH as usize, 9);
     let (mut feed, parent_write) = pair.parent_receives(None);
     let buffer = damselfly_storage::WRITE_BUFFER_SIZE;
     feed.write_all(&truth[..buffer]).await.unwrap();
     pair.parent_writing().await;
-    let (child, id, span, addr) = (pair.child.clone(), pair.id.clone(), pair.span, pair.addr);
-    let relayed = tokio::spawn(async move { cut_through_fetch(addr, &child, &id, span).await });
-    pair.child_holds(buffer as u64).await;
 
-    // Bytes the relay forwards as they arrive are neither announced nor forwarded again: two
-    // relays could otherwise each follow the other's arriving copy.
-    assert!(pair.child.arriving_piece(&pair.id, 0).is_none());
-    assert!(pair.child.arriving_pieces(&pair.id).unwrap().is_empty());
-    let error = cut_through_fetch(relay, &grandchild, &pair.id, pair.span)
+    // A chain of relays, each following the one before it while the origin's bytes still
+    // arrive at the first: every relay but the last forwards what it has at once.
+    let dirs: Vec<_> = (0..=MAX_RELAY_HOPS)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut upstream = pair.addr;
+    let mut fetches = Vec::new();
+    let mut relays = Vec::new();
+    for (hops, dir) in (1..=MAX_RELAY_HOPS).zip(&dirs) {
+        let (store, addr) = relay(&pair, dir.path()).await;
+        let (child, id, span) = (store.clone(), pair.id.clone(), pair.span);
+        fetches.push(tokio::spawn(async move {
+            cut_through_fetch(upstream, &child, &id, span).await
+        }));
+        holds(&store, &pair.id, buffer as u64).await;
+        let shown = store.arriving_piece(&pair.id, 0).is_some();
+        assert_eq!(
+            shown,
+            hops < MAX_RELAY_HOPS,
+            "a relay {hops} stores down the path forwards while arriving: {shown}"
+        );
+        assert_eq!(
+            store.arriving_pieces(&pair.id).unwrap().len(),
+            usize::from(shown)
+        );
+        upstream = addr;
+        relays.push(store);
+    }
+    // The last relay holds its arriving bytes back: a store asking now is told to look
+    // elsewhere, which is no failure.
+    let (late, _) = relay(&pair, dirs[MAX_RELAY_HOPS].path()).await;
+    let error = cut_through_fetch(upstream, &late, &pair.id, pair.span)
         .await
         .unwrap_err();
     assert!(
         matches!(&error, TransferError::ArrivalStopped { number: 0, .. }),
-        "a piece the relay cannot forward is withdrawn, not a failure: {error}"
+        "a piece the relay cannot forward yet is withdrawn, not a failure: {error}"
     );
 
     feed.write_all(&truth[buffer..]).await.unwrap();
     parent_write.await.unwrap().unwrap();
-    assert_eq!(relayed.await.unwrap().unwrap(), Delivery::Forwarded);
-    // Recorded at the relay: served whole.
+    for fetch in fetches {
+        assert_eq!(fetch.await.unwrap().unwrap(), Delivery::Forwarded);
+    }
+    // Recorded at the last relay: served whole.
     assert_eq!(
-        cut_through_fetch(relay, &grandchild, &pair.id, pair.span)
+        cut_through_fetch(upstream, &late, &pair.id, pair.span)
             .await
             .unwrap(),
         Delivery::Whole
     );
-    let (_, mut reader) = grandchild.read_piece(&pair.id, 0).await.unwrap();
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).await.unwrap();
-    assert_eq!(sha256(&bytes), sha256(&truth));
+    for store in relays.iter().chain([&late]) {
+        let (_, mut reader) = store.read_piece(&pair.id, 0).await.unwrap();
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).await.unwrap();
+        assert_eq!(sha256(&bytes), sha256(&truth));
+    }
+    pair.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_store_never_follows_an_arriving_copy_that_its_own_bytes_feed() {
+    let pair = pair(56, PIECE_LENGTH as usize).await;
+    let truth = content(PIECE_LENGTH as usize, 10);
+    // The parent is relaying bytes that passed through the child on their way.
+    let (mut feed, pipe) = tokio::io::duplex(64 * 1024);
+    let path = RelayPath::default().then(pair.child.store_id());
+    let (parent, id, span) = (pair.parent.clone(), pair.id.clone(), pair.span);
+    let parent_write = tokio::spawn(async move {
+        let origin = PieceOrigin {
+            parent_id: Some("child"),
+            cost: Duration::ZERO,
+            forwarding: Forwarding::Relayed(path),
+        };
+        parent
+            .write_piece_unrecorded(&id, span, pipe, None, origin)
+            .await
+            .map(drop)
+    });
+    let buffer = damselfly_storage::WRITE_BUFFER_SIZE;
+    feed.write_all(&truth[..buffer]).await.unwrap();
+    pair.parent_writing().await;
+
+    let error = cut_through_fetch(pair.addr, &pair.child, &pair.id, pair.span)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, TransferError::ArrivalStopped { number: 0, .. })
+            && error.to_string().contains("own arriving copy"),
+        "{error}"
+    );
+    assert!(pair.child.piece(&pair.id, 0).unwrap().is_none());
+    assert!(pair.child.piece_write_progress(&pair.id, 0).is_none());
+    drop(feed);
+    assert!(parent_write.await.unwrap().is_err(), "its feed ended short");
     pair.shutdown.cancel();
 }
 
