@@ -1,6 +1,8 @@
 //! Pieces: write (checked against a digest) into the content file, record, read, announce.
 
-use crate::content::{stream_into_file, PieceHasher, PieceSums, SpanHasher, Streamed};
+use crate::content::{
+    start_writeback, stream_into_file, PieceHasher, PieceSums, SpanHasher, Streamed,
+};
 use crate::export::open_for_write;
 use crate::writers::{PieceWriter, WriteProgress, WriteSource, WriteState, FORWARDABLE};
 use crate::{
@@ -263,7 +265,11 @@ impl Storage {
         let (filled, writer) = tokio::task::spawn_blocking(move || {
             let filled = open_for_write(&path)
                 .map_err(|e| E::from(StorageError::from(e)))
-                .and_then(|file| fill(&file, &progress, hasher));
+                .and_then(|file| {
+                    let filled = fill(&file, &progress, hasher);
+                    start_writeback(&file, span.offset, span.length);
+                    filled
+                });
             (filled, writer)
         })
         .await

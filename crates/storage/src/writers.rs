@@ -213,6 +213,12 @@ impl WriteProgress {
             });
         }
     }
+
+    /// Whether a reader follows this write (a cut-through child, a range reader): one besides
+    /// the published entry's own receiver, which the progress map keeps while the write runs.
+    pub fn followed(&self) -> bool {
+        self.0.as_ref().is_some_and(|tx| tx.receiver_count() > 1)
+    }
 }
 
 #[cfg(test)]
