@@ -267,7 +267,9 @@ impl Storage {
                 .map_err(|e| E::from(StorageError::from(e)))
                 .and_then(|file| {
                     let filled = fill(&file, &progress, hasher);
-                    start_writeback(&file, span.offset, span.length);
+                    if matches!(filled, Ok(Some(_))) {
+                        start_writeback(&file, span.offset, span.length);
+                    }
                     filled
                 });
             (filled, writer)
