@@ -301,6 +301,50 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_through_answer_s_relay_path_is_parsed_or_a_protocol_error() {
+        let addr = SocketAddr::from(([127, 0, 0, 9], 4000));
+        let span = PieceSpan {
+            number: 0,
+            offset: 0,
+            length: 1,
+        };
+        let tag = Tag::Reserved(ARRIVING_CONTENT_TAG);
+        let answer = |parent_id: String| {
+            let mut content = BytesMut::new();
+            PieceContent {
+                metadata: WireMetadata {
+                    number: 0,
+                    offset: 0,
+                    length: 1,
+                    digest: String::new(),
+                    parent_id,
+                    traffic_type: 1,
+                    cost: std::time::Duration::ZERO,
+                    created_at: chrono::NaiveDateTime::default(),
+                },
+            }
+            .encode(&mut content);
+            decode_any_answer(tag, &content, addr, "t", span)
+        };
+        let store = damselfly_core::StoreId::random();
+        let path = RelayPath::default().then(&store);
+        assert_eq!(answer(path.to_wire()).unwrap(), Answer::Arriving(path));
+        let too_long = vec![store.as_str(); 17].join(",");
+        for garbage in [
+            "peer-id".to_string(),
+            "\u{0}".repeat(40),
+            format!("{},", store.as_str()),
+            too_long,
+        ] {
+            let error = answer(garbage.clone()).unwrap_err();
+            assert!(
+                matches!(&error, TransferError::Protocol(m) if m.contains("127.0.0.9:4000")),
+                "{garbage:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn oversized_answers_are_refused_before_reading() {
         let frame = [0u8, u8::from(Tag::PieceContent), 0xff, 0xff, 0xff, 0xff];
         let span = PieceSpan {
