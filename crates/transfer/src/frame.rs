@@ -267,34 +267,43 @@ mod tests {
         assert_eq!(refused.0, Code::InvalidArgument);
     }
 
-    #[test]
-    fn garbage_cut_through_answers_are_protocol_errors() {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        let span = PieceSpan {
-            number: 0,
-            offset: 0,
-            length: 1,
-        };
-        let tag = Tag::Reserved(ARRIVING_CONTENT_TAG);
-        for value in [&[][..], &[0xff; 7][..], &[0u8; 300][..]] {
-            let error = decode_any_answer(tag, value, addr, "t", span).unwrap_err();
-            assert!(matches!(error, TransferError::Protocol(_)), "{error}");
-        }
-        // An arriving piece is never a valid answer to a plain DownloadPiece.
+    /// The one-byte piece 0 the answer tests ask for.
+    const SPAN: PieceSpan = PieceSpan {
+        number: 0,
+        offset: 0,
+        length: 1,
+    };
+
+    /// The value of a cut-through answer for [`SPAN`] with `parent_id` (the relay path).
+    fn arriving_value(parent_id: String) -> BytesMut {
         let mut content = BytesMut::new();
         PieceContent {
             metadata: WireMetadata {
-                number: 0,
-                offset: 0,
-                length: 1,
+                number: SPAN.number,
+                offset: SPAN.offset,
+                length: SPAN.length,
                 digest: String::new(),
-                parent_id: String::new(),
+                parent_id,
                 traffic_type: 1,
                 cost: std::time::Duration::ZERO,
                 created_at: chrono::NaiveDateTime::default(),
             },
         }
         .encode(&mut content);
+        content
+    }
+
+    #[test]
+    fn garbage_cut_through_answers_are_protocol_errors() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let span = SPAN;
+        let tag = Tag::Reserved(ARRIVING_CONTENT_TAG);
+        for value in [&[][..], &[0xff; 7][..], &[0u8; 300][..]] {
+            let error = decode_any_answer(tag, value, addr, "t", span).unwrap_err();
+            assert!(matches!(error, TransferError::Protocol(_)), "{error}");
+        }
+        // An arriving piece is never a valid answer to a plain DownloadPiece.
+        let content = arriving_value(String::new());
         assert!(decode_any_answer(tag, &content, addr, "t", span).is_ok());
         let error = decode_answer_value(tag, &content, addr, "t", span).unwrap_err();
         assert!(error.to_string().contains("cut-through"), "{error}");
@@ -303,29 +312,9 @@ mod tests {
     #[test]
     fn a_cut_through_answer_s_relay_path_is_parsed_or_a_protocol_error() {
         let addr = SocketAddr::from(([127, 0, 0, 9], 4000));
-        let span = PieceSpan {
-            number: 0,
-            offset: 0,
-            length: 1,
-        };
         let tag = Tag::Reserved(ARRIVING_CONTENT_TAG);
-        let answer = |parent_id: String| {
-            let mut content = BytesMut::new();
-            PieceContent {
-                metadata: WireMetadata {
-                    number: 0,
-                    offset: 0,
-                    length: 1,
-                    digest: String::new(),
-                    parent_id,
-                    traffic_type: 1,
-                    cost: std::time::Duration::ZERO,
-                    created_at: chrono::NaiveDateTime::default(),
-                },
-            }
-            .encode(&mut content);
-            decode_any_answer(tag, &content, addr, "t", span)
-        };
+        let answer =
+            |parent_id: String| decode_any_answer(tag, &arriving_value(parent_id), addr, "t", SPAN);
         let store = damselfly_core::StoreId::random();
         let path = RelayPath::default().then(&store);
         assert_eq!(answer(path.to_wire()).unwrap(), Answer::Arriving(path));
