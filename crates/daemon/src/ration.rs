@@ -386,10 +386,18 @@ impl SeedRation {
             Some((given.level, given.bytes, now.duration_since(started)))
         });
         if let Some((level, bytes, took)) = first {
-            self.pace
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .flow_done(level, bytes, took, now);
+            let mut pace = self.pace.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = pace.limit();
+            pace.flow_done(level, bytes, took, now);
+            if pace.limit() != before {
+                tracing::debug!(
+                    before,
+                    after = pace.limit(),
+                    level,
+                    ?took,
+                    "ration: pace limit"
+                );
+            }
         }
         self.changed.notify_waiters();
     }
