@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-pub use damselfly_transfer::Pace;
+pub use damselfly_transfer::{FlowClock, Pace};
 
 /// Measured upload per child host, bits per second.
 pub type UploadRates = HashMap<String, u64>;
@@ -93,6 +93,9 @@ type Inner = Pin<Box<dyn Stream<Item = Item> + Send>>;
 pub struct SeedRation {
     /// How many given pieces may wait for their first upload, over all tasks.
     pace: Mutex<Pace>,
+    /// Given pieces being uploaded, integrated over time: a flow's level for the pace is the
+    /// average in flight over its life. Locked inside `tasks`, never the other way round.
+    clock: Mutex<FlowClock>,
     /// The children's measured upload, as the scheduler last told.
     rates: Mutex<Arc<UploadRates>>,
     tasks: Mutex<HashMap<String, TaskRation>>,
@@ -125,6 +128,8 @@ struct Given {
     /// waiting). Given pieces not asked for yet take no uplink, and counting them made a
     /// 50 Mbit/s seed look as if eight flows carried twice what four did.
     level: usize,
+    /// The flow clock's reading when it was first asked for.
+    clock_at_request: f64,
 }
 
 #[derive(Default)]
@@ -157,6 +162,7 @@ impl TaskRation {
                 requested_at: None,
                 bytes: piece.length,
                 level,
+                clock_at_request: 0.0,
             },
         );
     }
@@ -325,6 +331,7 @@ impl SeedRation {
     pub fn new(floor: usize, ceiling: usize) -> Arc<Self> {
         Arc::new(Self {
             pace: Mutex::new(Pace::new(floor, ceiling)),
+            clock: Mutex::default(),
             rates: Mutex::default(),
             tasks: Mutex::default(),
             changed: Notify::new(),
@@ -361,14 +368,20 @@ impl SeedRation {
                 return;
             }
             let flows: usize = tasks.values().map(|t| t.flows(now)).sum();
+            let reading = self.clock().set(flows + 1, now);
             if let Some(given) = tasks
                 .get_mut(task_id)
                 .and_then(|t| t.given.get_mut(&number))
             {
                 given.requested_at = Some(now);
                 given.level = flows + 1;
+                given.clock_at_request = reading;
             }
         });
+    }
+
+    fn clock(&self) -> std::sync::MutexGuard<'_, FlowClock> {
+        self.clock.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The Vortex server finished sending `number` of `task_id` to someone.
@@ -383,7 +396,18 @@ impl SeedRation {
             }
             given.uploaded_at = Some(now);
             let started = given.requested_at.unwrap_or(given.at);
-            Some((given.level, given.bytes, now.duration_since(started)))
+            let took = now.duration_since(started);
+            let (bytes, asked, level_at_give) =
+                (given.bytes, given.requested_at.is_some(), given.level);
+            let started_reading = given.clock_at_request;
+            let flows: usize = tasks.values().map(|t| t.flows(now)).sum();
+            let reading = self.clock().set(flows, now);
+            let level = if asked {
+                FlowClock::level(started_reading, reading, took)
+            } else {
+                level_at_give
+            };
+            Some((level, bytes, took))
         });
         if let Some((level, bytes, took)) = first {
             let mut pace = self.pace.lock().unwrap_or_else(PoisonError::into_inner);

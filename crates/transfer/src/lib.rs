@@ -31,7 +31,7 @@ pub use frame::{
 };
 pub use limiter::{acquire_all, RateLimiter, ThrottledReader, RATE_LIMIT_BURST};
 pub use metrics::register_metrics;
-pub use pace::{Pace, PACE_MARGINAL_SHARE, PACE_MEMORY, PACE_MIN_SAMPLES};
+pub use pace::{FlowClock, Pace, PACE_MARGINAL_SHARE, PACE_MEMORY, PACE_MIN_SAMPLES};
 pub use piece_server::{PieceFetcher, PieceServer};
 pub use quic::{
     bind_quic, serve_quic, QuicListener, QuicPieceClient, QuicSecurity, UnverifiedPeers,
