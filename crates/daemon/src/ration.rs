@@ -116,20 +116,27 @@ struct Given {
     child: String,
     at: Instant,
     uploaded_at: Option<Instant>,
-    /// Someone first asked the seed for it then. The pace times a flow from here, not from
+    /// When someone first asked the seed for it. The pace times a flow from here, not from
     /// the giving: a child may take seconds to ask while its fetch slots wait on other
     /// parents, and that wait says nothing about the seed's uplink (timed from the giving,
     /// the per-flow rates of a seed with five times the hosts' uplink were noise, and its
     /// pace fell back to the floor).
-    requested_at: Option<Instant>,
+    asked: Option<Asked>,
     bytes: u64,
     /// Flows on the seed's uplink when its own began, itself included: given pieces of all
     /// the seed's tasks asked for and not uploaded yet (until then, the given pieces
     /// waiting). Given pieces not asked for yet take no uplink, and counting them made a
-    /// 50 Mbit/s seed look as if eight flows carried twice what four did.
+    /// 50 Mbit/s seed look as if eight flows carried twice what four did. The pace takes
+    /// the average over the flow's life from the [`FlowClock`] instead; this count stands
+    /// in for a piece that left before anybody asked.
     level: usize,
-    /// The flow clock's reading when it was first asked for.
-    clock_at_request: f64,
+}
+
+/// The first ask for a given piece: when, and the flow clock's reading then.
+#[derive(Clone, Copy)]
+struct Asked {
+    at: Instant,
+    clock: f64,
 }
 
 #[derive(Default)]
@@ -159,10 +166,9 @@ impl TaskRation {
                 child: child.to_string(),
                 at: now,
                 uploaded_at: None,
-                requested_at: None,
+                asked: None,
                 bytes: piece.length,
                 level,
-                clock_at_request: 0.0,
             },
         );
     }
@@ -201,7 +207,7 @@ impl TaskRation {
     /// Given to someone and still waiting for its first upload, for at most
     /// [`RATION_SLOT_HOLD`], or [`RATION_REQUEST_WAIT`] while nobody asked for it.
     fn is_waiting(&self, given: &Given, now: Instant) -> bool {
-        let hold = if given.requested_at.is_some() {
+        let hold = if given.asked.is_some() {
             RATION_SLOT_HOLD
         } else {
             RATION_REQUEST_WAIT
@@ -223,7 +229,7 @@ impl TaskRation {
 
     /// Given pieces being uploaded: asked for and still waiting.
     fn flows(&self, now: Instant) -> usize {
-        self.count_waiting(now, |g| g.requested_at.is_some())
+        self.count_waiting(now, |g| g.asked.is_some())
     }
 
     fn waiting_for(&self, child: &str, now: Instant) -> usize {
@@ -363,7 +369,7 @@ impl SeedRation {
             let first_ask = tasks
                 .get(task_id)
                 .and_then(|t| t.given.get(&number))
-                .is_some_and(|g| g.requested_at.is_none());
+                .is_some_and(|g| g.asked.is_none());
             if !first_ask {
                 return;
             }
@@ -373,9 +379,11 @@ impl SeedRation {
                 .get_mut(task_id)
                 .and_then(|t| t.given.get_mut(&number))
             {
-                given.requested_at = Some(now);
+                given.asked = Some(Asked {
+                    at: now,
+                    clock: reading,
+                });
                 given.level = flows + 1;
-                given.clock_at_request = reading;
             }
         });
     }
@@ -395,18 +403,12 @@ impl SeedRation {
                 return None;
             }
             given.uploaded_at = Some(now);
-            let started = given.requested_at.unwrap_or(given.at);
-            let took = now.duration_since(started);
-            let (bytes, asked, level_at_give) =
-                (given.bytes, given.requested_at.is_some(), given.level);
-            let started_reading = given.clock_at_request;
+            let (asked, bytes, level_at_give, given_at) =
+                (given.asked, given.bytes, given.level, given.at);
+            let took = now.duration_since(asked.map_or(given_at, |a| a.at));
             let flows: usize = tasks.values().map(|t| t.flows(now)).sum();
             let reading = self.clock().set(flows, now);
-            let level = if asked {
-                FlowClock::level(started_reading, reading, took)
-            } else {
-                level_at_give
-            };
+            let level = asked.map_or(level_at_give, |a| FlowClock::level(a.clock, reading, took));
             Some((level, bytes, took))
         });
         if let Some((level, bytes, took)) = first {
@@ -857,7 +859,7 @@ mod tests {
         ration.with_tasks(|tasks| {
             let given = tasks.get_mut("t").unwrap().given.get_mut(&of_a[0]).unwrap();
             // a already holds the piece (it came from a peer): it never asks the seed.
-            given.requested_at = None;
+            given.asked = None;
             given.at = Instant::now() - RATION_REQUEST_WAIT;
         });
         let of_b = take(&ration, &mut b, 1).await;

@@ -222,10 +222,11 @@ mod tests {
         let mut pace = Pace::new(floor, 32);
         let mut now = Instant::now();
         let mut draw = Xorshift(0x9e37_79b9_7f4a_7c15);
+        let links = Links::new(seed_mbit, child_mbit, noise);
         for _ in 0..rounds {
             let k = pace.limit();
             for _ in 0..k {
-                Links::new(seed_mbit, child_mbit, noise).flow(&mut pace, &mut draw, &mut now, k);
+                links.flow(&mut pace, &mut draw, &mut now, k);
             }
         }
         pace.limit()
@@ -246,10 +247,11 @@ mod tests {
         let start = Instant::now();
         let mut now = start;
         let mut draw = Xorshift(0x2545_f491_4f6c_dd1d);
+        let links = Links::new(seed_mbit, child_mbit, noise);
         while now.duration_since(start).as_secs_f64() < seconds {
             let limit = pace.limit();
             let level = (limit - (draw.unit() * (short + 1) as f64) as usize).max(1);
-            Links::new(seed_mbit, child_mbit, noise).flow(&mut pace, &mut draw, &mut now, level);
+            links.flow(&mut pace, &mut draw, &mut now, level);
         }
         pace.limit()
     }
