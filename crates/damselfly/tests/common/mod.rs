@@ -68,6 +68,8 @@ pub fn free_ports<const N: usize>(ip: IpAddr) -> [u16; N] {
     std::array::from_fn(|i| listeners[i].local_addr().expect("local addr").port())
 }
 
+/// What dfscheduler logs once its gRPC port is bound (`damselfly_scheduler::server`).
+const SCHEDULER_SERVING: &str = "scheduler serving";
 /// Attempts to start a process on freshly picked ports when another process took one of them
 /// between the pick and the bind.
 const PORT_RACE_ATTEMPTS: u32 = 3;
@@ -574,6 +576,7 @@ impl Cluster {
     }
 
     /// Starts dfscheduler on fresh ports; `Err` carries its log when it exited before listening.
+    /// Ready once its log says it bound its gRPC port and that port accepts.
     fn try_start_scheduler(&mut self, extra: &[String]) -> Result<SchedulerInfo, String> {
         let ip: IpAddr = Ipv4Addr::LOCALHOST.into();
         let [grpc, metrics, http] = free_ports::<3>(ip);
@@ -599,7 +602,10 @@ impl Cluster {
                 let text = fs::read_to_string(&log).unwrap_or_default();
                 return Err(format!("{status}\n{text}"));
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // Its own "serving" line, not only a connection: another test's process may hold
+            // the port (this one then exits with "already in use", seen in `.ci/run`).
+            let serving = fs::read_to_string(&log).is_ok_and(|t| t.contains(SCHEDULER_SERVING));
+            if serving && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 break;
             }
             assert!(
