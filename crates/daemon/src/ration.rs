@@ -236,6 +236,18 @@ impl TaskRation {
         self.count_waiting(now, |g| g.child == child)
     }
 
+    /// The child was given a piece it has not asked for yet (for at most
+    /// [`RATION_REQUEST_WAIT`]). It gets no more until it asks: a child asks for a given piece
+    /// within milliseconds while it has room for seed pieces, so one waiting is its next
+    /// fetch ready, and more would only wait on it. The first child's stream opens a fraction
+    /// of a millisecond before the others', and was given all four pieces in flight; a
+    /// Damselfly child asks for two at a time from a seed, and when that child uploaded at a
+    /// tenth of the others' rate (bench/netns, half the uplinks at 10 Mbit/s), every host
+    /// fetched all four from it, 28 flows on its 10 Mbit/s, and the seed sent them again.
+    fn has_unasked(&self, child: &str, now: Instant) -> bool {
+        self.count_waiting(now, |g| g.child == child && g.asked.is_none()) > 0
+    }
+
     /// A child's share of the pieces in flight: all of them for a lone child, one each when
     /// there are more children than pieces. Slow children do not count: they get a piece
     /// only when the others leave one.
@@ -276,6 +288,7 @@ impl TaskRation {
             .iter()
             .filter(|(_, want)| now.duration_since(want.seen) < WANT_STALE_AFTER)
             .filter(|(child, _)| self.waiting_for(child, now) < share)
+            .filter(|(child, _)| !self.has_unasked(child, now))
             // A slow uploader gets first copies only when no fast child is left to take them.
             .filter(|(child, _)| !(any_quick && speeds.is_slow(child)))
             .map(|(child, want)| (key(child, want), child))
@@ -630,8 +643,9 @@ mod tests {
         })
     }
 
-    /// Up to `n` pieces the stream shows within 300 ms each, asked for at once as a child
-    /// would (so a slow test machine does not free their slots, see [`RATION_REQUEST_WAIT`]).
+    /// Up to `n` pieces the stream shows within 300 ms each, each asked for at once as a
+    /// child would (so a slow test machine does not free their slots, see
+    /// [`RATION_REQUEST_WAIT`]).
     async fn take(
         ration: &SeedRation,
         stream: &mut (impl Stream<Item = Item> + Unpin),
@@ -644,13 +658,20 @@ mod tests {
                 Ok(Some(Ok(p))) => got.push(p.number),
                 _ => break,
             }
-        }
-        for &number in &got {
             for task in ["t", "t1", "t2"] {
-                ration.requested(task, number);
+                ration.requested(task, got[got.len() - 1]);
             }
         }
         got
+    }
+
+    /// The next piece the stream shows within 300 ms, not asked for.
+    async fn shown(stream: &mut (impl Stream<Item = Item> + Unpin)) -> Option<u32> {
+        let next = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+        match next {
+            Ok(Some(Ok(p))) => Some(p.number),
+            _ => None,
+        }
     }
 
     #[tokio::test]
@@ -683,13 +704,13 @@ mod tests {
         // flow's level from the pieces asked for and not uploaded when it began.
         let ration = SeedRation::new(IN_FLIGHT, IN_FLIGHT);
         let all = || futures::stream::iter((0..16).map(piece));
-        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
-        let mut given = Vec::new();
-        for _ in 0..IN_FLIGHT {
-            let next = tokio::time::timeout(Duration::from_millis(300), a.next()).await;
-            if let Ok(Some(Ok(p))) = next {
-                given.push(p.number);
-            }
+        // One piece for each of four children (a child gets no second piece before it asks
+        // for its first); the streams stay open, as a closed one returns its child's pieces.
+        let (mut given, mut streams) = (Vec::new(), Vec::new());
+        for child in ["a", "b", "c", "d"] {
+            let mut stream = Box::pin(ration.wrap("t".into(), child.into(), all()));
+            given.extend(shown(&mut stream).await);
+            streams.push(stream);
         }
         assert_eq!(given.len(), IN_FLIGHT, "{given:?}");
         let level = |number: u32| ration.with_tasks(|tasks| tasks["t"].given[&number].level);
@@ -702,6 +723,23 @@ mod tests {
         ration.uploaded("t", given[0]);
         ration.requested("t", given[2]);
         assert_eq!(level(given[2]), 2, "the first one left the seed");
+    }
+
+    #[tokio::test]
+    async fn a_child_gets_no_second_piece_before_it_asks_for_the_first() {
+        // The first child's stream opens just before the others'. It is given one of the
+        // four pieces in flight, not all four; the others go to the children after it.
+        let ration = SeedRation::new(IN_FLIGHT, IN_FLIGHT);
+        let all = || futures::stream::iter((0..16).map(piece));
+        let mut a = Box::pin(ration.wrap("t".into(), "a".into(), all()));
+        let first = shown(&mut a).await.expect("a's first piece");
+        assert_eq!(shown(&mut a).await, None, "a has not asked for {first}");
+        let mut b = Box::pin(ration.wrap("t".into(), "b".into(), all()));
+        let second = shown(&mut b).await.expect("b's first piece");
+        assert_ne!(first, second);
+        ration.requested("t", first);
+        let third = shown(&mut a).await.expect("a asked, so it gets its next");
+        assert!(![first, second].contains(&third), "{third}");
     }
 
     #[tokio::test]

@@ -252,6 +252,7 @@ fn a_piece_still_arriving_is_forwarded_to_a_second_daemon() {
     assert_eq!(turns.sum("damselfly_upload_paced", &[]), 0.0);
     assert_eq!(turns.sum("damselfly_upload_waiting", &[]), 0.0);
     assert_eq!(turns.sum("damselfly_upload_limit", &[]), 256.0);
+    assert_eq!(turns.sum("damselfly_upload_suspended_total", &[]), 0.0);
     let b_traffic = b.traffic();
     assert_eq!(b_traffic.remote_normal, size as f64, "{b_traffic:?}");
     c.assert_no_panics();

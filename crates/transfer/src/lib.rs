@@ -45,5 +45,5 @@ pub use vortex::{
     download_piece_from, download_piece_vortex, fetch_piece_from, serve_vortex, serve_vortex_with,
     Delivery, FetchedPiece, PieceSource, UploadHook, VortexServerConfig, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_OPEN_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_SEND_TIMEOUT, DELIVERY_WAIT, SEND_CHUNK_SIZE,
+    DEFAULT_SEND_TIMEOUT, DELIVERY_WAIT, SEND_CHUNK_SIZE, UPLOAD_UNSENT_LIMIT,
 };

@@ -76,6 +76,18 @@ pub static UPLOAD_PACED: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Uploads that gave their turn back midway and waited in line again (`UploadSlots`): a
+/// thin uplink keeps only as many going as its pace allows.
+pub static UPLOAD_SUSPENDED_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "damselfly_upload_suspended_total",
+            "Uploads that gave their turn back midway and waited in line again.",
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
 /// Origin HTTP requests, by result (`success`, `failure`).
 pub static BACKEND_REQUEST_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
@@ -98,6 +110,7 @@ pub fn register_metrics() {
     LazyLock::force(&UPLOAD_WAITING);
     LazyLock::force(&UPLOAD_LIMIT);
     LazyLock::force(&UPLOAD_PACED);
+    LazyLock::force(&UPLOAD_SUSPENDED_TOTAL);
     LazyLock::force(&BACKEND_REQUEST_TOTAL);
 }
 

@@ -23,9 +23,19 @@
 //! Only a thin uplink is paced ([`UplinkMeter`]): elsewhere every request up to the ceiling
 //! is sent at once, as the children's downlinks, not this uplink, set the flows' rates.
 //!
+//! Uploads that started before the uplink was measured thin do not keep their turns: a
+//! sender asks [`UploadSlots::keep_turn`] between writes, and while more uploads run than
+//! the pace allows, the ones that rank last give their turn back and wait in line again
+//! where they stopped. They rank as [`State::keeps`] says: first copies first, the pieces
+//! most asked for here next, then the most sent.
+//! The uplink is measured thin only after two 2 s windows, and by then every fast peer had
+//! asked a 10 Mbit/s host for the piece it alone held (bench/netns, half the uplinks at
+//! 10 Mbit/s): seven copies at a seventh of the uplink each took 30-36 s, where one copy
+//! to a fast peer takes 3.4 s and that peer passes it on at ten times the rate.
+//!
 //! TCP and QUIC share one `UploadSlots`: they share the host's uplink.
 
-use crate::metrics::{UPLOAD_LIMIT, UPLOAD_PACED, UPLOAD_WAITING};
+use crate::metrics::{UPLOAD_LIMIT, UPLOAD_PACED, UPLOAD_SUSPENDED_TOTAL, UPLOAD_WAITING};
 use crate::pace::Pace;
 use crate::uplink::UplinkMeter;
 use std::collections::HashMap;
@@ -64,6 +74,14 @@ struct State {
     copies: HashMap<PieceKey, u32>,
     /// Uploads in flight per child address.
     per_child: HashMap<IpAddr, usize>,
+    /// Uploads in flight by their turn's id: the piece and how much of it went out.
+    running: HashMap<u64, Running>,
+}
+
+/// One upload in flight.
+struct Running {
+    piece: PieceKey,
+    sent: u64,
 }
 
 struct Waiter {
@@ -77,6 +95,8 @@ struct Waiter {
 /// One upload's turn; dropping it frees the turn for the next in line.
 pub struct UploadSlot {
     slots: Arc<UploadSlots>,
+    /// The turn's id among the uploads in flight; also its place in line if it waits again.
+    id: u64,
     piece: PieceKey,
     child: IpAddr,
     /// Uploads in flight when it started, itself included.
@@ -84,6 +104,10 @@ pub struct UploadSlot {
     started: Instant,
     /// Bytes sent, once the piece went out whole.
     sent: Option<u64>,
+    /// It waited in line again after it had begun: its time says nothing about the pace.
+    resumed: bool,
+    /// It holds a turn; one given back (to wait in line again) frees nothing when dropped.
+    holds: bool,
 }
 
 impl std::fmt::Debug for UploadSlot {
@@ -104,14 +128,18 @@ impl UploadSlot {
     /// The piece went out whole: `bytes` of content. Counts towards the pace when the turn
     /// is given back.
     pub fn finished(&mut self, bytes: u64) {
-        self.sent = Some(bytes);
+        if !self.resumed {
+            self.sent = Some(bytes);
+        }
     }
 }
 
 impl Drop for UploadSlot {
     fn drop(&mut self) {
-        self.slots
-            .release(self.child, self.level, self.started, self.sent);
+        if self.holds {
+            self.slots
+                .release(self.id, self.child, self.level, self.started, self.sent);
+        }
     }
 }
 
@@ -151,8 +179,7 @@ impl UploadSlots {
         let now = Instant::now();
         let handoffs = {
             let mut state = self.lock();
-            update(&mut state.meter, now);
-            if !state.follow_verdict() {
+            if !state.observe(update, now) {
                 return;
             }
             state.hand_out(now)
@@ -189,16 +216,16 @@ impl UploadSlots {
             let (sending, line) = (state.sending, !state.line.is_empty());
             state.meter.demand(sending + 1, line, now);
             state.follow_verdict();
-            if state.line.is_empty() && state.sending < state.allowed() {
-                let level = state.start(&piece, child);
-                return self.slot(piece, child, level);
-            }
-            let (handoff, waiting) = oneshot::channel();
             let seq = state.next_seq;
             state.next_seq += 1;
+            if state.line.is_empty() && state.sending < state.allowed() {
+                let level = state.start(seq, &piece, child);
+                return self.slot(seq, piece, child, level);
+            }
+            let (handoff, waiting) = oneshot::channel();
             state.line.push(Waiter {
                 seq,
-                since: Instant::now(),
+                since: now,
                 piece,
                 child,
                 handoff,
@@ -206,30 +233,70 @@ impl UploadSlots {
             state.publish();
             waiting
         };
-        // The sender lives in the line until it hands a turn over, and `UploadSlots` outlives
-        // every waiter (they hold an `Arc`), so the channel only closes by handing one over.
+        self.turn_from(waiting).await
+    }
+
+    /// The turn handed over to a waiter. The sender lives in the line until it hands a turn
+    /// over, and `UploadSlots` outlives every waiter (they hold an `Arc`), so the channel only
+    /// closes by handing one over.
+    async fn turn_from(self: &Arc<Self>, waiting: oneshot::Receiver<UploadSlot>) -> UploadSlot {
         match waiting.await {
             Ok(slot) => slot,
             Err(_) => unreachable_turn(self),
         }
     }
 
-    fn slot(self: &Arc<Self>, piece: PieceKey, child: IpAddr, level: usize) -> UploadSlot {
+    /// Called by a sender between writes, `sent` bytes of the piece out: returns at once
+    /// while the upload keeps its turn; else gives the turn back, waits in line again and
+    /// returns with a new one (see the module's notes). Cancel-safe like [`Self::acquire`].
+    pub async fn keep_turn(self: &Arc<Self>, turn: &mut UploadSlot, sent: u64) {
+        let (handoffs, waiting) = {
+            let mut state = self.lock();
+            if let Some(running) = state.running.get_mut(&turn.id) {
+                running.sent = sent;
+            }
+            if !turn.holds || state.keeps(turn.id) {
+                return;
+            }
+            turn.holds = false;
+            let waiting = state.suspend(turn);
+            (state.hand_out(Instant::now()), waiting)
+        };
+        self.hand_over(handoffs);
+        UPLOAD_SUSPENDED_TOTAL.inc();
+        tracing::debug!(number = turn.piece.1, sent, "upload waits for a turn again");
+        let mut resumed = self.turn_from(waiting).await;
+        resumed.resumed = true;
+        // The old turn was given back: dropping it frees nothing.
+        *turn = resumed;
+    }
+
+    fn slot(self: &Arc<Self>, id: u64, piece: PieceKey, child: IpAddr, level: usize) -> UploadSlot {
         UploadSlot {
             slots: Arc::clone(self),
+            id,
             piece,
             child,
             level,
             started: Instant::now(),
             sent: None,
+            resumed: false,
+            holds: true,
         }
     }
 
-    fn release(self: &Arc<Self>, child: IpAddr, level: usize, started: Instant, sent: Option<u64>) {
+    fn release(
+        self: &Arc<Self>,
+        id: u64,
+        child: IpAddr,
+        level: usize,
+        started: Instant,
+        sent: Option<u64>,
+    ) {
         let now = Instant::now();
         let handoffs = {
             let mut state = self.lock();
-            state.finish(child);
+            state.finish(id, child);
             if let (Some(bytes), true) = (sent, state.paced) {
                 state
                     .pace
@@ -244,7 +311,7 @@ impl UploadSlots {
     /// back through `release`.
     fn hand_over(self: &Arc<Self>, handoffs: Vec<(Waiter, usize)>) {
         for (waiter, level) in handoffs {
-            let slot = self.slot(waiter.piece, waiter.child, level);
+            let slot = self.slot(waiter.seq, waiter.piece, waiter.child, level);
             drop(waiter.handoff.send(slot));
         }
     }
@@ -258,8 +325,13 @@ impl UploadSlots {
 /// out rather than a panic on a request path.
 fn unreachable_turn(slots: &Arc<UploadSlots>) -> UploadSlot {
     let child = IpAddr::from([0, 0, 0, 0]);
-    let level = slots.lock().start(&(String::new(), 0), child);
-    slots.slot((String::new(), 0), child, level)
+    let (id, level) = {
+        let mut state = slots.lock();
+        let id = state.next_seq;
+        state.next_seq += 1;
+        (id, state.start(id, &(String::new(), 0), child))
+    };
+    slots.slot(id, (String::new(), 0), child, level)
 }
 
 impl State {
@@ -275,6 +347,7 @@ impl State {
             next_seq: 0,
             copies: HashMap::new(),
             per_child: HashMap::new(),
+            running: HashMap::new(),
         }
     }
 
@@ -285,6 +358,17 @@ impl State {
         } else {
             self.ceiling
         }
+    }
+
+    /// Updates the meter, with the uploads in flight as demand; true when its verdict
+    /// changed. Uploads that run through a window are demand as much as new requests: a
+    /// 10 Mbit/s host whose seven uploads began in its first seconds got no request for
+    /// 30 s after, so no window counted as busy and it was never paced (bench/netns).
+    fn observe(&mut self, update: impl FnOnce(&mut UplinkMeter, Instant), now: Instant) -> bool {
+        update(&mut self.meter, now);
+        let line = !self.line.is_empty();
+        self.meter.demand(self.sending, line, now);
+        self.follow_verdict()
     }
 
     /// Follows the meter's verdict; true when it changed. A newly thin uplink starts its pace
@@ -301,18 +385,76 @@ impl State {
         true
     }
 
-    /// An upload of `piece` to `child` starts; returns its level.
-    fn start(&mut self, piece: &PieceKey, child: IpAddr) -> usize {
+    /// Upload `id` of `piece` to `child` starts; returns its level.
+    fn start(&mut self, id: u64, piece: &PieceKey, child: IpAddr) -> usize {
         if self.copies.len() >= COPIES_REMEMBERED && !self.copies.contains_key(piece) {
             self.copies.clear();
         }
         *self.copies.entry(piece.clone()).or_default() += 1;
         *self.per_child.entry(child).or_default() += 1;
+        let sent = 0;
+        let piece = piece.clone();
+        self.running.insert(id, Running { piece, sent });
         self.sending += 1;
         self.sending
     }
 
-    fn finish(&mut self, child: IpAddr) {
+    /// Whether upload `id` keeps its turn: always while no more run than allowed; else the
+    /// allowed number of them: the most advanced copy of each piece first (a first copy a
+    /// fast peer can pass on), the pieces most asked for here before the others, then the
+    /// most sent. Peers ask a thin uplink for a piece when nobody faster holds it, so the
+    /// piece most of them wait for here is the one they cannot get elsewhere (bench/netns:
+    /// ranked by bytes sent alone, a 10 Mbit/s host kept sending pieces the fast hosts held
+    /// and held back the one it alone had, which four of them were waiting for).
+    fn keeps(&self, id: u64) -> bool {
+        let allowed = self.allowed();
+        if self.running.len() <= allowed {
+            return true;
+        }
+        let mut asked: HashMap<&PieceKey, usize> = HashMap::new();
+        let pieces = self.running.values().map(|r| &r.piece);
+        for piece in pieces.chain(self.line.iter().map(|w| &w.piece)) {
+            *asked.entry(piece).or_default() += 1;
+        }
+        let mut by_progress: Vec<(&u64, &Running)> = self.running.iter().collect();
+        by_progress.sort_by_key(|(id, r)| {
+            let asked = asked.get(&r.piece).copied().unwrap_or(0);
+            (std::cmp::Reverse(asked), std::cmp::Reverse(r.sent), **id)
+        });
+        let mut pieces = std::collections::HashSet::new();
+        let (firsts, repeats): (Vec<_>, Vec<_>) = by_progress
+            .into_iter()
+            .partition(|(_, r)| pieces.insert(&r.piece));
+        firsts
+            .into_iter()
+            .chain(repeats)
+            .take(allowed)
+            .any(|(kept, _)| *kept == id)
+    }
+
+    /// `turn` gives its turn back and waits in line again, in its old place: returns what
+    /// the next turn comes through. Its copy no longer counts as sent.
+    fn suspend(&mut self, turn: &UploadSlot) -> oneshot::Receiver<UploadSlot> {
+        self.finish(turn.id, turn.child);
+        if let Some(copies) = self.copies.get_mut(&turn.piece) {
+            *copies -= 1;
+            if *copies == 0 {
+                self.copies.remove(&turn.piece);
+            }
+        }
+        let (handoff, waiting) = oneshot::channel();
+        self.line.push(Waiter {
+            seq: turn.id,
+            since: Instant::now(),
+            piece: turn.piece.clone(),
+            child: turn.child,
+            handoff,
+        });
+        waiting
+    }
+
+    fn finish(&mut self, id: u64, child: IpAddr) {
+        self.running.remove(&id);
         self.sending = self.sending.saturating_sub(1);
         if let Some(count) = self.per_child.get_mut(&child) {
             *count -= 1;
@@ -343,7 +485,7 @@ impl State {
                 break;
             };
             let waiter = self.line.swap_remove(next);
-            let level = self.start(&waiter.piece, waiter.child);
+            let level = self.start(waiter.seq, &waiter.piece, waiter.child);
             handoffs.push((waiter, level));
         }
         self.publish();
@@ -514,6 +656,91 @@ mod tests {
             state.pace.flow_done(k, PIECE, took, t);
         }
         state.allowed()
+    }
+
+    /// Asks in the background whether `turn`, `sent` bytes out, keeps its turn; the task's
+    /// result is the turn it holds after.
+    fn keep_in_background(
+        slots: &Arc<UploadSlots>,
+        mut turn: UploadSlot,
+        sent: u64,
+    ) -> tokio::task::JoinHandle<UploadSlot> {
+        let slots = Arc::clone(slots);
+        tokio::spawn(async move {
+            slots.keep_turn(&mut turn, sent).await;
+            turn
+        })
+    }
+
+    #[tokio::test]
+    async fn uploads_begun_before_the_uplink_measured_thin_give_back_their_turns() {
+        let slots = UploadSlots::new(2, 64);
+        // Unpaced, every request starts at once: two copies of piece 0 (this host alone
+        // holds it), one of piece 1.
+        let mut most_sent = slots.acquire("t", 0, child(1)).await;
+        let mut less_sent = slots.acquire("t", 0, child(2)).await;
+        let mut other_piece = slots.acquire("t", 1, child(3)).await;
+        let mut least_asked = slots.acquire("t", 2, child(4)).await;
+        slots.keep_turn(&mut most_sent, 3 << 20).await;
+        slots.keep_turn(&mut less_sent, 1 << 20).await;
+        slots.keep_turn(&mut least_asked, 2 << 20).await;
+        assert_eq!(
+            slots.sending(),
+            4,
+            "an uplink not measured thin keeps every upload"
+        );
+        let mut t = Instant::now();
+        measure_thin(&mut slots.lock(), &mut t);
+        assert_eq!(slots.limit(), 2);
+        // A second child asks for piece 1 and waits in line.
+        let second_ask = ask(&slots, 1, 5);
+        line_holds(&slots, 1).await;
+        // Two may go on: the most advanced copy of each piece, the pieces most asked for
+        // first. Piece 2 was asked for once here and gives its turn back although it sent
+        // more than the copy of piece 1, and the second copy of piece 0 waits too.
+        slots.keep_turn(&mut most_sent, 3 << 20).await;
+        slots.keep_turn(&mut other_piece, 0).await;
+        let least_waits = keep_in_background(&slots, least_asked, 2 << 20);
+        line_holds(&slots, 2).await;
+        assert_eq!(slots.sending(), 3);
+        let waits = keep_in_background(&slots, less_sent, 1 << 20);
+        line_holds(&slots, 3).await;
+        assert_eq!(slots.sending(), 2);
+        assert!(!waits.is_finished());
+        let within = |task| tokio::time::timeout(Duration::from_secs(5), task);
+        // A freed turn: piece 2 never went out whole, so it is a first copy again and goes
+        // before the waiting copies of pieces 0 and 1, which are being sent already.
+        drop(most_sent);
+        let first_copy = within(least_waits).await.expect("resumes").unwrap();
+        assert_eq!(first_copy.piece.1, 2);
+        assert!(first_copy.resumed, "its time no longer measures the uplink");
+        assert_eq!((slots.sending(), slots.waiting()), (2, 2));
+        drop(first_copy);
+        let resumed = within(waits).await.expect("resumes").unwrap();
+        assert_eq!(resumed.piece.1, 0, "in its old place in line");
+        drop((resumed, other_piece));
+        assert_eq!(second_ask.await.unwrap(), 1);
+        assert_eq!(slots.sending(), 0, "every turn came back once");
+        assert_eq!(slots.waiting(), 0);
+    }
+
+    #[test]
+    fn uploads_running_through_windows_are_demand() {
+        // Three uploads began at once; no request came after them. Their bytes trickle out
+        // at a tenth of what the host downloads: the uplink is thin.
+        let mut state = State::new(2, 64);
+        for (id, child_n) in [(0, 1), (1, 2), (2, 3)] {
+            state.start(id, &("t".to_string(), 0), child(child_n));
+        }
+        let mut t = Instant::now();
+        let step = crate::uplink::UPLINK_WINDOW / 4;
+        for _ in 0..(4 * crate::uplink::THIN_WINDOWS + 1) {
+            state.observe(|m, now| m.downloaded(25 << 20 >> 2, now), t);
+            state.observe(|m, now| m.uploaded(2 << 20 >> 2, now), t);
+            t += step;
+        }
+        assert!(state.paced);
+        assert_eq!(state.allowed(), 2);
     }
 
     #[test]
