@@ -216,8 +216,7 @@ impl UploadSlots {
             let (sending, line) = (state.sending, !state.line.is_empty());
             state.meter.demand(sending + 1, line, now);
             state.follow_verdict();
-            let seq = state.next_seq;
-            state.next_seq += 1;
+            let seq = state.take_seq();
             if state.line.is_empty() && state.sending < state.allowed() {
                 let level = state.start(seq, &piece, child);
                 return self.slot(seq, piece, child, level);
@@ -327,8 +326,7 @@ fn unreachable_turn(slots: &Arc<UploadSlots>) -> UploadSlot {
     let child = IpAddr::from([0, 0, 0, 0]);
     let (id, level) = {
         let mut state = slots.lock();
-        let id = state.next_seq;
-        state.next_seq += 1;
+        let id = state.take_seq();
         (id, state.start(id, &(String::new(), 0), child))
     };
     slots.slot(id, (String::new(), 0), child, level)
@@ -349,6 +347,13 @@ impl State {
             per_child: HashMap::new(),
             running: HashMap::new(),
         }
+    }
+
+    /// A new request's id: its place in line, and its turn's id once it has one.
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
     }
 
     /// Uploads allowed at once: the pace's limit on a thin uplink, else the ceiling.
