@@ -56,6 +56,13 @@ pub struct ParentLoad {
 }
 
 impl ParentLoad {
+    /// This load with `guess` standing in for a delivered rate not measured yet.
+    pub fn delivered_or(&self, guess: Option<u64>) -> ParentLoad {
+        let mut load = self.clone();
+        load.delivered = load.delivered.or(guess);
+        load
+    }
+
     /// Spare upload bandwidth per piece we would have in flight with one more piece. A busy
     /// parent keeps a floor of 10 % of its capacity, as Dragonfly's selector, so it still
     /// gets some work.

@@ -16,7 +16,10 @@ use tracing::debug;
 /// `interested` means every piece. Err(TaskNotFound) if the task is unknown, Err(TaskFailed)
 /// if it failed. Each answer carries our Vortex TCP port and, if we serve QUIC, its port.
 /// With `announce` [`Announce::Arriving`] (a Damselfly child that asked for cut-through), a
-/// piece is announced as soon as its write starts here, not when it is recorded.
+/// piece is announced as soon as its write starts here, not when it is recorded, and again
+/// once recorded: to such a child every piece is announced twice, the second time when it is
+/// recorded here (a piece already recorded at its first announcement is announced twice at
+/// once). The child tells a copy that may still be arriving from one recorded by that.
 pub fn sync_pieces_stream(
     storage: Storage,
     task_id: String,
@@ -112,7 +115,7 @@ impl SyncState {
     async fn next(&mut self) -> Option<Result<SyncPiecesResponse, tonic::Status>> {
         loop {
             if let Some((piece, stage)) = self.backlog.pop_front() {
-                if self.first_or_now_whole(piece.number, stage) {
+                if self.first_or_now_whole(piece, stage) {
                     return Some(Ok(self.response(&piece)));
                 }
                 continue;
@@ -180,8 +183,10 @@ impl SyncState {
     }
 
     /// Whether a queued announcement still goes out: the first of its piece, or the piece
-    /// whole after it was announced arriving.
-    fn first_or_now_whole(&mut self, number: u32, stage: Stage) -> bool {
+    /// whole after it was announced arriving. To a cut-through child, a piece recorded at
+    /// its first announcement goes out a second time right after it.
+    fn first_or_now_whole(&mut self, span: PieceSpan, stage: Stage) -> bool {
+        let number = span.number;
         let first = self.sent.insert(number);
         match stage {
             Stage::Arriving if first => {
@@ -189,6 +194,11 @@ impl SyncState {
                 true
             }
             Stage::Arriving => false,
+            Stage::Whole if first && self.announce == Announce::Arriving => {
+                self.awaiting_whole.insert(number);
+                self.backlog.push_front((span, Stage::Whole));
+                true
+            }
             Stage::Whole => self.awaiting_whole.remove(&number) || first,
         }
     }

@@ -332,7 +332,10 @@ impl Connection {
             if now.recorded && sent == span.end() {
                 break;
             }
-            if !self.arrival_moves(&mut state).await? {
+            self.config.slots.awaits_arrival(turn, true);
+            let moved = self.arrival_moves(&mut state).await;
+            self.config.slots.awaits_arrival(turn, false);
+            if !moved? {
                 if sent < span.end() {
                     return Err(Refusal::Drop(format!(
                         "piece {number} stopped arriving after {} bytes",

@@ -232,3 +232,49 @@ async fn a_cut_through_child_hears_of_pieces_as_their_write_starts() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_cut_through_child_hears_of_a_recorded_piece_twice() {
+    // A cut-through child tells a copy recorded here (announced twice) from one that may
+    // still be arriving (announced once so far); an official child hears of it once.
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage(dir.path());
+    let id = task_id(8);
+    let data = content(2 * PIECE as usize, 8);
+    let task = storage
+        .prepare_task(&id, data.len() as u64, PIECE, vec![])
+        .await
+        .unwrap();
+    let spans: Vec<_> = task.layout().spans().collect();
+    write(&storage, &id, &data, spans[0]).await;
+    let open = |announce| {
+        let stream = sync_pieces_stream(
+            storage.clone(),
+            id.clone(),
+            vec![],
+            "ip".into(),
+            NO_QUIC,
+            announce,
+        );
+        Box::pin(stream.unwrap())
+    };
+    let mut arriving = open(Announce::Arriving);
+    let mut recorded = open(Announce::Recorded);
+    write(&storage, &id, &data, spans[1]).await;
+    assert_eq!(heard(&mut arriving).await, vec![0, 0, 1, 1]);
+    assert_eq!(heard(&mut recorded).await, vec![0, 1]);
+}
+
+/// Every piece number a stream announces until it ends.
+async fn heard(
+    stream: &mut (impl futures::Stream<Item = Result<SyncPiecesResponse, tonic::Status>> + Unpin),
+) -> Vec<u32> {
+    let mut numbers = Vec::new();
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+    {
+        numbers.push(item.unwrap().number);
+    }
+    numbers
+}

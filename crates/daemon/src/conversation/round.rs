@@ -74,6 +74,19 @@ impl RoundEnd {
     }
 }
 
+/// What a holder's announcements say of its copy of a missing piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeldCopy {
+    /// Announced once by a parent that forwards pieces still arriving (cut-through), heard
+    /// at this instant: the copy may still be arriving there, and its bytes may come from
+    /// our own fetch of the piece, directly or over other hosts.
+    MaybeArriving(Instant),
+    /// Announced by a parent that announces recorded pieces only, or announced again (a
+    /// cut-through parent announces every piece a second time, when it is recorded there;
+    /// see `damselfly_transfer::sync_pieces_stream`).
+    Whole,
+}
+
 /// A piece in flight: from whom, since when, and how far its write has come (the content
 /// file offset written to, when the shell told us).
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +115,10 @@ pub(super) struct Round {
     idle: BTreeSet<u32>,
     /// Which live parents have which missing piece.
     holders: BTreeMap<u32, Vec<usize>>,
+    /// What each holder's announcements said of its copy, by piece and parent. Kept when a
+    /// holder withdraws or fails a piece (unlike `holders`), so its next announcement of the
+    /// piece, the one it sends once the piece is recorded, counts as whole.
+    copies: BTreeMap<(u32, usize), HeldCopy>,
     /// Pieces in flight, and from whom.
     fetching: BTreeMap<u32, InFlight>,
     /// The parents each piece's fetch moved away from; at [`MAX_MOVES`] it stays, and it
@@ -142,6 +159,7 @@ impl Round {
             parents: Vec::new(),
             idle: missing.keys().copied().collect(),
             holders: BTreeMap::new(),
+            copies: BTreeMap::new(),
             fetching: BTreeMap::new(),
             moves: BTreeMap::new(),
             fatal: None,
@@ -260,6 +278,49 @@ impl Round {
             if !holders.contains(&parent.0) {
                 holders.push(parent.0);
             }
+            self.note_copy(now, (parent.0, number), vortex);
+        }
+    }
+
+    fn note_copy(
+        &mut self,
+        now: Instant,
+        (parent, number): (usize, u32),
+        vortex: damselfly_transfer::PieceServer,
+    ) {
+        let heard_before = self.copies.contains_key(&(number, parent));
+        let copy = match vortex {
+            damselfly_transfer::PieceServer::TcpCutThrough(_) if !heard_before => {
+                HeldCopy::MaybeArriving(now)
+            }
+            _ => HeldCopy::Whole,
+        };
+        self.copies.insert((number, parent), copy);
+    }
+
+    /// The piece landed: its holders' copies are no longer news.
+    fn forget_copies(&mut self, number: u32) {
+        let heard: Vec<(u32, usize)> = self
+            .copies
+            .range((number, 0)..=(number, usize::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in heard {
+            self.copies.remove(&key);
+        }
+    }
+
+    /// Whether `parent`'s copy of `number` cannot be fed by our own fetch of it that began
+    /// at `fetch_since`: recorded there, or announced before that fetch began. A copy
+    /// announced arriving later may be our bytes forwarded on, and a fetch moved to it is
+    /// refused (bench/netns, 16 hosts: a host moved its slow fetch from the seed to a peer
+    /// forwarding that very fetch; the peer refused, the fetch started over from nothing,
+    /// and the five hosts following it by cut-through lost their copies too: 12.6 s for
+    /// the swarm's last piece).
+    fn copy_is_independent(&self, (parent, number): (usize, u32), fetch_since: Instant) -> bool {
+        match self.copies.get(&(number, parent)) {
+            Some(HeldCopy::MaybeArriving(heard)) => *heard < fetch_since,
+            Some(HeldCopy::Whole) | None => true,
         }
     }
 
@@ -326,6 +387,7 @@ impl Round {
         }
         missing.remove(&number);
         self.holders.remove(&number);
+        self.forget_copies(number);
         self.grace.piece_took(cost);
         out.push(Action::ReportPieceFinished { number });
     }
@@ -433,6 +495,7 @@ impl Round {
         for holders in self.holders.values_mut() {
             holders.retain(|&h| h != parent);
         }
+        self.copies.retain(|&(_, p), _| p != parent);
     }
 
     /// Starts what can start and says whether the round is over.
@@ -578,11 +641,24 @@ impl Round {
 
     /// The holder a fetch of `number` should move to, if any is much faster; never a slow
     /// one (a fetch moved from one 10 Mbit/s parent to another crawled on for 30 s more).
+    /// A rationing seed that offers the piece is judged by [`should_move`] alone: its uplink
+    /// is shared by all its flows and measures slow next to a fast peer's, yet it gave us
+    /// the piece because the holder it first went to measured slow (bench/netns, half the
+    /// uplinks at 10 Mbit/s: three hosts' fetches of such a piece crawled on at the slow
+    /// host for 20 s after the seed offered it, 36 s in all).
+    ///
+    /// A holder not measured yet counts at the best parent's rate while the fetch runs at a
+    /// slow parent: a fast host the scheduler pushed 17 s in held a piece that a 10 Mbit/s
+    /// host was forwarding to us, and with no rate of its own it was never a target; the
+    /// fetch took 44 s (bench/netns, half the uplinks slow). A guess never aborts a fetch
+    /// at a parent that is not slow.
     fn move_target(&self, now: Instant, span: &PieceSpan, running: &InFlight) -> Option<usize> {
         let load = &self.parents[running.parent].load;
         let status = fetch_status(now, span, running);
         let left = self.moves.get(&span.number);
-        let slow = slow_parents(&self.loads());
+        let loads = self.loads();
+        let slow = slow_parents(&loads);
+        let guess = slow[running.parent].then(|| best_rate(&loads)).flatten();
         let seed_slot = self.seed_slots_free();
         self.holders
             .get(&span.number)?
@@ -590,8 +666,15 @@ impl Round {
             .copied()
             .filter(|&h| h != running.parent && self.parents[h].is_alive())
             .filter(|h| !left.is_some_and(|left| left.contains(h)))
-            .filter(|&h| !slow[h] && (!self.parents[h].load.seed || self.seed_offers(h, seed_slot)))
-            .filter(|&h| should_move(status, load, &self.parents[h].load))
+            .filter(|&h| self.copy_is_independent((h, span.number), running.since))
+            .filter(|&h| {
+                if self.parents[h].load.seed {
+                    self.seed_offers(h, seed_slot)
+                } else {
+                    !slow[h]
+                }
+            })
+            .filter(|&h| should_move(status, load, &self.parents[h].load.delivered_or(guess)))
             .max_by_key(|&h| self.parents[h].load.spare_per_piece(None))
     }
 

@@ -928,3 +928,114 @@ fn a_slow_fetch_moves_to_a_rationing_seed_that_offers_the_piece() {
     );
     assert_eq!(fetches(&moved), vec![(0, 2)]);
 }
+
+#[test]
+fn a_slow_fetch_moves_to_a_rationing_seed_slower_than_the_best_peer() {
+    let (mut s, _) = Script::new(5, 8, 3);
+    s.at(0)
+        .decide(&[seed("seed", 0), normal("slow", 1), normal("fast", 2)]);
+    s.feed(Event::RationExclusive {
+        parent: ParentKey(0),
+    });
+    // The seed delivered a piece in 3 s (its uplink shared by many children), the fast
+    // parent one in 200 ms: the seed is slow next to it. The slow parent took 40 s.
+    assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
+    s.at(3_001).feed(landed(0, 0, Duration::from_secs(3)));
+    assert_eq!(fetches(&s.at(3_002).offer(2, 3)), vec![(2, 3)]);
+    s.at(3_202).feed(landed(2, 3, Duration::from_millis(200)));
+    assert_eq!(fetches(&s.at(3_203).offer(1, 1)), vec![(1, 1)]);
+    s.at(43_203).feed(landed(1, 1, Duration::from_secs(40)));
+    // Piece 2 starts at the slow parent; the seed then gives it to us.
+    assert_eq!(fetches(&s.at(43_204).offer(1, 2)), vec![(1, 2)]);
+    assert!(fetches(&s.at(44_000).offer(0, 2)).is_empty());
+    let moved = s.at(53_204).feed(Event::FetchProgress {
+        written_to: vec![(2, 2 * PIECE + PIECE / 10)],
+    });
+    assert!(
+        moved.contains(&Action::AbortFetch { number: 2 }),
+        "{moved:?}"
+    );
+    assert_eq!(fetches(&moved), vec![(0, 2)]);
+}
+
+#[test]
+fn a_slow_fetch_never_moves_to_a_copy_that_may_be_its_own_bytes_forwarded() {
+    let (mut s, _) = Script::new(4, 8, 3);
+    s.at(0).decide(&[normal("a", 0), normal("b", 1)]);
+    let cut_through =
+        |parent: usize| damselfly_transfer::PieceServer::TcpCutThrough(vortex(parent).addr());
+    let offer = |s: &mut Script, parent: usize, number: u32| {
+        s.feed(Event::PieceAvailable {
+            parent: ParentKey(parent),
+            number,
+            vortex: cut_through(parent),
+        })
+    };
+    // Both parents delivered a piece in 400 ms.
+    assert_eq!(fetches(&offer(s.at(1), 0, 0)), vec![(0, 0)]);
+    s.at(400).feed(landed(0, 0, Duration::from_millis(400)));
+    assert_eq!(fetches(&offer(s.at(401), 1, 1)), vec![(1, 1)]);
+    s.at(800).feed(landed(1, 1, Duration::from_millis(400)));
+    // Piece 2 from a; b announces it after that fetch began, as a peer forwarding our own
+    // arriving copy would.
+    assert_eq!(fetches(&offer(s.at(801), 0, 2)), vec![(0, 2)]);
+    assert!(fetches(&offer(s.at(802), 1, 2)).is_empty());
+    let written_to = |bytes: u64| Event::FetchProgress {
+        written_to: vec![(2, 2 * PIECE + bytes)],
+    };
+    // Stalled at a tenth: a whole copy elsewhere would take it (see the test above), but
+    // b's copy may be fed by this very fetch.
+    let stalled = s.at(3_801).feed(written_to(PIECE / 10));
+    assert!(
+        !stalled.contains(&Action::AbortFetch { number: 2 }),
+        "{stalled:?}"
+    );
+    // b announces the piece again: recorded there, a copy of its own, and the fetch moves.
+    let moved = offer(s.at(3_900), 1, 2);
+    assert!(
+        moved.contains(&Action::AbortFetch { number: 2 }),
+        "{moved:?}"
+    );
+    assert_eq!(fetches(&moved), vec![(1, 2)]);
+}
+
+#[test]
+fn a_fetch_at_a_slow_parent_moves_to_a_holder_not_measured_yet() {
+    let (mut s, _) = Script::new(5, 8, 3);
+    s.at(0)
+        .decide(&[normal("slow", 0), normal("fast", 1), normal("new", 2)]);
+    // The slow parent delivered a piece in 20 s, the fast one in 400 ms; "new" nothing yet.
+    assert_eq!(fetches(&s.at(1).offer(1, 0)), vec![(1, 0)]);
+    s.at(401).feed(landed(1, 0, Duration::from_millis(400)));
+    assert_eq!(fetches(&s.at(402).offer(0, 1)), vec![(0, 1)]);
+    s.at(20_402).feed(landed(0, 1, Duration::from_secs(20)));
+    // Piece 2 starts at the slow parent; then "new" announces it.
+    assert_eq!(fetches(&s.at(20_403).offer(0, 2)), vec![(0, 2)]);
+    s.at(20_404).offer(2, 2);
+    let moved = s.at(24_000).feed(Event::FetchProgress {
+        written_to: vec![(2, 2 * PIECE + PIECE / 20)],
+    });
+    assert!(
+        moved.contains(&Action::AbortFetch { number: 2 }),
+        "{moved:?}"
+    );
+    assert_eq!(fetches(&moved), vec![(2, 2)]);
+}
+
+#[test]
+fn a_fetch_at_a_parent_not_slow_never_moves_on_a_guess() {
+    let (mut s, _) = Script::new(5, 8, 3);
+    s.at(0).decide(&[normal("a", 0), normal("new", 1)]);
+    assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
+    s.at(401).feed(landed(0, 0, Duration::from_millis(400)));
+    // Piece 2 stalls at a, the best parent known; "new" has it, and no rate yet.
+    assert_eq!(fetches(&s.at(402).offer(0, 2)), vec![(0, 2)]);
+    s.at(403).offer(1, 2);
+    let stalled = s.at(4_000).feed(Event::FetchProgress {
+        written_to: vec![(2, 2 * PIECE)],
+    });
+    assert!(
+        !stalled.contains(&Action::AbortFetch { number: 2 }),
+        "{stalled:?}"
+    );
+}
