@@ -5,6 +5,7 @@ Input, in the results directory run.sh filled:
   params.json   the configuration and the measured shaping;
   times.csv     contender,host,seconds,ok  (seconds from the common start; ok=1, or why not);
   summary.csv   per contender: origin bytes, daemon CPU and peak RSS;
+  machine-cpu.csv  per contender: the machine's busy CPU share while its clients ran;
   image.json, image-waves.csv  (image-pull contender only) the image's size and each wave's
                 containerd CPU; the image rows (image-direct, -cold, -warm) measure against the
                 image's size instead of the file's.
@@ -26,10 +27,10 @@ import struct
 import sys
 import zlib
 
-FILE_ORDER = ["direct", "bittorrent", "damselfly"]
+FILE_ORDER = ["links", "direct", "bittorrent", "damselfly"]
 IMAGE_ORDER = ["image-direct", "image-swarm", "image-cold", "image-warm"]
 ORDER = FILE_ORDER + IMAGE_ORDER
-COLORS = {"direct": (0x99, 0x99, 0x99), "bittorrent": (0xE0, 0x7B, 0x39), "damselfly": (0x2A, 0x6F, 0xDB),
+COLORS = {"links": (0x33, 0x99, 0x99), "direct": (0x99, 0x99, 0x99), "bittorrent": (0xE0, 0x7B, 0x39), "damselfly": (0x2A, 0x6F, 0xDB),
           "image-direct": (0x55, 0x55, 0x55), "image-swarm": (0x8E, 0x44, 0xAD), "image-cold": (0x2E, 0x9E, 0x4F), "image-warm": (0x9A, 0xD8, 0x9F)}
 # Issue 14: serving an image's layers through the mirror costs at most this much beyond
 # containerd's own work (cold pull minus warm pull of the last host, over T_min).
@@ -182,6 +183,8 @@ def file_table(rows):
                      f"{fnum(r['http_origin_over_f'], 3) if r['http_origin_over_f'] is not None else 'n/a'} "
                      f"| {fnum(r['uplink_payload_over_f'], 3)} | {cpu} | {rss} |")
     lines.append("")
+    lines.append("- links: every host receives the file from the next host over one TCP connection, all at once "
+                 "(no P2P logic): what the shaped links and the machine carry when every downlink is full.")
     lines.append("- origin HTTP / F: body bytes nginx sent (access log) / file size. BitTorrent has no HTTP origin.")
     lines.append("- origin uplink / F: payload that left the origin namespace towards the hosts / file size "
                  "(direct: nginx; BitTorrent: the seeder's uploadLength from aria2 RPC; Damselfly: seed-peer "
@@ -227,6 +230,10 @@ def markdown(params, rows, results):
         lines.append("Targets (issue 4): " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks) + ".")
     if uneven(p):
         lines.append(by_uplink(p, load(results)[1]))
+    busy = machine_cpu(results)
+    if busy:
+        lines.append("Machine CPU busy while the clients ran (all namespaces share the cores): "
+                     + ", ".join(f"{c} {100 * share:.0f} % of {cores}" for c, share, cores in busy) + ".")
     src = os.path.join(results, "damselfly-sources.csv")
     if os.path.exists(src):
         with open(src) as fh:
@@ -253,6 +260,15 @@ def markdown(params, rows, results):
         lines.append("")
     lines.append(f"Command: `{p['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def machine_cpu(results):
+    """[(contender, busy share, cores)] from machine-cpu.csv; empty for older results."""
+    path = os.path.join(results, "machine-cpu.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [(r["contender"], float(r["busy_share"]), r["cores"]) for r in csv.DictReader(fh)]
 
 
 def go_seconds(text):

@@ -6,6 +6,9 @@
 # in both directions with tc tbf (host links at HOST_MBIT, the origin's uplink at ORIGIN_MBIT;
 # per-host rates with HOST_UP_MBIT / HOST_DOWN_MBIT or SLOW_HOSTS, see below).
 # The shaping is measured with iperf3 before any contender runs. Then, in turn:
+#   0. links:      every host receives the file from the next host in a ring, over one TCP
+#                  connection each, all at once (bench/netns/ring.py): no peer-to-peer logic,
+#                  the floor of this machine where T_min is F / d (uplinks >= downlinks);
 #   1. direct:     curl on every host at once, from nginx in the origin namespace;
 #   2. bittorrent: opentracker + an aria2c seeder in the origin namespace, aria2c on every host;
 #   3. damselfly:  dfscheduler + a seed-peer dfdaemon in the origin namespace, a dfdaemon on every
@@ -24,7 +27,7 @@
 #
 # Variables (or the matching --flags, see usage()):
 #   N=8 HOST_MBIT=100 ORIGIN_MBIT=50 ORIGIN_DOWN_MBIT=HOST_MBIT SIZE_MIB=256 LATENCY_MS=0
-#   CONTENDERS="direct bittorrent damselfly" RESULTS_DIR=bench/netns/results/<stamp>
+#   CONTENDERS="links direct bittorrent damselfly" RESULTS_DIR=bench/netns/results/<stamp>
 #   (add image for the image pulls; IMAGE_LAYERS=4 IMAGE_PULL=pull IMAGE_DIRECT=1, see image.sh;
 #   DFINIT=<dfinit binary>, default DAMSELFLY_BIN_DIR/dfinit)
 #   Uneven links: HOST_UP_MBIT="100 10 100 10 ..." and HOST_DOWN_MBIT="..." (one rate per host,
@@ -51,7 +54,7 @@ usage() {
   cat <<'EOF'
 usage: bench/netns/run.sh [--ci] [--hosts N] [--host-mbit R] [--origin-mbit R]
                           [--origin-down-mbit R] [--size-mib S] [--latency-ms L]
-                          [--contenders "direct bittorrent damselfly image"] [--results DIR]
+                          [--contenders "links direct bittorrent damselfly image"] [--results DIR]
 Runs as root. Defaults: --hosts 8 --host-mbit 100 --origin-mbit 50 --size-mib 256.
 --ci is --hosts 3 --size-mib 16 and adds the image contender (and keeps the run short).
 EOF
@@ -72,7 +75,7 @@ done
 while [ $# -gt 0 ]; do
   case "$1" in
     --ci) N="${N:-3}"; SIZE_MIB="${SIZE_MIB:-16}"; STRICT=1
-      CONTENDERS="${CONTENDERS:-direct bittorrent damselfly image}"; shift ;;
+      CONTENDERS="${CONTENDERS:-links direct bittorrent damselfly image}"; shift ;;
     --hosts) N="$2"; shift 2 ;;
     --host-mbit) HOST_MBIT="$2"; shift 2 ;;
     --origin-mbit) ORIGIN_MBIT="$2"; shift 2 ;;
@@ -92,7 +95,7 @@ ORIGIN_MBIT="${ORIGIN_MBIT:-${SEED_MBIT:-50}}"
 ORIGIN_DOWN_MBIT="${ORIGIN_DOWN_MBIT:-$HOST_MBIT}"
 SIZE_MIB="${SIZE_MIB:-256}"
 LATENCY_MS="${LATENCY_MS:-0}"
-CONTENDERS="${CONTENDERS:-direct bittorrent damselfly}"
+CONTENDERS="${CONTENDERS:-links direct bittorrent damselfly}"
 WORK_BASE="${WORK_BASE:-/var/tmp}"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RESULTS_DIR="${RESULTS_DIR:-$HERE/results/$STAMP-n$N}"
@@ -124,7 +127,7 @@ for i in $(seq 1 "$N"); do
 done
 HOST_UPS="${UP[*]}"; HOST_DOWNS="${DOWN[*]}"
 for c in $CONTENDERS; do
-  case "$c" in direct|bittorrent|damselfly|image) ;; *) die "unknown contender $c" ;; esac
+  case "$c" in links|direct|bittorrent|damselfly|image) ;; *) die "unknown contender $c" ;; esac
 done
 has_contender() { case " $CONTENDERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 # shellcheck source=bench/netns/image.sh
@@ -263,6 +266,20 @@ wait_until() {
 cpu_secs() { awk -v t="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 hwm_kib() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 now() { date +%s.%N; }
+
+# The whole machine's CPU while a contender's clients run (machine-cpu.csv): every namespace's
+# daemons, clients and shaping share these cores, so a busy share near 1 means the machine, not
+# the contender, set the pace. cpu_begin; ... ; cpu_end CONTENDER
+cpu_jiffies() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
+cpu_begin() { CPU_AT_BEGIN="$(cpu_jiffies)"; }
+cpu_end() {
+  local end; end="$(cpu_jiffies)"
+  awk -v c="$1" -v b="$CPU_AT_BEGIN" -v e="$end" -v n="$(nproc)" 'BEGIN {
+    split(b, x, " "); split(e, y, " ")
+    total = y[2] - x[2]; share = 0; if (total > 0) share = (y[1] - x[1]) / total
+    printf "%s,%.3f,%d\n", c, share, n }' \
+    >>"$RESULTS_DIR/machine-cpu.csv"
+}
 
 # ---------------------------------------------------------------------------------------------
 # Testbed.
@@ -442,6 +459,7 @@ cat >"$RESULTS_DIR/params.json" <<EOF
  "command": "$(printf '%s' "$CMDLINE" | sed 's/"/\\"/g')"}
 EOF
 echo "contender,host,seconds,ok" >"$RESULTS_DIR/times.csv"
+echo "contender,busy_share,cores" >"$RESULTS_DIR/machine-cpu.csv"
 echo "contender,http_origin_bytes,uplink_payload_bytes,uplink_wire_bytes,daemon_cpu_s,daemon_peak_rss_kib,daemon_count,seed_cpu_s,seed_peak_rss_kib,scheduler_cpu_s,scheduler_peak_rss_kib" >"$RESULTS_DIR/summary.csv"
 
 # collect CONTENDER T0: read $WORK/done/hN (end timestamp) and $WORK/rc/hN into times.csv.
@@ -451,7 +469,8 @@ collect() {
     end="$(cat "$WORK/done/h$i" 2>/dev/null || echo)"
     ok="$(cat "$WORK/rc/h$i" 2>/dev/null || echo timeout)"
     if [ -n "$end" ] && [ "$ok" = 0 ]; then
-      if [ "$c" != direct ] && ! cmp -s "$WORK/dl/h$i/$FILE_NAME" "$FILE"; then ok=corrupt; fi
+      # links: ring.py's exit status already says whether every byte came.
+      if [ "$c" != direct ] && [ "$c" != links ] && ! cmp -s "$WORK/dl/h$i/$FILE_NAME" "$FILE"; then ok=corrupt; fi
       if [ "$c" = direct ] && [ "$(stat -c %s "$WORK/dl/h$i/$FILE_NAME" 2>/dev/null || echo 0)" != "$FILE_BYTES" ]; then ok=short; fi
       echo "$c,h$i,$(awk -v a="$end" -v b="$t0" 'BEGIN { printf "%.3f", a - b }'),$([ "$ok" = 0 ] && echo 1 || echo "$ok")" >>"$RESULTS_DIR/times.csv"
     else
@@ -498,6 +517,38 @@ wait_jobs() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# 0. links: the ring of bench/netns/ring.py, host i receiving from host i+1 (h1 from h2, hN from
+# h1); each server takes one connection and exits.
+
+LINKS_PORT=5301
+run_links() {
+  log "links: $N hosts each receive the file from the next host, one TCP connection each, at once"
+  fresh_dirs
+  local servers=() jobs=() i next t0
+  for i in $(seq 1 "$N"); do
+    bg "$(host_ns "$i")" "$WORK/links-h$i.log" "$PY" "$HERE/ring.py" serve "$FILE" "$(host_ip "$i")" "$LINKS_PORT"
+    servers+=("$LAST_PID")
+  done
+  for i in $(seq 1 "$N"); do
+    wait_until 10 nsx "$(host_ns "$i")" bash -c "ss -ltn | grep -q ':$LINKS_PORT '" \
+      || { cat "$WORK/links-h$i.log" >&2; die "links: h$i does not listen"; }
+  done
+  cpu_begin
+  t0="$(now)"
+  for i in $(seq 1 "$N"); do
+    next=$(( i % N + 1 ))
+    client "$i" "$PY" "$HERE/ring.py" fetch "$(host_ip "$next")" "$LINKS_PORT" "$FILE_BYTES"
+    jobs+=("$!")
+  done
+  wait_jobs "${jobs[@]}"
+  cpu_end links
+  for i in "${servers[@]}"; do stop_pid "$i"; done
+  collect links "$t0"
+  echo "links,,0,0,,,,,,," >>"$RESULTS_DIR/summary.csv"
+  rm -rf "$WORK/dl"
+}
+
+# ---------------------------------------------------------------------------------------------
 # 1. direct
 
 run_direct() {
@@ -505,12 +556,14 @@ run_direct() {
   fresh_dirs
   local o0 w0 t0 jobs=() i
   o0="$(nginx_bytes all)"; w0="$(origin_tx)"
+  cpu_begin
   t0="$(now)"
   for i in $(seq 1 "$N"); do
     client "$i" curl -fsS -o "$WORK/dl/h$i/$FILE_NAME" "$URL"
     jobs+=("$!")
   done
   wait_jobs "${jobs[@]}"
+  cpu_end direct
   local o1 w1
   o1="$(nginx_bytes all)"; w1="$(origin_tx)"
   collect direct "$t0"
@@ -570,6 +623,7 @@ EOF
 
   local w0 t0 i leech=() 
   w0="$(origin_tx)"
+  cpu_begin
   t0="$(now)"
   for i in $(seq 1 "$N"); do
     bg "$(host_ns "$i")" "$bt/h$i.out" env BENCH_DONE_FILE="$WORK/done/h$i" aria2c "${common[@]}" \
@@ -586,6 +640,7 @@ EOF
     [ "$(date +%s)" -lt "$deadline" ] || { log "bittorrent: timeout after ${RUN_TIMEOUT}s"; break; }
     sleep 0.2
   done
+  cpu_end bittorrent
   local up w1 cpu=0 rss=0 s r
   up="$(nsx "$ORIGIN_NS" curl -fsS -d "$rpc" http://127.0.0.1:6800/jsonrpc | "$PY" -c 'import json,sys
 r = json.load(sys.stdin)["result"]; print(sum(int(t["uploadLength"]) for t in r))' || echo 0)"
@@ -655,6 +710,7 @@ run_damselfly() {
   local o0 w0 t0 jobs=()
   o0="$(nginx_bytes all)"; w0="$(origin_tx)"
   local r0; r0="$(nginx_bytes remote)"
+  cpu_begin
   t0="$(now)"
   for i in $(seq 1 "$N"); do
     client "$i" "$DAMSELFLY_BIN_DIR/dfget" "$URL" -O "$WORK/dl/h$i/$FILE_NAME" \
@@ -662,6 +718,7 @@ run_damselfly() {
     jobs+=("$!")
   done
   wait_jobs "${jobs[@]}"
+  cpu_end damselfly
   local o1 w1 r1
   o1="$(nginx_bytes all)"; w1="$(origin_tx)"; r1="$(nginx_bytes remote)"
 
