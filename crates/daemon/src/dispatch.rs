@@ -334,6 +334,13 @@ pub const MIN_MOVE_AFTER: Duration = Duration::from_secs(3);
 pub const MOVE_GAIN: f64 = 3.0;
 /// How often the round looks again at fetches that may become worth moving.
 pub const MOVE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// A fetch that wrote nothing for this long has stalled, however far it came: judged by its
+/// average rate since it began, a fetch that ran well and then stopped looked nearly done
+/// and never moved (bench/netns, seed at 5 x the hosts' uplink: a host's last piece, asked
+/// at 0.5 s, landed at 25.0 s, 1.2 s after every other host had finished). A flow sharing a
+/// full downlink with seven others still writes every few hundred milliseconds, and TCP's
+/// retransmission timeouts start at 0.2 s.
+pub const STALL_AFTER: Duration = Duration::from_secs(2);
 
 /// How long `bytes` take at `rate` bytes per second.
 fn time_at(bytes: u64, rate: u64) -> f64 {
@@ -349,6 +356,8 @@ pub struct FetchStatus {
     pub length: u64,
     /// Bytes of the piece written so far, if the shell told us.
     pub written: Option<u64>,
+    /// Since the write last came further (since the fetch started, before it wrote).
+    pub stalled_for: Duration,
 }
 
 impl FetchStatus {
@@ -361,11 +370,13 @@ impl FetchStatus {
     }
 
     /// Seconds the fetch still needs: at the rate it has written so far, or (not told) at
-    /// `running`'s delivered rate, a fetch past its expected time taken to be halfway.
+    /// `running`'s delivered rate, a fetch past its expected time taken to be halfway; a
+    /// fetch that wrote nothing for [`STALL_AFTER`] may never end.
     fn remaining(&self, running: &ParentLoad) -> Option<f64> {
         let elapsed = self.elapsed.as_secs_f64();
         match self.written {
             Some(0) => Some(f64::INFINITY),
+            Some(_) if self.stalled_for >= STALL_AFTER => Some(f64::INFINITY),
             Some(written) => {
                 let left = self.length.saturating_sub(written);
                 Some(left as f64 * elapsed / written as f64)
@@ -576,6 +587,7 @@ mod tests {
             elapsed: Duration::from_millis(ms),
             length: PIECE,
             written,
+            stalled_for: Duration::ZERO,
         };
         let early = MIN_MOVE_AFTER.as_millis() as u64 - 1;
         assert!(!should_move(fetch(early, None), &slow, &fast), "too early");
@@ -679,6 +691,7 @@ mod tests {
             elapsed: Duration::from_secs(secs),
             length: 4 << 20,
             written,
+            stalled_for: Duration::ZERO,
         };
         assert!(
             lingers(fetch(4, Some(1 << 20)), best),

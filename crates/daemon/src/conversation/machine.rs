@@ -207,7 +207,7 @@ impl Conversation {
             Event::SyncEnded { parent, error } if !round.is_draining() => {
                 round.sync_ended(parent, error, out)
             }
-            Event::FetchProgress { written_to } => round.progress(&written_to),
+            Event::FetchProgress { written_to } => round.progress(now, &written_to),
             Event::PieceFetched {
                 parent,
                 number,

@@ -88,12 +88,13 @@ enum HeldCopy {
 }
 
 /// A piece in flight: from whom, since when, and how far its write has come (the content
-/// file offset written to, when the shell told us).
+/// file offset written to, when the shell told us) and when it last came further.
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     parent: usize,
     since: Instant,
     written_to: Option<u64>,
+    advanced_at: Instant,
 }
 
 /// What the move and slot policies see of a fetch.
@@ -104,6 +105,7 @@ fn fetch_status(now: Instant, span: &PieceSpan, fetch: &InFlight) -> FetchStatus
         written: fetch
             .written_to
             .map(|to| to.saturating_sub(span.offset).min(span.length)),
+        stalled_for: now.saturating_duration_since(fetch.advanced_at),
     }
 }
 
@@ -357,9 +359,12 @@ impl Round {
     }
 
     /// How far the writes of pieces in flight have come (content file offsets).
-    pub fn progress(&mut self, written_to: &[(u32, u64)]) {
+    pub fn progress(&mut self, now: Instant, written_to: &[(u32, u64)]) {
         for &(number, to) in written_to {
             if let Some(fetch) = self.fetching.get_mut(&number) {
+                if fetch.written_to.is_none_or(|before| to > before) {
+                    fetch.advanced_at = now;
+                }
                 fetch.written_to = Some(to);
             }
         }
@@ -587,6 +592,7 @@ impl Round {
             parent,
             since: now,
             written_to: None,
+            advanced_at: now,
         };
         self.fetching.insert(span.number, fetch);
         out.push(Action::Fetch {

@@ -790,26 +790,57 @@ fn a_slow_fetch_never_moves_to_a_seed() {
     );
 }
 
-#[test]
-fn a_fetch_that_writes_slowly_moves_whatever_its_parent_delivered_before() {
+/// Parents a and b each delivered a piece in 400 ms; piece 2, which both hold, is in flight
+/// from a since 801 ms.
+fn piece_2_from_a_while_b_holds_it() -> Script {
     let (mut s, _) = Script::new(4, 8, 3);
     s.at(0).decide(&[normal("a", 0), normal("b", 1)]);
-    // Both parents delivered a piece in 400 ms.
     assert_eq!(fetches(&s.at(1).offer(0, 0)), vec![(0, 0)]);
     s.at(400).feed(landed(0, 0, Duration::from_millis(400)));
     assert_eq!(fetches(&s.at(401).offer(1, 1)), vec![(1, 1)]);
     s.at(800).feed(landed(1, 1, Duration::from_millis(400)));
-    // Piece 2 from parent a, which then slows down: a tenth of the piece in 3 s.
     assert_eq!(fetches(&s.at(801).offer(0, 2)), vec![(0, 2)]);
     assert!(fetches(&s.at(802).offer(1, 2)).is_empty());
-    let written_to = |bytes: u64| Event::FetchProgress {
+    s
+}
+
+/// Piece 2's write has come `bytes` into the piece.
+fn written_to(bytes: u64) -> Event {
+    Event::FetchProgress {
         written_to: vec![(2, 2 * PIECE + bytes)],
-    };
+    }
+}
+
+#[test]
+fn a_fetch_that_writes_slowly_moves_whatever_its_parent_delivered_before() {
+    let mut s = piece_2_from_a_while_b_holds_it();
+    // Parent a then slows down: a tenth of the piece in 3 s.
     // Steady: nothing moves.
     let steady = s.at(2_900).feed(written_to(PIECE * 9 / 10));
     assert!(!steady.contains(&Action::AbortFetch { number: 2 }));
     // Stalled at a tenth: it moves to b.
     let moved = s.at(3_801).feed(written_to(PIECE / 10));
+    assert!(
+        moved.contains(&Action::AbortFetch { number: 2 }),
+        "{moved:?}"
+    );
+    assert_eq!(fetches(&moved), vec![(1, 2)]);
+}
+
+#[test]
+fn a_fetch_that_stopped_writing_moves_however_far_it_came() {
+    let mut s = piece_2_from_a_while_b_holds_it();
+    // Nine tenths in its first two seconds, then nothing more.
+    s.at(2_801).feed(written_to(PIECE * 9 / 10));
+    // By its average rate it is nearly done (0.4 s left against 0.4 s anew at b), and 1.9 s
+    // without a byte is no stall yet.
+    let waiting = s.at(4_700).feed(written_to(PIECE * 9 / 10));
+    assert!(
+        !waiting.contains(&Action::AbortFetch { number: 2 }),
+        "{waiting:?}"
+    );
+    // Two seconds without a byte: it moves to b.
+    let moved = s.at(4_802).feed(written_to(PIECE * 9 / 10));
     assert!(
         moved.contains(&Action::AbortFetch { number: 2 }),
         "{moved:?}"
@@ -980,9 +1011,6 @@ fn a_slow_fetch_never_moves_to_a_copy_that_may_be_its_own_bytes_forwarded() {
     // arriving copy would.
     assert_eq!(fetches(&offer(s.at(801), 0, 2)), vec![(0, 2)]);
     assert!(fetches(&offer(s.at(802), 1, 2)).is_empty());
-    let written_to = |bytes: u64| Event::FetchProgress {
-        written_to: vec![(2, 2 * PIECE + bytes)],
-    };
     // Stalled at a tenth: a whole copy elsewhere would take it (see the test above), but
     // b's copy may be fed by this very fetch.
     let stalled = s.at(3_801).feed(written_to(PIECE / 10));
