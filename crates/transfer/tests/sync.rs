@@ -22,17 +22,28 @@ async fn write(storage: &Storage, id: &str, data: &[u8], span: PieceSpan) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn existing_pieces_first_then_pieces_as_they_land() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = storage(dir.path());
-    let id = task_id(1);
-    let data = content(4 * PIECE as usize, 1);
+/// A task of `pieces` pieces of `PIECE` bytes prepared in a storage at `dir`, nothing
+/// written yet: the storage, the task id, its content (from `seed`) and its piece spans.
+async fn prepared(
+    dir: &std::path::Path,
+    pieces: usize,
+    seed: u8,
+) -> (Storage, String, Vec<u8>, Vec<PieceSpan>) {
+    let storage = storage(dir);
+    let id = task_id(seed);
+    let data = content(pieces * PIECE as usize, seed);
     let task = storage
         .prepare_task(&id, data.len() as u64, PIECE, vec![])
         .await
         .unwrap();
-    let spans: Vec<_> = task.layout().spans().collect();
+    let spans = task.layout().spans().collect();
+    (storage, id, data, spans)
+}
+
+#[tokio::test]
+async fn existing_pieces_first_then_pieces_as_they_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, id, data, spans) = prepared(dir.path(), 4, 1).await;
     write(&storage, &id, &data, spans[2]).await;
 
     let stream = sync_pieces_stream(
@@ -162,14 +173,7 @@ async fn unknown_task_is_an_error() {
 #[tokio::test]
 async fn a_cut_through_child_hears_of_pieces_as_their_write_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = storage(dir.path());
-    let id = task_id(7);
-    let data = content(2 * PIECE as usize, 7);
-    let task = storage
-        .prepare_task(&id, data.len() as u64, PIECE, vec![])
-        .await
-        .unwrap();
-    let spans: Vec<_> = task.layout().spans().collect();
+    let (storage, id, data, spans) = prepared(dir.path(), 2, 7).await;
     let open = |announce| {
         let stream = sync_pieces_stream(
             storage.clone(),
@@ -238,14 +242,7 @@ async fn a_cut_through_child_hears_of_a_recorded_piece_twice() {
     // A cut-through child tells a copy recorded here (announced twice) from one that may
     // still be arriving (announced once so far); an official child hears of it once.
     let dir = tempfile::tempdir().unwrap();
-    let storage = storage(dir.path());
-    let id = task_id(8);
-    let data = content(2 * PIECE as usize, 8);
-    let task = storage
-        .prepare_task(&id, data.len() as u64, PIECE, vec![])
-        .await
-        .unwrap();
-    let spans: Vec<_> = task.layout().spans().collect();
+    let (storage, id, data, spans) = prepared(dir.path(), 2, 8).await;
     write(&storage, &id, &data, spans[0]).await;
     let open = |announce| {
         let stream = sync_pieces_stream(
